@@ -1,0 +1,35 @@
+"""hf-shapley: self-explaining Hugging Face vision models.
+
+Importing the package registers ``ShapleyConfig`` and ``ShapleyForImageClassification`` with
+the transformers auto classes, so ``AutoModelForImageClassification.from_pretrained`` loads a
+saved model without ``trust_remote_code``; saved directories also carry the model code, so a
+process without the package loads them with ``trust_remote_code=True``.
+"""
+
+from transformers import AutoConfig, AutoModel, AutoModelForImageClassification
+
+from .configuration_shapley import HF_SHAPLEY_VERSION, ShapleyConfig
+from .modeling_shapley import (
+    ShapleyForImageClassification,
+    ShapleyImageClassifierOutput,
+    ShapleyPreTrainedModel,
+)
+
+__version__ = HF_SHAPLEY_VERSION
+
+AutoConfig.register(ShapleyConfig.model_type, ShapleyConfig, exist_ok=True)
+AutoModel.register(ShapleyConfig, ShapleyForImageClassification, exist_ok=True)
+AutoModelForImageClassification.register(
+    ShapleyConfig, ShapleyForImageClassification, exist_ok=True
+)
+# Saved directories carry the code files and an auto_map, for trust_remote_code loading.
+ShapleyConfig.register_for_auto_class()
+ShapleyForImageClassification.register_for_auto_class("AutoModelForImageClassification")
+
+__all__ = [
+    "ShapleyConfig",
+    "ShapleyForImageClassification",
+    "ShapleyImageClassifierOutput",
+    "ShapleyPreTrainedModel",
+    "__version__",
+]

@@ -1,0 +1,270 @@
+"""Per-family backbone adapters: patch features and player removal.
+
+The Shapley game of a self-explaining model is defined by how a player (a group of patch
+tokens) is removed. For the token-removal families (ViT, DeiT, DINOv2 with and without
+registers) an absent player's tokens are dropped after the position embedding, so the
+remaining tokens see exactly the sequence they would see if the image were cut down to them.
+
+An adapter knows, for one family, where the patch tokens sit in the sequence, how to embed an
+image once, how to run the encoder blocks on a (packed) sequence with an attention mask, and
+what the wrapped classifier head reads. These call backbone internals that moved between
+transformers releases (in 5.x ViT and DeiT keep their blocks in ``.layers``, DINOv2 in
+``.encoder.layer``), which is why the package pins one transformers minor series.
+
+This file is shipped as remote code: relative imports only.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import PreTrainedConfig, PreTrainedModel
+
+
+@dataclass(frozen=True)
+class TokenRemovalAdapter:
+    """Adapter for a ViT-like backbone whose patch tokens can be dropped.
+
+    Attributes:
+        family: Human-readable family name, used in messages.
+        model_types: ``config.model_type`` values this adapter serves.
+        model_attribute: Name of the backbone inside the family's ``*ForImageClassification``.
+        layers_path: Dotted path of the ``nn.ModuleList`` of encoder blocks in the base model.
+        classifier_reads_patch_mean: The family's classifier reads ``[CLS, mean(patch tokens)]``
+            (DINOv2) instead of the CLS token alone.
+    """
+
+    family: str
+    model_types: tuple[str, ...]
+    model_attribute: str
+    layers_path: str
+    has_pooler: bool = True
+    classifier_reads_patch_mean: bool = False
+    distillation_token: bool = False
+
+    # ----------------------------------------------------------------- geometry
+    def num_special_tokens(self, config: PreTrainedConfig) -> int:
+        """Tokens before the patch tokens: CLS, DeiT's distillation token, DINOv2's registers."""
+        registers = getattr(config, "num_register_tokens", 0) or 0
+        return 1 + int(self.distillation_token) + registers
+
+    def token_grid(self, config: PreTrainedConfig) -> tuple[int, int]:
+        image_size = _pair(config.image_size)
+        patch_size = _pair(config.patch_size)
+        return image_size[0] // patch_size[0], image_size[1] // patch_size[1]
+
+    def image_size(self, config: PreTrainedConfig) -> tuple[int, int]:
+        return _pair(config.image_size)
+
+    def hidden_size(self, config: PreTrainedConfig) -> int:
+        return config.hidden_size
+
+    def classifier_in_features(self, config: PreTrainedConfig) -> int:
+        return config.hidden_size * (2 if self.classifier_reads_patch_mean else 1)
+
+    # ----------------------------------------------------------------- modules
+    def build(self, config: PreTrainedConfig) -> PreTrainedModel:
+        """The base model without a pooler (an unused pooler breaks DDP)."""
+        from transformers import AutoModel
+
+        kwargs = {"add_pooling_layer": False} if self.has_pooler else {}
+        return AutoModel.from_config(config, **kwargs)
+
+    def layers(self, backbone: nn.Module) -> nn.ModuleList:
+        module = backbone
+        for name in self.layers_path.split("."):
+            module = getattr(module, name)
+        return module
+
+    def embed(self, backbone: nn.Module, pixel_values: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) -> (B, s + N, D): special tokens then patch tokens, positions added."""
+        return backbone.embeddings(pixel_values)
+
+    def encode(
+        self, backbone: nn.Module, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None
+    ) -> torch.Tensor:
+        """Run every encoder block and the final norm. ``attention_mask`` is additive, 4D."""
+        for layer in self.layers(backbone):
+            hidden_states = layer(hidden_states, attention_mask=attention_mask)
+        return backbone.layernorm(hidden_states)
+
+    def classifier_features(
+        self, special_states: torch.Tensor, patch_states: torch.Tensor, patch_weights: torch.Tensor
+    ) -> torch.Tensor:
+        """What the family's classifier head reads, for one group of tokens.
+
+        Args:
+            special_states: (n, s, D) the group's special tokens after the final norm.
+            patch_states: (n, N, D) patch tokens after the final norm.
+            patch_weights: (n, N) 1 for the group's patch tokens, 0 for the others.
+
+        Returns:
+            (n, D) or (n, 2D) for the families that also read the patch mean (DINOv2). An empty
+            group's patch mean is defined as 0.
+        """
+        cls = special_states[:, 0]
+        if not self.classifier_reads_patch_mean:
+            return cls
+        weights = patch_weights.to(patch_states.dtype)
+        count = weights.sum(1, keepdim=True).clamp_min(1.0)
+        mean = torch.einsum("nt,ntd->nd", weights, patch_states) / count
+        return torch.cat([cls, mean], dim=-1)
+
+
+def _pair(value) -> tuple[int, int]:
+    if isinstance(value, (list, tuple)):
+        return int(value[0]), int(value[1])
+    return int(value), int(value)
+
+
+ADAPTERS: dict[str, TokenRemovalAdapter] = {}
+for _adapter in (
+    TokenRemovalAdapter("ViT", ("vit",), "vit", "layers"),
+    TokenRemovalAdapter("DeiT", ("deit",), "deit", "layers", distillation_token=True),
+    TokenRemovalAdapter(
+        "DINOv2",
+        ("dinov2",),
+        "dinov2",
+        "encoder.layer",
+        has_pooler=False,
+        classifier_reads_patch_mean=True,
+    ),
+    TokenRemovalAdapter(
+        "DINOv2 with registers",
+        ("dinov2_with_registers",),
+        "dinov2_with_registers",
+        "encoder.layer",
+        has_pooler=False,
+        classifier_reads_patch_mean=True,
+    ),
+):
+    for _model_type in _adapter.model_types:
+        ADAPTERS[_model_type] = _adapter
+
+
+def supported_model_types() -> list[str]:
+    return sorted(ADAPTERS)
+
+
+def get_adapter(config: PreTrainedConfig) -> TokenRemovalAdapter:
+    """The adapter for ``config.model_type``; a clear error naming the supported families."""
+    model_type = getattr(config, "model_type", None)
+    if model_type not in ADAPTERS:
+        families = ", ".join(f"{a.family} ({'/'.join(a.model_types)})" for a in _unique_adapters())
+        raise ValueError(
+            f"Backbone model_type {model_type!r} is not supported by ShapleyForImageClassification. "
+            f"Supported families: {families}. Pick a checkpoint of one of these families, or open an "
+            "issue to request an adapter for this one."
+        )
+    return ADAPTERS[model_type]
+
+
+def _unique_adapters() -> list[TokenRemovalAdapter]:
+    seen: dict[int, TokenRemovalAdapter] = {}
+    for adapter in ADAPTERS.values():
+        seen.setdefault(id(adapter), adapter)
+    return list(seen.values())
+
+
+def player_index_of_tokens(
+    token_grid: tuple[int, int], players_grid: tuple[int, int]
+) -> torch.Tensor:
+    """(N,) long: the player of each patch token, row-major over both grids.
+
+    Raises a ``ValueError`` when the players grid does not divide the token grid.
+    """
+    (gh, gw), (ph, pw) = token_grid, players_grid
+    if gh % ph or gw % pw:
+        divisors_h = [d for d in range(1, gh + 1) if gh % d == 0]
+        divisors_w = [d for d in range(1, gw + 1) if gw % d == 0]
+        raise ValueError(
+            f"players_grid={tuple(players_grid)} does not divide the backbone's {gh} x {gw} token "
+            f"grid. Choose rows from {divisors_h} and columns from {divisors_w}."
+        )
+    rows = torch.arange(gh).div(gh // ph, rounding_mode="floor")
+    cols = torch.arange(gw).div(gw // pw, rounding_mode="floor")
+    return (rows[:, None] * pw + cols[None, :]).reshape(-1)
+
+
+@dataclass
+class LoadedBackbone:
+    """What :func:`load_backbone` found: a base model (or only a config), a classifier head, a processor."""
+
+    config: PreTrainedConfig
+    model: PreTrainedModel | None = None
+    classifier: nn.Module | None = None
+    image_processor: Any = None
+
+    def backbone_state_dict(self) -> dict[str, torch.Tensor]:
+        return self.model.state_dict()
+
+
+def load_backbone(
+    source: str | os.PathLike | PreTrainedConfig | PreTrainedModel,
+    *,
+    load_image_processor: bool = True,
+) -> LoadedBackbone:
+    """Resolve ``from_backbone``'s argument into a base model and, for a classifier, its head.
+
+    A path or Hub id is loaded as an image classifier when its config names a
+    ``*ForImageClassification`` architecture, else as a bare backbone. A config gives random
+    weights (no model). A model object is split into its base model and classifier head.
+    """
+    if isinstance(source, PreTrainedConfig):
+        get_adapter(source)
+        return LoadedBackbone(config=source)
+    if isinstance(source, PreTrainedModel):
+        return _split_model(source)
+    if not isinstance(source, (str, os.PathLike)):
+        raise TypeError(
+            "from_backbone takes a Hub id or local directory, a PreTrainedConfig or a PreTrainedModel; "
+            f"got {type(source).__name__}."
+        )
+    from transformers import (
+        AutoConfig,
+        AutoImageProcessor,
+        AutoModel,
+        AutoModelForImageClassification,
+    )
+
+    config = AutoConfig.from_pretrained(source)
+    get_adapter(config)
+    architectures = getattr(config, "architectures", None) or []
+    if any(a.endswith("ForImageClassification") for a in architectures):
+        loaded = _split_model(AutoModelForImageClassification.from_pretrained(source))
+    else:
+        loaded = _split_model(AutoModel.from_pretrained(source))
+    if load_image_processor:
+        try:
+            loaded.image_processor = AutoImageProcessor.from_pretrained(source)
+        except (OSError, ValueError):
+            loaded.image_processor = None  # a bare checkpoint may ship none; the user brings one
+    return loaded
+
+
+def _split_model(model: PreTrainedModel) -> LoadedBackbone:
+    adapter = get_adapter(model.config)
+    base = getattr(model, adapter.model_attribute, None)
+    if base is None:  # already the base model (ViTModel, Dinov2Model, ...)
+        return LoadedBackbone(config=model.config, model=model)
+    classifier = getattr(model, "classifier", None)
+    if not isinstance(classifier, nn.Linear):
+        raise ValueError(
+            f"{type(model).__name__} has no single linear `classifier` head to explain. Wrap its base "
+            f"model instead (model.{adapter.model_attribute}) and train a Shapley head for your labels."
+        )
+    return LoadedBackbone(config=model.config, model=base, classifier=classifier)
+
+
+__all__ = [
+    "LoadedBackbone",
+    "TokenRemovalAdapter",
+    "get_adapter",
+    "load_backbone",
+    "player_index_of_tokens",
+    "supported_model_types",
+]
