@@ -1,0 +1,263 @@
+"""The training-recipe study: which objective settings give a model that is accurate AND faithful?
+
+Regime (the realistic one): a tiny ViT classifier is pretrained with plain cross-entropy on the
+built-in shapes data set and saved locally; each variant then wraps it with
+``ShapleyForImageClassification.from_backbone`` and fine-tunes for the same number of steps as
+the plain baseline, which continues the stock classifier with cross-entropy alone (equal steps).
+
+For each run: test accuracy, per-image Pearson r and relative L2 error of phi against the exact
+Shapley values of the model's own game (P = 16, all 2**16 coalitions), and the median step time.
+
+    python benchmarks/recipe.py                      # the full table (about 12 runs, 2 in parallel)
+    python benchmarks/recipe.py --variants default plain --seeds 0 --steps 200   # a quick look
+
+Writes ``benchmarks/results/recipe.md`` and ``recipe.jsonl`` (one line per run).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from multiprocessing import get_context
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+REPO = Path(__file__).resolve().parents[1]
+OUT = REPO / "outputs" / "recipe"
+
+# The tiny backbone: 64 px images, 16 px patches -> a 4 x 4 token grid, one token per player.
+BACKBONE = dict(
+    image_size=64, patch_size=16, hidden_size=128, num_hidden_layers=4, num_attention_heads=4, intermediate_size=256
+)
+PLAYERS_GRID = (4, 4)
+
+# Each variant: ShapleyConfig overrides passed to from_backbone ("plain" = stock classifier).
+VARIANTS: dict[str, dict] = {
+    "plain": {},
+    "default": dict(prediction_mode="shapley_sum", shapley_loss_weight=1.0, distill_loss_weight=1.0),
+    "lambda0": dict(prediction_mode="shapley_sum", shapley_loss_weight=0.0, distill_loss_weight=1.0),
+    "alpha0": dict(prediction_mode="shapley_sum", shapley_loss_weight=1.0, distill_loss_weight=0.0),
+    "no_norm": dict(prediction_mode="shapley_sum", shapley_loss_normalization="none"),
+    "centered": dict(prediction_mode="shapley_sum", center_logits=True),
+    "no_stopgrad": dict(prediction_mode="shapley_sum", shapley_stop_gradient=False),
+    "no_warmup": dict(prediction_mode="shapley_sum", loss_warmup_steps=0),
+    "m16_g4": dict(prediction_mode="shapley_sum", num_shapley_coalitions=16, num_distill_coalitions=4),
+    "m4_g2": dict(prediction_mode="shapley_sum", num_shapley_coalitions=4, num_distill_coalitions=2),
+    "backbone_head": dict(prediction_mode="backbone_head", train_backbone=True),
+}
+# Shared by every Shapley variant unless overridden.
+COMMON = dict(
+    num_shapley_coalitions=8,
+    num_distill_coalitions=2,
+    loss_warmup_steps=100,
+    coalition_batch_size=256,
+)
+
+
+@dataclass
+class Setup:
+    pretrain_steps: int = 1000
+    steps: int = 600
+    batch_size: int = 64
+    lr: float = 5e-4
+    num_train: int = 6000
+    num_test: int = 2000
+    truth_images: int = 12
+    extra: dict = field(default_factory=dict)
+
+
+def _data(setup: Setup):
+    from hf_shapley.data import generate_shapes
+
+    def prep(arrays):
+        x = torch.from_numpy(arrays.images).permute(0, 3, 1, 2).float() / 255
+        return (x - 0.5) / 0.5, torch.from_numpy(arrays.labels)
+
+    xtr, ytr = prep(generate_shapes(setup.num_train, image_size=64, split="train"))
+    xte, yte = prep(generate_shapes(setup.num_test, image_size=64, split="test"))
+    return xtr, ytr, xte, yte
+
+
+def _batches(num: int, batch_size: int, seed: int):
+    """Endless (epoch, indices) stream, reshuffled each epoch from (seed, epoch)."""
+    epoch = 0
+    while True:
+        perm = torch.randperm(num, generator=torch.Generator().manual_seed(seed * 1000 + epoch))
+        for i in range(0, num - batch_size + 1, batch_size):
+            yield epoch, perm[i : i + batch_size]
+        epoch += 1
+
+
+def _train(model, xtr, ytr, steps: int, setup: Setup, seed: int, shapley: bool) -> list[float]:
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=setup.lr, weight_decay=0.05)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 50) * max(0.0, 1 - s / steps))
+    model.train()
+    times = []
+    stream = _batches(len(xtr), setup.batch_size, seed)
+    for step in range(steps):
+        epoch, idx = next(stream)
+        t0 = time.perf_counter()
+        if shapley:
+            model.objective_step = step
+            loss = model(xtr[idx], labels=ytr[idx], example_index=idx, epoch=epoch).loss
+        else:
+            loss = F.cross_entropy(model(xtr[idx]).logits, ytr[idx])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+@torch.no_grad()
+def _accuracy(model, x, y) -> float:
+    model.eval()
+    correct = 0
+    for i in range(0, len(x), 500):
+        correct += (model(x[i : i + 500]).logits.argmax(-1) == y[i : i + 500]).sum().item()
+    return correct / len(x)
+
+
+def pretrained_dir(seed: int, setup: Setup) -> Path:
+    """Pretrain (once per seed, cached) the stock classifier with plain cross-entropy."""
+    from transformers import ViTConfig, ViTForImageClassification
+
+    from hf_shapley.data import SHAPES_LABELS
+
+    path = OUT / f"pretrained-seed{seed}-steps{setup.pretrain_steps}"
+    if (path / "model.safetensors").exists():
+        return path
+    torch.manual_seed(seed)
+    labels = dict(enumerate(SHAPES_LABELS[:4]))
+    model = ViTForImageClassification(ViTConfig(**BACKBONE, id2label=labels, label2id={v: k for k, v in labels.items()}))
+    xtr, ytr, xte, yte = _data(setup)
+    _train(model, xtr, ytr, setup.pretrain_steps, setup, seed + 10_000, shapley=False)
+    model.save_pretrained(path)
+    (path / "pretrain.json").write_text(json.dumps({"test_accuracy": _accuracy(model, xte, yte)}))
+    return path
+
+
+def run_one(variant: str, seed: int, setup: Setup) -> dict:
+    torch.set_num_threads(1)
+    import hf_shapley  # noqa: F401  (registers the auto classes)
+    from transformers import ViTForImageClassification
+
+    from hf_shapley import ShapleyForImageClassification
+    from hf_shapley.evaluation import exact_model_shapley_values, shapley_agreement
+
+    xtr, ytr, xte, yte = _data(setup)
+    source = pretrained_dir(seed, setup)
+    torch.manual_seed(seed)
+    if variant == "plain":
+        model = ViTForImageClassification.from_pretrained(source)
+        times = _train(model, xtr, ytr, setup.steps, setup, seed, shapley=False)
+        result = dict(variant=variant, seed=seed, accuracy=_accuracy(model, xte, yte))
+    else:
+        overrides = {**COMMON, **VARIANTS[variant], **setup.extra}
+        model = ShapleyForImageClassification.from_backbone(
+            source, players_grid=PLAYERS_GRID, load_image_processor=False, coalition_seed=seed, **overrides
+        )
+        times = _train(model, xtr, ytr, setup.steps, setup, seed, shapley=True)
+        accuracy = _accuracy(model, xte, yte)
+        x = xte[: setup.truth_images]
+        out = model(x)
+        truth = exact_model_shapley_values(model, x)
+        predicted = out.logits.argmax(-1)
+        agree = shapley_agreement(out.shapley_values, truth, predicted)
+        # Other classes: the class ranked second, a separate number.
+        second = out.logits.topk(2, dim=-1).indices[:, 1]
+        other = shapley_agreement(out.shapley_values, truth, second)
+        phi_pred = out.shapley_values.gather(2, predicted.view(-1, 1, 1).expand(-1, model.num_players, 1))
+        result = dict(
+            variant=variant,
+            seed=seed,
+            accuracy=accuracy,
+            pearson=agree.mean_pearson,
+            pearson_ci=agree.pearson_interval(),
+            relative_l2=agree.median_relative_l2,
+            pearson_other=other.mean_pearson,
+            phi_scale=float(phi_pred.abs().mean()),
+            config={k: v for k, v in overrides.items()},
+        )
+    result["step_ms"] = 1000 * statistics.median(times[10:])
+    result["steps"] = setup.steps
+    with open(OUT / "recipe.jsonl", "a") as f:
+        f.write(json.dumps(result) + "\n")
+    print(json.dumps(result), flush=True)
+    return result
+
+
+def write_table(results: list[dict], setup: Setup, path: Path) -> None:
+    by_variant: dict[str, list[dict]] = {}
+    for r in results:
+        by_variant.setdefault(r["variant"], []).append(r)
+    plain = by_variant.get("plain", [])
+    plain_acc = statistics.mean(r["accuracy"] for r in plain) if plain else float("nan")
+    plain_ms = statistics.median(r["step_ms"] for r in plain) if plain else float("nan")
+
+    def fmt(rows, key, digits=3):
+        vals = [r[key] for r in rows if key in r]
+        if not vals:
+            return "-"
+        return " / ".join(f"{v:.{digits}f}" for v in vals)
+
+    lines = [
+        "| variant | seeds | accuracy (per seed) | acc - plain | r pred. class | rel. L2 | r 2nd class | |phi| | step ms | x plain |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, rows in by_variant.items():
+        acc = statistics.mean(r["accuracy"] for r in rows)
+        ms = statistics.median(r["step_ms"] for r in rows)
+        lines.append(
+            f"| {name} | {len(rows)} | {fmt(rows, 'accuracy')} | {acc - plain_acc:+.3f} | {fmt(rows, 'pearson')} | "
+            f"{fmt(rows, 'relative_l2')} | {fmt(rows, 'pearson_other')} | {fmt(rows, 'phi_scale', 2)} | {ms:.0f} | {ms / plain_ms:.1f} |"
+        )
+    header = (
+        f"Tiny ViT ({BACKBONE}), players {PLAYERS_GRID}; pretrain {setup.pretrain_steps} steps plain CE, then "
+        f"{setup.steps} steps per variant (batch {setup.batch_size}, AdamW lr {setup.lr}); accuracy on "
+        f"{setup.num_test} test images; r and rel. L2 against exact Shapley values on {setup.truth_images} test "
+        f"images; common settings {COMMON}.\n\n"
+    )
+    path.write_text("# Recipe study\n\n" + header + "\n".join(lines) + "\n")
+    print(path.read_text())
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--variants", nargs="+", default=["plain", "default", "lambda0", "alpha0", "no_norm", "backbone_head"])
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
+    parser.add_argument("--steps", type=int, default=Setup.steps)
+    parser.add_argument("--pretrain-steps", type=int, default=Setup.pretrain_steps)
+    parser.add_argument("--truth-images", type=int, default=Setup.truth_images)
+    parser.add_argument("--jobs", type=int, default=2)
+    parser.add_argument("--table", type=Path, default=REPO / "benchmarks" / "results" / "recipe.md")
+    parser.add_argument("--reuse", action="store_true", help="only rebuild the table from recipe.jsonl")
+    args = parser.parse_args(argv)
+    setup = Setup(steps=args.steps, pretrain_steps=args.pretrain_steps, truth_images=args.truth_images)
+    OUT.mkdir(parents=True, exist_ok=True)
+    args.table.parent.mkdir(parents=True, exist_ok=True)
+    if not args.reuse:
+        torch.set_num_threads(1)
+        with ProcessPoolExecutor(args.jobs, mp_context=get_context("spawn")) as pool:
+            list(pool.map(pretrained_dir, args.seeds, [setup] * len(args.seeds)))
+            jobs = [(v, s) for v in args.variants for s in args.seeds]
+            list(pool.map(run_one, [v for v, _ in jobs], [s for _, s in jobs], [setup] * len(jobs)))
+    results = [json.loads(line) for line in (OUT / "recipe.jsonl").read_text().splitlines()]
+    results = [r for r in results if r["variant"] in args.variants and r["seed"] in args.seeds and r["steps"] == setup.steps]
+    write_table(results, setup, args.table)
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(REPO / "src"))
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    main()
