@@ -35,22 +35,35 @@ OUT = REPO / "outputs" / "recipe"
 
 # The tiny backbone: 64 px images, 16 px patches -> a 4 x 4 token grid, one token per player.
 BACKBONE = dict(
-    image_size=64, patch_size=16, hidden_size=128, num_hidden_layers=4, num_attention_heads=4, intermediate_size=256
+    image_size=64,
+    patch_size=16,
+    hidden_size=128,
+    num_hidden_layers=4,
+    num_attention_heads=4,
+    intermediate_size=256,
 )
 PLAYERS_GRID = (4, 4)
 
 # Each variant: ShapleyConfig overrides passed to from_backbone ("plain" = stock classifier).
 VARIANTS: dict[str, dict] = {
     "plain": {},
-    "default": dict(prediction_mode="shapley_sum", shapley_loss_weight=1.0, distill_loss_weight=1.0),
-    "lambda0": dict(prediction_mode="shapley_sum", shapley_loss_weight=0.0, distill_loss_weight=1.0),
+    "default": dict(
+        prediction_mode="shapley_sum", shapley_loss_weight=1.0, distill_loss_weight=1.0
+    ),
+    "lambda0": dict(
+        prediction_mode="shapley_sum", shapley_loss_weight=0.0, distill_loss_weight=1.0
+    ),
     "alpha0": dict(prediction_mode="shapley_sum", shapley_loss_weight=1.0, distill_loss_weight=0.0),
     "no_norm": dict(prediction_mode="shapley_sum", shapley_loss_normalization="none"),
     "centered": dict(prediction_mode="shapley_sum", center_logits=True),
     "no_stopgrad": dict(prediction_mode="shapley_sum", shapley_stop_gradient=False),
     "no_warmup": dict(prediction_mode="shapley_sum", loss_warmup_steps=0),
-    "m16_g4": dict(prediction_mode="shapley_sum", num_shapley_coalitions=16, num_distill_coalitions=4),
-    "m4_g2": dict(prediction_mode="shapley_sum", num_shapley_coalitions=4, num_distill_coalitions=2),
+    "m16_g4": dict(
+        prediction_mode="shapley_sum", num_shapley_coalitions=16, num_distill_coalitions=4
+    ),
+    "m4_g2": dict(
+        prediction_mode="shapley_sum", num_shapley_coalitions=4, num_distill_coalitions=2
+    ),
     "backbone_head": dict(prediction_mode="backbone_head", train_backbone=True),
 }
 # Shared by every Shapley variant unless overridden.
@@ -99,7 +112,9 @@ def _batches(num: int, batch_size: int, seed: int):
 def _train(model, xtr, ytr, steps: int, setup: Setup, seed: int, shapley: bool) -> list[float]:
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=setup.lr, weight_decay=0.05)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 50) * max(0.0, 1 - s / steps))
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / 50) * max(0.0, 1 - s / steps)
+    )
     model.train()
     times = []
     stream = _batches(len(xtr), setup.batch_size, seed)
@@ -139,7 +154,9 @@ def pretrained_dir(seed: int, setup: Setup) -> Path:
         return path
     torch.manual_seed(seed)
     labels = dict(enumerate(SHAPES_LABELS[:4]))
-    model = ViTForImageClassification(ViTConfig(**BACKBONE, id2label=labels, label2id={v: k for k, v in labels.items()}))
+    model = ViTForImageClassification(
+        ViTConfig(**BACKBONE, id2label=labels, label2id={v: k for k, v in labels.items()})
+    )
     xtr, ytr, xte, yte = _data(setup)
     _train(model, xtr, ytr, setup.pretrain_steps, setup, seed + 10_000, shapley=False)
     model.save_pretrained(path)
@@ -149,9 +166,9 @@ def pretrained_dir(seed: int, setup: Setup) -> Path:
 
 def run_one(variant: str, seed: int, setup: Setup) -> dict:
     torch.set_num_threads(1)
-    import hf_shapley  # noqa: F401  (registers the auto classes)
     from transformers import ViTForImageClassification
 
+    import hf_shapley  # noqa: F401  (registers the auto classes)
     from hf_shapley import ShapleyForImageClassification
     from hf_shapley.evaluation import exact_model_shapley_values, shapley_agreement
 
@@ -165,7 +182,11 @@ def run_one(variant: str, seed: int, setup: Setup) -> dict:
     else:
         overrides = {**COMMON, **VARIANTS[variant], **setup.extra}
         model = ShapleyForImageClassification.from_backbone(
-            source, players_grid=PLAYERS_GRID, load_image_processor=False, coalition_seed=seed, **overrides
+            source,
+            players_grid=PLAYERS_GRID,
+            load_image_processor=False,
+            coalition_seed=seed,
+            **overrides,
         )
         times = _train(model, xtr, ytr, setup.steps, setup, seed, shapley=True)
         accuracy = _accuracy(model, xte, yte)
@@ -177,7 +198,9 @@ def run_one(variant: str, seed: int, setup: Setup) -> dict:
         # Other classes: the class ranked second, a separate number.
         second = out.logits.topk(2, dim=-1).indices[:, 1]
         other = shapley_agreement(out.shapley_values, truth, second)
-        phi_pred = out.shapley_values.gather(2, predicted.view(-1, 1, 1).expand(-1, model.num_players, 1))
+        phi_pred = out.shapley_values.gather(
+            2, predicted.view(-1, 1, 1).expand(-1, model.num_players, 1)
+        )
         result = dict(
             variant=variant,
             seed=seed,
@@ -233,17 +256,27 @@ def write_table(results: list[dict], setup: Setup, path: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--variants", nargs="+", default=["plain", "default", "lambda0", "alpha0", "no_norm", "backbone_head"])
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--variants",
+        nargs="+",
+        default=["plain", "default", "lambda0", "alpha0", "no_norm", "backbone_head"],
+    )
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
     parser.add_argument("--steps", type=int, default=Setup.steps)
     parser.add_argument("--pretrain-steps", type=int, default=Setup.pretrain_steps)
     parser.add_argument("--truth-images", type=int, default=Setup.truth_images)
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--table", type=Path, default=REPO / "benchmarks" / "results" / "recipe.md")
-    parser.add_argument("--reuse", action="store_true", help="only rebuild the table from recipe.jsonl")
+    parser.add_argument(
+        "--reuse", action="store_true", help="only rebuild the table from recipe.jsonl"
+    )
     args = parser.parse_args(argv)
-    setup = Setup(steps=args.steps, pretrain_steps=args.pretrain_steps, truth_images=args.truth_images)
+    setup = Setup(
+        steps=args.steps, pretrain_steps=args.pretrain_steps, truth_images=args.truth_images
+    )
     OUT.mkdir(parents=True, exist_ok=True)
     args.table.parent.mkdir(parents=True, exist_ok=True)
     if not args.reuse:
@@ -253,7 +286,11 @@ def main(argv: list[str] | None = None) -> None:
             jobs = [(v, s) for v in args.variants for s in args.seeds]
             list(pool.map(run_one, [v for v, _ in jobs], [s for _, s in jobs], [setup] * len(jobs)))
     results = [json.loads(line) for line in (OUT / "recipe.jsonl").read_text().splitlines()]
-    results = [r for r in results if r["variant"] in args.variants and r["seed"] in args.seeds and r["steps"] == setup.steps]
+    results = [
+        r
+        for r in results
+        if r["variant"] in args.variants and r["seed"] in args.seeds and r["steps"] == setup.steps
+    ]
     write_table(results, setup, args.table)
 
 

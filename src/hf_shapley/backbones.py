@@ -93,14 +93,18 @@ class TokenRemovalAdapter:
         return backbone.layernorm(hidden_states)
 
     def classifier_features(
-        self, special_states: torch.Tensor, patch_states: torch.Tensor, patch_weights: torch.Tensor
+        self,
+        special_states: torch.Tensor,
+        patch_states: torch.Tensor,
+        patch_weights: torch.Tensor | None,
     ) -> torch.Tensor:
         """What the family's classifier head reads, for one group of tokens.
 
         Args:
             special_states: (n, s, D) the group's special tokens after the final norm.
             patch_states: (n, N, D) patch tokens after the final norm.
-            patch_weights: (n, N) 1 for the group's patch tokens, 0 for the others.
+            patch_weights: (n, N) 1 for the group's patch tokens, 0 for the others; ``None``
+                for all of them, computed as the family's own classifier does (bit-identical).
 
         Returns:
             (n, D) or (n, 2D) for the families that also read the patch mean (DINOv2). An empty
@@ -109,6 +113,8 @@ class TokenRemovalAdapter:
         cls = special_states[:, 0]
         if not self.classifier_reads_patch_mean:
             return cls
+        if patch_weights is None:
+            return torch.cat([cls, patch_states.mean(dim=1)], dim=1)
         weights = patch_weights.to(patch_states.dtype)
         count = weights.sum(1, keepdim=True).clamp_min(1.0)
         mean = torch.einsum("nt,ntd->nd", weights, patch_states) / count

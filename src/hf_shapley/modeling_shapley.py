@@ -111,7 +111,10 @@ class ShapleyPreTrainedModel(PreTrainedModel):
         elif isinstance(module, ShapleyForImageClassification):
             init.zeros_(module.shapley_bias)
             # Non-persistent buffers are not in the checkpoint: rebuild them on every load.
-            init.copy_(module.token_to_player, player_index_of_tokens(module.token_grid, module.players_grid))
+            init.copy_(
+                module.token_to_player,
+                player_index_of_tokens(module.token_grid, module.players_grid),
+            )
 
 
 class ShapleyForImageClassification(ShapleyPreTrainedModel):
@@ -274,11 +277,28 @@ class ShapleyForImageClassification(ShapleyPreTrainedModel):
             model.image_processor = loaded.image_processor
         return model
 
+    @classmethod
+    def from_pretrained(cls, *args: Any, **kwargs: Any):
+        # Loading replaces every parameter with a fresh one that requires grad, undoing the
+        # freezing done in __init__ (train_backbone=False, unused parameters): redo it.
+        result = super().from_pretrained(*args, **kwargs)
+        model = result[0] if isinstance(result, tuple) else result
+        model._apply_train_backbone()
+        return result
+
     def _apply_train_backbone(self) -> None:
         frozen = self.config.prediction_mode == "backbone_head" and not self.config.train_backbone
         for module in (self.backbone, self.classifier):
             if module is not None:
                 module.requires_grad_(not frozen)
+        # Parameters no forward uses must not require grad: DDP without find_unused_parameters
+        # (a plain Accelerate loop; the Trainer with gradient checkpointing) fails on them.
+        # The soft-voting bias is unused in backbone_head mode; DINOv2's mask_token always
+        # (it is only read with bool_masked_pos).
+        self.shapley_bias.requires_grad_(self.config.prediction_mode == "shapley_sum")
+        mask_token = getattr(self.backbone.embeddings, "mask_token", None)
+        if isinstance(mask_token, nn.Parameter):
+            mask_token.requires_grad_(False)
 
     def save_pretrained(self, save_directory: str | os.PathLike, *args, **kwargs) -> None:
         """Save weights, config (with an ``auto_map`` for remote code) and the image processor."""
@@ -418,9 +438,10 @@ class ShapleyForImageClassification(ShapleyPreTrainedModel):
 
         # backbone_head: the classifier gives the logits; the head explains them, with efficiency
         # imposed by spreading the residual v(all) - v(empty) - sum_i r_i evenly over players.
-        ones = patch_states.new_ones(patch_states.shape[:2])
+        # patch_weights=None: the classifier's own feature computation, so that predictions stay
+        # bit-identical to the wrapped classifier (a weighted mean differs in the last bit).
         logits = self.classifier(
-            self.adapter.classifier_features(states[:, :s], patch_states, ones)
+            self.adapter.classifier_features(states[:, :s], patch_states, None)
         )
         base = self._empty_coalition_logits(embeddings)
         features = patch_states if self.config.train_backbone else patch_states.detach()

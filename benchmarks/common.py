@@ -1,0 +1,58 @@
+"""Shared helpers of the benchmark scripts: interleaved timing and device selection.
+
+Every number a benchmark reports is a ratio against a baseline measured side by side in the
+same process, interleaved round by round, so that machine load and clock changes hit both.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+
+VIT_SMALL_224 = dict(
+    image_size=224,
+    patch_size=16,
+    hidden_size=384,
+    num_hidden_layers=12,
+    num_attention_heads=6,
+    intermediate_size=1536,
+)
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda was asked for but torch sees no CUDA device.")
+    return torch.device(name)
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def interleaved_medians(
+    fns: dict[str, Callable[[], object]], *, device: torch.device, rounds: int, warmup: int = 2
+) -> dict[str, float]:
+    """Median seconds per call of each function, calling them round-robin ``rounds`` times."""
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+    synchronize(device)
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            synchronize(device)
+            start = time.perf_counter()
+            fn()
+            synchronize(device)
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(ts) for name, ts in times.items()}
+
+
+def markdown_table(header: list[str], rows: list[list[object]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)

@@ -1,0 +1,27 @@
+"""Built-in data set: generated coloured shapes with known class-object masks."""
+
+from .shapes import (
+    COLOR_NAMES,
+    MAX_OCCLUDED_FRACTION,
+    MIN_IMAGE_SIZE,
+    SHAPE_NAMES,
+    SHAPES_LABELS,
+    SUPPORTED_NUM_CLASSES,
+    ShapesArrays,
+    generate_shapes,
+    load_shapes_dataset,
+    shapes_label_names,
+)
+
+__all__ = [
+    "COLOR_NAMES",
+    "MAX_OCCLUDED_FRACTION",
+    "MIN_IMAGE_SIZE",
+    "SHAPES_LABELS",
+    "SHAPE_NAMES",
+    "SUPPORTED_NUM_CLASSES",
+    "ShapesArrays",
+    "generate_shapes",
+    "load_shapes_dataset",
+    "shapes_label_names",
+]

@@ -1,0 +1,379 @@
+"""Tests of the built-in coloured-shapes data set (hf_shapley.data).
+
+The difficulty criteria (a)-(d) of the module docstring are checked here, from pixels where a
+property can be seen in the images and from the generation metadata otherwise.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from datasets import ClassLabel, DatasetDict
+from datasets import Image as ImageFeature
+
+from hf_shapley.data import (
+    COLOR_NAMES,
+    MAX_OCCLUDED_FRACTION,
+    MIN_IMAGE_SIZE,
+    SHAPE_NAMES,
+    SHAPES_LABELS,
+    SUPPORTED_NUM_CLASSES,
+    generate_shapes,
+    load_shapes_dataset,
+    shapes_label_names,
+)
+from hf_shapley.data.shapes import PALETTE, SIZE_RANGE
+
+IMAGE_SIZE = 64
+
+
+@pytest.fixture(scope="module")
+def train_arrays():
+    return generate_shapes(2000, image_size=IMAGE_SIZE, seed=0, split="train")
+
+
+@pytest.fixture(scope="module")
+def test_arrays():
+    return generate_shapes(1000, image_size=IMAGE_SIZE, seed=0, split="test")
+
+
+@pytest.fixture(scope="module")
+def small_dataset():
+    return load_shapes_dataset(40, 24, seed=3)
+
+
+def _nearest_palette_color(pixels: np.ndarray, num_colors: int) -> np.ndarray:
+    """Index of the nearest palette colour of each RGB pixel (last axis)."""
+    diff = pixels[..., None, :].astype(np.float32) - PALETTE[:num_colors]
+    return np.argmin((diff**2).sum(-1), axis=-1)
+
+
+def _fit_logistic_regression(
+    x_train: torch.Tensor,
+    y_train: torch.Tensor,
+    x_test: torch.Tensor,
+    y_test: torch.Tensor,
+    l2: float = 1e-3,
+) -> tuple[float, float]:
+    """Multinomial logistic regression (full-batch L-BFGS, L2 penalty) on standardized features;
+    returns (train accuracy, test accuracy)."""
+    torch.manual_seed(0)
+    mean, std = x_train.mean(0), x_train.std(0) + 1e-3
+    x_train, x_test = (x_train - mean) / std, (x_test - mean) / std
+    num_classes = int(y_train.max()) + 1
+    weight = torch.zeros(x_train.shape[1], num_classes, requires_grad=True)
+    bias = torch.zeros(num_classes, requires_grad=True)
+    optimizer = torch.optim.LBFGS(
+        [weight, bias], max_iter=100, history_size=20, line_search_fn="strong_wolfe"
+    )
+
+    def closure():
+        optimizer.zero_grad()
+        logits = x_train @ weight + bias
+        loss = torch.nn.functional.cross_entropy(logits, y_train) + l2 * weight.pow(2).sum()
+        loss.backward()
+        return loss
+
+    optimizer.step(closure)
+    with torch.no_grad():
+        train_acc = ((x_train @ weight + bias).argmax(1) == y_train).float().mean().item()
+        test_acc = ((x_test @ weight + bias).argmax(1) == y_test).float().mean().item()
+    return train_acc, test_acc
+
+
+# ------------------------------------------------------------------------------------------
+# API, features, determinism
+# ------------------------------------------------------------------------------------------
+
+
+def test_label_names():
+    assert SHAPES_LABELS[:4] == ("red circle", "green square", "blue triangle", "yellow cross")
+    assert len(SHAPES_LABELS) == len(COLOR_NAMES) == len(SHAPE_NAMES) == len(PALETTE)
+    assert shapes_label_names(3) == ["red circle", "green square", "blue triangle"]
+    assert len(set(SHAPES_LABELS)) == len(SHAPES_LABELS)
+
+
+def test_features_and_modes(small_dataset):
+    assert isinstance(small_dataset, DatasetDict)
+    assert set(small_dataset) == {"train", "test"}
+    assert small_dataset["train"].num_rows == 40
+    assert small_dataset["test"].num_rows == 24
+    features = small_dataset["train"].features
+    assert isinstance(features["image"], ImageFeature)
+    assert isinstance(features["mask"], ImageFeature)
+    assert isinstance(features["label"], ClassLabel)
+    assert features["label"].names == list(SHAPES_LABELS[:4])
+    for split in ("train", "test"):
+        for example in small_dataset[split].select(range(5)):
+            image, mask = example["image"], example["mask"]
+            assert image.mode == "RGB" and image.size == (IMAGE_SIZE, IMAGE_SIZE)
+            assert mask.mode == "L" and mask.size == (IMAGE_SIZE, IMAGE_SIZE)
+            values = set(np.unique(np.asarray(mask)).tolist())
+            assert values == {0, 255}
+            assert 0 <= example["label"] < 4
+
+
+def test_dataset_matches_arrays(small_dataset):
+    """The Dataset holds exactly what `generate_shapes` returns (lossless encoding)."""
+    arrays = generate_shapes(40, seed=3, split="train")
+    train = small_dataset["train"]
+    assert train["label"] == arrays.labels.tolist()
+    for i in (0, 17, 39):
+        np.testing.assert_array_equal(np.asarray(train[i]["image"]), arrays.images[i])
+        np.testing.assert_array_equal(np.asarray(train[i]["mask"]), arrays.masks[i] * 255)
+
+
+def test_deterministic_and_seeded(small_dataset):
+    again = load_shapes_dataset(40, 24, seed=3)
+    for split in ("train", "test"):
+        # Byte-identical encoded files, not only equal pixels.
+        ours = small_dataset[split].data.to_pydict()
+        theirs = again[split].data.to_pydict()
+        assert ours == theirs
+        assert small_dataset[split]._fingerprint == again[split]._fingerprint
+    other = generate_shapes(40, seed=4)
+    assert not np.array_equal(other.images, generate_shapes(40, seed=3).images)
+    # Train and test come from independent streams.
+    assert not np.array_equal(
+        generate_shapes(24, seed=3, split="train").images,
+        generate_shapes(24, seed=3, split="test").images,
+    )
+
+
+def test_test_split_does_not_depend_on_num_train():
+    a = load_shapes_dataset(8, 12, seed=1)["test"]
+    b = load_shapes_dataset(100, 12, seed=1)["test"]
+    assert a.data.to_pydict() == b.data.to_pydict()
+
+
+def test_prefix_is_stable_across_counts():
+    # Full chunks of 256 images do not depend on the requested count.
+    short, long = generate_shapes(256), generate_shapes(300)
+    np.testing.assert_array_equal(short.images, long.images[:256])
+    np.testing.assert_array_equal(short.masks, long.masks[:256])
+
+
+def test_empty_split():
+    ds = load_shapes_dataset(0, 4)
+    assert ds["train"].num_rows == 0 and ds["test"].num_rows == 4
+
+
+# ------------------------------------------------------------------------------------------
+# Masks and occlusion
+# ------------------------------------------------------------------------------------------
+
+
+def test_mask_marks_the_class_object(train_arrays):
+    a = train_arrays
+    n = len(a.labels)
+    assert a.masks.shape == (n, IMAGE_SIZE, IMAGE_SIZE) and a.masks.dtype == bool
+    assert a.masks.any(axis=(1, 2)).all()
+    # Slot 0 is the class object: its colour and shape are the label's.
+    np.testing.assert_array_equal(a.colors[:, 0], a.labels)
+    np.testing.assert_array_equal(a.shapes[:, 0], a.labels)
+    nearest = _nearest_palette_color(a.images, 4)  # (N, S, S)
+    for i in range(n):
+        mask = a.masks[i]
+        # Every mask pixel shows the class colour (pixel noise aside)...
+        assert (nearest[i][mask] == a.labels[i]).mean() > 0.97
+        # ...and, with the default distractors (each colour once), no pixel of that colour
+        # lies outside the mask: the mask covers the class object and nothing else.
+        far_from_gray = np.abs(a.images[i].astype(int) - a.images[i].mean(-1, keepdims=True))
+        colored = far_from_gray.max(-1) > 60
+        outside = colored & ~mask & (nearest[i] == a.labels[i])
+        assert outside.sum() <= 0.02 * mask.sum()
+    # The mask lies within the object's circumscribed circle...
+    ys, xs = np.mgrid[0:IMAGE_SIZE, 0:IMAGE_SIZE] + 0.5
+    cx = a.centers[:, 0, 0][:, None, None]
+    cy = a.centers[:, 0, 1][:, None, None]
+    dist = np.hypot(xs - cx, ys - cy)
+    assert not (a.masks & (dist > a.radii[:, 0][:, None, None] + 0.5)).any()
+    # ...and, for unoccluded objects (all shapes are centred on their centroid), centres on it.
+    whole = a.occluded_fraction == 0
+    area = a.masks.sum(axis=(1, 2))
+    mx = (a.masks * xs).sum(axis=(1, 2)) / area
+    my = (a.masks * ys).sum(axis=(1, 2)) / area
+    assert np.abs(mx - a.centers[:, 0, 0])[whole].max() < 1.0
+    assert np.abs(my - a.centers[:, 0, 1])[whole].max() < 1.0
+
+
+def test_all_shapes_have_the_size_area(train_arrays):
+    """Area = pi * size**2 for every shape: colour pixel counts cannot tell shapes apart."""
+    a = train_arrays
+    ratio = a.object_area / (np.pi * a.sizes[:, 0] ** 2)
+    for shape in range(4):
+        assert abs(ratio[a.shapes[:, 0] == shape].mean() - 1.0) < 0.03
+    assert np.all(np.abs(ratio - 1.0) < 0.25)  # rasterization error of the smallest objects
+
+
+@pytest.mark.parametrize(("num_classes", "num_distractors"), [(4, None), (4, 7), (6, None)])
+def test_occlusion_is_bounded(num_classes, num_distractors):
+    a = generate_shapes(
+        600, num_classes=num_classes, num_distractors=num_distractors, seed=5, split="test"
+    )
+    assert a.occluded_fraction.max() <= MAX_OCCLUDED_FRACTION
+    assert (a.masks.sum(axis=(1, 2)) >= (1 - MAX_OCCLUDED_FRACTION) * a.object_area).all()
+    # Occlusion does happen (the bound is not vacuous) when images are crowded.
+    if num_distractors == 7:
+        assert (a.occluded_fraction > 0).any()
+
+
+# ------------------------------------------------------------------------------------------
+# Difficulty criteria
+# ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("num_classes", "num_distractors"), [(3, None), (4, None), (4, 6), (5, None), (6, 7)]
+)
+def test_distractors_are_never_a_class(num_classes, num_distractors):
+    """(b) distractors reuse colours and shapes but never form a class conjunction."""
+    k = num_classes
+    a = generate_shapes(300, num_classes=k, num_distractors=num_distractors, seed=2)
+    num_objects = 1 + (k - 1 if num_distractors is None else num_distractors)
+    assert a.colors.shape == a.shapes.shape == (300, num_objects)
+    assert (a.colors < k).all() and (a.shapes < k).all()
+    d_colors, d_shapes = a.colors[:, 1:], a.shapes[:, 1:]
+    # Class c is (colour c, shape c): no distractor has equal colour and shape indices.
+    assert (d_colors != d_shapes).all()
+    # Each image has a distractor sharing a feature with a class other than its label.
+    label = a.labels[:, None]
+    shares_other = ((d_colors != label) | (d_shapes != label)).any(axis=1)
+    assert shares_other.all()
+    # The class object and the first k - 1 distractors use each colour and shape exactly once,
+    # so colour and shape histograms carry no label information.
+    expected = np.broadcast_to(np.arange(k), (300, k))
+    np.testing.assert_array_equal(np.sort(a.colors[:, :k], axis=1), expected)
+    np.testing.assert_array_equal(np.sort(a.shapes[:, :k], axis=1), expected)
+
+
+def test_logistic_regression_on_pixels_is_near_chance(train_arrays, test_arrays):
+    """(a) a linear model on raw pixels scores under 40% (chance: 25%)."""
+
+    def pixels(a):
+        return torch.from_numpy(a.images.reshape(len(a.images), -1)).float() / 255.0
+
+    y_train = torch.from_numpy(train_arrays.labels)
+    y_test = torch.from_numpy(test_arrays.labels)
+    train_acc, test_acc = _fit_logistic_regression(
+        pixels(train_arrays), y_train, pixels(test_arrays), y_test
+    )
+    # The model did fit (it memorizes the training set), yet does not generalize.
+    assert train_acc > 0.9
+    assert test_acc < 0.40, f"logistic regression test accuracy {test_acc:.3f}"
+
+
+def test_color_counts_do_not_give_the_class(train_arrays, test_arrays):
+    """(c) per-colour pixel counts (with noise and texture) give chance-level accuracy."""
+
+    def color_counts(a):
+        nearest = _nearest_palette_color(a.images, 4)
+        diff = a.images[..., None, :].astype(np.float32) - PALETTE[:4]
+        close = (diff**2).sum(-1).min(-1) < 60**2  # not background
+        counts = [((nearest == c) & close).sum(axis=(1, 2)) for c in range(4)]
+        return torch.from_numpy(np.stack(counts, 1).astype(np.float32))
+
+    y_train = torch.from_numpy(train_arrays.labels)
+    y_test = torch.from_numpy(test_arrays.labels)
+    _, test_acc = _fit_logistic_regression(
+        color_counts(train_arrays), y_train, color_counts(test_arrays), y_test, l2=1e-4
+    )
+    assert test_acc < 0.32, f"colour-count test accuracy {test_acc:.3f}"
+
+
+def test_location_and_size_vary(train_arrays):
+    """(c) the class object appears anywhere, at varying sizes, on a textured background."""
+    a = train_arrays
+    ys, xs = np.mgrid[0:IMAGE_SIZE, 0:IMAGE_SIZE] + 0.5
+    area = a.masks.sum(axis=(1, 2))
+    mx = (a.masks * xs).sum(axis=(1, 2)) / area / IMAGE_SIZE
+    my = (a.masks * ys).sum(axis=(1, 2)) / area / IMAGE_SIZE
+    for coord in (mx, my):
+        low, high = np.quantile(coord, [0.02, 0.98])
+        assert low < 0.2 and high > 0.8
+    quadrant = (mx > 0.5).astype(int) * 2 + (my > 0.5)
+    shares = np.bincount(quadrant, minlength=4) / len(quadrant)
+    assert shares.min() > 0.18
+    # Centroid is not tied to the label either.
+    for c in range(4):
+        assert abs(mx[a.labels == c].mean() - 0.5) < 0.05
+    # Sizes cover the configured range; the mask area varies by a factor of ~3.
+    lo, hi = SIZE_RANGE[0] * IMAGE_SIZE, SIZE_RANGE[1] * IMAGE_SIZE
+    assert a.sizes[:, 0].min() < lo + 0.1 * (hi - lo) and a.sizes[:, 0].max() > hi - 0.1 * (hi - lo)
+    assert np.quantile(area, 0.95) > 2 * np.quantile(area, 0.05)
+    # The background is noisy and textured: far from every object, pixels vary.
+    far = np.ones_like(a.masks)
+    for j in range(a.centers.shape[1]):
+        d = np.hypot(xs - a.centers[:, j, 0, None, None], ys - a.centers[:, j, 1, None, None])
+        far &= d > a.radii[:, j, None, None] + 1
+    background_std = np.array([a.images[i][far[i]].std() for i in range(200)])
+    assert np.median(background_std) > 8
+    # Background brightness differs between images.
+    means = np.array([a.images[i][far[i]].mean() for i in range(200)])
+    assert means.std() > 15
+
+
+def test_classes_are_balanced(train_arrays, small_dataset):
+    """(d) class counts differ by at most one."""
+    counts = np.bincount(train_arrays.labels, minlength=4)
+    assert counts.max() - counts.min() <= 1
+    counts = np.bincount(generate_shapes(1001, num_classes=3).labels, minlength=3)
+    assert counts.max() - counts.min() <= 1
+    counts = np.bincount(small_dataset["test"]["label"], minlength=4)
+    assert counts.max() - counts.min() <= 1
+
+
+# ------------------------------------------------------------------------------------------
+# Arguments
+# ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("num_classes", [1, 2, 7, 10])
+def test_unsupported_num_classes(num_classes):
+    assert num_classes not in SUPPORTED_NUM_CLASSES
+    with pytest.raises(ValueError, match="num_classes"):
+        load_shapes_dataset(4, 4, num_classes=num_classes)
+    with pytest.raises(ValueError, match="num_classes"):
+        shapes_label_names(num_classes)
+
+
+def test_supported_num_classes():
+    ds = load_shapes_dataset(12, 12, num_classes=6, image_size=48)
+    assert ds["train"].features["label"].names == list(SHAPES_LABELS)
+    assert np.asarray(ds["train"][0]["image"]).shape == (48, 48, 3)
+
+
+@pytest.mark.parametrize("image_size", [MIN_IMAGE_SIZE - 1, 16, 0, -64])
+def test_image_size_too_small(image_size):
+    with pytest.raises(ValueError, match="image_size"):
+        load_shapes_dataset(4, 4, image_size=image_size)
+
+
+def test_smallest_image_size_works():
+    a = generate_shapes(64, image_size=MIN_IMAGE_SIZE)
+    assert a.images.shape == (64, MIN_IMAGE_SIZE, MIN_IMAGE_SIZE, 3)
+    assert a.masks.any(axis=(1, 2)).all()
+
+
+@pytest.mark.parametrize(("num_train", "num_test"), [(-1, 4), (4, -5)])
+def test_negative_sizes(num_train, num_test):
+    with pytest.raises(ValueError, match="number of examples"):
+        load_shapes_dataset(num_train, num_test)
+
+
+@pytest.mark.parametrize("num_distractors", [0, 2, 8, -1])
+def test_bad_num_distractors(num_distractors):
+    with pytest.raises(ValueError, match="num_distractors"):
+        load_shapes_dataset(4, 4, num_distractors=num_distractors)
+
+
+def test_bad_types_and_split():
+    with pytest.raises(TypeError, match="image_size"):
+        load_shapes_dataset(4, 4, image_size=64.0)
+    with pytest.raises(TypeError, match="number of examples"):
+        load_shapes_dataset(4.5, 4)
+    with pytest.raises(ValueError, match="split"):
+        generate_shapes(4, split="validation")
+    with pytest.raises(ValueError, match="seed"):
+        generate_shapes(4, seed=-1)

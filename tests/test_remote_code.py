@@ -1,0 +1,212 @@
+"""A saved model loads with ``trust_remote_code=True`` in a process where hf_shapley is absent.
+
+The parent saves two models (soft voting on ViT; backbone_head on DINOv2 with registers, the
+family with the most special tokens), then a fresh interpreter (``sys.executable``) in which
+importing ``hf_shapley`` is blocked (a meta-path finder ahead of the editable install's
+finder, and the ``src`` directory removed from ``sys.path``) loads them from the saved code
+files alone, offline, with its own module cache, and writes its outputs to a file.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoConfig, AutoModel, AutoModelForImageClassification
+
+import hf_shapley
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+SRC_DIR = str(Path(hf_shapley.__file__).resolve().parent.parent)
+CODE_FILES = (
+    "configuration_shapley.py",
+    "modeling_shapley.py",
+    "backbones.py",
+    "coalitions.py",
+    "objective.py",
+)
+MODELS = {
+    "vit_sum": ("vit", "shapley_sum"),
+    "dinov2reg_head": ("dinov2_with_registers", "backbone_head"),
+}
+
+CHILD = r"""
+import importlib.abc
+import json
+import os
+import sys
+
+
+class BlockHfShapley(importlib.abc.MetaPathFinder):
+    def find_spec(self, fullname, path=None, target=None):
+        if fullname == "hf_shapley" or fullname.startswith("hf_shapley."):
+            raise ModuleNotFoundError(f"hf_shapley is blocked in this process ({fullname})")
+        return None
+
+
+sys.meta_path.insert(0, BlockHfShapley())
+src_dir = os.path.realpath(sys.argv[3])
+sys.path[:] = [p for p in sys.path if os.path.realpath(p or os.getcwd()) != src_dir]
+
+try:
+    import hf_shapley  # noqa: F401
+    blocked = False
+except ModuleNotFoundError:
+    blocked = True
+
+import torch
+from transformers import AutoModelForImageClassification
+
+torch.set_num_threads(1)
+io_dir = sys.argv[2]
+inputs = torch.load(os.path.join(io_dir, "inputs.pt"))
+results, info = {}, {"blocked": blocked}
+for name, model_dir in json.loads(sys.argv[1]).items():
+    model = AutoModelForImageClassification.from_pretrained(model_dir, trust_remote_code=True)
+    model.eval()
+    with torch.no_grad():
+        out = model(inputs["pixel_values"])
+        values = model(inputs["pixel_values"], coalition=inputs["coalition"]).logits
+    model.train()
+    step = model(
+        inputs["pixel_values"], labels=inputs["labels"], example_index=inputs["example_index"]
+    )
+    step.loss.backward()
+    results[name] = {
+        "logits": out.logits,
+        "shapley_values": out.shapley_values,
+        "base_values": out.base_values,
+        "coalition_values": values,
+        "loss": step.loss.detach(),
+    }
+    info[name] = {
+        "model_module": type(model).__module__,
+        "config_module": type(model.config).__module__,
+        "trainable": sorted(n for n, p in model.named_parameters() if p.requires_grad),
+    }
+info["hf_shapley_modules"] = sorted(
+    m for m, mod in sys.modules.items() if m.split(".")[0] == "hf_shapley" and mod is not None
+)
+info["src_on_path"] = any(os.path.realpath(p or os.getcwd()) == src_dir for p in sys.path)
+torch.save(results, os.path.join(io_dir, "child_outputs.pt"))
+with open(os.path.join(io_dir, "child_info.json"), "w") as f:
+    json.dump(info, f)
+"""
+
+
+@pytest.fixture(scope="module")
+def saved_models(tmp_path_factory, make_model):
+    root = tmp_path_factory.mktemp("remote_code")
+    models, dirs = {}, {}
+    for name, (family, mode) in MODELS.items():
+        model = make_model(family, players_grid=(2, 2), prediction_mode=mode)
+        dirs[name] = root / name
+        model.save_pretrained(dirs[name])
+        models[name] = model
+    return models, dirs
+
+
+def test_saved_directory_holds_code_and_auto_map(saved_models):
+    _, dirs = saved_models
+    for path in dirs.values():
+        for file in CODE_FILES:
+            assert (path / file).is_file(), file
+        auto_map = json.loads((path / "config.json").read_text())["auto_map"]
+        assert auto_map["AutoConfig"] == "configuration_shapley.ShapleyConfig"
+        assert auto_map["AutoModel"] == "modeling_shapley.ShapleyForImageClassification"
+        assert (
+            auto_map["AutoModelForImageClassification"]
+            == "modeling_shapley.ShapleyForImageClassification"
+        )
+        # The shipped files use relative imports only (no `hf_shapley` import).
+        for file in CODE_FILES:
+            assert absolute_package_imports(path / file) == [], file
+
+
+def absolute_package_imports(path: Path) -> list[str]:
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found += [a.name for a in node.names if a.name.split(".")[0] == "hf_shapley"]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0:
+            found += [node.module] if (node.module or "").split(".")[0] == "hf_shapley" else []
+    return found
+
+
+def test_auto_classes_resolve_in_process(saved_models):
+    models, dirs = saved_models
+    path = dirs["vit_sum"]
+    assert isinstance(AutoConfig.from_pretrained(path), hf_shapley.ShapleyConfig)
+    for auto_class in (AutoModel, AutoModelForImageClassification):
+        assert type(auto_class.from_pretrained(path)) is hf_shapley.ShapleyForImageClassification
+
+
+def test_loads_with_trust_remote_code_without_the_package(saved_models, tmp_path):
+    models, dirs = saved_models
+    gen = torch.Generator().manual_seed(99)
+    inputs = {
+        "pixel_values": torch.randn(3, 3, 32, 32, generator=gen),
+        "coalition": torch.rand(3, 5, 4, generator=gen) > 0.5,
+        "labels": torch.tensor([0, 2, 1]),
+        "example_index": torch.tensor([5, 6, 7]),
+    }
+    io_dir = tmp_path / "io"
+    io_dir.mkdir()
+    torch.save(inputs, io_dir / "inputs.pt")
+
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "HF_HUB_CACHE")}
+    env.update(
+        HF_HUB_OFFLINE="1",
+        TRANSFORMERS_OFFLINE="1",
+        HF_HOME=str(tmp_path / "hf_home"),
+        HF_MODULES_CACHE=str(tmp_path / "hf_modules"),
+    )
+    model_dirs = json.dumps({name: str(path) for name, path in dirs.items()})
+    proc = subprocess.run(
+        [sys.executable, "-c", CHILD, model_dirs, str(io_dir), SRC_DIR],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+
+    info = json.loads((io_dir / "child_info.json").read_text())
+    assert info["blocked"], "the child could import hf_shapley: the block is not effective"
+    assert info["hf_shapley_modules"] == []
+    assert not info["src_on_path"]
+    assert (tmp_path / "hf_modules" / "transformers_modules").is_dir()
+
+    child = torch.load(io_dir / "child_outputs.pt")
+    for name, model in models.items():
+        assert info[name]["model_module"].startswith("transformers_modules"), info[name]
+        assert info[name]["config_module"].startswith("transformers_modules"), info[name]
+        assert info[name]["trainable"] == sorted(
+            n for n, p in model.named_parameters() if p.requires_grad
+        )
+        model.eval()
+        with torch.no_grad():
+            out = model(inputs["pixel_values"])
+            values = model(inputs["pixel_values"], coalition=inputs["coalition"]).logits
+        for key in ("logits", "shapley_values", "base_values"):
+            assert torch.equal(child[name][key], getattr(out, key)), (name, key)
+        assert torch.equal(child[name]["coalition_values"], values), name
+        model.train()
+        try:
+            loss = model(
+                inputs["pixel_values"],
+                labels=inputs["labels"],
+                example_index=inputs["example_index"],
+            ).loss
+        finally:
+            model.eval()
+        assert torch.isfinite(child[name]["loss"])
+        assert torch.equal(child[name]["loss"], loss.detach()), name
