@@ -14,13 +14,20 @@ from hf_shapley.evaluation import exact_model_shapley_values
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
 TINY_VIT = dict(
-    image_size=32, patch_size=8, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128
+    image_size=32,
+    patch_size=8,
+    hidden_size=64,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    intermediate_size=128,
 )
 
 
 def _model(**overrides) -> ShapleyForImageClassification:
     torch.manual_seed(0)
-    config = ShapleyConfig(backbone_config=ViTConfig(**TINY_VIT), num_labels=5, players_grid=(4, 4), **overrides)
+    config = ShapleyConfig(
+        backbone_config=ViTConfig(**TINY_VIT), num_labels=5, players_grid=(4, 4), **overrides
+    )
     return ShapleyForImageClassification(config).cuda()
 
 
@@ -49,7 +56,9 @@ def test_bf16_autocast_keeps_explanation_fp32_and_efficient():
         empty = model(x, coalition=torch.zeros(4, 16, dtype=torch.bool, device="cuda")).logits
     for t in (out.logits, out.shapley_values, out.base_values, full, empty):
         assert t.dtype == torch.float32
-    torch.testing.assert_close(out.logits, out.base_values + out.shapley_values.sum(1), rtol=0, atol=1e-5)
+    torch.testing.assert_close(
+        out.logits, out.base_values + out.shapley_values.sum(1), rtol=0, atol=1e-5
+    )
     torch.testing.assert_close(empty, out.base_values, rtol=0, atol=1e-6)
     # v(all) runs through the packed path, the prediction through the plain one: bf16 noise only.
     torch.testing.assert_close(full, out.logits, rtol=0.05, atol=0.05)
@@ -79,4 +88,6 @@ def test_exact_truth_on_cuda_satisfies_efficiency():
     truth = exact_model_shapley_values(model, x)
     with torch.no_grad():
         out = model(x)
-    torch.testing.assert_close(truth.sum(1).float().cpu(), (out.logits - out.base_values).cpu(), rtol=1e-3, atol=1e-3)
+    torch.testing.assert_close(
+        truth.sum(1).float().cpu(), (out.logits - out.base_values).cpu(), rtol=1e-3, atol=1e-3
+    )

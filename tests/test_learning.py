@@ -64,10 +64,19 @@ class Score:
 def build(seed: int, **overrides) -> ShapleyForImageClassification:
     torch.manual_seed(seed)
     backbone = ViTConfig(
-        image_size=12, patch_size=4, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64
+        image_size=12,
+        patch_size=4,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
     )
     config = ShapleyConfig(
-        backbone_config=backbone, num_labels=4, players_grid=(3, 3), coalition_seed=seed, **overrides
+        backbone_config=backbone,
+        num_labels=4,
+        players_grid=(3, 3),
+        coalition_seed=seed,
+        **overrides,
     )
     return ShapleyForImageClassification(config)
 

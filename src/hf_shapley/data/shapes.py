@@ -18,10 +18,10 @@ is "red circle". Every image holds one class object and ``num_distractors`` dist
   about the label: a classifier must bind colour and shape at the same location.
 * All shapes of the same size parameter have the same area, so the pixel count of a colour
   does not reveal which shape carries it.
-* Positions are uniform (objects lie fully inside the image), sizes are uniform in
-  ``SIZE_RANGE`` (a fraction of the image size), colours are jittered, drawing order (depth)
-  is random, the background is a tinted grey with a random low-frequency texture, and pixel
-  noise covers the whole image.
+* Positions are uniform (objects lie fully inside the image, within a margin that does not
+  depend on the shape), sizes are uniform in ``SIZE_RANGE`` (a fraction of the image size),
+  colours are jittered, drawing order (depth) is random, the background is a tinted grey with
+  a random low-frequency texture, and pixel noise covers the whole image.
 * Objects keep a minimum centre distance, and layouts in which distractors occlude more than
   ``MAX_OCCLUDED_FRACTION`` of the class object's pixels are resampled.
 * Labels are balanced (class counts differ by at most one).
@@ -43,7 +43,10 @@ depend on any attribution method and were checked before any model was tuned on 
     pixel counts do not give the class;
 (d) classes are balanced.
 
-A small CNN learns the task well above chance in a few CPU minutes.
+Measured at the defaults (4 classes, 64 px, 6000 train / 2000 test images): logistic
+regression on raw pixels 27-29% test accuracy (100% train accuracy: it memorizes), on per-colour
+pixel counts 24%; a 4-layer CNN (~190k parameters) 99.8% after one epoch. With
+``num_distractors=7`` the same CNN reaches 87% after one epoch, 99.9% after two.
 """
 
 from __future__ import annotations

@@ -22,7 +22,9 @@ MAX_EXACT_PLAYERS = 16
 
 
 @torch.no_grad()
-def tabulate_game(model, pixel_values: torch.Tensor, *, chunk_size: int = 2048, progress: bool = False) -> torch.Tensor:
+def tabulate_game(
+    model, pixel_values: torch.Tensor, *, chunk_size: int = 2048, progress: bool = False
+) -> torch.Tensor:
     """All ``2**P`` coalition values of each image: (B, C, H, W) -> (2**P, B, K) float64.
 
     Row ``c`` holds ``v(S_c)`` where player ``i`` is in ``S_c`` iff bit ``i`` of ``c`` is set.
@@ -41,13 +43,19 @@ def tabulate_game(model, pixel_values: torch.Tensor, *, chunk_size: int = 2048, 
         half = masks.shape[0] // 2
         # Codes c and 2**P - 1 - c are complements: packing them costs one pass for both.
         first = masks[:half]
-        table = torch.empty(masks.shape[0], pixel_values.shape[0], model.num_labels, dtype=torch.float64)
+        table = torch.empty(
+            masks.shape[0], pixel_values.shape[0], model.num_labels, dtype=torch.float64
+        )
         B = pixel_values.shape[0]
-        for start in tqdm(range(0, half, chunk_size), disable=not progress, desc="exact game table"):
+        for start in tqdm(
+            range(0, half, chunk_size), disable=not progress, desc="exact game table"
+        ):
             stop = min(start + chunk_size, half)
             block = first[start:stop]
             pairs = torch.stack([block, ~block], dim=1).reshape(1, -1, P).expand(B, -1, -1)
-            values = model.coalition_values_from_embeddings(embeddings, pairs).double()  # (B, 2n, K)
+            values = model.coalition_values_from_embeddings(
+                embeddings, pairs
+            ).double()  # (B, 2n, K)
             values = values.reshape(B, stop - start, 2, -1)
             table[start:stop] = values[:, :, 0].transpose(0, 1).cpu()
             codes = (2**P - 1) - torch.arange(start, stop)
@@ -57,7 +65,9 @@ def tabulate_game(model, pixel_values: torch.Tensor, *, chunk_size: int = 2048, 
     return table
 
 
-def exact_model_shapley_values(model, pixel_values: torch.Tensor, *, progress: bool = False) -> torch.Tensor:
+def exact_model_shapley_values(
+    model, pixel_values: torch.Tensor, *, progress: bool = False
+) -> torch.Tensor:
     """Exact Shapley values of the model's game for each image: (B, P, K) float64."""
     P = model.num_players
     table = tabulate_game(model, pixel_values, progress=progress)
@@ -85,7 +95,9 @@ class ShapleyAgreement:
     def median_relative_l2(self) -> float:
         return float(self.relative_l2.median())
 
-    def pearson_interval(self, *, num_resamples: int = 2000, seed: int = 0, level: float = 0.95) -> tuple[float, float]:
+    def pearson_interval(
+        self, *, num_resamples: int = 2000, seed: int = 0, level: float = 0.95
+    ) -> tuple[float, float]:
         """Bootstrap interval of the mean per-image Pearson r."""
         r = self.pearson[~self.pearson.isnan()]
         generator = torch.Generator().manual_seed(seed)
@@ -96,7 +108,9 @@ class ShapleyAgreement:
         return float(lo), float(hi)
 
 
-def shapley_agreement(estimate: torch.Tensor, truth: torch.Tensor, classes: torch.Tensor) -> ShapleyAgreement:
+def shapley_agreement(
+    estimate: torch.Tensor, truth: torch.Tensor, classes: torch.Tensor
+) -> ShapleyAgreement:
     """Pearson r and relative L2 error per image, over players, for the given class of each image.
 
     Args:

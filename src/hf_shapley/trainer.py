@@ -1,0 +1,741 @@
+"""Training integration: ``ShapleyTrainer`` and ``ShapleyTrainingArguments``.
+
+The joint objective (cross-entropy + masked self-distillation + Shapley regression) lives in
+the model: ``model(pixel_values, labels=y, example_index=i, epoch=e)`` in training mode returns
+it. The trainer only supplies what the model cannot know on its own:
+
+* ``example_index`` (from a data set column) and ``epoch`` (the epoch being trained), the keys
+  of the training coalitions, which are a pure function of
+  ``(config.coalition_seed, epoch, example_index, coalition index)``. This is what makes a
+  resumed run and a multi-process run draw exactly the coalitions of a straight one-process run
+  (the Trainer's ``rng_state.pth`` only saves the global generators);
+* ``model.objective_step`` = the optimizer step, for the warm-up of the loss weights;
+* logging of ``cls_loss``, ``distill_loss`` and ``shapley_loss`` next to ``loss``, averaged
+  over the logging window and across processes;
+* evaluation metrics ``accuracy`` and ``shapley_regression_proxy``: the per-image normalized
+  Shapley regression residual on held-out images, with coalitions drawn from the Shapley kernel
+  with a fixed evaluation seed. It is a *proxy* for faithfulness (the network that gives phi
+  also gives the game), not the ground-truth comparison of the evaluation protocol.
+
+Data: every training example needs a stable ``example_index`` column (its row in the data
+set). :func:`add_example_index` adds it; since it is a column it travels with its row through
+``shuffle``, ``select`` and the Trainer's samplers. :class:`ShapleyImageCollator` builds the
+batches (``pixel_values``, ``labels``, ``example_index``), from a ``pixel_values`` column or
+from images through an image processor.
+
+Example::
+
+    from hf_shapley import ShapleyTrainer, ShapleyTrainingArguments
+    from hf_shapley.trainer import ShapleyImageCollator, add_example_index
+
+    train = add_example_index(dataset["train"])           # before any set_transform
+    args = ShapleyTrainingArguments("out", num_shapley_coalitions=16, loss_warmup_steps=500)
+    trainer = ShapleyTrainer(model, args, train_dataset=train, eval_dataset=dataset["test"],
+                             data_collator=ShapleyImageCollator(image_processor=processor))
+    trainer.train()
+
+Launching on several devices (the script is the same as for one device; each process takes
+``per_device_train_batch_size`` images per step, so the global batch is that times the number
+of processes times ``gradient_accumulation_steps``)::
+
+    # one node, 8 GPUs
+    accelerate launch --multi_gpu --num_processes 8 --num_machines 1 train.py
+    # or
+    torchrun --standalone --nproc_per_node 8 train.py
+
+    # two nodes with 8 GPUs each (run on every node; machine_rank 0 on the first)
+    accelerate launch --multi_gpu --num_processes 16 --num_machines 2 \
+        --machine_rank 0 --main_process_ip 10.0.0.1 --main_process_port 29500 train.py
+    accelerate launch --multi_gpu --num_processes 16 --num_machines 2 \
+        --machine_rank 1 --main_process_ip 10.0.0.1 --main_process_port 29500 train.py
+    # or
+    torchrun --nnodes 2 --nproc_per_node 8 --node_rank 0 \
+        --master_addr 10.0.0.1 --master_port 29500 train.py
+
+    # CPU only, two processes (gloo); note that `accelerate launch --cpu --num_processes 2`
+    # silently runs ONE process
+    accelerate launch --multi_gpu --num_processes 2 --num_machines 1 \
+        --mixed_precision no --dynamo_backend no train.py
+
+Per-image normalization of the Shapley loss makes the objective a mean of per-image terms, so
+one step on a batch of 8 equals two accumulated steps on batches of 4 and two processes with
+4 images each (``tests/test_trainer.py`` and ``tests/test_distributed.py`` check both).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from transformers import Trainer, TrainingArguments
+from transformers.utils import logging
+
+from .coalitions import sample_shapley_kernel_coalitions
+from .configuration_shapley import EXPLAINED_CLASSES, LOSS_NORMALIZATIONS, ShapleyConfig
+from .objective import shapley_regression_loss
+
+logger = logging.get_logger(__name__)
+
+# Objective settings of ShapleyConfig that ShapleyTrainingArguments can override.
+OBJECTIVE_FIELDS = (
+    "num_shapley_coalitions",
+    "num_distill_coalitions",
+    "shapley_loss_weight",
+    "distill_loss_weight",
+    "loss_warmup_steps",
+    "shapley_stop_gradient",
+    "shapley_loss_normalization",
+    "center_logits",
+    "explained_classes",
+    "num_explained_classes",
+    "coalition_batch_size",
+    "coalition_seed",
+)
+# Loss components the model returns in training mode, logged next to `loss`.
+LOSS_COMPONENTS = ("cls_loss", "distill_loss", "shapley_loss")
+# Written beside every checkpoint (training_args.bin is a pickle torch.load refuses by default).
+SHAPLEY_ARGS_NAME = "shapley_training_args.json"
+TRAINING_ARGS_JSON_NAME = "training_args.json"
+EXAMPLE_INDEX_COLUMN = "example_index"
+
+
+# --------------------------------------------------------------------------------------
+# Arguments
+# --------------------------------------------------------------------------------------
+
+
+def _help(text: str) -> dict[str, str]:
+    return {"help": text + " None (default) keeps the model config's value."}
+
+
+@dataclass
+class ShapleyTrainingArguments(TrainingArguments):
+    """``TrainingArguments`` plus the joint objective's settings.
+
+    Every objective field defaults to ``None``, which keeps the model's ``ShapleyConfig``
+    value; a field that is set overrides the config when the trainer is built and is written
+    back into ``model.config`` (so the saved ``config.json`` records how the model was trained)
+    and into ``shapley_training_args.json`` beside every checkpoint. See
+    :class:`~hf_shapley.ShapleyConfig` for their meaning.
+
+    Defaults that differ from ``TrainingArguments``: ``remove_unused_columns=False`` (image
+    data sets keep their ``image`` column for a transform or the collator).
+
+    Args:
+        eval_num_shapley_coalitions (`int`, defaults to 16):
+            Kernel coalitions per image (complementary pairs; even) for the evaluation metric
+            ``shapley_regression_proxy``; 0 turns the metric off.
+        eval_coalition_seed (`int`, defaults to 12345):
+            Seed of those coalitions: fixed, so the proxy of two checkpoints is computed on the
+            same coalitions.
+    """
+
+    remove_unused_columns: bool = field(
+        default=False,
+        metadata={
+            "help": "Remove data set columns the model's forward does not take. False by default "
+            "for image data: a set_transform or the collator needs the raw image column."
+        },
+    )
+    num_shapley_coalitions: int | None = field(
+        default=None, metadata=_help("Shapley-kernel coalitions per image (even).")
+    )
+    num_distill_coalitions: int | None = field(
+        default=None, metadata=_help("Uniform-size coalitions per image for self-distillation.")
+    )
+    shapley_loss_weight: float | None = field(
+        default=None, metadata=_help("lambda, weight of the Shapley regression loss.")
+    )
+    distill_loss_weight: float | None = field(
+        default=None, metadata=_help("alpha, weight of the masked distillation loss.")
+    )
+    loss_warmup_steps: int | None = field(
+        default=None, metadata=_help("Optimizer steps over which alpha and lambda ramp up.")
+    )
+    shapley_stop_gradient: bool | None = field(
+        default=None, metadata=_help("Detach the regression targets v(S) - v(empty).")
+    )
+    shapley_loss_normalization: str | None = field(
+        default=None, metadata=_help("'per_image' or 'none'.")
+    )
+    center_logits: bool | None = field(
+        default=None, metadata=_help("Explain class-centered logits.")
+    )
+    explained_classes: str | None = field(
+        default=None, metadata=_help("'all', 'label' or 'top'.")
+    )
+    num_explained_classes: int | None = field(
+        default=None, metadata=_help("Classes per image when explained_classes is not 'all'.")
+    )
+    coalition_batch_size: int | None = field(
+        default=None, metadata=_help("Packed sequences per backbone call for coalitions.")
+    )
+    coalition_seed: int | None = field(
+        default=None, metadata=_help("Seed of the training coalitions.")
+    )
+    eval_num_shapley_coalitions: int = field(
+        default=16,
+        metadata={
+            "help": "Kernel coalitions per image for the eval metric shapley_regression_proxy "
+            "(even; 0 turns it off)."
+        },
+    )
+    eval_coalition_seed: int = field(
+        default=12345, metadata={"help": "Seed of the evaluation coalitions."}
+    )
+
+    def __post_init__(self):
+        super().__post_init__()
+        self._check_objective_fields()
+
+    def _check_objective_fields(self) -> None:
+        """Checks of single fields; combinations are checked against the model config."""
+
+        def fail(name: str, message: str) -> None:
+            raise ValueError(
+                f"ShapleyTrainingArguments.{name}={getattr(self, name)!r}: {message}"
+            )
+
+        for name in ("num_shapley_coalitions", "num_distill_coalitions", "loss_warmup_steps"):
+            value = getattr(self, name)
+            if value is not None and (not _is_int(value) or value < 0):
+                fail(name, "must be a non-negative int.")
+        for name in ("num_explained_classes", "coalition_batch_size"):
+            value = getattr(self, name)
+            if value is not None and (not _is_int(value) or value < 1):
+                fail(name, "must be a positive int.")
+        if self.num_shapley_coalitions is not None and self.num_shapley_coalitions % 2:
+            fail("num_shapley_coalitions", "must be even (coalitions come in complementary pairs).")
+        for name in ("shapley_loss_weight", "distill_loss_weight"):
+            value = getattr(self, name)
+            if value is not None and (
+                isinstance(value, bool)
+                or not isinstance(value, (int, float))
+                or not math.isfinite(value)
+                or value < 0
+            ):
+                fail(name, "must be a finite number >= 0.")
+        for name in ("shapley_stop_gradient", "center_logits"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, bool):
+                fail(name, "must be True, False or None.")
+        if (
+            self.shapley_loss_normalization is not None
+            and self.shapley_loss_normalization not in LOSS_NORMALIZATIONS
+        ):
+            fail("shapley_loss_normalization", f"use one of {LOSS_NORMALIZATIONS}.")
+        if self.explained_classes is not None and self.explained_classes not in EXPLAINED_CLASSES:
+            fail("explained_classes", f"use one of {EXPLAINED_CLASSES}.")
+        if self.coalition_seed is not None and not _is_int(self.coalition_seed):
+            fail("coalition_seed", "must be an int.")
+        if (
+            not _is_int(self.eval_num_shapley_coalitions)
+            or self.eval_num_shapley_coalitions < 0
+            or self.eval_num_shapley_coalitions % 2
+        ):
+            fail("eval_num_shapley_coalitions", "must be a non-negative even int (0 = off).")
+        if self.label_smoothing_factor:
+            raise ValueError(
+                "ShapleyTrainingArguments.label_smoothing_factor must be 0: the model computes "
+                "its joint loss itself, and the Trainer's label smoother would replace it by "
+                "plain cross-entropy."
+            )
+
+    def shapley_overrides(self) -> dict[str, Any]:
+        """The objective fields that are set (not ``None``): what overrides the model config."""
+        return {
+            name: getattr(self, name) for name in OBJECTIVE_FIELDS if getattr(self, name) is not None
+        }
+
+    def to_json_dict(self) -> dict[str, Any]:
+        """All arguments as JSON-safe values (what ``training_args.json`` holds)."""
+        return json.loads(json.dumps(self.to_dict(), default=str))
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
+def apply_shapley_overrides(config: ShapleyConfig, overrides: Mapping[str, Any]) -> None:
+    """Write objective settings into ``config`` and validate them; on error ``config`` is unchanged."""
+    unknown = set(overrides) - set(OBJECTIVE_FIELDS)
+    if unknown:
+        raise ValueError(f"Not objective settings: {sorted(unknown)}; use {OBJECTIVE_FIELDS}.")
+    previous = {name: getattr(config, name) for name in overrides}
+    for name, value in overrides.items():
+        setattr(config, name, value)
+    try:
+        config.validate_shapley_options()
+    except ValueError as error:
+        for name, value in previous.items():
+            setattr(config, name, value)
+        raise ValueError(
+            f"ShapleyTrainingArguments {dict(overrides)} give an invalid model config: {error}"
+        ) from error
+
+
+# --------------------------------------------------------------------------------------
+# Data
+# --------------------------------------------------------------------------------------
+
+
+class _IndexedDataset(torch.utils.data.Dataset):
+    """A map-style data set of dicts, with each item's position added as ``example_index``."""
+
+    def __init__(self, dataset: Any, column: str):
+        self.dataset, self.column = dataset, column
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        item = self.dataset[index]
+        if not isinstance(item, Mapping):
+            raise TypeError(
+                f"add_example_index needs items that are dicts; got {type(item).__name__}."
+            )
+        return {**item, self.column: int(index)}
+
+
+def add_example_index(dataset: Any, column: str = EXAMPLE_INDEX_COLUMN, *, overwrite: bool = False):
+    """Add a stable ``example_index`` column: each row's index in ``dataset`` as given.
+
+    The training coalitions are keyed by it, so it must identify an example for the whole run:
+    add it once, to the data set the Trainer will see, *before* shuffling or selecting (a
+    column travels with its row) and before ``set_transform``/``with_transform`` (whose
+    function must then keep the column: return the batch dict with ``pixel_values`` added
+    rather than a new dict).
+
+    Args:
+        dataset: a ``datasets.Dataset``, a ``datasets.DatasetDict`` (each split numbered from
+            0) or a map-style torch data set whose items are dicts (wrapped).
+        column: name of the column.
+        overwrite: replace an existing column of that name instead of raising.
+    """
+    import datasets
+
+    if isinstance(dataset, datasets.DatasetDict):
+        return datasets.DatasetDict(
+            {name: add_example_index(split, column, overwrite=overwrite) for name, split in dataset.items()}
+        )
+    if isinstance(dataset, datasets.Dataset):
+        if column in dataset.column_names:
+            if not overwrite:
+                raise ValueError(
+                    f"The data set already has a {column!r} column; pass overwrite=True to renumber it."
+                )
+            dataset = dataset.remove_columns(column)
+        return dataset.add_column(column, np.arange(len(dataset), dtype=np.int64))
+    if isinstance(dataset, torch.utils.data.IterableDataset) or not hasattr(dataset, "__len__"):
+        raise TypeError(
+            "add_example_index needs a map-style data set (with __len__); for a streaming data "
+            f"set, yield a unique, stable integer {column!r} with every example."
+        )
+    return _IndexedDataset(dataset, column)
+
+
+@dataclass
+class ShapleyImageCollator:
+    """Batches image-classification examples for :class:`ShapleyTrainer`.
+
+    Returns ``{"pixel_values": (B, C, H, W) float, "labels": (B,) long, "example_index": (B,)
+    long}``; keys absent from the examples are left out and every other column is dropped.
+
+    ``pixel_values`` come from a ``pixel_values`` entry of each example (tensor, array or
+    nested list, e.g. made by a ``set_transform``) or, when the examples have none, from
+    ``image_processor`` applied to ``image_column`` (PIL images are converted to RGB first).
+
+    Args:
+        image_processor: an image processor (e.g. ``ViTImageProcessor``), used only when the
+            examples carry no ``pixel_values``.
+        image_column: the column with the images.
+        label_column: the column with the labels; default ``"labels"``, else ``"label"``.
+        index_column: the column with the example indices (see :func:`add_example_index`).
+    """
+
+    image_processor: Any = None
+    image_column: str = "image"
+    label_column: str | None = None
+    index_column: str = EXAMPLE_INDEX_COLUMN
+
+    def __call__(self, features: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
+        if not features:
+            raise ValueError("ShapleyImageCollator got an empty list of examples.")
+        first = features[0]
+        batch: dict[str, torch.Tensor] = {}
+        if "pixel_values" in first:
+            batch["pixel_values"] = torch.stack(
+                [torch.as_tensor(np.asarray(f["pixel_values"]), dtype=torch.float32) for f in features]
+            )
+        elif self.image_column in first and self.image_processor is not None:
+            images = [_to_rgb(f[self.image_column]) for f in features]
+            batch["pixel_values"] = self.image_processor(images, return_tensors="pt")["pixel_values"]
+        else:
+            raise ValueError(
+                f"Examples need 'pixel_values', or an {self.image_column!r} column and an "
+                f"image_processor; got keys {sorted(first)}."
+            )
+        label_column = self.label_column or ("labels" if "labels" in first else "label")
+        if label_column in first and first[label_column] is not None:
+            batch["labels"] = torch.as_tensor([int(f[label_column]) for f in features], dtype=torch.long)
+        if self.index_column in first:
+            batch["example_index"] = torch.as_tensor(
+                [int(f[self.index_column]) for f in features], dtype=torch.long
+            )
+        return batch
+
+
+def _to_rgb(image: Any) -> Any:
+    convert = getattr(image, "convert", None)
+    if convert is not None and getattr(image, "mode", "RGB") != "RGB":
+        return convert("RGB")
+    return image
+
+
+# --------------------------------------------------------------------------------------
+# Trainer
+# --------------------------------------------------------------------------------------
+
+
+class ShapleyTrainer(Trainer):
+    """``Trainer`` for :class:`~hf_shapley.ShapleyForImageClassification`.
+
+    Takes the usual ``Trainer`` arguments; ``args`` should be :class:`ShapleyTrainingArguments`
+    (plain ``TrainingArguments`` work too, without overrides). The data collator defaults to
+    :class:`ShapleyImageCollator` with ``processing_class`` as its image processor.
+
+    What it adds to ``Trainer``:
+
+    * objective settings from the arguments are written into ``model.config`` and validated;
+    * ``compute_loss`` passes ``example_index`` and ``epoch`` to the model and sets
+      ``model.objective_step`` to the optimizer step;
+    * logs ``cls_loss``, ``distill_loss``, ``shapley_loss``;
+    * evaluation metrics ``accuracy`` and ``shapley_regression_proxy`` (needs labels);
+      ``shapley_values`` and ``base_values`` are never gathered (the config's
+      ``keys_to_ignore_at_inference``), nor are the scalar loss components, so predictions are
+      the ``(N, K)`` logits;
+    * ``shapley_training_args.json`` and ``training_args.json`` beside every saved model.
+
+    Training examples must carry ``example_index`` (see :func:`add_example_index`): the
+    coalitions are keyed by it, which is what makes resumed and multi-process runs reproduce a
+    straight run. The epoch passed is the epoch the Trainer's loop is running (on resume, the
+    one recomputed from the checkpoint's global step), so it is identical on resume.
+    """
+
+    def __init__(self, model: nn.Module | None = None, args: TrainingArguments | None = None, *a, **kw):
+        if kw.get("compute_loss_func") is not None:
+            raise ValueError(
+                "ShapleyTrainer does not take compute_loss_func: the model computes its joint loss."
+            )
+        if kw.get("data_collator") is None and len(a) == 0:
+            processor = kw.get("processing_class")
+            kw["data_collator"] = ShapleyImageCollator(
+                image_processor=processor if _is_image_processor(processor) else None
+            )
+        super().__init__(model, args, *a, **kw)
+        if self.args.label_smoothing_factor:
+            raise ValueError("ShapleyTrainer needs label_smoothing_factor=0 (the model owns its loss).")
+        self._epoch_in_training: int | None = None
+        self._loss_sums: torch.Tensor | None = None
+        self._eval_totals: dict[str, float] | None = None
+        self._eval_position = 0
+        if self.model is not None:
+            self._apply_overrides(self.model)
+
+    # ------------------------------------------------------------------ configuration
+    def _shapley_model(self, model: nn.Module | None = None) -> nn.Module:
+        unwrapped = self.accelerator.unwrap_model(model if model is not None else self.model)
+        if not isinstance(getattr(unwrapped, "config", None), ShapleyConfig):
+            raise TypeError(
+                "ShapleyTrainer trains a ShapleyForImageClassification (a model whose config is a "
+                f"ShapleyConfig); got {type(unwrapped).__name__}."
+            )
+        return unwrapped
+
+    def _apply_overrides(self, model: nn.Module) -> None:
+        config = self._shapley_model(model).config
+        overrides = (
+            self.args.shapley_overrides() if isinstance(self.args, ShapleyTrainingArguments) else {}
+        )
+        if overrides:
+            apply_shapley_overrides(config, overrides)
+        else:
+            config.validate_shapley_options()
+
+    def call_model_init(self, trial=None):
+        model = super().call_model_init(trial)
+        self._apply_overrides(model)
+        return model
+
+    # ------------------------------------------------------------------ training
+    def _run_epoch(self, *args: Any, **kwargs: Any):
+        # transformers 5.24 calls this once per epoch with the epoch number (recomputed from the
+        # checkpoint's global step on resume); record it for compute_loss.
+        epoch = kwargs["epoch"] if "epoch" in kwargs else args[1]
+        self._epoch_in_training = int(epoch)
+        try:
+            return super()._run_epoch(*args, **kwargs)
+        finally:
+            self._epoch_in_training = None
+
+    def current_epoch(self) -> int:
+        """The epoch being trained: the loop's epoch counter, else ``floor(state.epoch)``."""
+        if self._epoch_in_training is not None:
+            return self._epoch_in_training
+        return int(math.floor(self.state.epoch or 0.0))
+
+    def compute_loss(
+        self,
+        model: nn.Module,
+        inputs: dict[str, Any],
+        return_outputs: bool = False,
+        num_items_in_batch: torch.Tensor | int | None = None,
+    ):
+        """The model's own loss: the joint objective in training mode, cross-entropy in eval mode.
+
+        ``num_items_in_batch`` is ignored: every term is a mean of per-image terms, and the
+        Trainer divides it by the accumulation steps (the model sets ``accepts_loss_kwargs =
+        False``).
+        """
+        unwrapped = self._shapley_model(model)
+        inputs = dict(inputs)
+        if unwrapped.training:
+            if inputs.get("example_index") is None and "labels" in inputs:
+                raise ValueError(
+                    "ShapleyTrainer needs an 'example_index' in every training batch: the "
+                    "coalitions are keyed by it, so that resumed and multi-process runs draw the "
+                    "same ones. Add the column with hf_shapley.trainer.add_example_index(dataset) "
+                    "and keep it through your transform (ShapleyImageCollator passes it on)."
+                )
+            unwrapped.objective_step = int(self.state.global_step)
+            inputs["epoch"] = self.current_epoch()
+        else:
+            inputs.pop("epoch", None)
+        outputs = model(**inputs)
+        loss = outputs["loss"] if isinstance(outputs, Mapping) else outputs[0]
+        if unwrapped.training:
+            self._accumulate_loss_components(outputs, loss)
+        elif self._eval_totals is not None:
+            self._accumulate_eval_metrics(model, inputs, outputs)
+        return (loss, outputs) if return_outputs else loss
+
+    def _accumulate_loss_components(self, outputs: Any, loss: torch.Tensor) -> None:
+        values = [
+            (outputs.get(name) if isinstance(outputs, Mapping) else None) for name in LOSS_COMPONENTS
+        ]
+        if any(v is None for v in values):
+            return
+        row = torch.stack([v.detach().float().reshape(()) for v in values] + [loss.new_ones(()).float()])
+        self._loss_sums = row if self._loss_sums is None else self._loss_sums + row
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        """Add the loss components, averaged over the window and across processes, to training logs."""
+        # "loss" marks the periodic training log, which every process reaches together.
+        if "loss" in logs:
+            sums = self._loss_sums
+            if sums is None:
+                sums = torch.zeros(len(LOSS_COMPONENTS) + 1, device=self.args.device)
+            totals = self.accelerator.gather(sums[None].to(self.args.device)).sum(0).cpu()
+            self._loss_sums = None
+            count = float(totals[-1])
+            if count > 0:
+                for name, total in zip(LOSS_COMPONENTS, totals[:-1].tolist(), strict=True):
+                    logs[name] = total / count
+        super().log(logs, start_time)
+
+    # ------------------------------------------------------------------ evaluation
+    def prediction_step(
+        self,
+        model: nn.Module,
+        inputs: dict[str, Any],
+        prediction_loss_only: bool,
+        ignore_keys: list[str] | None = None,
+    ):
+        if ignore_keys is None:
+            config = getattr(self.accelerator.unwrap_model(self.model), "config", None)
+            ignore_keys = list(getattr(config, "keys_to_ignore_at_inference", None) or [])
+        # The eval-mode forward also returns cls_loss (= loss); a 0-d tensor must not join the
+        # gathered predictions, which then are the (N, K) logits alone.
+        ignore_keys = list(dict.fromkeys([*ignore_keys, *LOSS_COMPONENTS]))
+        return super().prediction_step(model, inputs, prediction_loss_only, ignore_keys=ignore_keys)
+
+    def evaluation_loop(self, dataloader, description, prediction_loss_only=None, ignore_keys=None, metric_key_prefix="eval"):
+        """Trainer's loop, plus ``accuracy`` and ``shapley_regression_proxy`` computed per batch.
+
+        Both are per-image values gathered with ``gather_for_metrics`` (duplicates that pad
+        the last batch across processes are dropped), so no ``(N, P, K)`` tensor is gathered.
+        """
+        self._eval_totals = {"correct": 0.0, "labelled": 0.0, "proxy": 0.0, "explained": 0.0}
+        self._eval_position = 0
+        try:
+            output = super().evaluation_loop(
+                dataloader,
+                description,
+                prediction_loss_only=prediction_loss_only,
+                ignore_keys=ignore_keys,
+                metric_key_prefix=metric_key_prefix,
+            )
+            totals = self._eval_totals
+        finally:
+            self._eval_totals = None
+        metrics = output.metrics
+        if totals["labelled"] > 0:
+            metrics.setdefault(f"{metric_key_prefix}_accuracy", totals["correct"] / totals["labelled"])
+        if totals["explained"] > 0:
+            metrics[f"{metric_key_prefix}_shapley_regression_proxy"] = (
+                totals["proxy"] / totals["explained"]
+            )
+        return output
+
+    @torch.no_grad()
+    def _accumulate_eval_metrics(self, model: nn.Module, inputs: dict[str, Any], outputs: Any) -> None:
+        totals = self._eval_totals
+        logits = outputs["logits"]
+        labels = inputs.get("labels")
+        if labels is not None:
+            correct = (logits.argmax(-1) == labels).float()
+            correct = self.accelerator.gather_for_metrics(correct)
+            totals["correct"] += float(correct.sum())
+            totals["labelled"] += correct.numel()
+
+        m = self.args.eval_num_shapley_coalitions if hasattr(self.args, "eval_num_shapley_coalitions") else 16
+        phi = outputs.get("shapley_values") if isinstance(outputs, Mapping) else None
+        base = outputs.get("base_values") if isinstance(outputs, Mapping) else None
+        if not m or phi is None or base is None:
+            return
+        pixel_values = inputs["pixel_values"]
+        batch_size = pixel_values.shape[0]
+        example_index = inputs.get("example_index")
+        if example_index is None:
+            # No index column: this process's running position stands in (still deterministic).
+            example_index = torch.arange(batch_size) + self._eval_position
+            example_index = example_index + self.args.process_index * (1 << 40)
+        self._eval_position += batch_size
+        unwrapped = self._shapley_model(model)
+        seed = getattr(self.args, "eval_coalition_seed", 12345)
+        masks = sample_shapley_kernel_coalitions(
+            unwrapped.num_players,
+            m,
+            seed=seed,
+            epoch=0,
+            example_indices=example_index.detach().cpu(),
+            device=pixel_values.device,
+        )
+        values = model(pixel_values=pixel_values, coalition=masks)["logits"]  # (B, m, K)
+        targets = values.float() - base.float()[:, None]
+        per_image = torch.stack(
+            [
+                shapley_regression_loss(
+                    phi[i : i + 1].float(),
+                    masks[i : i + 1],
+                    targets[i : i + 1],
+                    normalization="per_image",
+                    center=bool(unwrapped.config.center_logits),
+                )
+                for i in range(batch_size)
+            ]
+        )
+        per_image = self.accelerator.gather_for_metrics(per_image)
+        totals["proxy"] += float(per_image.sum())
+        totals["explained"] += per_image.numel()
+
+    # ------------------------------------------------------------------ loading
+    # transformers 5.24's save_pretrained writes checkpoints in the original (Hub) key format
+    # (e.g. ViT's `encoder.layer.0.attention.attention.query` for `layers.0.attention.q_proj`),
+    # but Trainer._load_from_checkpoint / _load_best_model read them back with a raw,
+    # non-strict load_state_dict: resuming silently keeps the fresh backbone and only warns
+    # (huggingface/transformers#48805, #43701). Load through from_pretrained instead, which
+    # applies the conversion, and insist on an exact match.
+    def _plain_checkpoint_load(self) -> bool:
+        return not (
+            self.is_deepspeed_enabled
+            or self.is_fsdp_enabled
+            or getattr(self, "is_fsdp_xla_enabled", False)
+            or getattr(self.model, "peft_config", None) is not None
+        )
+
+    def _load_converted_weights(self, checkpoint: str, model: nn.Module | None = None) -> None:
+        target = self._shapley_model(model)
+        loaded = type(target).from_pretrained(checkpoint, dtype=next(target.parameters()).dtype)
+        target.load_state_dict(loaded.state_dict(), strict=True)
+        del loaded
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model: nn.Module | None = None) -> None:
+        if self._plain_checkpoint_load() and os.path.isfile(
+            os.path.join(resume_from_checkpoint, "config.json")
+        ):
+            logger.info(f"Loading model from {resume_from_checkpoint} (with key conversion).")
+            self._load_converted_weights(resume_from_checkpoint, model)
+            return
+        super()._load_from_checkpoint(resume_from_checkpoint, model)
+
+    def _load_best_model(self) -> None:
+        best = self.state.best_model_checkpoint
+        if self._plain_checkpoint_load() and os.path.isfile(os.path.join(best, "config.json")):
+            logger.info(f"Loading best model from {best} (score: {self.state.best_metric}).")
+            self._load_converted_weights(best)
+            return
+        super()._load_best_model()
+
+    # ------------------------------------------------------------------ saving
+    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+        super()._save(output_dir, state_dict=state_dict)
+        output_dir = output_dir if output_dir is not None else self.args.output_dir
+        if not self.args.should_save:
+            return
+        config = self.accelerator.unwrap_model(self.model).config
+        shapley_args = {
+            "overrides": (
+                self.args.shapley_overrides()
+                if isinstance(self.args, ShapleyTrainingArguments)
+                else {}
+            ),
+            "objective": {name: getattr(config, name) for name in OBJECTIVE_FIELDS},
+            "eval_num_shapley_coalitions": getattr(self.args, "eval_num_shapley_coalitions", None),
+            "eval_coalition_seed": getattr(self.args, "eval_coalition_seed", None),
+            "hf_shapley_version": getattr(config, "hf_shapley_version", None),
+        }
+        _write_json(os.path.join(output_dir, SHAPLEY_ARGS_NAME), shapley_args)
+        _write_json(
+            os.path.join(output_dir, TRAINING_ARGS_JSON_NAME),
+            json.loads(json.dumps(self.args.to_dict(), default=str)),
+        )
+
+
+def _write_json(path: str, data: Any) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(data, f, indent=2, sort_keys=True)
+        f.write("\n")
+
+
+def _is_image_processor(processor: Any) -> bool:
+    from transformers.image_processing_base import ImageProcessingMixin
+
+    return isinstance(processor, ImageProcessingMixin)
+
+
+def shapley_training_args_from_json(path: str | os.PathLike) -> dict[str, Any]:
+    """Read ``shapley_training_args.json`` (a checkpoint directory or the file itself)."""
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        path = os.path.join(path, SHAPLEY_ARGS_NAME)
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+__all__ = [
+    "OBJECTIVE_FIELDS",
+    "ShapleyImageCollator",
+    "ShapleyTrainer",
+    "ShapleyTrainingArguments",
+    "add_example_index",
+    "apply_shapley_overrides",
+    "shapley_training_args_from_json",
+]
