@@ -6,7 +6,8 @@ each rank saw.
 
 Every rank writes ``OUT_DIR/rank{r}.json`` (world size, rank, the example indices of every
 training micro-batch it ran, the log history, the eval metrics) and
-``OUT_DIR/rank{r}.safetensors`` (its final weights).
+``OUT_DIR/rank{r}.safetensors`` (its final weights); rank 0 also writes
+``OUT_DIR/initial.safetensors``. ``DDP_SCRIPT_END=1`` calls ``trainer.end()`` at the end.
 
 Data order: ``train_sampling_strategy="sequential"``. Under Accelerate the Trainer's
 DataLoader is sharded by batches (``BatchSamplerShard``, ``split_batches=False``): with a
@@ -74,13 +75,14 @@ def main() -> None:
         num_distill_coalitions=2,
     )
     model = hf_shapley.ShapleyForImageClassification(config)
+    initial = {k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}
     args = ShapleyTrainingArguments(
         os.path.join(out_dir, "trainer"),
         per_device_train_batch_size=per_device_batch,
         per_device_eval_batch_size=4,
         max_steps=STEPS,
         optim="sgd",
-        learning_rate=0.05,
+        learning_rate=0.01,
         lr_scheduler_type="constant",
         max_grad_norm=0.0,
         train_sampling_strategy="sequential",
@@ -94,7 +96,10 @@ def main() -> None:
         seed=0,
     )
     trainer = RecordingTrainer(
-        model, args, train_dataset=make_dataset(NUM_TRAIN, 0), eval_dataset=make_dataset(NUM_EVAL, 1)
+        model,
+        args,
+        train_dataset=make_dataset(NUM_TRAIN, 0),
+        eval_dataset=make_dataset(NUM_EVAL, 1),
     )
     trainer.seen = []
     trainer.train()
@@ -115,6 +120,8 @@ def main() -> None:
     os.makedirs(out_dir, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     save_file(state, os.path.join(out_dir, f"rank{rank}.safetensors"))
+    if rank == 0:
+        save_file(initial, os.path.join(out_dir, "initial.safetensors"))
     with open(os.path.join(out_dir, f"rank{rank}.json"), "w") as f:
         json.dump(record, f)
     if os.environ.get("DDP_SCRIPT_END"):

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from transformers import TrainingArguments, ViTImageProcessor
+from transformers import Trainer, TrainingArguments, ViTImageProcessor
 
 import hf_shapley
 from hf_shapley.coalitions import sample_shapley_kernel_coalitions
@@ -55,7 +55,9 @@ def make_dataset(num: int, seed: int = 0) -> datasets.Dataset:
 def make_image_dataset(num: int, seed: int = 0) -> datasets.Dataset:
     """``num`` random PIL images (40 x 40, for the image processor to resize) and labels."""
     rng = np.random.default_rng(seed)
-    images = [Image.fromarray(rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)) for _ in range(num)]
+    images = [
+        Image.fromarray(rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)) for _ in range(num)
+    ]
     ds = datasets.Dataset.from_dict(
         {"image": images, "label": rng.integers(0, NUM_LABELS, num).tolist()},
         features=datasets.Features(
@@ -182,9 +184,16 @@ def test_invalid_combination_with_model_config_errors(tmp_path, make_model):
 def test_wrong_model_and_missing_example_index_error(tmp_path, make_model):
     from transformers import ViTConfig, ViTForImageClassification
 
-    plain = ViTForImageClassification(ViTConfig(image_size=32, patch_size=8, hidden_size=32,
-                                                num_hidden_layers=1, num_attention_heads=4,
-                                                intermediate_size=64))
+    plain = ViTForImageClassification(
+        ViTConfig(
+            image_size=32,
+            patch_size=8,
+            hidden_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=4,
+            intermediate_size=64,
+        )
+    )
     with pytest.raises(TypeError, match="ShapleyConfig"):
         ShapleyTrainer(plain, make_args(tmp_path))
 
@@ -218,13 +227,22 @@ def test_example_index_survives_shuffle_and_collates():
 
     batch = ShapleyImageCollator()([shuffled[i] for i in range(3)])
     assert set(batch) == {"pixel_values", "labels", "example_index"}
-    assert batch["pixel_values"].shape == (3, 3, 32, 32) and batch["pixel_values"].dtype == torch.float32
+    assert (
+        batch["pixel_values"].shape == (3, 3, 32, 32)
+        and batch["pixel_values"].dtype == torch.float32
+    )
     assert batch["labels"].dtype == torch.long
     assert batch["example_index"].tolist() == ints(shuffled["example_index"])[:3]
 
     # DatasetDict: every split numbered from 0; torch data sets of dicts are wrapped.
-    both = add_example_index(datasets.DatasetDict({"a": ds.remove_columns("example_index"),
-                                                   "b": ds.select(range(5)).remove_columns("example_index")}))
+    both = add_example_index(
+        datasets.DatasetDict(
+            {
+                "a": ds.remove_columns("example_index"),
+                "b": ds.select(range(5)).remove_columns("example_index"),
+            }
+        )
+    )
     assert ints(both["b"]["example_index"]) == list(range(5))
     wrapped = add_example_index([{"pixel_values": np.zeros((3, 32, 32)), "label": 1}] * 3)
     assert wrapped[2]["example_index"] == 2 and len(wrapped) == 3
@@ -310,8 +328,9 @@ def test_logs_loss_components_and_eval_metrics(tmp_path, make_model):
         targets = model(pixel_values, coalition=masks).logits - out.base_values[:, None]
         proxy = np.mean(
             [
-                shapley_regression_loss(out.shapley_values[i : i + 1], masks[i : i + 1],
-                                        targets[i : i + 1]).item()
+                shapley_regression_loss(
+                    out.shapley_values[i : i + 1], masks[i : i + 1], targets[i : i + 1]
+                ).item()
                 for i in range(12)
             ]
         )
@@ -348,18 +367,44 @@ def test_evaluation_does_not_gather_shapley_values(tmp_path, make_model):
     assert isinstance(prediction.predictions, np.ndarray)
     assert prediction.predictions.shape == (10, NUM_LABELS)
     with torch.no_grad():
-        expected = model.eval()(torch.as_tensor(np.stack(list(eval_ds["pixel_values"])))).logits.numpy()
+        expected = model.eval()(
+            torch.as_tensor(np.stack(list(eval_ds["pixel_values"])))
+        ).logits.numpy()
     np.testing.assert_allclose(prediction.predictions, expected, rtol=1e-5, atol=1e-6)
     assert "test_shapley_regression_proxy" in prediction.metrics
+
+    # The config alone keeps the stock Trainer's predictions to the (N, K) logits too.
+    stock = Trainer(
+        model,
+        TrainingArguments(
+            str(tmp_path / "stock"),
+            report_to="none",
+            use_cpu=True,
+            remove_unused_columns=False,
+            per_device_eval_batch_size=4,
+        ),
+        data_collator=ShapleyImageCollator(),
+    )
+    stock_prediction = stock.predict(eval_ds)
+    assert isinstance(stock_prediction.predictions, np.ndarray)
+    assert stock_prediction.predictions.shape == (10, NUM_LABELS)
 
 
 def test_plain_training_arguments_work(tmp_path, make_model):
     model = make_model("vit", players_grid=GRID, num_shapley_coalitions=2)
     args = TrainingArguments(
-        str(tmp_path / "plain"), max_steps=1, per_device_train_batch_size=4, report_to="none",
-        remove_unused_columns=False, disable_tqdm=True, use_cpu=True, save_strategy="no",
+        str(tmp_path / "plain"),
+        max_steps=1,
+        per_device_train_batch_size=4,
+        report_to="none",
+        remove_unused_columns=False,
+        disable_tqdm=True,
+        use_cpu=True,
+        save_strategy="no",
     )
-    trainer = ShapleyTrainer(model, args, train_dataset=make_dataset(8), eval_dataset=make_dataset(4))
+    trainer = ShapleyTrainer(
+        model, args, train_dataset=make_dataset(8), eval_dataset=make_dataset(4)
+    )
     trainer.train()
     metrics = trainer.evaluate()
     assert "eval_shapley_regression_proxy" in metrics
@@ -418,8 +463,9 @@ def test_resume_reproduces_straight_run(tmp_path, make_model):
     """
 
     def run(name, seed, resume=None):
-        model = make_model("vit", players_grid=GRID, seed=seed, num_shapley_coalitions=4,
-                           num_distill_coalitions=2)
+        model = make_model(
+            "vit", players_grid=GRID, seed=seed, num_shapley_coalitions=4, num_distill_coalitions=2
+        )
         args = make_args(
             tmp_path,
             name,
@@ -448,3 +494,42 @@ def test_resume_reproduces_straight_run(tmp_path, make_model):
     assert order[:16] != list(range(16)) and order[16:] != order[:16]
     assert straight.objective_step == resumed.objective_step == 7
     assert_weights_close(weights(straight), weights(resumed), atol=1e-6)
+
+
+def test_load_best_model_at_end_restores_the_best_checkpoint(tmp_path, make_model):
+    """Checkpoints hold transformers' original key names (ViT: encoder.layer.N...); the stock
+    Trainer reloads them with a raw non-strict load_state_dict that silently skips the
+    backbone. ShapleyTrainer loads through from_pretrained: the best (here, first) checkpoint
+    really comes back."""
+    model = make_model("vit", players_grid=GRID, num_shapley_coalitions=2)
+    holder = {}
+    args = make_args(
+        tmp_path,
+        max_steps=3,
+        per_device_train_batch_size=4,
+        learning_rate=1e-2,
+        eval_strategy="steps",
+        eval_steps=1,
+        save_strategy="steps",
+        save_steps=1,
+        load_best_model_at_end=True,
+        metric_for_best_model="step_seen",
+        greater_is_better=False,
+    )
+    trainer = ShapleyTrainer(
+        model,
+        args,
+        train_dataset=make_dataset(12),
+        eval_dataset=make_dataset(4, seed=5),
+        compute_metrics=lambda _: {"step_seen": holder["trainer"].state.global_step},
+    )
+    holder["trainer"] = trainer
+    trainer.train()
+    best = tmp_path / "out" / "checkpoint-1"
+    assert trainer.state.best_model_checkpoint == str(best)
+    expected = weights(hf_shapley.ShapleyForImageClassification.from_pretrained(best))
+    last = weights(
+        hf_shapley.ShapleyForImageClassification.from_pretrained(tmp_path / "out" / "checkpoint-3")
+    )
+    assert_weights_differ(expected, last)
+    assert_weights_close(weights(model), expected, atol=0.0)

@@ -26,10 +26,24 @@ AutoModelForImageClassification.register(
 ShapleyConfig.register_for_auto_class()
 ShapleyForImageClassification.register_for_auto_class("AutoModelForImageClassification")
 
+# The trainer imports transformers.Trainer (and accelerate): load it on first use only.
+_LAZY = {"ShapleyTrainer": ".trainer", "ShapleyTrainingArguments": ".trainer"}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name], __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 __all__ = [
     "ShapleyConfig",
     "ShapleyForImageClassification",
     "ShapleyImageClassifierOutput",
     "ShapleyPreTrainedModel",
+    "ShapleyTrainer",
+    "ShapleyTrainingArguments",
     "__version__",
 ]

@@ -93,8 +93,15 @@ class ShapleyConfig(PreTrainedConfig):
     sub_configs_defaults = {
         "backbone_config": SubConfigSpec(config_class=AutoConfig, model_type="vit"),
     }
-    # Per-player tensors are (N, P, K): never gather them during Trainer evaluation.
-    keys_to_ignore_at_inference = ["shapley_values", "base_values"]
+    # Per-player tensors are (N, P, K): never gather them during Trainer evaluation. The eval
+    # forward also returns the 0-d cls_loss, which would turn predictions into a tuple.
+    keys_to_ignore_at_inference = [
+        "shapley_values",
+        "base_values",
+        "cls_loss",
+        "distill_loss",
+        "shapley_loss",
+    ]
 
     backbone_config: dict | PreTrainedConfig | None = None
     players_grid: list[int] | tuple[int, ...] | None = None

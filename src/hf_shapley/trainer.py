@@ -59,7 +59,10 @@ of processes times ``gradient_accumulation_steps``)::
 
 Per-image normalization of the Shapley loss makes the objective a mean of per-image terms, so
 one step on a batch of 8 equals two accumulated steps on batches of 4 and two processes with
-4 images each (``tests/test_trainer.py`` and ``tests/test_distributed.py`` check both).
+4 images each (``tests/test_trainer.py`` and ``tests/test_distributed.py`` check both; the
+latter fixes the data order with ``train_sampling_strategy="sequential"``: Accelerate shards
+the Trainer's DataLoader by batches, so rank r takes the r-th batch of each round and every
+step's global batch is the same rows as in one process).
 """
 
 from __future__ import annotations
@@ -168,9 +171,7 @@ class ShapleyTrainingArguments(TrainingArguments):
     center_logits: bool | None = field(
         default=None, metadata=_help("Explain class-centered logits.")
     )
-    explained_classes: str | None = field(
-        default=None, metadata=_help("'all', 'label' or 'top'.")
-    )
+    explained_classes: str | None = field(default=None, metadata=_help("'all', 'label' or 'top'."))
     num_explained_classes: int | None = field(
         default=None, metadata=_help("Classes per image when explained_classes is not 'all'.")
     )
@@ -199,9 +200,7 @@ class ShapleyTrainingArguments(TrainingArguments):
         """Checks of single fields; combinations are checked against the model config."""
 
         def fail(name: str, message: str) -> None:
-            raise ValueError(
-                f"ShapleyTrainingArguments.{name}={getattr(self, name)!r}: {message}"
-            )
+            raise ValueError(f"ShapleyTrainingArguments.{name}={getattr(self, name)!r}: {message}")
 
         for name in ("num_shapley_coalitions", "num_distill_coalitions", "loss_warmup_steps"):
             value = getattr(self, name)
@@ -251,7 +250,9 @@ class ShapleyTrainingArguments(TrainingArguments):
     def shapley_overrides(self) -> dict[str, Any]:
         """The objective fields that are set (not ``None``): what overrides the model config."""
         return {
-            name: getattr(self, name) for name in OBJECTIVE_FIELDS if getattr(self, name) is not None
+            name: getattr(self, name)
+            for name in OBJECTIVE_FIELDS
+            if getattr(self, name) is not None
         }
 
     def to_json_dict(self) -> dict[str, Any]:
@@ -323,7 +324,10 @@ def add_example_index(dataset: Any, column: str = EXAMPLE_INDEX_COLUMN, *, overw
 
     if isinstance(dataset, datasets.DatasetDict):
         return datasets.DatasetDict(
-            {name: add_example_index(split, column, overwrite=overwrite) for name, split in dataset.items()}
+            {
+                name: add_example_index(split, column, overwrite=overwrite)
+                for name, split in dataset.items()
+            }
         )
     if isinstance(dataset, datasets.Dataset):
         if column in dataset.column_names:
@@ -372,11 +376,16 @@ class ShapleyImageCollator:
         batch: dict[str, torch.Tensor] = {}
         if "pixel_values" in first:
             batch["pixel_values"] = torch.stack(
-                [torch.as_tensor(np.asarray(f["pixel_values"]), dtype=torch.float32) for f in features]
+                [
+                    torch.as_tensor(np.asarray(f["pixel_values"]), dtype=torch.float32)
+                    for f in features
+                ]
             )
         elif self.image_column in first and self.image_processor is not None:
             images = [_to_rgb(f[self.image_column]) for f in features]
-            batch["pixel_values"] = self.image_processor(images, return_tensors="pt")["pixel_values"]
+            batch["pixel_values"] = self.image_processor(images, return_tensors="pt")[
+                "pixel_values"
+            ]
         else:
             raise ValueError(
                 f"Examples need 'pixel_values', or an {self.image_column!r} column and an "
@@ -384,7 +393,9 @@ class ShapleyImageCollator:
             )
         label_column = self.label_column or ("labels" if "labels" in first else "label")
         if label_column in first and first[label_column] is not None:
-            batch["labels"] = torch.as_tensor([int(f[label_column]) for f in features], dtype=torch.long)
+            batch["labels"] = torch.as_tensor(
+                [int(f[label_column]) for f in features], dtype=torch.long
+            )
         if self.index_column in first:
             batch["example_index"] = torch.as_tensor(
                 [int(f[self.index_column]) for f in features], dtype=torch.long
@@ -429,7 +440,9 @@ class ShapleyTrainer(Trainer):
     one recomputed from the checkpoint's global step), so it is identical on resume.
     """
 
-    def __init__(self, model: nn.Module | None = None, args: TrainingArguments | None = None, *a, **kw):
+    def __init__(
+        self, model: nn.Module | None = None, args: TrainingArguments | None = None, *a, **kw
+    ):
         if kw.get("compute_loss_func") is not None:
             raise ValueError(
                 "ShapleyTrainer does not take compute_loss_func: the model computes its joint loss."
@@ -441,7 +454,9 @@ class ShapleyTrainer(Trainer):
             )
         super().__init__(model, args, *a, **kw)
         if self.args.label_smoothing_factor:
-            raise ValueError("ShapleyTrainer needs label_smoothing_factor=0 (the model owns its loss).")
+            raise ValueError(
+                "ShapleyTrainer needs label_smoothing_factor=0 (the model owns its loss)."
+            )
         self._epoch_in_training: int | None = None
         self._loss_sums: torch.Tensor | None = None
         self._eval_totals: dict[str, float] | None = None
@@ -452,7 +467,11 @@ class ShapleyTrainer(Trainer):
     # ------------------------------------------------------------------ configuration
     def _shapley_model(self, model: nn.Module | None = None) -> nn.Module:
         unwrapped = self.accelerator.unwrap_model(model if model is not None else self.model)
-        if not isinstance(getattr(unwrapped, "config", None), ShapleyConfig):
+        # Duck-typed: a model loaded with trust_remote_code has its own copy of ShapleyConfig.
+        config = getattr(unwrapped, "config", None)
+        if getattr(config, "model_type", None) != ShapleyConfig.model_type or not hasattr(
+            config, "validate_shapley_options"
+        ):
             raise TypeError(
                 "ShapleyTrainer trains a ShapleyForImageClassification (a model whose config is a "
                 f"ShapleyConfig); got {type(unwrapped).__name__}."
@@ -528,11 +547,14 @@ class ShapleyTrainer(Trainer):
 
     def _accumulate_loss_components(self, outputs: Any, loss: torch.Tensor) -> None:
         values = [
-            (outputs.get(name) if isinstance(outputs, Mapping) else None) for name in LOSS_COMPONENTS
+            (outputs.get(name) if isinstance(outputs, Mapping) else None)
+            for name in LOSS_COMPONENTS
         ]
         if any(v is None for v in values):
             return
-        row = torch.stack([v.detach().float().reshape(()) for v in values] + [loss.new_ones(()).float()])
+        row = torch.stack(
+            [v.detach().float().reshape(()) for v in values] + [loss.new_ones(()).float()]
+        )
         self._loss_sums = row if self._loss_sums is None else self._loss_sums + row
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
@@ -566,7 +588,14 @@ class ShapleyTrainer(Trainer):
         ignore_keys = list(dict.fromkeys([*ignore_keys, *LOSS_COMPONENTS]))
         return super().prediction_step(model, inputs, prediction_loss_only, ignore_keys=ignore_keys)
 
-    def evaluation_loop(self, dataloader, description, prediction_loss_only=None, ignore_keys=None, metric_key_prefix="eval"):
+    def evaluation_loop(
+        self,
+        dataloader,
+        description,
+        prediction_loss_only=None,
+        ignore_keys=None,
+        metric_key_prefix="eval",
+    ):
         """Trainer's loop, plus ``accuracy`` and ``shapley_regression_proxy`` computed per batch.
 
         Both are per-image values gathered with ``gather_for_metrics`` (duplicates that pad
@@ -587,7 +616,9 @@ class ShapleyTrainer(Trainer):
             self._eval_totals = None
         metrics = output.metrics
         if totals["labelled"] > 0:
-            metrics.setdefault(f"{metric_key_prefix}_accuracy", totals["correct"] / totals["labelled"])
+            metrics.setdefault(
+                f"{metric_key_prefix}_accuracy", totals["correct"] / totals["labelled"]
+            )
         if totals["explained"] > 0:
             metrics[f"{metric_key_prefix}_shapley_regression_proxy"] = (
                 totals["proxy"] / totals["explained"]
@@ -595,7 +626,9 @@ class ShapleyTrainer(Trainer):
         return output
 
     @torch.no_grad()
-    def _accumulate_eval_metrics(self, model: nn.Module, inputs: dict[str, Any], outputs: Any) -> None:
+    def _accumulate_eval_metrics(
+        self, model: nn.Module, inputs: dict[str, Any], outputs: Any
+    ) -> None:
         totals = self._eval_totals
         logits = outputs["logits"]
         labels = inputs.get("labels")
@@ -605,7 +638,7 @@ class ShapleyTrainer(Trainer):
             totals["correct"] += float(correct.sum())
             totals["labelled"] += correct.numel()
 
-        m = self.args.eval_num_shapley_coalitions if hasattr(self.args, "eval_num_shapley_coalitions") else 16
+        m = getattr(self.args, "eval_num_shapley_coalitions", 16)  # plain TrainingArguments: 16
         phi = outputs.get("shapley_values") if isinstance(outputs, Mapping) else None
         base = outputs.get("base_values") if isinstance(outputs, Mapping) else None
         if not m or phi is None or base is None:
@@ -667,7 +700,9 @@ class ShapleyTrainer(Trainer):
         target.load_state_dict(loaded.state_dict(), strict=True)
         del loaded
 
-    def _load_from_checkpoint(self, resume_from_checkpoint: str, model: nn.Module | None = None) -> None:
+    def _load_from_checkpoint(
+        self, resume_from_checkpoint: str, model: nn.Module | None = None
+    ) -> None:
         if self._plain_checkpoint_load() and os.path.isfile(
             os.path.join(resume_from_checkpoint, "config.json")
         ):

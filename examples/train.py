@@ -1,0 +1,365 @@
+"""Train a self-explaining image classifier: the main job of hf-shapley.
+
+With no arguments it trains a small ViT from scratch on the built-in shapes data set and
+writes a complete, loadable model directory (safetensors weights, config, image processor,
+model card, metrics, explanation pictures):
+
+    accelerate launch examples/train.py
+    python examples/train.py                                   # the same, one process
+
+Other data and backbones:
+
+    accelerate launch examples/train.py --dataset_name beans --image_column image --label_column labels \
+        --backbone google/vit-base-patch16-224-in21k --players_grid 7 7 --output_dir outputs/vit-beans
+    accelerate launch examples/train.py --train_dir ./my_images   # an imagefolder: one folder per class
+
+Every ``ShapleyTrainingArguments`` / ``TrainingArguments`` option works (``--num_train_epochs``,
+``--shapley_loss_weight``, ``--push_to_hub``, ``--resume_from_checkpoint``...). ``--compare_plain``
+also trains the same model with lambda = alpha = 0 (a plain soft-voting classifier) for the same
+steps and reports both accuracies.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import datasets
+import torch
+from transformers import AutoImageProcessor, HfArgumentParser, ViTConfig, ViTImageProcessor, set_seed
+
+from hf_shapley import ShapleyConfig, ShapleyForImageClassification, ShapleyTrainer, ShapleyTrainingArguments
+from hf_shapley.trainer import ShapleyImageCollator, add_example_index
+
+logger = logging.getLogger("hf_shapley.train")
+
+# The built-in setting: 64 px shapes, a 4-layer ViT with 8 px patches (8 x 8 tokens) and a
+# 4 x 4 players grid (P = 16, so exact Shapley values can be checked on test images).
+BUILTIN_IMAGE_SIZE = 64
+BUILTIN_BACKBONE = dict(
+    image_size=BUILTIN_IMAGE_SIZE, patch_size=8, hidden_size=64, num_hidden_layers=4, num_attention_heads=4,
+    intermediate_size=128,
+)
+
+
+@dataclass
+class ModelArguments:
+    backbone: str | None = field(
+        default=None,
+        metadata={
+            "help": "Hub id or local directory of a backbone (ViTModel...) or a fine-tuned classifier "
+            "(ViTForImageClassification...). Default: a small ViT from scratch for the built-in data."
+        },
+    )
+    players_grid: list[int] = field(default_factory=lambda: [4, 4], metadata={"help": "Players grid: rows cols."})
+    prediction_mode: str | None = field(
+        default=None, metadata={"help": "shapley_sum or backbone_head (default: chosen by from_backbone)."}
+    )
+    train_backbone: bool = field(default=True, metadata={"help": "backbone_head mode: also train the classifier."})
+
+
+@dataclass
+class DataArguments:
+    dataset_name: str | None = field(default=None, metadata={"help": "A Hub data set (default: built-in shapes)."})
+    dataset_config_name: str | None = field(default=None, metadata={"help": "The Hub data set's config."})
+    train_dir: str | None = field(default=None, metadata={"help": "A local imagefolder for training."})
+    validation_dir: str | None = field(default=None, metadata={"help": "A local imagefolder for evaluation."})
+    image_column: str = field(default="image", metadata={"help": "Column with the images."})
+    label_column: str = field(default="label", metadata={"help": "Column with the class labels."})
+    eval_split: str = field(default="test", metadata={"help": "Split to evaluate on (test or validation)."})
+    num_train: int = field(default=4000, metadata={"help": "Built-in data: training images."})
+    num_test: int = field(default=1000, metadata={"help": "Built-in data: test images."})
+    max_train_samples: int | None = field(default=None, metadata={"help": "Truncate the training split."})
+    max_eval_samples: int | None = field(default=None, metadata={"help": "Truncate the evaluation split."})
+
+
+@dataclass
+class ReportArguments:
+    compare_plain: bool = field(
+        default=False, metadata={"help": "Also train a plain classifier (lambda = alpha = 0) at equal steps."}
+    )
+    num_explained_images: int = field(default=6, metadata={"help": "Explanation pictures to write."})
+    num_exact_images: int = field(
+        default=8, metadata={"help": "Test images checked against exact Shapley values (P <= 16)."}
+    )
+
+
+def default_training_args() -> dict:
+    """Defaults of the main job, overridable from the command line."""
+    return dict(
+        output_dir="outputs/shapley-vit-shapes",
+        num_train_epochs=5,
+        per_device_train_batch_size=64,
+        per_device_eval_batch_size=128,
+        learning_rate=1e-3,
+        weight_decay=0.05,
+        warmup_steps=30,
+        lr_scheduler_type="cosine",
+        logging_steps=10,
+        eval_strategy="no",
+        save_strategy="epoch",
+        save_total_limit=1,
+        report_to="none",
+        dataloader_num_workers=0,
+        loss_warmup_steps=60,
+        seed=0,
+    )
+
+
+# ----------------------------------------------------------------------------- data
+def load_data(args: DataArguments) -> tuple[datasets.Dataset, datasets.Dataset, str, str]:
+    """Train and eval splits, checked before training starts. Returns (train, eval, image_col, label_col)."""
+    if args.dataset_name is None and args.train_dir is None:
+        from hf_shapley.data import load_shapes_dataset
+
+        data = load_shapes_dataset(args.num_train, args.num_test, image_size=BUILTIN_IMAGE_SIZE)
+        train, evaluation = data["train"], data["test"]
+    else:
+        if args.dataset_name is not None:
+            data = datasets.load_dataset(args.dataset_name, args.dataset_config_name)
+        else:
+            files = {"train": os.path.join(args.train_dir, "**")}
+            if args.validation_dir:
+                files[args.eval_split] = os.path.join(args.validation_dir, "**")
+            data = datasets.load_dataset("imagefolder", data_files=files)
+        if "train" not in data:
+            raise SystemExit(f"The data set has no 'train' split; it has {list(data)}.")
+        train = data["train"]
+        if args.eval_split in data:
+            evaluation = data[args.eval_split]
+        else:
+            logger.warning("No %r split: holding out 10%% of 'train' for evaluation.", args.eval_split)
+            parts = train.train_test_split(test_size=0.1, seed=0)
+            train, evaluation = parts["train"], parts["test"]
+    for name, split in (("train", train), ("eval", evaluation)):
+        check_columns(split, name, args.image_column, args.label_column)
+    if args.max_train_samples:
+        train = train.select(range(min(args.max_train_samples, len(train))))
+    if args.max_eval_samples:
+        evaluation = evaluation.select(range(min(args.max_eval_samples, len(evaluation))))
+    check_images_decode(train, args.image_column, "train")
+    check_images_decode(evaluation, args.image_column, "eval")
+    return train, evaluation, args.image_column, args.label_column
+
+
+def check_columns(split: datasets.Dataset, name: str, image_column: str, label_column: str) -> None:
+    missing = [c for c in (image_column, label_column) if c not in split.column_names]
+    if missing:
+        raise SystemExit(
+            f"The {name} split has no column {missing}; its columns are {split.column_names}. "
+            "Name them with --image_column and --label_column."
+        )
+    if len(split) == 0:
+        raise SystemExit(f"The {name} split is empty.")
+
+
+def check_images_decode(split: datasets.Dataset, image_column: str, name: str, limit: int = 256) -> None:
+    """Decode the first images now, so a corrupt file fails before training, naming the row."""
+    for i in range(min(limit, len(split))):
+        try:
+            image = split[i][image_column]
+            image.load()
+        except Exception as error:  # PIL raises many types for corrupt files
+            raise SystemExit(
+                f"Image {i} of the {name} split ({image_column!r}) cannot be read: {error}. "
+                "Remove or fix the file and run again."
+            ) from error
+
+
+def label_names(split: datasets.Dataset, label_column: str) -> dict[int, str]:
+    feature = split.features[label_column]
+    if isinstance(feature, datasets.ClassLabel):
+        return dict(enumerate(feature.names))
+    values = sorted(set(split[label_column]))
+    if not all(isinstance(v, int) for v in values) or values[0] < 0:
+        raise SystemExit(
+            f"Labels in {label_column!r} must be a ClassLabel or non-negative integers; got {values[:5]}..."
+        )
+    return {i: str(i) for i in range(values[-1] + 1)}
+
+
+# ----------------------------------------------------------------------------- model
+def build_model(args: ModelArguments, id2label: dict[int, str]) -> tuple[ShapleyForImageClassification, object]:
+    if args.backbone is None:
+        config = ShapleyConfig(
+            backbone_config=ViTConfig(**BUILTIN_BACKBONE),
+            id2label=id2label,
+            label2id={v: k for k, v in id2label.items()},
+            players_grid=args.players_grid,
+        )
+        model = ShapleyForImageClassification(config)
+        processor = ViTImageProcessor(
+            size={"height": BUILTIN_IMAGE_SIZE, "width": BUILTIN_IMAGE_SIZE},
+            image_mean=[0.5, 0.5, 0.5],
+            image_std=[0.5, 0.5, 0.5],
+        )
+        return model, processor
+    kwargs = dict(players_grid=tuple(args.players_grid), train_backbone=args.train_backbone)
+    if args.prediction_mode:
+        kwargs["prediction_mode"] = args.prediction_mode
+    model = ShapleyForImageClassification.from_backbone(
+        args.backbone, id2label=id2label, label2id={v: k for k, v in id2label.items()}, **kwargs
+    )
+    processor = model.image_processor or AutoImageProcessor.from_pretrained(args.backbone)
+    return model, processor
+
+
+def wilson_interval(correct: int, total: int, z: float = 1.96) -> tuple[float, float]:
+    """95% interval of an accuracy (Wilson score interval)."""
+    if total == 0:
+        return float("nan"), float("nan")
+    p = correct / total
+    centre = (p + z * z / (2 * total)) / (1 + z * z / total)
+    half = z * math.sqrt(p * (1 - p) / total + z * z / (4 * total * total)) / (1 + z * z / total)
+    return centre - half, centre + half
+
+
+@torch.no_grad()
+def exact_faithfulness(model, processor, split, image_column: str, num_images: int) -> dict | None:
+    """Pearson r and relative L2 of phi against the exact Shapley values on a few test images."""
+    if model.num_players > 16 or num_images <= 0:
+        return None
+    from hf_shapley.evaluation import exact_model_shapley_values, shapley_agreement
+
+    images = [split[i][image_column].convert("RGB") for i in range(min(num_images, len(split)))]
+    device = next(model.parameters()).device
+    x = processor(images, return_tensors="pt")["pixel_values"].to(device)
+    model.eval()
+    out = model(x)
+    truth = exact_model_shapley_values(model, x, progress=True)
+    agreement = shapley_agreement(out.shapley_values.cpu(), truth, out.logits.argmax(-1).cpu())
+    low, high = agreement.pearson_interval()
+    return {
+        "pearson_r": agreement.mean_pearson,
+        "pearson_r_ci95": [low, high],
+        "relative_l2": agreement.median_relative_l2,
+        "num_images": len(images),
+    }
+
+
+def write_pictures(model, processor, split, image_column: str, out_dir: Path, count: int) -> list[str]:
+    from hf_shapley.visualization import plot_class_grid, save_figure
+
+    paths = []
+    device = next(model.parameters()).device
+    model.eval()
+    for i in range(min(count, len(split))):
+        image = split[i][image_column].convert("RGB")
+        with torch.no_grad():
+            out = model(processor(image, return_tensors="pt")["pixel_values"].to(device))
+        figure = plot_class_grid(
+            image,
+            out.shapley_values[0].cpu(),
+            model.players_grid,
+            model.config.id2label,
+            logits=out.logits[0].cpu(),
+            base_values=out.base_values[0].cpu(),
+            image_processor=processor,
+            top_k=min(3, model.num_labels),
+        )
+        paths.append(str(save_figure(figure, out_dir / "explanations" / f"test_{i:03d}.png")))
+    return paths
+
+
+# ----------------------------------------------------------------------------- main
+def train_and_evaluate(model, processor, training_args, train, evaluation, image_column, label_column):
+    collator = ShapleyImageCollator(image_processor=processor, image_column=image_column, label_column=label_column)
+    trainer = ShapleyTrainer(
+        model=model,
+        args=training_args,
+        train_dataset=add_example_index(train),
+        eval_dataset=evaluation,
+        data_collator=collator,
+        processing_class=processor,
+    )
+    start = time.perf_counter()
+    result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    train_seconds = time.perf_counter() - start
+    metrics = trainer.evaluate()
+    return trainer, result, metrics, train_seconds
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = HfArgumentParser((ModelArguments, DataArguments, ReportArguments, ShapleyTrainingArguments))
+    parser.set_defaults(**default_training_args())
+    model_args, data_args, report_args, training_args = parser.parse_args_into_dataclasses(args=argv)
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    datasets.utils.logging.set_verbosity_warning()
+    set_seed(training_args.seed)
+
+    train, evaluation, image_column, label_column = load_data(data_args)
+    id2label = label_names(train, label_column)
+    model, processor = build_model(model_args, id2label)
+    logger.info(
+        "Training %s (%s, players %s) on %d images, evaluating on %d.",
+        type(model).__name__, model.config.backbone_config.model_type, model.players_grid, len(train), len(evaluation),
+    )
+    trainer, result, metrics, train_seconds = train_and_evaluate(
+        model, processor, training_args, train, evaluation, image_column, label_column
+    )
+    out_dir = Path(training_args.output_dir)
+    n_eval = len(evaluation)
+    accuracy = metrics["eval_accuracy"]
+    report: dict = {
+        "accuracy": accuracy,
+        "accuracy_ci95": list(wilson_interval(round(accuracy * n_eval), n_eval)),
+        "num_eval_images": n_eval,
+        "eval_split": data_args.eval_split,
+        "shapley_regression_proxy": metrics.get("eval_shapley_regression_proxy"),
+        "train_seconds": train_seconds,
+        "train_steps": result.global_step,
+    }
+
+    if report_args.compare_plain:
+        plain_args = ShapleyTrainingArguments(
+            **{**training_args.to_dict(), "output_dir": str(out_dir / "plain"), "shapley_loss_weight": 0.0,
+               "distill_loss_weight": 0.0, "push_to_hub": False, "resume_from_checkpoint": None}
+        )
+        set_seed(training_args.seed)
+        plain_model, _ = build_model(model_args, id2label)
+        _, _, plain_metrics, _ = train_and_evaluate(
+            plain_model, processor, plain_args, train, evaluation, image_column, label_column
+        )
+        plain_accuracy = plain_metrics["eval_accuracy"]
+        report["plain_accuracy"] = plain_accuracy
+        report["plain_accuracy_ci95"] = list(wilson_interval(round(plain_accuracy * n_eval), n_eval))
+
+    if trainer.is_world_process_zero():
+        faithfulness = exact_faithfulness(model, processor, evaluation, image_column, report_args.num_exact_images)
+        if faithfulness:
+            report["faithfulness"] = {
+                "exact_shapley_pearson_r": faithfulness["pearson_r"],
+                "exact_shapley_pearson_r_ci95": faithfulness["pearson_r_ci95"],
+                "exact_shapley_relative_l2": faithfulness["relative_l2"],
+            }
+            report["faithfulness_num_images"] = faithfulness["num_images"]
+        trainer.save_model(str(out_dir))  # safetensors, config (with auto_map and code), processor
+        pictures = write_pictures(model, processor, evaluation, image_column, out_dir, report_args.num_explained_images)
+        (out_dir / "metrics.json").write_text(json.dumps(report, indent=2))
+        from hf_shapley.hub import render_model_card
+
+        card = render_model_card(
+            model,
+            repo_id=training_args.hub_model_id or out_dir.name,
+            dataset_name=data_args.dataset_name or "hf-shapley built-in shapes",
+            base_model=model_args.backbone,
+            metrics=report,
+            example_image=os.path.relpath(pictures[0], out_dir) if pictures else None,
+        )
+        card.save(out_dir / "README.md")
+        logger.info("Wrote %s: accuracy %.3f %s", out_dir, accuracy, json.dumps(report.get("faithfulness", {})))
+        print(json.dumps(report, indent=2))
+    if training_args.push_to_hub:
+        trainer.push_to_hub()
+    return report
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:] or None)
+    sys.exit(0)

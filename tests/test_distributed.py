@@ -1,0 +1,145 @@
+"""A real two-process DDP run of ShapleyTrainer on CPU (gloo), against a one-process run.
+
+``tests/_ddp_script.py`` trains 3 SGD steps with a global batch of 8: once as one process
+with batch 8 (``python``), once as two processes with batch 4 each, started by
+``accelerate launch --multi_gpu --num_processes 2`` (DESIGN.md section 5: ``--cpu
+--num_processes 2`` silently runs ONE process). A sequential sampler fixes the data order;
+Accelerate shards the batches, so each step's global batch is the same 8 rows in both runs.
+
+What it proves: two ranks ran (world size 2, ranks 0 and 1, disjoint halves of each global
+batch); DDP kept their weights identical; the result equals the one-process run (DDP averages
+gradients and every loss term is a mean of per-image terms, with coalitions keyed by example
+index, not by rank); the logged loss components are averaged across processes; and the
+evaluation metrics drop the duplicates that pad the last eval batch across processes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+SCRIPT = Path(__file__).with_name("_ddp_script.py")
+TIMEOUT_S = 180
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        not torch.distributed.is_available(), reason="torch.distributed unavailable"
+    ),
+]
+
+
+def _accelerate() -> str:
+    candidate = Path(sys.executable).with_name("accelerate")
+    if not candidate.exists():
+        pytest.skip("the accelerate launcher is not installed next to this Python")
+    return str(candidate)
+
+
+def _run(command: list[str], log: Path) -> float:
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "CUDA_VISIBLE_DEVICES": "",  # CPU + gloo even on a GPU machine
+        "TOKENIZERS_PARALLELISM": "false",
+        "HF_HUB_OFFLINE": "1",
+        "DDP_SCRIPT_END": "1",
+    }
+    start = time.monotonic()
+    with open(log, "w") as out:
+        # A new session, so that a hung launcher and its workers can be killed together.
+        proc = subprocess.Popen(
+            command, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True
+        )
+        try:
+            rc = proc.wait(timeout=TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            pytest.fail(f"{command[:3]} ran over {TIMEOUT_S} s:\n{log.read_text()[-3000:]}")
+    assert rc == 0, f"{' '.join(command)} failed ({rc}):\n{log.read_text()[-5000:]}"
+    return time.monotonic() - start
+
+
+def _record(directory: Path, rank: int) -> dict:
+    with open(directory / f"rank{rank}.json") as f:
+        return json.load(f)
+
+
+def _train_logs(record: dict) -> list[dict]:
+    return [log for log in record["log_history"] if "loss" in log]
+
+
+def test_two_process_ddp_matches_one_process(tmp_path):
+    single, double = tmp_path / "single", tmp_path / "ddp"
+    _run([sys.executable, str(SCRIPT), str(single), "8"], tmp_path / "single.log")
+    _run(
+        [
+            _accelerate(),
+            "launch",
+            "--multi_gpu",
+            "--num_processes",
+            "2",
+            "--num_machines",
+            "1",
+            "--mixed_precision",
+            "no",
+            "--dynamo_backend",
+            "no",
+            "--main_process_port",
+            "0",
+            str(SCRIPT),
+            str(double),
+            "4",
+        ],
+        tmp_path / "ddp.log",
+    )
+
+    # Two processes really ran, in one process group.
+    ranks = [_record(double, r) for r in (0, 1)]
+    assert [r["rank"] for r in ranks] == [0, 1]
+    assert all(r["world_size"] == 2 and r["dist_world_size"] == 2 for r in ranks)
+    one = _record(single, 0)
+    assert one["world_size"] == 1 and not one["torch_distributed"]
+
+    # Each global batch of the one-process run is split in two disjoint halves, one per rank.
+    assert len(one["seen"]) == len(ranks[0]["seen"]) == len(ranks[1]["seen"]) == 3
+    for (step, batch), (step0, half0), (step1, half1) in zip(
+        one["seen"], ranks[0]["seen"], ranks[1]["seen"], strict=True
+    ):
+        assert step == step0 == step1
+        assert len(half0) == len(half1) == 4 and not set(half0) & set(half1)
+        assert sorted(half0 + half1) == sorted(batch)
+
+    # DDP kept the replicas identical, and they equal the one-process result.
+    w0, w1 = load_file(double / "rank0.safetensors"), load_file(double / "rank1.safetensors")
+    reference, initial = (
+        load_file(single / "rank0.safetensors"),
+        load_file(single / "initial.safetensors"),
+    )
+    assert w0.keys() == w1.keys() == reference.keys()
+    assert all(torch.equal(w0[k], w1[k]) for k in w0)
+    assert max((w0[k] - reference[k]).abs().max().item() for k in w0) <= 1e-5
+    assert max((initial[k] - reference[k]).abs().max().item() for k in w0) > 1e-3  # it trained
+
+    # Loss components are averaged across processes: the same numbers as one process.
+    logs_one, logs_ddp = _train_logs(one), _train_logs(ranks[0])
+    assert [log["step"] for log in logs_one] == [log["step"] for log in logs_ddp] == [1, 2, 3]
+    for a, b in zip(logs_one, logs_ddp, strict=True):
+        for name in ("loss", "cls_loss", "distill_loss", "shapley_loss"):
+            assert b[name] == pytest.approx(a[name], rel=1e-5, abs=1e-7), name
+
+    # Eval on 10 images in batches of 4 over 2 ranks pads the last round with duplicates;
+    # accuracy and the proxy drop them, so they equal the one-process values.
+    for name in ("eval_accuracy", "eval_shapley_regression_proxy"):
+        assert ranks[0]["eval"][name] == pytest.approx(one["eval"][name], rel=1e-5), name
+        assert ranks[1]["eval"][name] == ranks[0]["eval"][name]
