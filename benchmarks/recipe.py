@@ -227,6 +227,7 @@ def run_one(variant: str, seed: int, setup: Setup) -> dict:
         )
     result["step_ms"] = 1000 * statistics.median(times[10:])
     result["steps"] = setup.steps
+    result["lr"] = setup.lr
     with open(OUT / "recipe.jsonl", "a") as f:
         f.write(json.dumps(result) + "\n")
     print(json.dumps(result), flush=True)
@@ -234,36 +235,39 @@ def run_one(variant: str, seed: int, setup: Setup) -> dict:
 
 
 def write_table(results: list[dict], setup: Setup, path: Path) -> None:
-    by_variant: dict[str, list[dict]] = {}
+    """One row per (variant, fine-tuning lr, steps); accuracy compared with plain of the same group."""
+    groups: dict[tuple, list[dict]] = {}
     for r in results:
-        by_variant.setdefault(r["variant"], []).append(r)
-    plain = by_variant.get("plain", [])
-    plain_acc = statistics.mean(r["accuracy"] for r in plain) if plain else float("nan")
-    plain_ms = statistics.median(r["step_ms"] for r in plain) if plain else float("nan")
+        groups.setdefault((r.get("lr", 3e-4), r["steps"], r["variant"]), []).append(r)
 
     def fmt(rows, key, digits=3):
         vals = [r[key] for r in rows if key in r]
-        if not vals:
-            return "-"
-        return " / ".join(f"{v:.{digits}f}" for v in vals)
+        return " / ".join(f"{v:.{digits}f}" for v in vals) if vals else "-"
 
     lines = [
-        "| variant | seeds | accuracy (per seed) | acc - plain | r pred. class | rel. L2 | r 2nd class | |phi| | step ms | x plain |",
+        "| fine-tuning | variant | seeds | accuracy (per seed) | mean acc - plain | r pred. class | rel. L2 | r 2nd class | mean abs phi | step ms |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for name, rows in by_variant.items():
+    for (lr, steps, name), rows in sorted(
+        groups.items(), key=lambda kv: (kv[0][0], kv[0][1], kv[0][2] != "plain")
+    ):
+        plain = groups.get((lr, steps, "plain"), [])
+        plain_acc = statistics.mean(r["accuracy"] for r in plain) if plain else float("nan")
         acc = statistics.mean(r["accuracy"] for r in rows)
         ms = statistics.median(r["step_ms"] for r in rows)
         lines.append(
-            f"| {name} | {len(rows)} | {fmt(rows, 'accuracy')} | {acc - plain_acc:+.3f} | {fmt(rows, 'pearson')} | "
-            f"{fmt(rows, 'relative_l2')} | {fmt(rows, 'pearson_other')} | {fmt(rows, 'phi_scale', 2)} | {ms:.0f} | {ms / plain_ms:.1f} |"
+            f"| lr {lr:g}, {steps} steps | {name} | {len(rows)} | {fmt(rows, 'accuracy')} | {acc - plain_acc:+.3f} | "
+            f"{fmt(rows, 'pearson')} | {fmt(rows, 'relative_l2')} | {fmt(rows, 'pearson_other')} | "
+            f"{fmt(rows, 'phi_scale', 2)} | {ms:.0f} |"
         )
     header = (
-        f"Tiny ViT ({BACKBONE}), players {PLAYERS_GRID}; pretrain {setup.pretrain_steps} steps plain CE, then "
-        f"{setup.steps} steps per variant (batch {setup.batch_size}, AdamW lr {setup.pretrain_lr} then {setup.lr}, "
-        "linear warm-up 50 steps and linear decay); accuracy on "
-        f"{setup.num_test} test images; r and rel. L2 against exact Shapley values on {setup.truth_images} test "
-        f"images; common settings {COMMON}.\n\n"
+        f"Tiny ViT ({BACKBONE}), players {PLAYERS_GRID} (one token per player); a stock ViT classifier is "
+        f"pretrained {setup.pretrain_steps} steps with plain CE (lr {setup.pretrain_lr}) per seed, then each variant "
+        f"fine-tunes it for the given steps (batch {setup.batch_size}, AdamW, linear warm-up 50 steps and linear "
+        f"decay); plain = the stock classifier continued with CE at equal steps. Accuracy on {setup.num_test} "
+        f"test images; r (mean per-image Pearson) and rel. L2 (median) against exact Shapley values of the "
+        f"model's own game (all 2^16 coalitions) on {setup.truth_images} test images; common settings {COMMON}. "
+        "Step times come from runs two at a time on a shared 2-core CPU: use benchmarks/train_cost.py for cost.\n\n"
     )
     path.write_text("# Recipe study\n\n" + header + "\n".join(lines) + "\n")
     print(path.read_text())
@@ -280,6 +284,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
     parser.add_argument("--steps", type=int, default=Setup.steps)
+    parser.add_argument("--lr", type=float, default=Setup.lr, help="fine-tuning learning rate")
     parser.add_argument("--pretrain-steps", type=int, default=Setup.pretrain_steps)
     parser.add_argument("--truth-images", type=int, default=Setup.truth_images)
     parser.add_argument("--jobs", type=int, default=2)
@@ -306,11 +311,7 @@ def main(argv: list[str] | None = None) -> None:
             jobs = [(v, s) for v in args.variants for s in args.seeds]
             list(pool.map(run_one, [v for v, _ in jobs], [s for _, s in jobs], [setup] * len(jobs)))
     results = [json.loads(line) for line in (OUT / "recipe.jsonl").read_text().splitlines()]
-    results = [
-        r
-        for r in results
-        if r["variant"] in args.variants and r["seed"] in args.seeds and r["steps"] == setup.steps
-    ]
+    results = [r for r in results if r["variant"] in args.variants and r["seed"] in args.seeds]
     write_table(results, setup, args.table)
 
 

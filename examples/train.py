@@ -32,19 +32,35 @@ from pathlib import Path
 
 import datasets
 import torch
-from transformers import AutoImageProcessor, HfArgumentParser, ViTConfig, ViTImageProcessor, set_seed
+from transformers import (
+    AutoImageProcessor,
+    HfArgumentParser,
+    ViTConfig,
+    ViTImageProcessor,
+    set_seed,
+)
 
-from hf_shapley import ShapleyConfig, ShapleyForImageClassification, ShapleyTrainer, ShapleyTrainingArguments
+from hf_shapley import (
+    ShapleyConfig,
+    ShapleyForImageClassification,
+    ShapleyTrainer,
+    ShapleyTrainingArguments,
+)
 from hf_shapley.trainer import ShapleyImageCollator, add_example_index
 
 logger = logging.getLogger("hf_shapley.train")
 
-# The built-in setting: 64 px shapes, a 4-layer ViT with 8 px patches (8 x 8 tokens) and a
-# 4 x 4 players grid (P = 16, so exact Shapley values can be checked on test images).
+# The built-in setting: 64 px shapes, a 4-layer ViT with 16 px patches (4 x 4 tokens) and a
+# 4 x 4 players grid (P = 16, one token per player, so exact Shapley values can be checked on
+# test images in seconds). The same backbone as benchmarks/recipe.py.
 BUILTIN_IMAGE_SIZE = 64
 BUILTIN_BACKBONE = dict(
-    image_size=BUILTIN_IMAGE_SIZE, patch_size=8, hidden_size=64, num_hidden_layers=4, num_attention_heads=4,
-    intermediate_size=128,
+    image_size=BUILTIN_IMAGE_SIZE,
+    patch_size=16,
+    hidden_size=128,
+    num_hidden_layers=4,
+    num_attention_heads=4,
+    intermediate_size=256,
 )
 
 
@@ -57,34 +73,56 @@ class ModelArguments:
             "(ViTForImageClassification...). Default: a small ViT from scratch for the built-in data."
         },
     )
-    players_grid: list[int] = field(default_factory=lambda: [4, 4], metadata={"help": "Players grid: rows cols."})
-    prediction_mode: str | None = field(
-        default=None, metadata={"help": "shapley_sum or backbone_head (default: chosen by from_backbone)."}
+    players_grid: list[int] = field(
+        default_factory=lambda: [4, 4], metadata={"help": "Players grid: rows cols."}
     )
-    train_backbone: bool = field(default=True, metadata={"help": "backbone_head mode: also train the classifier."})
+    prediction_mode: str | None = field(
+        default=None,
+        metadata={"help": "shapley_sum or backbone_head (default: chosen by from_backbone)."},
+    )
+    train_backbone: bool = field(
+        default=True, metadata={"help": "backbone_head mode: also train the classifier."}
+    )
 
 
 @dataclass
 class DataArguments:
-    dataset_name: str | None = field(default=None, metadata={"help": "A Hub data set (default: built-in shapes)."})
-    dataset_config_name: str | None = field(default=None, metadata={"help": "The Hub data set's config."})
-    train_dir: str | None = field(default=None, metadata={"help": "A local imagefolder for training."})
-    validation_dir: str | None = field(default=None, metadata={"help": "A local imagefolder for evaluation."})
+    dataset_name: str | None = field(
+        default=None, metadata={"help": "A Hub data set (default: built-in shapes)."}
+    )
+    dataset_config_name: str | None = field(
+        default=None, metadata={"help": "The Hub data set's config."}
+    )
+    train_dir: str | None = field(
+        default=None, metadata={"help": "A local imagefolder for training."}
+    )
+    validation_dir: str | None = field(
+        default=None, metadata={"help": "A local imagefolder for evaluation."}
+    )
     image_column: str = field(default="image", metadata={"help": "Column with the images."})
     label_column: str = field(default="label", metadata={"help": "Column with the class labels."})
-    eval_split: str = field(default="test", metadata={"help": "Split to evaluate on (test or validation)."})
-    num_train: int = field(default=4000, metadata={"help": "Built-in data: training images."})
+    eval_split: str = field(
+        default="test", metadata={"help": "Split to evaluate on (test or validation)."}
+    )
+    num_train: int = field(default=8000, metadata={"help": "Built-in data: training images."})
     num_test: int = field(default=1000, metadata={"help": "Built-in data: test images."})
-    max_train_samples: int | None = field(default=None, metadata={"help": "Truncate the training split."})
-    max_eval_samples: int | None = field(default=None, metadata={"help": "Truncate the evaluation split."})
+    max_train_samples: int | None = field(
+        default=None, metadata={"help": "Truncate the training split."}
+    )
+    max_eval_samples: int | None = field(
+        default=None, metadata={"help": "Truncate the evaluation split."}
+    )
 
 
 @dataclass
 class ReportArguments:
     compare_plain: bool = field(
-        default=False, metadata={"help": "Also train a plain classifier (lambda = alpha = 0) at equal steps."}
+        default=False,
+        metadata={"help": "Also train a plain classifier (lambda = alpha = 0) at equal steps."},
     )
-    num_explained_images: int = field(default=6, metadata={"help": "Explanation pictures to write."})
+    num_explained_images: int = field(
+        default=6, metadata={"help": "Explanation pictures to write."}
+    )
     num_exact_images: int = field(
         default=8, metadata={"help": "Test images checked against exact Shapley values (P <= 16)."}
     )
@@ -94,7 +132,7 @@ def default_training_args() -> dict:
     """Defaults of the main job, overridable from the command line."""
     return dict(
         output_dir="outputs/shapley-vit-shapes",
-        num_train_epochs=5,
+        num_train_epochs=3,
         per_device_train_batch_size=64,
         per_device_eval_batch_size=128,
         learning_rate=1e-3,
@@ -134,7 +172,9 @@ def load_data(args: DataArguments) -> tuple[datasets.Dataset, datasets.Dataset, 
         if args.eval_split in data:
             evaluation = data[args.eval_split]
         else:
-            logger.warning("No %r split: holding out 10%% of 'train' for evaluation.", args.eval_split)
+            logger.warning(
+                "No %r split: holding out 10%% of 'train' for evaluation.", args.eval_split
+            )
             parts = train.train_test_split(test_size=0.1, seed=0)
             train, evaluation = parts["train"], parts["test"]
     for name, split in (("train", train), ("eval", evaluation)):
@@ -159,7 +199,9 @@ def check_columns(split: datasets.Dataset, name: str, image_column: str, label_c
         raise SystemExit(f"The {name} split is empty.")
 
 
-def check_images_decode(split: datasets.Dataset, image_column: str, name: str, limit: int = 256) -> None:
+def check_images_decode(
+    split: datasets.Dataset, image_column: str, name: str, limit: int = 256
+) -> None:
     """Decode the first images now, so a corrupt file fails before training, naming the row."""
     for i in range(min(limit, len(split))):
         try:
@@ -185,7 +227,9 @@ def label_names(split: datasets.Dataset, label_column: str) -> dict[int, str]:
 
 
 # ----------------------------------------------------------------------------- model
-def build_model(args: ModelArguments, id2label: dict[int, str]) -> tuple[ShapleyForImageClassification, object]:
+def build_model(
+    args: ModelArguments, id2label: dict[int, str]
+) -> tuple[ShapleyForImageClassification, object]:
     if args.backbone is None:
         config = ShapleyConfig(
             backbone_config=ViTConfig(**BUILTIN_BACKBONE),
@@ -243,7 +287,9 @@ def exact_faithfulness(model, processor, split, image_column: str, num_images: i
     }
 
 
-def write_pictures(model, processor, split, image_column: str, out_dir: Path, count: int) -> list[str]:
+def write_pictures(
+    model, processor, split, image_column: str, out_dir: Path, count: int
+) -> list[str]:
     from hf_shapley.visualization import plot_class_grid, save_figure
 
     paths = []
@@ -268,8 +314,12 @@ def write_pictures(model, processor, split, image_column: str, out_dir: Path, co
 
 
 # ----------------------------------------------------------------------------- main
-def train_and_evaluate(model, processor, training_args, train, evaluation, image_column, label_column):
-    collator = ShapleyImageCollator(image_processor=processor, image_column=image_column, label_column=label_column)
+def train_and_evaluate(
+    model, processor, training_args, train, evaluation, image_column, label_column
+):
+    collator = ShapleyImageCollator(
+        image_processor=processor, image_column=image_column, label_column=label_column
+    )
     trainer = ShapleyTrainer(
         model=model,
         args=training_args,
@@ -286,10 +336,16 @@ def train_and_evaluate(model, processor, training_args, train, evaluation, image
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = HfArgumentParser((ModelArguments, DataArguments, ReportArguments, ShapleyTrainingArguments))
+    parser = HfArgumentParser(
+        (ModelArguments, DataArguments, ReportArguments, ShapleyTrainingArguments)
+    )
     parser.set_defaults(**default_training_args())
-    model_args, data_args, report_args, training_args = parser.parse_args_into_dataclasses(args=argv)
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    model_args, data_args, report_args, training_args = parser.parse_args_into_dataclasses(
+        args=argv
+    )
+    logging.basicConfig(
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO
+    )
     datasets.utils.logging.set_verbosity_warning()
     set_seed(training_args.seed)
 
@@ -298,7 +354,11 @@ def main(argv: list[str] | None = None) -> dict:
     model, processor = build_model(model_args, id2label)
     logger.info(
         "Training %s (%s, players %s) on %d images, evaluating on %d.",
-        type(model).__name__, model.config.backbone_config.model_type, model.players_grid, len(train), len(evaluation),
+        type(model).__name__,
+        model.config.backbone_config.model_type,
+        model.players_grid,
+        len(train),
+        len(evaluation),
     )
     trainer, result, metrics, train_seconds = train_and_evaluate(
         model, processor, training_args, train, evaluation, image_column, label_column
@@ -318,8 +378,14 @@ def main(argv: list[str] | None = None) -> dict:
 
     if report_args.compare_plain:
         plain_args = ShapleyTrainingArguments(
-            **{**training_args.to_dict(), "output_dir": str(out_dir / "plain"), "shapley_loss_weight": 0.0,
-               "distill_loss_weight": 0.0, "push_to_hub": False, "resume_from_checkpoint": None}
+            **{
+                **training_args.to_dict(),
+                "output_dir": str(out_dir / "plain"),
+                "shapley_loss_weight": 0.0,
+                "distill_loss_weight": 0.0,
+                "push_to_hub": False,
+                "resume_from_checkpoint": None,
+            }
         )
         set_seed(training_args.seed)
         plain_model, _ = build_model(model_args, id2label)
@@ -328,10 +394,14 @@ def main(argv: list[str] | None = None) -> dict:
         )
         plain_accuracy = plain_metrics["eval_accuracy"]
         report["plain_accuracy"] = plain_accuracy
-        report["plain_accuracy_ci95"] = list(wilson_interval(round(plain_accuracy * n_eval), n_eval))
+        report["plain_accuracy_ci95"] = list(
+            wilson_interval(round(plain_accuracy * n_eval), n_eval)
+        )
 
     if trainer.is_world_process_zero():
-        faithfulness = exact_faithfulness(model, processor, evaluation, image_column, report_args.num_exact_images)
+        faithfulness = exact_faithfulness(
+            model, processor, evaluation, image_column, report_args.num_exact_images
+        )
         if faithfulness:
             report["faithfulness"] = {
                 "exact_shapley_pearson_r": faithfulness["pearson_r"],
@@ -340,7 +410,9 @@ def main(argv: list[str] | None = None) -> dict:
             }
             report["faithfulness_num_images"] = faithfulness["num_images"]
         trainer.save_model(str(out_dir))  # safetensors, config (with auto_map and code), processor
-        pictures = write_pictures(model, processor, evaluation, image_column, out_dir, report_args.num_explained_images)
+        pictures = write_pictures(
+            model, processor, evaluation, image_column, out_dir, report_args.num_explained_images
+        )
         (out_dir / "metrics.json").write_text(json.dumps(report, indent=2))
         from hf_shapley.hub import render_model_card
 
@@ -353,7 +425,12 @@ def main(argv: list[str] | None = None) -> dict:
             example_image=os.path.relpath(pictures[0], out_dir) if pictures else None,
         )
         card.save(out_dir / "README.md")
-        logger.info("Wrote %s: accuracy %.3f %s", out_dir, accuracy, json.dumps(report.get("faithfulness", {})))
+        logger.info(
+            "Wrote %s: accuracy %.3f %s",
+            out_dir,
+            accuracy,
+            json.dumps(report.get("faithfulness", {})),
+        )
         print(json.dumps(report, indent=2))
     if training_args.push_to_hub:
         trainer.push_to_hub()

@@ -474,7 +474,7 @@ class ShapleyForImageClassification(ShapleyPreTrainedModel):
         return self.coalition_values_from_embeddings(embeddings, coalitions)
 
     def coalition_values_from_embeddings(
-        self, embeddings: torch.Tensor, coalitions: torch.Tensor
+        self, embeddings: torch.Tensor, coalitions: torch.Tensor, *, chunk_size: int | None = None
     ) -> torch.Tensor:
         """As :meth:`coalition_values`, reusing embeddings (B, s + N, D) computed once per image.
 
@@ -489,7 +489,7 @@ class ShapleyForImageClassification(ShapleyPreTrainedModel):
         image_of = torch.arange(B, device=flat.device).repeat_interleave(num_seq)
 
         values_in, values_out = [], []
-        chunk = self.config.coalition_batch_size
+        chunk = chunk_size or self.config.coalition_batch_size
         for start in range(0, flat.shape[0], chunk):
             sl = slice(start, start + chunk)
             v_in, v_out = self._packed_pair_values(embeddings[image_of[sl]], flat[sl])

@@ -47,6 +47,10 @@ def tabulate_game(
             masks.shape[0], pixel_values.shape[0], model.num_labels, dtype=torch.float64
         )
         B = pixel_values.shape[0]
+        # Packed sequences are short for small grids: batch many per backbone call (a token
+        # budget of 2**16 per call), whatever the training-time coalition_batch_size.
+        sequence_length = embeddings.shape[1] + model.num_special_tokens
+        sequences_per_call = max(model.config.coalition_batch_size, 2**16 // sequence_length)
         for start in tqdm(
             range(0, half, chunk_size), disable=not progress, desc="exact game table"
         ):
