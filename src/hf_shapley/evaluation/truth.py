@@ -58,7 +58,7 @@ def tabulate_game(
             block = first[start:stop]
             pairs = torch.stack([block, ~block], dim=1).reshape(1, -1, P).expand(B, -1, -1)
             values = model.coalition_values_from_embeddings(
-                embeddings, pairs
+                embeddings, pairs, chunk_size=sequences_per_call
             ).double()  # (B, 2n, K)
             values = values.reshape(B, stop - start, 2, -1)
             table[start:stop] = values[:, :, 0].transpose(0, 1).cpu()
