@@ -145,6 +145,7 @@ def default_training_args() -> dict:
         save_total_limit=1,
         report_to="none",
         dataloader_num_workers=0,
+        dataloader_pin_memory=torch.cuda.is_available(),
         loss_warmup_steps=60,
         seed=0,
     )

@@ -57,9 +57,11 @@ class ShapleyConfig(PreTrainedConfig):
         num_shapley_coalitions (`int`, *optional*, defaults to 8):
             ``m``: coalitions per image for the Shapley regression, drawn from the Shapley kernel
             in complementary pairs (must be even).
-        num_distill_coalitions (`int`, *optional*, defaults to 1):
+        num_distill_coalitions (`int`, *optional*, defaults to 2):
             ``g``: coalitions per image, with uniformly distributed sizes, on which the model is
             distilled towards its own detached full-image prediction (these carry gradients).
+            They are drawn as complementary pairs that share one packed sequence, so 2 cost
+            the same as 1 (measured: benchmarks/results/train_cost_bf16_b64_h100.md).
         shapley_loss_weight (`float`, *optional*, defaults to 1.0):
             ``lambda``: weight of the Shapley regression loss.
         distill_loss_weight (`float`, *optional*, defaults to 1.0):
@@ -111,7 +113,7 @@ class ShapleyConfig(PreTrainedConfig):
     train_backbone: bool = True
     classifier_in_features: int | None = None
     num_shapley_coalitions: int = 8
-    num_distill_coalitions: int = 1
+    num_distill_coalitions: int = 2
     shapley_loss_weight: float = 1.0
     distill_loss_weight: float = 1.0
     loss_warmup_steps: int = 0

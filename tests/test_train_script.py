@@ -1,0 +1,160 @@
+"""examples/train.py, the main job: a real run writes a complete, loadable model directory, and
+bad data is refused before training starts with a message that says what to fix."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from transformers import (
+    AutoModelForImageClassification,
+    ViTConfig,
+    ViTForImageClassification,
+    ViTImageProcessor,
+    ViTModel,
+)
+
+import hf_shapley  # noqa: F401  (registers the auto classes)
+
+SCRIPT = Path(__file__).resolve().parents[1] / "examples" / "train.py"
+TINY = dict(
+    image_size=32,
+    patch_size=8,
+    hidden_size=32,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    intermediate_size=64,
+)
+
+
+@pytest.fixture(scope="module")
+def train_script():
+    spec = importlib.util.spec_from_file_location("hf_shapley_train_script", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def _save_backbone(path: Path, classifier_labels: int | None = None) -> Path:
+    torch.manual_seed(0)
+    if classifier_labels:
+        labels = {i: f"class {i}" for i in range(classifier_labels)}
+        model = ViTForImageClassification(
+            ViTConfig(**TINY, id2label=labels, label2id={v: k for k, v in labels.items()})
+        )
+    else:
+        model = ViTModel(ViTConfig(**TINY), add_pooling_layer=False)
+    model.save_pretrained(path)
+    ViTImageProcessor(
+        size={"height": 32, "width": 32}, image_mean=[0.5] * 3, image_std=[0.5] * 3
+    ).save_pretrained(path)
+    return path
+
+
+def _imagefolder(root: Path, classes=("cat", "dog"), per_class: int = 4) -> Path:
+    rng = np.random.default_rng(0)
+    for name in classes:
+        (root / name).mkdir(parents=True)
+        for i in range(per_class):
+            Image.fromarray(rng.integers(0, 255, (40, 48, 3), dtype=np.uint8)).save(
+                root / name / f"{i}.png"
+            )
+    return root
+
+
+def test_main_job_writes_a_complete_loadable_directory(train_script, tmp_path, single_thread):
+    backbone = _save_backbone(tmp_path / "backbone")
+    out = tmp_path / "out"
+    report = train_script.main(
+        [
+            "--backbone", str(backbone), "--players_grid", "2", "2",
+            "--num_train", "64", "--num_test", "24", "--num_train_epochs", "1",
+            "--per_device_train_batch_size", "16", "--per_device_eval_batch_size", "16",
+            "--output_dir", str(out), "--num_exact_images", "3", "--num_explained_images", "2",
+            "--logging_steps", "1",
+        ]
+    )  # fmt: skip
+    for name in ("model.safetensors", "config.json", "preprocessor_config.json", "README.md", "metrics.json",
+                 "modeling_shapley.py", "shapley_training_args.json"):  # fmt: skip
+        assert (out / name).is_file(), name
+    assert sorted(p.name for p in (out / "explanations").iterdir()) == [
+        "test_000.png",
+        "test_001.png",
+    ]
+    Image.open(out / "explanations" / "test_000.png").verify()
+
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics == json.loads(json.dumps(report))
+    low, high = metrics["accuracy_ci95"]
+    assert 0 <= low <= metrics["accuracy"] <= high <= 1
+    assert metrics["num_eval_images"] == 24 and metrics["train_steps"] == 4
+    assert -1 <= metrics["faithfulness"]["exact_shapley_pearson_r"] <= 1
+
+    card = (out / "README.md").read_text()
+    assert f"{metrics['accuracy']:.3f}"[:4] in card or f"{100 * metrics['accuracy']:.1f}" in card
+    assert "explanations/test_000.png" in card
+
+    # The directory loads through the auto classes and explains itself.
+    model = AutoModelForImageClassification.from_pretrained(out).eval()
+    assert model.config.id2label == {
+        0: "red circle",
+        1: "green square",
+        2: "blue triangle",
+        3: "yellow cross",
+    }
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        result = model(x)
+    torch.testing.assert_close(result.logits, result.base_values + result.shapley_values.sum(1))
+
+
+def test_missing_column_is_refused_before_training(train_script, tmp_path):
+    folder = _imagefolder(tmp_path / "data")
+    with pytest.raises(
+        SystemExit, match=r"no column \['labels'\].*--image_column and --label_column"
+    ):
+        train_script.main(
+            [
+                "--train_dir",
+                str(folder),
+                "--label_column",
+                "labels",
+                "--output_dir",
+                str(tmp_path / "o"),
+            ]
+        )
+
+
+def test_corrupt_image_is_refused_naming_the_row(train_script, tmp_path):
+    folder = _imagefolder(tmp_path / "data")
+    (folder / "dog" / "9.png").write_bytes(b"\x89PNG\r\n\x1a\n this is not an image")
+    with pytest.raises(SystemExit, match=r"Image \d+ of the (train|eval) split .* cannot be read"):
+        train_script.main(["--train_dir", str(folder), "--output_dir", str(tmp_path / "o")])
+
+
+def test_label_count_mismatch_is_refused_before_training(train_script, tmp_path):
+    backbone = _save_backbone(tmp_path / "clf", classifier_labels=3)
+    with pytest.raises(ValueError, match="The classifier has 3 labels but id2label has 4"):
+        train_script.main(
+            [
+                "--backbone",
+                str(backbone),
+                "--players_grid",
+                "2",
+                "2",
+                "--num_train",
+                "16",
+                "--num_test",
+                "8",
+                "--output_dir",
+                str(tmp_path / "o"),
+            ]  # fmt: skip
+        )
+    assert not (tmp_path / "o").exists()
