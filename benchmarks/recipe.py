@@ -294,7 +294,10 @@ def main(argv: list[str] | None = None) -> None:
     )
     args = parser.parse_args(argv)
     setup = Setup(
-        steps=args.steps, pretrain_steps=args.pretrain_steps, truth_images=args.truth_images
+        steps=args.steps,
+        pretrain_steps=args.pretrain_steps,
+        truth_images=args.truth_images,
+        lr=args.lr,
     )
     OUT.mkdir(parents=True, exist_ok=True)
     args.table.parent.mkdir(parents=True, exist_ok=True)
