@@ -28,6 +28,18 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def device_name(device: torch.device) -> str:
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
+
+
+def report(text: str, out=None) -> str:
+    """Print a result and write it to ``out`` (a path) when given."""
+    print(text)
+    if out:
+        out.write_text(text)
+    return text
+
+
 def synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)

@@ -18,7 +18,14 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import VIT_SMALL_224, interleaved_medians, markdown_table, pick_device  # noqa: E402
+from common import (
+    VIT_SMALL_224,
+    device_name,
+    interleaved_medians,
+    markdown_table,
+    pick_device,
+    report,
+)  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> str:
@@ -98,15 +105,12 @@ def main(argv: list[str] | None = None) -> str:
         rows,
     )
     text = (
-        f"Device {device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else 'CPU'}), "
+        f"Device {device} ({device_name(device)}), "
         f"{args.dtype}, ViT-S/16 224 px, players {tuple(args.players_grid)}, median of {args.rounds} interleaved rounds.\n\n"
         f"{table}\n\nPacked pair by token count: ({n} + 2*{tokens}) / ({n} + {tokens}) = {(n + 2 * tokens) / (n + tokens):.3f} "
         "full-forward equivalents.\n"
     )
-    print(text)
-    if args.out:
-        args.out.write_text(text)
-    return text
+    return report(text, args.out)
 
 
 if __name__ == "__main__":

@@ -27,7 +27,14 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import VIT_SMALL_224, interleaved_medians, markdown_table, pick_device  # noqa: E402
+from common import (
+    VIT_SMALL_224,
+    device_name,
+    interleaved_medians,
+    markdown_table,
+    pick_device,
+    report,
+)  # noqa: E402
 
 
 def build(m: int, g: int, device: torch.device, players_grid, num_labels: int = 10):
@@ -155,7 +162,7 @@ def main(argv: list[str] | None = None) -> str:
             ]
         )
     within_2x = [m for m in args.m if all(times[f"{m},{g}"] / plain <= 2 for g in args.g if g <= 1)]
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
+    name = device_name(device)
     table = markdown_table(
         [
             "m",
@@ -175,10 +182,7 @@ def main(argv: list[str] | None = None) -> str:
         f"{'max_memory_allocated' if device.type == 'cuda' else 'max RSS of a child process'}.\n\n{table}\n\n"
         f"Largest m within 2x of plain training (g <= 1): {max(within_2x) if within_2x else 'none'}\n"
     )
-    print(text)
-    if args.out:
-        args.out.write_text(text)
-    return text
+    return report(text, args.out)
 
 
 if __name__ == "__main__":
