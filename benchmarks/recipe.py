@@ -85,6 +85,8 @@ class Setup:
     num_train: int = 6000
     num_test: int = 2000
     truth_images: int = 8
+    device: str = "cpu"
+    out_dir: str = str(OUT)
     extra: dict = field(default_factory=dict)
 
 
@@ -97,7 +99,7 @@ def _data(setup: Setup):
 
     xtr, ytr = prep(generate_shapes(setup.num_train, image_size=64, split="train"))
     xte, yte = prep(generate_shapes(setup.num_test, image_size=64, split="test"))
-    return xtr, ytr, xte, yte
+    return tuple(t.to(setup.device) for t in (xtr, ytr, xte, yte))
 
 
 def _batches(num: int, batch_size: int, seed: int):
@@ -133,6 +135,8 @@ def _train(
         loss.backward()
         opt.step()
         sched.step()
+        if xtr.is_cuda:
+            torch.cuda.synchronize()
         times.append(time.perf_counter() - t0)
     return times
 
@@ -152,7 +156,7 @@ def pretrained_dir(seed: int, setup: Setup) -> Path:
 
     from hf_shapley.data import SHAPES_LABELS
 
-    path = OUT / f"pretrained-seed{seed}-steps{setup.pretrain_steps}"
+    path = Path(setup.out_dir) / f"pretrained-seed{seed}-steps{setup.pretrain_steps}"
     if (path / "model.safetensors").exists():
         return path
     print(f"pretraining seed {seed} for {setup.pretrain_steps} steps", flush=True)
@@ -160,7 +164,7 @@ def pretrained_dir(seed: int, setup: Setup) -> Path:
     labels = dict(enumerate(SHAPES_LABELS[:4]))
     model = ViTForImageClassification(
         ViTConfig(**BACKBONE, id2label=labels, label2id={v: k for k, v in labels.items()})
-    )
+    ).to(setup.device)
     xtr, ytr, xte, yte = _data(setup)
     _train(
         model,
@@ -189,7 +193,7 @@ def run_one(variant: str, seed: int, setup: Setup) -> dict:
     source = pretrained_dir(seed, setup)
     torch.manual_seed(seed)
     if variant == "plain":
-        model = ViTForImageClassification.from_pretrained(source)
+        model = ViTForImageClassification.from_pretrained(source).to(setup.device)
         times = _train(model, xtr, ytr, setup.steps, setup, seed, shapley=False)
         result = dict(variant=variant, seed=seed, accuracy=_accuracy(model, xte, yte))
     else:
@@ -200,11 +204,13 @@ def run_one(variant: str, seed: int, setup: Setup) -> dict:
             load_image_processor=False,
             coalition_seed=seed,
             **overrides,
-        )
+        ).to(setup.device)
         times = _train(model, xtr, ytr, setup.steps, setup, seed, shapley=True)
         accuracy = _accuracy(model, xte, yte)
         x = xte[: setup.truth_images]
-        out = model(x)
+        with torch.no_grad():
+            out = model(x)
+        out = type(out)(**{k: v.cpu() for k, v in out.items()})
         truth = exact_model_shapley_values(model, x)
         predicted = out.logits.argmax(-1)
         agree = shapley_agreement(out.shapley_values, truth, predicted)
@@ -228,7 +234,8 @@ def run_one(variant: str, seed: int, setup: Setup) -> dict:
     result["step_ms"] = 1000 * statistics.median(times[10:])
     result["steps"] = setup.steps
     result["lr"] = setup.lr
-    with open(OUT / "recipe.jsonl", "a") as f:
+    result["device"] = setup.device
+    with open(Path(setup.out_dir) / "recipe.jsonl", "a") as f:
         f.write(json.dumps(result) + "\n")
     print(json.dumps(result), flush=True)
     return result
@@ -238,7 +245,8 @@ def write_table(results: list[dict], setup: Setup, path: Path) -> None:
     """One row per (variant, fine-tuning lr, steps); accuracy compared with plain of the same group."""
     groups: dict[tuple, list[dict]] = {}
     for r in results:
-        groups.setdefault((r.get("lr", 3e-4), r["steps"], r["variant"]), []).append(r)
+        key = (r.get("device", "cpu"), r.get("lr", 3e-4), r["steps"], r["variant"])
+        groups.setdefault(key, []).append(r)
 
     def fmt(rows, key, digits=3):
         vals = [r[key] for r in rows if key in r]
@@ -248,15 +256,16 @@ def write_table(results: list[dict], setup: Setup, path: Path) -> None:
         "| fine-tuning | variant | seeds | accuracy (per seed) | mean acc - plain | r pred. class | rel. L2 | r 2nd class | mean abs phi | step ms |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for (lr, steps, name), rows in sorted(
-        groups.items(), key=lambda kv: (kv[0][0], kv[0][1], kv[0][2] != "plain")
+    for (device, lr, steps, name), rows in sorted(
+        groups.items(), key=lambda kv: (kv[0][:3], kv[0][3] != "plain")
     ):
-        plain = groups.get((lr, steps, "plain"), [])
+        rows = sorted(rows, key=lambda r: r["seed"])
+        plain = groups.get((device, lr, steps, "plain"), [])
         plain_acc = statistics.mean(r["accuracy"] for r in plain) if plain else float("nan")
         acc = statistics.mean(r["accuracy"] for r in rows)
         ms = statistics.median(r["step_ms"] for r in rows)
         lines.append(
-            f"| lr {lr:g}, {steps} steps | {name} | {len(rows)} | {fmt(rows, 'accuracy')} | {acc - plain_acc:+.3f} | "
+            f"| {device}, lr {lr:g}, {steps} steps | {name} | {len(rows)} | {fmt(rows, 'accuracy')} | {acc - plain_acc:+.3f} | "
             f"{fmt(rows, 'pearson')} | {fmt(rows, 'relative_l2')} | {fmt(rows, 'pearson_other')} | "
             f"{fmt(rows, 'phi_scale', 2)} | {ms:.0f} |"
         )
@@ -288,6 +297,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--pretrain-steps", type=int, default=Setup.pretrain_steps)
     parser.add_argument("--truth-images", type=int, default=Setup.truth_images)
     parser.add_argument("--jobs", type=int, default=2)
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument(
+        "--out-dir", type=Path, default=OUT, help="pretrained models and recipe.jsonl"
+    )
     parser.add_argument("--table", type=Path, default=REPO / "benchmarks" / "results" / "recipe.md")
     parser.add_argument(
         "--reuse", action="store_true", help="only rebuild the table from recipe.jsonl"
@@ -298,12 +311,15 @@ def main(argv: list[str] | None = None) -> None:
         pretrain_steps=args.pretrain_steps,
         truth_images=args.truth_images,
         lr=args.lr,
+        device=args.device,
+        out_dir=str(args.out_dir),
     )
-    OUT.mkdir(parents=True, exist_ok=True)
+    args.out_dir.mkdir(parents=True, exist_ok=True)
     args.table.parent.mkdir(parents=True, exist_ok=True)
     if not args.reuse:
         torch.set_num_threads(1)
-        # One thread per worker: two 2-thread processes on 2 cores slow small matmuls ~100x.
+        # One CPU thread per worker: two 2-thread processes on 2 cores slow small matmuls ~100x.
+        # Each worker process holds its own CUDA context with --device cuda.
         with ProcessPoolExecutor(
             args.jobs,
             mp_context=get_context("spawn"),
@@ -313,7 +329,8 @@ def main(argv: list[str] | None = None) -> None:
             list(pool.map(pretrained_dir, args.seeds, [setup] * len(args.seeds)))
             jobs = [(v, s) for v in args.variants for s in args.seeds]
             list(pool.map(run_one, [v for v, _ in jobs], [s for _, s in jobs], [setup] * len(jobs)))
-    results = [json.loads(line) for line in (OUT / "recipe.jsonl").read_text().splitlines()]
+    lines = (args.out_dir / "recipe.jsonl").read_text().splitlines()
+    results = [json.loads(line) for line in lines]
     results = [r for r in results if r["variant"] in args.variants and r["seed"] in args.seeds]
     write_table(results, setup, args.table)
 

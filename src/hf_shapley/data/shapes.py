@@ -54,12 +54,13 @@ from __future__ import annotations
 import io
 from dataclasses import dataclass
 from itertools import permutations
+from typing import TYPE_CHECKING
 
-import datasets
 import numpy as np
 import pyarrow as pa
-from datasets.fingerprint import Hasher
-from datasets.table import InMemoryTable
+
+if TYPE_CHECKING:
+    import datasets
 from PIL import Image
 
 __all__ = [
@@ -532,6 +533,10 @@ def _encode_all(arrays: np.ndarray, image_format: str) -> pa.StructArray:
 def _to_dataset(
     arrays: ShapesArrays, features: datasets.Features, split: str, fingerprint: str
 ) -> datasets.Dataset:
+    # `datasets` is imported here, not at module level, so generate_shapes works without it.
+    import datasets
+    from datasets.table import InMemoryTable
+
     table = pa.table(
         {
             # Images as (lossless, uncompressed) BMP: pixel noise makes PNG shrink them by only
@@ -594,6 +599,9 @@ def load_shapes_dataset(
     'L'
     ```
     """
+    import datasets
+    from datasets.fingerprint import Hasher
+
     features = datasets.Features(
         {
             "image": datasets.Image(),
