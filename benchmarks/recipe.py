@@ -86,6 +86,7 @@ class Setup:
     num_test: int = 2000
     truth_images: int = 8
     device: str = "cpu"
+    max_grad_norm: float | None = None
     out_dir: str = str(OUT)
     extra: dict = field(default_factory=dict)
 
@@ -133,6 +134,8 @@ def _train(
             loss = F.cross_entropy(model(xtr[idx]).logits, ytr[idx])
         opt.zero_grad(set_to_none=True)
         loss.backward()
+        if setup.max_grad_norm:
+            torch.nn.utils.clip_grad_norm_(params, setup.max_grad_norm)
         opt.step()
         sched.step()
         if xtr.is_cuda:
@@ -156,7 +159,8 @@ def pretrained_dir(seed: int, setup: Setup) -> Path:
 
     from hf_shapley.data import SHAPES_LABELS
 
-    path = Path(setup.out_dir) / f"pretrained-seed{seed}-steps{setup.pretrain_steps}"
+    clip = f"-clip{setup.max_grad_norm:g}" if setup.max_grad_norm else ""
+    path = Path(setup.out_dir) / f"pretrained-seed{seed}-steps{setup.pretrain_steps}{clip}"
     if (path / "model.safetensors").exists():
         return path
     print(f"pretraining seed {seed} for {setup.pretrain_steps} steps", flush=True)
@@ -235,6 +239,7 @@ def run_one(variant: str, seed: int, setup: Setup) -> dict:
     result["steps"] = setup.steps
     result["lr"] = setup.lr
     result["device"] = setup.device
+    result["max_grad_norm"] = setup.max_grad_norm
     with open(Path(setup.out_dir) / "recipe.jsonl", "a") as f:
         f.write(json.dumps(result) + "\n")
     print(json.dumps(result), flush=True)
@@ -245,7 +250,10 @@ def write_table(results: list[dict], setup: Setup, path: Path) -> None:
     """One row per (variant, fine-tuning lr, steps); accuracy compared with plain of the same group."""
     groups: dict[tuple, list[dict]] = {}
     for r in results:
-        key = (r.get("device", "cpu"), r.get("lr", 3e-4), r["steps"], r["variant"])
+        device = r.get("device", "cpu") + (
+            f", clip {r['max_grad_norm']:g}" if r.get("max_grad_norm") else ""
+        )
+        key = (device, r.get("lr", 3e-4), r["steps"], r["variant"])
         groups.setdefault(key, []).append(r)
 
     def fmt(rows, key, digits=3):
@@ -298,6 +306,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--truth-images", type=int, default=Setup.truth_images)
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--max-grad-norm", type=float, default=None, help="gradient clipping")
     parser.add_argument(
         "--out-dir", type=Path, default=OUT, help="pretrained models and recipe.jsonl"
     )
@@ -312,6 +321,7 @@ def main(argv: list[str] | None = None) -> None:
         truth_images=args.truth_images,
         lr=args.lr,
         device=args.device,
+        max_grad_norm=args.max_grad_norm,
         out_dir=str(args.out_dir),
     )
     args.out_dir.mkdir(parents=True, exist_ok=True)
