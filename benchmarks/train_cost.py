@@ -19,7 +19,6 @@ import argparse
 import itertools
 import json
 import math
-import resource
 import subprocess
 import sys
 from pathlib import Path
@@ -82,8 +81,24 @@ def memory_child(m: int, g: int, args) -> None:
     step = make_step(model, opt, x, y, autocast)
     for _ in range(2):
         step()
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(json.dumps({"peak_mib": peak}))
+    # VmHWM (peak RSS of this process image): ru_maxrss would be wrong here, since Linux keeps
+    # it across exec and the parent that started this child already holds every model.
+    with open("/proc/self/status") as status:
+        peak_kib = next(int(line.split()[1]) for line in status if line.startswith("VmHWM:"))
+    print(json.dumps({"peak_mib": peak_kib / 1024}))
+
+
+def cpu_peak_memory(configs, args) -> dict:
+    """Peak RSS (MiB) of each configuration, each in a fresh child process."""
+    base = [sys.executable, __file__, "--device", "cpu", "--dtype", args.dtype]
+    base += ["--batch-size", str(args.batch_size), "--players-grid", *map(str, args.players_grid)]
+    memory = {}
+    for m, g in configs:
+        out = subprocess.run(
+            base + ["--memory-child", str(m), str(g)], capture_output=True, text=True, check=True
+        )
+        memory[(m, g)] = json.loads(out.stdout.strip().splitlines()[-1])["peak_mib"]
+    return memory
 
 
 def main(argv: list[str] | None = None) -> str:
@@ -98,6 +113,9 @@ def main(argv: list[str] | None = None) -> str:
     parser.add_argument("--g", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement")
+    parser.add_argument(
+        "--memory-only", action="store_true", help="skip the timing (CPU memory only)"
+    )
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--memory-child", nargs=2, type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -109,6 +127,13 @@ def main(argv: list[str] | None = None) -> str:
     x = torch.randn(args.batch_size, 3, 224, 224, device=device)
     y = torch.randint(0, 10, (args.batch_size,), device=device)
     configs = [(0, 0)] + [(m, g) for m in args.m for g in args.g]
+    if args.memory_only:
+        memory = cpu_peak_memory(configs, args)
+        rows = [
+            ["plain" if (m, g) == (0, 0) else m, g, f"{memory[(m, g)]:.0f}"] for m, g in configs
+        ]
+        text = f"Peak RSS per configuration (child processes), batch {args.batch_size}:\n\n"
+        return report(text + markdown_table(["m", "g", "peak MiB"], rows) + "\n", args.out)
     steps, memory = {}, {}
     for m, g in configs:
         model, opt = build(m, g, device, args.players_grid)
@@ -122,26 +147,7 @@ def main(argv: list[str] | None = None) -> str:
     )
 
     if device.type == "cpu" and not args.no_memory:
-        base = [
-            sys.executable,
-            __file__,
-            "--device",
-            "cpu",
-            "--dtype",
-            args.dtype,
-            "--batch-size",
-            str(args.batch_size),
-            "--players-grid",
-            *map(str, args.players_grid),
-        ]
-        for m, g in configs:
-            out = subprocess.run(
-                base + ["--memory-child", str(m), str(g)],
-                capture_output=True,
-                text=True,
-                check=True,
-            )
-            memory[(m, g)] = json.loads(out.stdout.strip().splitlines()[-1])["peak_mib"]
+        memory = cpu_peak_memory(configs, args)
 
     plain = times["0,0"]
     rows = []
