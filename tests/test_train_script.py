@@ -14,23 +14,15 @@ import torch
 from PIL import Image
 from transformers import (
     AutoModelForImageClassification,
-    ViTConfig,
     ViTForImageClassification,
     ViTImageProcessor,
     ViTModel,
 )
 
 import hf_shapley  # noqa: F401  (registers the auto classes)
+from conftest import tiny_backbone_config
 
 SCRIPT = Path(__file__).resolve().parents[1] / "examples" / "train.py"
-TINY = dict(
-    image_size=32,
-    patch_size=8,
-    hidden_size=32,
-    num_hidden_layers=2,
-    num_attention_heads=4,
-    intermediate_size=64,
-)
 
 
 @pytest.fixture(scope="module")
@@ -47,10 +39,10 @@ def _save_backbone(path: Path, classifier_labels: int | None = None) -> Path:
     if classifier_labels:
         labels = {i: f"class {i}" for i in range(classifier_labels)}
         model = ViTForImageClassification(
-            ViTConfig(**TINY, id2label=labels, label2id={v: k for k, v in labels.items()})
+            tiny_backbone_config("vit", id2label=labels, label2id={v: k for k, v in labels.items()})
         )
     else:
-        model = ViTModel(ViTConfig(**TINY), add_pooling_layer=False)
+        model = ViTModel(tiny_backbone_config("vit"), add_pooling_layer=False)
     model.save_pretrained(path)
     ViTImageProcessor(
         size={"height": 32, "width": 32}, image_mean=[0.5] * 3, image_std=[0.5] * 3
