@@ -83,6 +83,12 @@ class ModelArguments:
     train_backbone: bool = field(
         default=True, metadata={"help": "backbone_head mode: also train the classifier."}
     )
+    image_size: int = field(
+        default=BUILTIN_IMAGE_SIZE,
+        metadata={
+            "help": "Without --backbone: image size of the built-in data and ViT (a multiple of 16)."
+        },
+    )
     pretrain_epochs: float = field(
         default=10,
         metadata={
@@ -160,12 +166,14 @@ def default_training_args() -> dict:
 
 
 # ----------------------------------------------------------------------------- data
-def load_data(args: DataArguments) -> tuple[datasets.Dataset, datasets.Dataset, str, str]:
+def load_data(
+    args: DataArguments, image_size: int = BUILTIN_IMAGE_SIZE
+) -> tuple[datasets.Dataset, datasets.Dataset, str, str]:
     """Train and eval splits, checked before training starts. Returns (train, eval, image_col, label_col)."""
     if args.dataset_name is None and args.train_dir is None:
         from hf_shapley.data import load_shapes_dataset
 
-        data = load_shapes_dataset(args.num_train, args.num_test, image_size=BUILTIN_IMAGE_SIZE)
+        data = load_shapes_dataset(args.num_train, args.num_test, image_size=image_size)
         train, evaluation = data["train"], data["test"]
     else:
         if args.dataset_name is not None:
@@ -241,14 +249,14 @@ def build_model(
 ) -> tuple[ShapleyForImageClassification, object]:
     if args.backbone is None:
         config = ShapleyConfig(
-            backbone_config=ViTConfig(**BUILTIN_BACKBONE),
+            backbone_config=ViTConfig(**{**BUILTIN_BACKBONE, "image_size": args.image_size}),
             id2label=id2label,
             label2id={v: k for k, v in id2label.items()},
             players_grid=args.players_grid,
         )
         model = ShapleyForImageClassification(config)
         processor = ViTImageProcessorPil(
-            size={"height": BUILTIN_IMAGE_SIZE, "width": BUILTIN_IMAGE_SIZE},
+            size={"height": args.image_size, "width": args.image_size},
             image_mean=[0.5, 0.5, 0.5],
             image_std=[0.5, 0.5, 0.5],
         )
@@ -269,16 +277,20 @@ def pretrain_builtin_classifier(
     """Train a stock ViT classifier with plain cross-entropy; return its directory (cached)."""
     from transformers import Trainer, TrainingArguments, ViTForImageClassification
 
-    path = Path(training_args.output_dir) / "pretrained-classifier"
+    path = Path(training_args.output_dir) / f"pretrained-classifier-{model_args.image_size}px"
     if (path / "model.safetensors").is_file():
         logger.info("Reusing the pretrained classifier in %s.", path)
         return str(path)
-    config = ViTConfig(
-        **BUILTIN_BACKBONE, id2label=id2label, label2id={v: k for k, v in id2label.items()}
-    )
+    config = ViTConfig(**{**BUILTIN_BACKBONE, "image_size": model_args.image_size})
+    config.id2label, config.label2id = id2label, {v: k for k, v in id2label.items()}
     model = ViTForImageClassification(config)
     _, processor = build_model(
-        ModelArguments(players_grid=model_args.players_grid, pretrain_epochs=0), id2label
+        ModelArguments(
+            players_grid=model_args.players_grid,
+            image_size=model_args.image_size,
+            pretrain_epochs=0,
+        ),
+        id2label,
     )
     args = TrainingArguments(
         output_dir=str(path),
@@ -404,7 +416,7 @@ def main(argv: list[str] | None = None) -> dict:
     datasets.utils.logging.set_verbosity_warning()
     set_seed(training_args.seed)
 
-    train, evaluation, image_column, label_column = load_data(data_args)
+    train, evaluation, image_column, label_column = load_data(data_args, model_args.image_size)
     id2label = label_names(train, label_column)
     base_model = model_args.backbone
     if model_args.backbone is None and model_args.pretrain_epochs > 0:

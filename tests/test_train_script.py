@@ -150,3 +150,49 @@ def test_label_count_mismatch_is_refused_before_training(train_script, tmp_path)
             ]  # fmt: skip
         )
     assert not (tmp_path / "o").exists()
+
+
+def test_builtin_job_pretrains_a_classifier_then_wraps_it(train_script, tmp_path, single_thread):
+    out = tmp_path / "builtin"
+    train_script.main(
+        [
+            "--image_size",
+            "32",
+            "--players_grid",
+            "2",
+            "2",
+            "--num_train",
+            "64",
+            "--num_test",
+            "16",
+            "--pretrain_epochs",
+            "1",
+            "--num_train_epochs",
+            "1",
+            "--per_device_train_batch_size",
+            "16",
+            "--num_exact_images",
+            "0",
+            "--num_explained_images",
+            "1",
+            "--output_dir",
+            str(out),
+        ]  # fmt: skip
+    )
+    pretrained = out / "pretrained-classifier-32px"
+    assert (pretrained / "model.safetensors").is_file()
+    assert json.loads((pretrained / "config.json").read_text())["architectures"] == [
+        "ViTForImageClassification"
+    ]
+    config = json.loads((out / "config.json").read_text())
+    assert config["prediction_mode"] == "shapley_sum" and config["players_grid"] == [2, 2]
+    assert config["backbone_config"]["image_size"] == 32
+    # The wrapped backbone starts from the pretrained classifier's weights, then moves on.
+    from safetensors.torch import load_file
+
+    before = load_file(pretrained / "model.safetensors")[
+        "vit.embeddings.patch_embeddings.projection.weight"
+    ]
+    after = load_file(out / "model.safetensors")
+    key = next(k for k in after if k.endswith("embeddings.patch_embeddings.projection.weight"))
+    assert before.shape == after[key].shape and not torch.equal(before, after[key])
