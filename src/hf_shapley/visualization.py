@@ -488,7 +488,7 @@ def plot_class_grid(
         classes: Class indices to show, in order. Default: the ``top_k`` classes by logit
             (logits taken from ``logits``, else ``base_values + sum``, else ranked by the sum
             of the values alone).
-        logits, base_values: ``(K,)`` for the titles ``"label: logit (base + sum)"``. Missing
+        logits, base_values: ``(K,)`` for the titles ``"label: logit = base + sum"`` (on two lines). Missing
             parts are derived by efficiency (``logit = base + sum``) when the other is given.
         image_processor: Inverted as in :func:`attribution_to_image_grid`; pixels it crops
             away are hatched.
@@ -547,10 +547,11 @@ def plot_class_grid(
         ax.imshow(np.asarray(overlay))
         title = f"{_label_of(id2label, k)}: "
         if logits is not None:
-            title += f"{_fmt(logits[k])} ({_fmt(base[k])} + {_fmt(sums[k])})"
+            # Two lines: one line overflows narrow panels into its neighbours' titles.
+            title += f"{_fmt(logits[k])}\n= {_fmt(base[k])} + {_fmt(sums[k])}"
         else:
             title += f"sum {_fmt(sums[k])}"
-        ax.set_title(title)
+        ax.set_title(title, fontsize="medium")
     for ax in axes:
         ax.set_axis_off()
     mappable = ScalarMappable(norm=_matplotlib_norm(-shared, shared), cmap=_get_cmap(cmap))
