@@ -90,7 +90,7 @@ class ModelArguments:
         },
     )
     pretrain_epochs: float = field(
-        default=10,
+        default=16,
         metadata={
             "help": "Without --backbone: first train a plain ViT classifier with cross-entropy for this many "
             "epochs, then wrap it and fine-tune with the joint objective (a soft-voting ViT trained from "
