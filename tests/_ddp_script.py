@@ -30,9 +30,9 @@ torch.set_num_threads(1)
 import datasets  # noqa: E402
 import numpy as np  # noqa: E402
 from safetensors.torch import save_file  # noqa: E402
-from transformers import ViTConfig  # noqa: E402
 
 import hf_shapley  # noqa: E402
+from conftest import tiny_backbone_config  # noqa: E402  (this script runs from tests/)
 from hf_shapley.trainer import ShapleyTrainer, ShapleyTrainingArguments, add_example_index  # noqa: E402
 
 NUM_TRAIN, NUM_EVAL, GLOBAL_BATCH, STEPS = 32, 10, 8, 3
@@ -60,15 +60,7 @@ def main() -> None:
     out_dir, per_device_batch = sys.argv[1], int(sys.argv[2])
     torch.manual_seed(0)
     config = hf_shapley.ShapleyConfig(
-        backbone_config=ViTConfig(
-            image_size=32,
-            patch_size=8,
-            hidden_size=32,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            intermediate_size=64,
-            initializer_range=0.2,
-        ),
+        backbone_config=tiny_backbone_config("vit"),
         num_labels=3,
         players_grid=(2, 2),
         initializer_range=0.2,
