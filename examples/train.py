@@ -244,6 +244,13 @@ def label_names(split: datasets.Dataset, label_column: str) -> dict[int, str]:
 
 
 # ----------------------------------------------------------------------------- model
+def builtin_image_processor(image_size: int) -> ViTImageProcessorPil:
+    """The processor of the built-in ViT: resize to the model size, scale to [-1, 1]."""
+    return ViTImageProcessorPil(
+        size={"height": image_size, "width": image_size}, image_mean=[0.5] * 3, image_std=[0.5] * 3
+    )
+
+
 def build_model(
     args: ModelArguments, id2label: dict[int, str]
 ) -> tuple[ShapleyForImageClassification, object]:
@@ -254,13 +261,7 @@ def build_model(
             label2id={v: k for k, v in id2label.items()},
             players_grid=args.players_grid,
         )
-        model = ShapleyForImageClassification(config)
-        processor = ViTImageProcessorPil(
-            size={"height": args.image_size, "width": args.image_size},
-            image_mean=[0.5, 0.5, 0.5],
-            image_std=[0.5, 0.5, 0.5],
-        )
-        return model, processor
+        return ShapleyForImageClassification(config), builtin_image_processor(args.image_size)
     kwargs = dict(players_grid=tuple(args.players_grid), train_backbone=args.train_backbone)
     if args.prediction_mode:
         kwargs["prediction_mode"] = args.prediction_mode
@@ -284,14 +285,7 @@ def pretrain_builtin_classifier(
     config = ViTConfig(**{**BUILTIN_BACKBONE, "image_size": model_args.image_size})
     config.id2label, config.label2id = id2label, {v: k for k, v in id2label.items()}
     model = ViTForImageClassification(config)
-    _, processor = build_model(
-        ModelArguments(
-            players_grid=model_args.players_grid,
-            image_size=model_args.image_size,
-            pretrain_epochs=0,
-        ),
-        id2label,
-    )
+    processor = builtin_image_processor(model_args.image_size)
     args = TrainingArguments(
         output_dir=str(path),
         num_train_epochs=model_args.pretrain_epochs,
