@@ -271,7 +271,6 @@ class ShapleyForImageClassification(ShapleyPreTrainedModel):
                 )
         if mode == "backbone_head":
             model.classifier.load_state_dict(loaded.classifier.state_dict())
-        model._apply_train_backbone()
         if loaded.image_processor is not None:
             _check_image_processor_size(loaded.image_processor, adapter.image_size(backbone_config))
             model.image_processor = loaded.image_processor
