@@ -28,7 +28,10 @@ import torch
 from safetensors.torch import load_file
 
 SCRIPT = Path(__file__).with_name("_ddp_script.py")
-TIMEOUT_S = 180
+TIMEOUT_S = 120
+# A gloo run has been seen to hang at exit (after writing all its outputs) about once in ten
+# launches; a hung launch is killed and started again once, from scratch.
+ATTEMPTS = 2
 
 pytestmark = [
     pytest.mark.slow,
@@ -54,18 +57,24 @@ def _run(command: list[str], log: Path) -> float:
         "HF_HUB_OFFLINE": "1",
         "DDP_SCRIPT_END": "1",
     }
-    start = time.monotonic()
-    with open(log, "w") as out:
-        # A new session, so that a hung launcher and its workers can be killed together.
-        proc = subprocess.Popen(
-            command, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True
-        )
-        try:
-            rc = proc.wait(timeout=TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-            pytest.fail(f"{command[:3]} ran over {TIMEOUT_S} s:\n{log.read_text()[-3000:]}")
+    for attempt in range(1, ATTEMPTS + 1):
+        start = time.monotonic()
+        with open(log, "w") as out:
+            # A new session, so that a hung launcher and its workers can be killed together.
+            proc = subprocess.Popen(
+                command, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True
+            )
+            try:
+                rc = proc.wait(timeout=TIMEOUT_S)
+                break
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+                if attempt == ATTEMPTS:
+                    pytest.fail(
+                        f"{command[:3]} ran over {TIMEOUT_S} s {ATTEMPTS} times:\n"
+                        f"{log.read_text()[-3000:]}"
+                    )
     assert rc == 0, f"{' '.join(command)} failed ({rc}):\n{log.read_text()[-5000:]}"
     return time.monotonic() - start
 
