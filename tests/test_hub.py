@@ -55,11 +55,11 @@ def test_full_card_round_trip(tiny_model, tmp_path, no_network):
     text = card.text
     # What the model is, with the paper.
     assert "self-explaining" in text and "2512.14354" in text and "AAAI 2026" in text
-    # Usage snippet with the repo name, both loading variants.
+    # Usage snippet with the repo name: the pipeline, with and without the package, and the model.
     assert "import hf_shapley" in text
-    assert f'repo = "{REPO}"' in text
-    assert "AutoModelForImageClassification.from_pretrained(repo)" in text
-    assert "trust_remote_code=True" in text
+    assert f'pipeline("image-shapley-explanation", model="{REPO}")' in text
+    assert f'pipeline("image-shapley-explanation", model="{REPO}", trust_remote_code=True)' in text
+    assert f'AutoModelForImageClassification.from_pretrained("{REPO}")' in text
     assert "out.shapley_values" in text
     # Training settings from the config, data, hyperparameters.
     assert "Trained on **shapes**" in text
@@ -112,7 +112,7 @@ def test_full_card_round_trip(tiny_model, tmp_path, no_network):
 def test_minimal_card_has_no_optional_sections(tiny_model, tmp_path, no_network):
     card = render_model_card(tiny_model.config, repo_id="./outputs/run1")
     text = card.text
-    assert 'repo = "./outputs/run1"' in text
+    assert 'model="./outputs/run1"' in text
     assert "## Evaluation results" not in text
     assert "plain classifier" not in text
     assert "## Example explanation" not in text and "![" not in text

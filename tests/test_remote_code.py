@@ -11,9 +11,6 @@ from __future__ import annotations
 
 import ast
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -21,16 +18,20 @@ import torch
 from transformers import AutoConfig, AutoModel, AutoModelForImageClassification
 
 import hf_shapley
+from _without_package import run_without_package
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
-SRC_DIR = str(Path(hf_shapley.__file__).resolve().parent.parent)
 CODE_FILES = (
     "configuration_shapley.py",
     "modeling_shapley.py",
     "backbones.py",
     "coalitions.py",
     "objective.py",
+    # The explanation pipeline and what it imports.
+    "pipeline_shapley.py",
+    "image_loading.py",
+    "visualization.py",
 )
 MODELS = {
     "vit_sum": ("vit", "shapley_sum"),
@@ -38,28 +39,7 @@ MODELS = {
 }
 
 CHILD = r"""
-import importlib.abc
 import json
-import os
-import sys
-
-
-class BlockHfShapley(importlib.abc.MetaPathFinder):
-    def find_spec(self, fullname, path=None, target=None):
-        if fullname == "hf_shapley" or fullname.startswith("hf_shapley."):
-            raise ModuleNotFoundError(f"hf_shapley is blocked in this process ({fullname})")
-        return None
-
-
-sys.meta_path.insert(0, BlockHfShapley())
-src_dir = os.path.realpath(sys.argv[3])
-sys.path[:] = [p for p in sys.path if os.path.realpath(p or os.getcwd()) != src_dir]
-
-try:
-    import hf_shapley  # noqa: F401
-    blocked = False
-except ModuleNotFoundError:
-    blocked = True
 
 import torch
 from transformers import AutoModelForImageClassification
@@ -67,7 +47,7 @@ from transformers import AutoModelForImageClassification
 torch.set_num_threads(1)
 io_dir = sys.argv[2]
 inputs = torch.load(os.path.join(io_dir, "inputs.pt"))
-results, info = {}, {"blocked": blocked}
+results, info = {}, {"blocked": BLOCKED}
 for name, model_dir in json.loads(sys.argv[1]).items():
     model = AutoModelForImageClassification.from_pretrained(model_dir, trust_remote_code=True)
     model.eval()
@@ -91,10 +71,8 @@ for name, model_dir in json.loads(sys.argv[1]).items():
         "config_module": type(model.config).__module__,
         "trainable": sorted(n for n, p in model.named_parameters() if p.requires_grad),
     }
-info["hf_shapley_modules"] = sorted(
-    m for m, mod in sys.modules.items() if m.split(".")[0] == "hf_shapley" and mod is not None
-)
-info["src_on_path"] = any(os.path.realpath(p or os.getcwd()) == src_dir for p in sys.path)
+info["hf_shapley_modules"] = loaded_hf_shapley_modules()
+info["src_on_path"] = src_on_path()
 torch.save(results, os.path.join(io_dir, "child_outputs.pt"))
 with open(os.path.join(io_dir, "child_info.json"), "w") as f:
     json.dump(info, f)
@@ -161,22 +139,8 @@ def test_loads_with_trust_remote_code_without_the_package(saved_models, tmp_path
     io_dir.mkdir()
     torch.save(inputs, io_dir / "inputs.pt")
 
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "HF_HUB_CACHE")}
-    env.update(
-        HF_HUB_OFFLINE="1",
-        TRANSFORMERS_OFFLINE="1",
-        HF_HOME=str(tmp_path / "hf_home"),
-        HF_MODULES_CACHE=str(tmp_path / "hf_modules"),
-    )
     model_dirs = json.dumps({name: str(path) for name, path in dirs.items()})
-    proc = subprocess.run(
-        [sys.executable, "-c", CHILD, model_dirs, str(io_dir), SRC_DIR],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    proc = run_without_package(CHILD, [model_dirs, str(io_dir)], tmp_path)
     assert proc.returncode == 0, proc.stderr[-4000:]
 
     info = json.loads((io_dir / "child_info.json").read_text())

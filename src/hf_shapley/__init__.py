@@ -3,7 +3,8 @@
 Importing the package registers ``ShapleyConfig`` and ``ShapleyForImageClassification`` with
 the transformers auto classes, so ``AutoModelForImageClassification.from_pretrained`` loads a
 saved model without ``trust_remote_code``; saved directories also carry the model code, so a
-process without the package loads them with ``trust_remote_code=True``.
+process without the package loads them with ``trust_remote_code=True``. It also registers the
+``image-shapley-explanation`` pipeline task.
 """
 
 from transformers import AutoConfig, AutoModel, AutoModelForImageClassification
@@ -14,6 +15,7 @@ from .modeling_shapley import (
     ShapleyImageClassifierOutput,
     ShapleyPreTrainedModel,
 )
+from .pipeline_shapley import PIPELINE_TASK, ImageShapleyExplanationPipeline, register_pipeline
 
 __version__ = HF_SHAPLEY_VERSION
 
@@ -25,6 +27,8 @@ AutoModelForImageClassification.register(
 # Saved directories carry the code files and an auto_map, for trust_remote_code loading.
 ShapleyConfig.register_for_auto_class()
 ShapleyForImageClassification.register_for_auto_class("AutoModelForImageClassification")
+# pipeline("image-shapley-explanation", model=...)
+register_pipeline()
 
 # The trainer imports transformers.Trainer (and accelerate): load it on first use only.
 _LAZY = {"ShapleyTrainer": ".trainer", "ShapleyTrainingArguments": ".trainer"}
@@ -39,6 +43,8 @@ def __getattr__(name: str):
 
 
 __all__ = [
+    "PIPELINE_TASK",
+    "ImageShapleyExplanationPipeline",
     "ShapleyConfig",
     "ShapleyForImageClassification",
     "ShapleyImageClassifierOutput",

@@ -11,6 +11,8 @@ This file is shipped as remote code: relative imports only.
 
 from __future__ import annotations
 
+import sys
+
 from transformers import AutoConfig, PreTrainedConfig
 from transformers.configuration_utils import SubConfigSpec
 
@@ -22,6 +24,39 @@ EXPLAINED_CLASSES = ("all", "label", "top")
 # beside transformers' own `transformers_version`. Kept here (not in __init__) because this
 # file must import on its own as remote code.
 HF_SHAPLEY_VERSION = "0.1.0.dev0"
+
+# The explanation pipeline every saved model carries as remote code (config.json's
+# "custom_pipelines"; the file is copied beside the model files by save_pretrained).
+PIPELINE_TASK = "image-shapley-explanation"
+CUSTOM_PIPELINES = {
+    PIPELINE_TASK: {
+        "impl": "pipeline_shapley.ImageShapleyExplanationPipeline",
+        # `pt` must name a class transformers itself has (it is looked up there on load).
+        "pt": ["AutoModelForImageClassification"],
+        "type": "image",
+    }
+}
+
+
+def _drop_locally_registered_pipelines(kwargs: dict) -> None:
+    """Forget ``custom_pipelines`` entries whose task this process already registered.
+
+    transformers' ``pipeline(task, model=...)`` demands ``trust_remote_code=True`` for any
+    task listed in the loaded config's ``custom_pipelines``, even when ``import hf_shapley``
+    registered that task with the installed code. Dropping the entry on load lets the
+    registered pipeline serve the task; ``save_pretrained`` writes the entry again. In a
+    process without the package nothing registered the task, so remote code keeps it.
+    """
+    custom = kwargs.get("custom_pipelines")
+    pipelines_module = sys.modules.get("transformers.pipelines")
+    if not custom or pipelines_module is None:
+        return
+    registered = pipelines_module.PIPELINE_REGISTRY.supported_tasks
+    remaining = {task: info for task, info in custom.items() if task not in registered}
+    if remaining:
+        kwargs["custom_pipelines"] = remaining
+    else:
+        kwargs.pop("custom_pipelines")
 
 
 class ShapleyConfig(PreTrainedConfig):
@@ -128,6 +163,7 @@ class ShapleyConfig(PreTrainedConfig):
     hf_shapley_version: str = HF_SHAPLEY_VERSION
 
     def __post_init__(self, **kwargs):
+        _drop_locally_registered_pipelines(kwargs)
         super().__post_init__(**kwargs)
         if self.players_grid is not None:
             self.players_grid = [int(s) for s in self.players_grid]

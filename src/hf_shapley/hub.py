@@ -1,6 +1,9 @@
-"""Model cards for self-explaining models.
+"""Model cards and publishing for self-explaining models.
 
-:func:`render_model_card` fills the package's model card template
+:func:`save_for_hub` writes a complete repository folder (weights, config with ``auto_map`` and
+``custom_pipelines``, model and pipeline code, image processor, model card, example heatmap);
+:func:`push_to_hub` uploads the same folder (``model.push_to_hub`` calls it where hf-shapley is
+installed). :func:`render_model_card` fills the package's model card template
 (``hf_shapley/templates/shapley_model_card.md``) from a model's config and, optionally, its
 evaluation metrics, and returns a ``huggingface_hub.ModelCard`` whose YAML front matter carries
 the Hub metadata (pipeline tag, library, tags, base model, data sets and a ``model-index`` with
@@ -10,6 +13,7 @@ the metrics). Rendering is offline: nothing here talks to the Hub. Save the card
 
 from __future__ import annotations
 
+import importlib.util
 import math
 import os
 from collections.abc import Mapping, Sequence
@@ -18,12 +22,28 @@ from typing import Any
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
-__all__ = ["MODEL_CARD_TEMPLATE", "render_model_card"]
+__all__ = [
+    "EXAMPLE_FIGURE",
+    "MODEL_CARD_TEMPLATE",
+    "HubOfflineError",
+    "push_to_hub",
+    "render_model_card",
+    "save_for_hub",
+]
+
+#: File name of the example explanation written beside the model card.
+EXAMPLE_FIGURE = "explanation_example.png"
 
 #: Package resource path of the default template (inside the installed package).
 MODEL_CARD_TEMPLATE = "templates/shapley_model_card.md"
 
-BASE_TAGS = ("hf-shapley", "shapley-values", "explainability", "self-explaining")
+BASE_TAGS = (
+    "hf-shapley",
+    "shapley-values",
+    "explainability",
+    "self-explaining",
+    "image-shapley-explanation",
+)
 TASK = "image-classification"
 
 # Prefixes the Trainer and evaluation scripts put on metric names; stripped before matching.
@@ -393,3 +413,158 @@ def render_model_card(
     return ModelCard.from_template(
         card_data, template_str=_template_text(template_path), **variables
     )
+
+
+# ------------------------------------------------------------------------------ publishing
+class HubOfflineError(RuntimeError):
+    """Raised before any network call when the Hub is switched off (``HF_HUB_OFFLINE=1``)."""
+
+
+def _check_online(repo_id: str) -> None:
+    from huggingface_hub import constants
+
+    if constants.is_offline_mode():
+        raise HubOfflineError(
+            f"Cannot push to {repo_id!r}: HF_HUB_OFFLINE=1 is set, so the Hub is switched off. "
+            "Unset HF_HUB_OFFLINE (and log in with `hf auth login`) to publish, or write the "
+            "repository folder only with hf_shapley.hub.save_for_hub(model, directory) and upload "
+            "it later with `hf upload`."
+        )
+
+
+def _write_example_figure(model: Any, image: Any, directory: str, top_k: int) -> str:
+    """Explain ``image`` with the model's own pipeline and save the picture; return its name."""
+    from .image_loading import load_rgb_image
+    from .pipeline_shapley import ImageShapleyExplanationPipeline
+
+    rgb = load_rgb_image(image)
+    processor = model.image_processor
+    pipe = ImageShapleyExplanationPipeline(model=model, image_processor=processor)
+    k = max(1, min(top_k, model.config.num_labels))
+    explained = pipe(rgb, top_k=k, heatmap=False)
+    path = os.path.join(directory, EXAMPLE_FIGURE)
+    if importlib.util.find_spec("matplotlib") is None:
+        # Without matplotlib: the heatmap of the top label alone (numpy + Pillow).
+        pipe(rgb, top_k=1)[0]["heatmap"].save(path)
+        return EXAMPLE_FIGURE
+    import numpy as np
+
+    from .visualization import plot_class_grid, save_figure
+
+    h, w = model.config.players_grid
+    values = np.zeros((h * w, model.config.num_labels))
+    logits = np.zeros(model.config.num_labels)
+    base = np.zeros(model.config.num_labels)
+    for entry in explained:
+        k_id = entry["label_id"]
+        values[:, k_id] = np.asarray(entry["attributions"]).reshape(-1)
+        logits[k_id], base[k_id] = entry["logit"], entry["base_value"]
+    figure = plot_class_grid(
+        rgb,
+        values,
+        (h, w),
+        model.config.id2label,
+        classes=[entry["label_id"] for entry in explained],
+        logits=logits,
+        base_values=base,
+        image_processor=processor,
+    )
+    save_figure(figure, path)
+    return EXAMPLE_FIGURE
+
+
+def save_for_hub(
+    model: Any,
+    save_directory: str | os.PathLike,
+    *,
+    example_image: Any = None,
+    example_top_k: int = 3,
+    repo_id: str | None = None,
+    **card_kwargs: Any,
+) -> str:
+    """Write a complete, loadable Hub repository folder for a self-explaining model.
+
+    The folder holds: ``model.safetensors``; ``config.json`` with ``auto_map`` (AutoConfig,
+    AutoModel, AutoModelForImageClassification) and ``custom_pipelines``
+    (``image-shapley-explanation``); the model and pipeline code files (for
+    ``trust_remote_code=True``); the image processor; ``README.md``, the model card (Hub
+    metadata, usage snippet, evaluation, limitations); and, given ``example_image``, the
+    picture ``explanation_example.png`` shown in the card.
+
+    Args:
+        model: A ``ShapleyForImageClassification`` with an image processor attached
+            (``model.image_processor``, set by ``from_backbone`` and ``from_pretrained``).
+        save_directory: Where to write (created if missing; existing files are overwritten).
+        example_image: An input image (path, URL or ``PIL.Image``) to explain in the card.
+        example_top_k: Labels shown in the example picture.
+        repo_id: The Hub id the folder is meant for (shown in the card's usage snippet).
+        **card_kwargs: Passed to :func:`render_model_card` (``metrics``, ``dataset_name``,
+            ``base_model``, ``license``, ``training_hyperparameters``, ...).
+
+    Returns:
+        The directory, as a string.
+    """
+    if getattr(model.config, "model_type", None) != "shapley":
+        raise TypeError(
+            f"save_for_hub publishes ShapleyForImageClassification models; got {type(model).__name__}."
+        )
+    if getattr(model, "image_processor", None) is None:
+        raise ValueError(
+            "The model has no image processor, so the published pipeline could not preprocess "
+            "images: attach one first (model.image_processor = AutoImageProcessor.from_pretrained(...))."
+        )
+    directory = os.fspath(save_directory)
+    os.makedirs(directory, exist_ok=True)
+    model.save_pretrained(directory)
+    figure = None
+    if example_image is not None:
+        figure = _write_example_figure(model, example_image, directory, example_top_k)
+    card = render_model_card(
+        model,
+        repo_id=repo_id or os.path.basename(os.path.normpath(directory)),
+        example_image=figure,
+        **card_kwargs,
+    )
+    card.save(os.path.join(directory, "README.md"))
+    return directory
+
+
+def push_to_hub(
+    model: Any,
+    repo_id: str,
+    *,
+    private: bool | None = None,
+    token: str | bool | None = None,
+    revision: str | None = None,
+    commit_message: str | None = None,
+    create_pr: bool = False,
+    **save_kwargs: Any,
+) -> Any:
+    """Publish model, image processor, pipeline and model card to the Hub in one commit.
+
+    Writes the folder of :func:`save_for_hub` (``save_kwargs`` go there: ``example_image``,
+    ``metrics``, ``dataset_name``, ...) to a temporary directory, creates the repository if
+    needed and uploads the folder.
+
+    Raises:
+        HubOfflineError: At once, before writing anything, when ``HF_HUB_OFFLINE=1``.
+
+    Returns:
+        The ``huggingface_hub.CommitInfo`` of the upload.
+    """
+    import tempfile
+
+    from huggingface_hub import HfApi
+
+    _check_online(repo_id)
+    api = HfApi(token=token)
+    repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
+    with tempfile.TemporaryDirectory() as tmp:
+        save_for_hub(model, tmp, repo_id=repo_id, **save_kwargs)
+        return api.upload_folder(
+            folder_path=tmp,
+            repo_id=repo_id,
+            revision=revision,
+            commit_message=commit_message or "Upload self-explaining model (hf-shapley)",
+            create_pr=create_pr,
+        )

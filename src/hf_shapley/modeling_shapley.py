@@ -33,7 +33,7 @@ from transformers.utils import ModelOutput
 
 from .backbones import TokenRemovalAdapter, get_adapter, load_backbone, player_index_of_tokens
 from .coalitions import check_coalitions
-from .configuration_shapley import ShapleyConfig
+from .configuration_shapley import CUSTOM_PIPELINES, ShapleyConfig
 
 
 @dataclass
@@ -300,23 +300,52 @@ class ShapleyForImageClassification(ShapleyPreTrainedModel):
             mask_token.requires_grad_(False)
 
     def save_pretrained(self, save_directory: str | os.PathLike, *args, **kwargs) -> None:
-        """Save weights, config (with an ``auto_map`` for remote code) and the image processor."""
+        """Save weights, config, code and image processor: a directory that loads everywhere.
+
+        Besides what transformers writes, the config gets an ``auto_map`` entry for
+        ``AutoModel`` and a ``custom_pipelines`` entry for the ``image-shapley-explanation``
+        pipeline, whose code is copied beside the model code, so that
+        ``pipeline("image-shapley-explanation", model=dir, trust_remote_code=True)`` works in
+        a process without hf-shapley.
+        """
         super().save_pretrained(save_directory, *args, **kwargs)
         config_file = os.path.join(save_directory, "config.json")
         if os.path.isfile(config_file):
-            # transformers writes only the saved class into auto_map; AutoModel must load it too.
             with open(config_file, encoding="utf-8") as f:
                 saved = json.load(f)
+            # transformers writes only the saved class into auto_map; AutoModel must load it too.
             auto_map = saved.get("auto_map") or {}
             model_ref = auto_map.get("AutoModelForImageClassification")
-            if model_ref is not None and auto_map.get("AutoModel") != model_ref:
+            if model_ref is not None:
                 auto_map["AutoModel"] = model_ref
                 saved["auto_map"] = auto_map
-                with open(config_file, "w", encoding="utf-8") as f:
-                    json.dump(saved, f, indent=2, sort_keys=True)
-                    f.write("\n")
+            if _copy_pipeline_code(save_directory):
+                saved["custom_pipelines"] = {
+                    **saved.get("custom_pipelines", {}),
+                    **CUSTOM_PIPELINES,
+                }
+            with open(config_file, "w", encoding="utf-8") as f:
+                json.dump(saved, f, indent=2, sort_keys=True)
+                f.write("\n")
         if self.image_processor is not None:
             self.image_processor.save_pretrained(save_directory)
+
+    def push_to_hub(self, repo_id: str, **kwargs: Any) -> Any:
+        """Publish the complete repository: see ``hf_shapley.hub.push_to_hub``.
+
+        Where hf-shapley is installed this uploads weights, config, code, image processor,
+        pipeline and a full model card (``example_image=``, ``metrics=`` ... are accepted). Where
+        only this file is present (loaded as remote code), transformers' generic upload runs.
+        """
+        try:
+            # importlib, not an import statement: this file is also remote code, and
+            # transformers refuses remote code whose imports name an uninstalled package.
+            import importlib
+
+            hub = importlib.import_module("hf_shapley.hub")
+        except ImportError:
+            return super().push_to_hub(repo_id, **kwargs)
+        return hub.push_to_hub(self, repo_id, **kwargs)
 
     # ------------------------------------------------------------------ validation
     def _check_pixel_values(self, pixel_values: torch.Tensor) -> None:
@@ -550,6 +579,32 @@ class ShapleyForImageClassification(ShapleyPreTrainedModel):
     @property
     def tokens_per_player(self) -> int:
         return math.prod(self.token_grid) // self.num_players
+
+
+def _copy_pipeline_code(save_directory: str | os.PathLike) -> bool:
+    """Copy the pipeline file and the files it imports beside the saved model.
+
+    Read from this file's own directory (the installed package, or the remote-code module
+    folder of a model loaded with trust_remote_code). Returns False, copying nothing, where the
+    pipeline file is not there: the model then saves without the ``custom_pipelines`` entry.
+    """
+    import shutil
+
+    from transformers.dynamic_module_utils import get_relative_import_files
+
+    here = os.path.dirname(os.path.abspath(__file__))
+    impl_module = CUSTOM_PIPELINES[next(iter(CUSTOM_PIPELINES))]["impl"].split(".")[0]
+    pipeline_file = os.path.join(here, impl_module + ".py")
+    if not os.path.isfile(pipeline_file):
+        return False
+    needed = [pipeline_file, *get_relative_import_files(pipeline_file)]
+    if not all(os.path.isfile(path) for path in needed):
+        return False
+    for path in needed:
+        target = os.path.join(save_directory, os.path.basename(path))
+        if os.path.abspath(path) != os.path.abspath(target):
+            shutil.copy(path, target)
+    return True
 
 
 def _strip_classifier_fields(config: PreTrainedConfig) -> PreTrainedConfig:
