@@ -43,17 +43,17 @@ def describe_image_input(image: Any) -> str:
 def _open(image: str | os.PathLike, timeout: float | None) -> Image.Image:
     text = os.fspath(image)
     if text.startswith(("http://", "https://")):
-        import httpx  # a transformers dependency
+        import urllib.request
 
         try:
-            response = httpx.get(text, timeout=timeout, follow_redirects=True)
-            response.raise_for_status()
-        except Exception as error:  # network errors come in many types
+            with urllib.request.urlopen(text, timeout=timeout) as response:  # noqa: S310
+                content = response.read()
+        except Exception as error:  # HTTP, URL, socket and timeout errors
             raise ImageLoadingError(
                 f"Could not download the image {describe_image_input(text)}: {error}. Check the URL "
                 "and the network (with HF_HUB_OFFLINE=1 or no network, pass a local file)."
             ) from error
-        source: Any = BytesIO(response.content)
+        source: Any = BytesIO(content)
     elif os.path.isdir(text):
         raise ImageLoadingError(
             f"{describe_image_input(text)} is a directory, not an image file; pass the image "
