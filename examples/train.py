@@ -409,6 +409,15 @@ def main(argv: list[str] | None = None) -> dict:
     )
     datasets.utils.logging.set_verbosity_warning()
     set_seed(training_args.seed)
+    push_to_hub = training_args.push_to_hub
+    if push_to_hub:
+        from hf_shapley.hub import check_online
+
+        # Fail before hours of training, not after; the finished folder is published once, at
+        # the end, by hf_shapley.hub.push_to_hub (the Trainer's own push would replace the
+        # model card and skip the pipeline's code).
+        check_online(training_args.hub_model_id or Path(training_args.output_dir).name)
+        training_args.push_to_hub = False
 
     train, evaluation, image_column, label_column = load_data(data_args, model_args.image_size)
     id2label = label_names(train, label_column)
@@ -476,31 +485,42 @@ def main(argv: list[str] | None = None) -> dict:
                 "exact_shapley_relative_l2": faithfulness["relative_l2"],
             }
             report["faithfulness_num_images"] = faithfulness["num_images"]
-        trainer.save_model(str(out_dir))  # safetensors, config (with auto_map and code), processor
+        trainer.save_model(str(out_dir))  # also the training arguments, as JSON
         pictures = write_pictures(
             model, processor, evaluation, image_column, out_dir, report_args.num_explained_images
         )
         (out_dir / "metrics.json").write_text(json.dumps(report, indent=2))
-        from hf_shapley.hub import render_model_card
+        from hf_shapley import hub
 
-        card = render_model_card(
-            model,
-            repo_id=training_args.hub_model_id or out_dir.name,
+        if model.image_processor is None:
+            model.image_processor = processor
+        publication = dict(
+            example_image=evaluation[0][image_column],
+            metrics=report,
             dataset_name=data_args.dataset_name or "hf-shapley built-in shapes",
             base_model=base_model,
-            metrics=report,
-            example_image=os.path.relpath(pictures[0], out_dir) if pictures else None,
         )
-        card.save(out_dir / "README.md")
+        # Adds the model card and its example picture (and rewrites weights, config, code and
+        # processor): the folder is a complete Hub repository.
+        hub.save_for_hub(
+            model, out_dir, repo_id=training_args.hub_model_id or out_dir.name, **publication
+        )
         logger.info(
-            "Wrote %s: accuracy %.3f %s",
+            "Wrote %s (%d explanation pictures): accuracy %.3f %s",
             out_dir,
+            len(pictures),
             accuracy,
             json.dumps(report.get("faithfulness", {})),
         )
         print(json.dumps(report, indent=2))
-    if training_args.push_to_hub:
-        trainer.push_to_hub()
+        if push_to_hub:
+            hub.push_to_hub(
+                model,
+                training_args.hub_model_id or out_dir.name,
+                token=training_args.hub_token,
+                private=training_args.hub_private_repo,
+                **publication,
+            )
     return report
 
 

@@ -17,6 +17,7 @@ from transformers import (
     ViTForImageClassification,
     ViTImageProcessor,
     ViTModel,
+    pipeline,
 )
 
 import hf_shapley  # noqa: F401  (registers the auto classes)
@@ -74,7 +75,8 @@ def test_main_job_writes_a_complete_loadable_directory(train_script, tmp_path, s
         ]
     )  # fmt: skip
     for name in ("model.safetensors", "config.json", "preprocessor_config.json", "README.md", "metrics.json",
-                 "modeling_shapley.py", "shapley_training_args.json"):  # fmt: skip
+                 "modeling_shapley.py", "pipeline_shapley.py", "explanation_example.png",
+                 "shapley_training_args.json"):  # fmt: skip
         assert (out / name).is_file(), name
     assert sorted(p.name for p in (out / "explanations").iterdir()) == [
         "test_000.png",
@@ -91,7 +93,7 @@ def test_main_job_writes_a_complete_loadable_directory(train_script, tmp_path, s
 
     card = (out / "README.md").read_text()
     assert f"{metrics['accuracy']:.3f}"[:4] in card or f"{100 * metrics['accuracy']:.1f}" in card
-    assert "explanations/test_000.png" in card
+    assert "(explanation_example.png)" in card
 
     # The directory loads through the auto classes and explains itself.
     model = AutoModelForImageClassification.from_pretrained(out).eval()
@@ -105,6 +107,24 @@ def test_main_job_writes_a_complete_loadable_directory(train_script, tmp_path, s
     with torch.no_grad():
         result = model(x)
     torch.testing.assert_close(result.logits, result.base_values + result.shapley_values.sum(1))
+
+    # ... and serves the explanation pipeline.
+    explained = pipeline("image-shapley-explanation", model=str(out))(
+        Image.open(out / "explanations" / "test_000.png"), top_k=1
+    )[0]
+    assert explained["label"] in model.config.id2label.values()
+    assert abs(explained["efficiency_residual"]) < 1e-4
+
+
+def test_push_to_hub_offline_fails_before_training(train_script, tmp_path, monkeypatch):
+    import huggingface_hub.constants
+
+    from hf_shapley.hub import HubOfflineError
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(HubOfflineError, match="HF_HUB_OFFLINE=1"):
+        train_script.main(["--output_dir", str(tmp_path / "o"), "--push_to_hub"])
+    assert not (tmp_path / "o").exists()
 
 
 def test_missing_column_is_refused_before_training(train_script, tmp_path):

@@ -26,6 +26,7 @@ __all__ = [
     "EXAMPLE_FIGURE",
     "MODEL_CARD_TEMPLATE",
     "HubOfflineError",
+    "check_online",
     "push_to_hub",
     "render_model_card",
     "save_for_hub",
@@ -420,7 +421,8 @@ class HubOfflineError(RuntimeError):
     """Raised before any network call when the Hub is switched off (``HF_HUB_OFFLINE=1``)."""
 
 
-def _check_online(repo_id: str) -> None:
+def check_online(repo_id: str) -> None:
+    """Raise :class:`HubOfflineError` at once if a push to ``repo_id`` cannot reach the Hub."""
     from huggingface_hub import constants
 
     if constants.is_offline_mode():
@@ -556,7 +558,7 @@ def push_to_hub(
 
     from huggingface_hub import HfApi
 
-    _check_online(repo_id)
+    check_online(repo_id)
     api = HfApi(token=token)
     repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
     with tempfile.TemporaryDirectory() as tmp:
