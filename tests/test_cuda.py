@@ -91,3 +91,27 @@ def test_exact_truth_on_cuda_satisfies_efficiency():
     torch.testing.assert_close(
         truth.sum(1).float().cpu(), (out.logits - out.base_values).cpu(), rtol=1e-3, atol=1e-3
     )
+
+
+def test_pipeline_on_cuda_matches_cpu_in_fp32_and_bf16(tmp_path):
+    import numpy as np
+    from PIL import Image
+    from transformers import ViTImageProcessorPil, pipeline
+
+    model = _model().eval().cpu()
+    model.image_processor = ViTImageProcessorPil(size={"height": 32, "width": 32})
+    model.save_pretrained(tmp_path)
+    rng = np.random.default_rng(0)
+    images = [Image.fromarray(rng.integers(0, 256, (40, 50, 3), dtype=np.uint8)) for _ in range(3)]
+    cpu = pipeline("image-shapley-explanation", model=str(tmp_path), device="cpu")
+    expected = cpu(images, targets=[0, 3], heatmap=False)
+    for dtype, tol in ((torch.float32, 1e-3), (torch.bfloat16, 0.1)):
+        gpu = pipeline("image-shapley-explanation", model=str(tmp_path), device="cuda", dtype=dtype)
+        assert gpu.model.device.type == "cuda"
+        got = gpu(images, targets=[0, 3], heatmap=True, batch_size=3)
+        for mine, ref in zip(got, expected, strict=True):
+            for a, b in zip(mine, ref, strict=True):
+                assert a["heatmap"].size == (50, 40)
+                assert a["logit"] == pytest.approx(b["logit"], abs=tol * 10)
+                np.testing.assert_allclose(a["attributions"], b["attributions"], atol=tol * 10)
+                assert abs(a["efficiency_residual"]) < tol
