@@ -8,6 +8,10 @@ default 0.02 every head output is ~1e-2 and a 1e-5 tolerance would compare near-
 
 from __future__ import annotations
 
+import importlib.util
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 from transformers import DeiTConfig, Dinov2Config, Dinov2WithRegistersConfig, ViTConfig
@@ -95,3 +99,13 @@ def single_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(previous)
+
+
+def load_example_script(name: str):
+    """Import ``examples/<name>.py`` as a module (the examples are scripts, not a package)."""
+    path = Path(__file__).resolve().parents[1] / "examples" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"hf_shapley_example_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,7 +10,8 @@ import torch
 from PIL import Image
 from transformers import ViTImageProcessorPil
 
-SCRIPT = Path(__file__).resolve().parents[1] / "examples" / "explain.py"
+from conftest import load_example_script
+
 LABELS = {0: "circle", 1: "square", 2: "triangle"}
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -21,11 +19,7 @@ pytestmark = pytest.mark.usefixtures("single_thread")
 
 @pytest.fixture(scope="module")
 def explain_script():
-    spec = importlib.util.spec_from_file_location("hf_shapley_explain_script", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_example_script("explain")
 
 
 @pytest.fixture(scope="module")

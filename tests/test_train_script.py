@@ -3,9 +3,7 @@ bad data is refused before training starts with a message that says what to fix.
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -21,18 +19,12 @@ from transformers import (
 )
 
 import hf_shapley  # noqa: F401  (registers the auto classes)
-from conftest import tiny_backbone_config
-
-SCRIPT = Path(__file__).resolve().parents[1] / "examples" / "train.py"
+from conftest import load_example_script, tiny_backbone_config
 
 
 @pytest.fixture(scope="module")
 def train_script():
-    spec = importlib.util.spec_from_file_location("hf_shapley_train_script", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_example_script("train")
 
 
 def _save_backbone(path: Path, classifier_labels: int | None = None) -> Path:
