@@ -342,3 +342,16 @@ def test_installed_package_serves_a_saved_pipeline_without_trust_remote_code(mod
     assert type(pipe) is hf_shapley.ImageShapleyExplanationPipeline
     assert type(pipe.model) is hf_shapley.ShapleyForImageClassification
     assert "custom_pipelines" not in pipe.model.config.to_dict()
+
+
+def test_a_datasets_column_streams_through_the_pipeline(explainer):
+    from datasets import Dataset
+    from datasets import Image as ImageFeature
+    from transformers.pipelines.pt_utils import KeyDataset
+
+    images = [random_image(70 + i, size=(30 + i, 30)) for i in range(4)]
+    ds = Dataset.from_dict({"image": images}).cast_column("image", ImageFeature())
+    streamed = list(explainer(KeyDataset(ds, "image"), top_k=1, heatmap=False, batch_size=2))
+    assert len(streamed) == 4
+    for image, result in zip(images, streamed, strict=True):
+        check_against_model(explainer, image, result)
