@@ -184,7 +184,9 @@ class KernelShapExplainer(Explainer):
     def __init__(self, model, budget: int, *, seed: int = 0, batch_size: int = 512):
         super().__init__(model)
         if budget < 4:
-            raise ValueError(f"budget must be >= 4 evaluations (v(empty), v(all), a pair); got {budget}.")
+            raise ValueError(
+                f"budget must be >= 4 evaluations (v(empty), v(all), a pair); got {budget}."
+            )
         self.budget = int(budget)
         self.seed = seed
         self.batch_size = batch_size

@@ -267,7 +267,9 @@ def sample_removal_subsets(
     image for all explainers.
     """
     if num_subsets < 2:
-        raise ValueError(f"num_subsets must be >= 2 (a correlation needs 2 points); got {num_subsets}.")
+        raise ValueError(
+            f"num_subsets must be >= 2 (a correlation needs 2 points); got {num_subsets}."
+        )
     bad = [n for n in sizes if not 1 <= int(n) <= num_players - 1]
     if bad or not len(sizes):
         raise ValueError(

@@ -203,7 +203,9 @@ def shapley_agreement(
         )
     classes = torch.as_tensor(classes, dtype=torch.long).cpu()
     if classes.shape != (estimate.shape[0],):
-        raise ValueError(f"classes must have shape ({estimate.shape[0]},); got {tuple(classes.shape)}.")
+        raise ValueError(
+            f"classes must have shape ({estimate.shape[0]},); got {tuple(classes.shape)}."
+        )
     index = classes.view(-1, 1, 1).expand(-1, estimate.shape[1], 1)
     a = estimate.detach().double().cpu().gather(2, index)[..., 0]
     b = truth.detach().double().cpu().gather(2, index)[..., 0]
@@ -222,9 +224,7 @@ def other_classes_agreement(
     if K < 2:
         raise ValueError("other_classes_agreement needs at least 2 classes.")
     predicted = torch.as_tensor(predicted, dtype=torch.long).cpu()
-    per_class = [
-        shapley_agreement(estimate, truth, torch.full((B,), k)) for k in range(K)
-    ]
+    per_class = [shapley_agreement(estimate, truth, torch.full((B,), k)) for k in range(K)]
     stack = {
         name: torch.stack([getattr(a, name) for a in per_class], dim=1)  # (B, K)
         for name in ("pearson", "spearman", "relative_l2")
@@ -283,10 +283,10 @@ def model_shapley_truth(
     """
     if pixel_values.shape[0] == 0:
         raise ValueError("pixel_values is an empty batch (B = 0).")
-    P = model.num_players
-    if P <= max_exact_players:
+    num_players = model.num_players
+    if num_players <= max_exact_players:
         values = exact_model_shapley_values(model, pixel_values, progress=progress)
-        return ModelTruth(values=values, method="exact", evaluations=2**P)
+        return ModelTruth(values=values, method="exact", evaluations=2**num_players)
     from ..estimators import kernel_shap
 
     was_training = model.training
@@ -294,7 +294,7 @@ def model_shapley_truth(
     try:
         result = kernel_shap(
             model.value_function(pixel_values),
-            P,
+            num_players,
             tolerance=tolerance,
             max_evaluations=max_evaluations,
             batch_size=batch_size,

@@ -57,7 +57,9 @@ def _stack(rows, name: str) -> torch.Tensor:
     if len(rows) == 0:
         raise ValueError(f"{name} is empty: pass at least one image.")
     if len(lengths) != 1:
-        raise ValueError(f"every row of {name} must have the same length; got lengths {sorted(lengths)}.")
+        raise ValueError(
+            f"every row of {name} must have the same length; got lengths {sorted(lengths)}."
+        )
     return torch.tensor(rows, dtype=torch.float64)
 
 
