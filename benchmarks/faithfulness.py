@@ -107,11 +107,14 @@ def ensure_plain_classifier(model_dir: Path, plain_dir: Path, train_split, args)
     from hf_shapley.trainer import ShapleyImageCollator
 
     train = load_train_script()
-    pretrained = sorted(model_dir.glob("pretrained-classifier-*px"))
+    if args.plain_init:
+        pretrained = [Path(args.plain_init)]
+    else:
+        pretrained = sorted(model_dir.glob("pretrained-classifier-*px"))
     if not pretrained:
         raise SystemExit(
-            f"No pretrained classifier in {model_dir} to continue; pass --plain-dir with a trained "
-            "plain classifier (a *ForImageClassification directory)."
+            f"No pretrained classifier in {model_dir} to continue; pass --plain-init (the classifier "
+            "the Shapley model was fine-tuned from) or --plain-dir (a trained plain classifier)."
         )
     metrics = json.loads((model_dir / "metrics.json").read_text())
     steps = int(metrics["train_steps"])
@@ -658,6 +661,12 @@ def parse_args(argv=None):
     parser.add_argument("--model-dir", default=str(REPO / "outputs" / "shapley-vit-shapes"))
     parser.add_argument(
         "--plain-dir", default=None, help="default: <model-dir>/plain-classifier-equal-steps"
+    )
+    parser.add_argument(
+        "--plain-init",
+        default=None,
+        help="the classifier the Shapley model was fine-tuned from (default: the main job's "
+        "<model-dir>/pretrained-classifier-*px); the plain classifier continues it",
     )
     parser.add_argument("--p49-model-dir", default=str(REPO / "outputs" / "shapley-vit-shapes-p49"))
     parser.add_argument("--skip-p49", action="store_true")
