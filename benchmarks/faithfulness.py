@@ -442,25 +442,16 @@ def write_plots(curves: dict, budgets: list[dict], out_dir: Path) -> list[str]:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
+    from hf_shapley.visualization import plot_faithfulness_curves, save_figure
+
     paths = []
     for model_name, per_explainer in curves.items():
-        fig = Figure(figsize=(11, 4.2), layout="constrained")
-        FigureCanvasAgg(fig)
-        axes = fig.subplots(1, 2)
-        for name, (ins, dele) in per_explainer.items():
-            steps = torch.linspace(0, 1, len(ins))
-            style = dict(lw=2.5, color="black") if name.startswith("phi") else dict(lw=1.2)
-            axes[0].plot(steps, ins, label=name, **style)
-            axes[1].plot(steps, dele, label=name, **style)
-        for ax, title in zip(axes, ("insertion", "deletion"), strict=True):
-            ax.set_title(f"{model_name}: {title} (player level)")
-            ax.set_xlabel(
-                "fraction of players inserted" if title == "insertion" else "fraction removed"
-            )
-            ax.set_ylabel("probability of the predicted class")
-        axes[1].legend(fontsize="small", loc="upper right")
+        phi = next((name for name in per_explainer if name.startswith("phi")), None)
+        fig = plot_faithfulness_curves(
+            per_explainer, title=f"{model_name} (player level)", highlight=phi
+        )
         path = out_dir / f"curves_{model_name.replace(' ', '_')}.png"
-        fig.savefig(path, dpi=120)
+        save_figure(fig, path, dpi=120)
         paths.append(path.name)
     if budgets:
         fig = Figure(figsize=(6, 4.2), layout="constrained")
