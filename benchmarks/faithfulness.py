@@ -34,6 +34,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import os
 import platform
 import subprocess
 import sys
@@ -477,6 +478,20 @@ def write_plots(curves: dict, budgets: list[dict], out_dir: Path) -> list[str]:
     return paths
 
 
+def machine_description(device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    name = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            name = next(
+                line.split(":", 1)[1].strip() for line in f if line.startswith("model name")
+            )
+    except (OSError, StopIteration):
+        pass
+    return f"{name}, {os.cpu_count()} cores (CPU)"
+
+
 def render(report: dict) -> str:
     acc = report["accuracy"]
     lines = [
@@ -484,7 +499,11 @@ def render(report: dict) -> str:
         "",
         f"Command: `{report['command']}`  ",
         f"Machine: {report['machine']}; {report['threads']} torch thread(s); wall time "
-        f"{report['seconds'] / 60:.1f} min{report.get('note', '')}.",
+        f"{report['seconds'] / 60:.1f} min (1-min load average {report['load_average'][0]:.1f} at "
+        f"the start, {report['load_average'][1]:.1f} at the end){report.get('note', '')}.  ",
+        "Time per stage: "
+        + ", ".join(f"{k} {v:.0f} s" for k, v in report["timings"].items())
+        + ".",
         "",
         f"Models: **Shapley** = `{report['model_dir']}` (the main job); **plain** = the same "
         f"pretrained ViT classifier continued with cross-entropy for the same "
@@ -686,7 +705,7 @@ def parse_args(argv=None):
     parser.add_argument("--budget-max-evaluations", type=int, default=4096)
     parser.add_argument("--budget-max-evaluations-p49", type=int, default=8192)
     parser.add_argument("--truth-tolerance", type=float, default=0.01)
-    parser.add_argument("--truth-max-evaluations-p49", type=int, default=40_000)
+    parser.add_argument("--truth-max-evaluations-p49", type=int, default=100_000)
     parser.add_argument("--coalition-chunk", type=int, default=4096)
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--seed", type=int, default=0)
@@ -698,6 +717,7 @@ def parse_args(argv=None):
 def main(argv=None) -> dict:
     args = parse_args(argv)
     started = time.perf_counter()
+    load_at_start = os.getloadavg()[0]
     device = pick_device(args.device)
     torch.manual_seed(args.seed)
     args.model_dir = Path(args.model_dir)
@@ -728,11 +748,16 @@ def main(argv=None) -> dict:
         if masks.shape[-2:] != x.shape[-2:]:
             print("Object masks and model inputs differ in size; fractions are taken per mask.")
     rows, curves, budgets = [], {}, []
+    timings: dict[str, float] = {}
+    timings["setup, plain classifier, accuracy"] = time.perf_counter() - started
     for name, model in models.items():
         start = time.perf_counter()
         truth = model_shapley_truth(model, x[: args.num_truth_images], progress=True)
-        print(f"{name}: truth ({truth.method}) in {time.perf_counter() - start:.0f} s")
+        timings[f"{name}: exact truth"] = time.perf_counter() - start
+        print(f"{name}: truth ({truth.method}) in {timings[f'{name}: exact truth']:.0f} s")
+        start = time.perf_counter()
         model_rows, curves[name] = score_model(name, model, x, masks, truth, args)
+        timings[f"{name}: explainers and metrics"] = time.perf_counter() - start
         rows += model_rows
         if name == "Shapley":
             with torch.no_grad():
@@ -754,7 +779,9 @@ def main(argv=None) -> dict:
                 num_images=truth.values.shape[0],
             )
             budgets.append(budget)
+    start = time.perf_counter()
     p49 = p49_section(args, device)
+    timings["P = 49: truth and budget"] = time.perf_counter() - start
     if p49 is not None:
         acc = p49.get("model_accuracy")
         p49["model"] = f"{Path(p49['model_dir']).name}" + (
@@ -765,8 +792,9 @@ def main(argv=None) -> dict:
     report = {
         "command": "python benchmarks/faithfulness.py "
         + " ".join(sys.argv[1:] if argv is None else argv),
-        "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} "
-        f"threads available to torch, device {device}",
+        "machine": machine_description(device),
+        "load_average": [load_at_start, os.getloadavg()[0]],
+        "timings": timings,
         "threads": torch.get_num_threads(),
         "note": f"; {args.note}" if args.note else "",
         "model_dir": str(
