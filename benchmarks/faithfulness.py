@@ -352,8 +352,14 @@ def kernel_shap_budget(model, x, truth_values, phi, predicted, *, max_evaluation
         trace.append((state.num_evaluations, r))
         if reached is None and r >= target_r:
             reached = state.num_evaluations
+    thresholds = {
+        str(level): next((evals for evals, r in trace if r >= level), None)
+        for level in (0.9, 0.95, 0.99)
+    }
     return {
         "phi_pearson": target_r,
+        "cost_per_evaluation": coalition_cost(model),
+        "evaluations_to_reach_r": thresholds,
         "reached_evaluations": reached,
         "reached_forward_equivalents": None if reached is None else reached * coalition_cost(model),
         "max_evaluations": max_evaluations,
@@ -591,11 +597,27 @@ def render(report: dict) -> str:
                 f"{reached:,} evals = {budget['reached_forward_equivalents']:,.0f} fwd"
                 if reached is not None
                 else f"not reached in {budget['max_evaluations']:,} evals",
+                *[
+                    "-"
+                    if evals is None
+                    else f"{evals:,} ({evals * budget['cost_per_evaluation']:,.0f} fwd)"
+                    for evals in budget["evaluations_to_reach_r"].values()
+                ],
             ]
         )
     lines += [
         markdown_table(
-            ["P", "model", "truth", "images", "phi: mean r", "KernelSHAP budget reaching it"],
+            [
+                "P",
+                "model",
+                "truth",
+                "images",
+                "phi: mean r",
+                "KernelSHAP budget reaching it",
+                "KS evals to r >= 0.9",
+                "r >= 0.95",
+                "r >= 0.99",
+            ],
             budget_rows,
         ),
         "",
