@@ -199,3 +199,20 @@ def test_builtin_colormap_matches_matplotlib():
     x = np.linspace(0.0, 1.0, 101)
     builtin = _ListedCmap(_RDBU[::-1], "RdBu_r")(x)[:, :3]
     np.testing.assert_allclose(builtin, matplotlib.colormaps["RdBu_r"](x)[:, :3], atol=0.011)
+
+
+def test_plot_faithfulness_curves_draws_one_line_per_explainer_and_panel():
+    pytest.importorskip("matplotlib")
+    from hf_shapley.visualization import plot_faithfulness_curves
+
+    curves = {
+        "phi": (np.linspace(0, 1, 5), np.linspace(1, 0, 5)),
+        "random": (np.full(5, 0.5), np.full(5, 0.5)),
+    }
+    fig = plot_faithfulness_curves(curves, title="model", highlight="phi")
+    insertion, deletion = fig.axes[:2]
+    assert [line.get_label() for line in insertion.lines] == ["phi", "random"]
+    assert np.allclose(deletion.lines[0].get_ydata(), np.linspace(1, 0, 5))
+    assert insertion.lines[0].get_linewidth() > insertion.lines[1].get_linewidth()
+    with pytest.raises(ValueError, match="empty"):
+        plot_faithfulness_curves({})

@@ -231,6 +231,10 @@ def _centred_samples_square_sum(present: torch.Tensor, half_gap: torch.Tensor) -
     return centred.square().T @ half_gap.square()
 
 
+# Condition number of the KKT system above which it is solved by the pseudo-inverse.
+_SINGULAR_CONDITION = 1e10
+
+
 def _constrained_solve(
     a_matrix: torch.Tensor, b: torch.Tensor, total: torch.Tensor
 ) -> torch.Tensor:
@@ -247,7 +251,11 @@ def _constrained_solve(
     kkt[:num_players, -1] = kkt[-1, :num_players] = 1.0
     rhs = torch.cat([b, total[None]])
     solution, info = torch.linalg.solve_ex(kkt, rhs)
-    if int(info) != 0 or not bool(torch.isfinite(solution).all()):
+    # A singular A is seldom exactly singular in floating point (two players that were always
+    # drawn together give two equal columns up to rounding): solve_ex then succeeds with values
+    # of 1e15 and more. Treat a numerically singular system as singular.
+    singular = int(info) != 0 or float(torch.linalg.cond(kkt)) > _SINGULAR_CONDITION
+    if singular or not bool(torch.isfinite(solution).all()):
         solution = torch.linalg.pinv(kkt) @ rhs
     return solution[:num_players]
 

@@ -45,6 +45,7 @@ __all__ = [
     "attribution_to_image_grid",
     "overlay_heatmap",
     "plot_class_grid",
+    "plot_faithfulness_curves",
     "save_figure",
 ]
 
@@ -588,3 +589,53 @@ def save_figure(fig: Figure, path: str | os.PathLike, *, dpi: int = 150) -> str:
         FigureCanvasAgg(fig)
     fig.savefig(path, dpi=dpi, bbox_inches="tight")
     return path
+
+
+def plot_faithfulness_curves(
+    curves: Mapping[str, tuple[Any, Any]],
+    *,
+    title: str = "",
+    ylabel: str = "probability of the predicted class",
+    highlight: str | None = None,
+    panel_size: tuple[float, float] = (5.5, 4.2),
+) -> Figure:
+    """Mean insertion and deletion curves of several explainers, side by side.
+
+    Args:
+        curves: ``{explainer name: (insertion, deletion)}``, each a ``(L + 1,)`` curve (e.g. the
+            mean over images of :func:`hf_shapley.evaluation.player_curve`), plotted against the
+            fraction of players inserted / removed.
+        title: Prefix of both panel titles (e.g. the model's name).
+        ylabel: What the curves track.
+        highlight: An explainer drawn thick and black (e.g. the model's own Shapley values).
+        panel_size: Size of each panel in inches.
+
+    Returns:
+        A ``matplotlib.figure.Figure`` (Agg canvas) with two axes: insertion, deletion.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    if not curves:
+        raise ValueError("curves is empty: nothing to plot.")
+    fig = Figure(figsize=(2 * panel_size[0], panel_size[1]), layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, 2)
+    for name, pair in curves.items():
+        if len(pair) != 2:
+            raise ValueError(f"curves[{name!r}] must be (insertion, deletion).")
+        style = dict(lw=2.5, color="black", zorder=3) if name == highlight else dict(lw=1.2)
+        for ax, curve in zip(axes, pair, strict=True):
+            values = _to_numpy(curve).reshape(-1)
+            ax.plot(np.linspace(0.0, 1.0, len(values)), values, label=name, **style)
+    for ax, kind, xlabel in zip(
+        axes,
+        ("insertion", "deletion"),
+        ("fraction of players inserted", "fraction of players removed"),
+        strict=True,
+    ):
+        ax.set_title(f"{title}: {kind}" if title else kind)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+    axes[1].legend(fontsize="small", loc="upper right")
+    return fig

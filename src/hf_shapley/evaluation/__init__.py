@@ -1,5 +1,93 @@
-"""Evaluation of self-explaining models: ground-truth Shapley values and agreement metrics."""
+"""Evaluation of explanations (DESIGN.md section 4): truth, faithfulness, localization, baselines.
 
-from .truth import exact_model_shapley_values, shapley_agreement, tabulate_game
+* :mod:`.truth`: the true Shapley values of a model's own game (exact for ``P <= 16``, converged
+  KernelSHAP above) and agreement with them (per-image Pearson and Spearman r with bootstrap
+  intervals, relative L2; the predicted class and the others).
+* :mod:`.faithfulness`: insertion and deletion curves and AUCs at player level (through the
+  value function) and at pixel level (baseline replacement, RISE), AOPC, sensitivity-n.
+* :mod:`.localization`: pointing game and AUROC against object masks.
+* :mod:`.explainers`: baseline explainers with one interface, returning player-level maps.
+* ``METRIC_PATH``: an ``evaluate`` module wrapping the aggregations, loadable offline by path:
+  ``evaluate.load(METRIC_PATH, "agreement" | "curves" | "localization")``.
+"""
 
-__all__ = ["exact_model_shapley_values", "shapley_agreement", "tabulate_game"]
+import os
+
+from .explainers import (
+    AttentionRolloutExplainer,
+    Explainer,
+    GradCamExplainer,
+    IntegratedGradientsExplainer,
+    KernelShapExplainer,
+    LeaveOneOutExplainer,
+    RandomExplainer,
+    ShapleyValuesExplainer,
+    coalition_cost,
+    pool_to_players,
+)
+from .faithfulness import (
+    aopc,
+    area_under_curve,
+    curve_masks,
+    model_coalition_values,
+    pixel_curve,
+    player_curve,
+    player_pixel_index,
+    removal_drops,
+    sample_removal_subsets,
+    sensitivity_n,
+    sensitivity_n_from_drops,
+)
+from .localization import mask_auroc, mask_to_players, pointing_game
+from .truth import (
+    ModelTruth,
+    ShapleyAgreement,
+    bootstrap_mean_interval,
+    exact_model_shapley_values,
+    map_agreement,
+    model_shapley_truth,
+    other_classes_agreement,
+    rank_with_ties,
+    shapley_agreement,
+    tabulate_game,
+)
+
+METRIC_PATH = os.path.join(os.path.dirname(__file__), "metrics", "shapley_faithfulness")
+
+__all__ = [
+    "METRIC_PATH",
+    "AttentionRolloutExplainer",
+    "Explainer",
+    "GradCamExplainer",
+    "IntegratedGradientsExplainer",
+    "KernelShapExplainer",
+    "LeaveOneOutExplainer",
+    "ModelTruth",
+    "RandomExplainer",
+    "ShapleyAgreement",
+    "ShapleyValuesExplainer",
+    "aopc",
+    "area_under_curve",
+    "bootstrap_mean_interval",
+    "coalition_cost",
+    "curve_masks",
+    "exact_model_shapley_values",
+    "map_agreement",
+    "mask_auroc",
+    "mask_to_players",
+    "model_coalition_values",
+    "model_shapley_truth",
+    "other_classes_agreement",
+    "pixel_curve",
+    "player_curve",
+    "player_pixel_index",
+    "pointing_game",
+    "pool_to_players",
+    "rank_with_ties",
+    "removal_drops",
+    "sample_removal_subsets",
+    "sensitivity_n",
+    "sensitivity_n_from_drops",
+    "shapley_agreement",
+    "tabulate_game",
+]

@@ -84,16 +84,56 @@ def exact_model_shapley_values(
     return values.permute(1, 0, 2).contiguous()
 
 
+def bootstrap_mean_interval(
+    values: torch.Tensor, *, num_resamples: int = 2000, seed: int = 0, level: float = 0.95
+) -> tuple[float, float]:
+    """Percentile bootstrap interval of the mean of ``values`` (NaNs dropped); (nan, nan) if empty."""
+    values = torch.as_tensor(values, dtype=torch.float64).flatten()
+    values = values[~values.isnan()]
+    if len(values) == 0:
+        return float("nan"), float("nan")
+    generator = torch.Generator().manual_seed(seed)
+    idx = torch.randint(0, len(values), (num_resamples, len(values)), generator=generator)
+    means = values[idx].mean(1).sort().values
+    lo = means[int(math.floor((1 - level) / 2 * num_resamples))]
+    hi = means[int(math.ceil((1 + level) / 2 * num_resamples)) - 1]
+    return float(lo), float(hi)
+
+
+def rank_with_ties(x: torch.Tensor) -> torch.Tensor:
+    """Ranks 1..P along the last dimension, ties given their average rank (as for Spearman)."""
+    x = x.double()
+    less = (x[..., None, :] < x[..., :, None]).sum(-1)
+    equal = (x[..., None, :] == x[..., :, None]).sum(-1)
+    return less + (equal + 1) / 2
+
+
+def _pearson(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    ac, bc = a - a.mean(-1, keepdim=True), b - b.mean(-1, keepdim=True)
+    denominator = ac.norm(dim=-1) * bc.norm(dim=-1)
+    r = (ac * bc).sum(-1) / denominator
+    return torch.where(denominator > 0, r, torch.full_like(r, float("nan")))
+
+
 @dataclass
 class ShapleyAgreement:
-    """Per-image agreement of estimated values with the truth, for one class per image."""
+    """Per-image agreement of estimated values with the truth, for one class per image.
+
+    ``pearson``, ``spearman`` and ``relative_l2`` are ``(B,)``; a constant map has NaN
+    correlations, which the means and intervals skip.
+    """
 
     pearson: torch.Tensor  # (B,)
     relative_l2: torch.Tensor  # (B,)
+    spearman: torch.Tensor | None = None  # (B,)
 
     @property
     def mean_pearson(self) -> float:
         return float(self.pearson.nanmean())
+
+    @property
+    def mean_spearman(self) -> float:
+        return float("nan") if self.spearman is None else float(self.spearman.nanmean())
 
     @property
     def median_relative_l2(self) -> float:
@@ -103,28 +143,169 @@ class ShapleyAgreement:
         self, *, num_resamples: int = 2000, seed: int = 0, level: float = 0.95
     ) -> tuple[float, float]:
         """Bootstrap interval of the mean per-image Pearson r."""
-        r = self.pearson[~self.pearson.isnan()]
-        generator = torch.Generator().manual_seed(seed)
-        idx = torch.randint(0, len(r), (num_resamples, len(r)), generator=generator)
-        means = r[idx].mean(1).sort().values
-        lo = means[int(math.floor((1 - level) / 2 * num_resamples))]
-        hi = means[int(math.ceil((1 + level) / 2 * num_resamples)) - 1]
-        return float(lo), float(hi)
+        return bootstrap_mean_interval(
+            self.pearson, num_resamples=num_resamples, seed=seed, level=level
+        )
+
+    def spearman_interval(
+        self, *, num_resamples: int = 2000, seed: int = 0, level: float = 0.95
+    ) -> tuple[float, float]:
+        """Bootstrap interval of the mean per-image Spearman rank correlation."""
+        if self.spearman is None:
+            return float("nan"), float("nan")
+        return bootstrap_mean_interval(
+            self.spearman, num_resamples=num_resamples, seed=seed, level=level
+        )
+
+    def summary(self, prefix: str = "") -> dict[str, float | list[float]]:
+        """Means with 95% bootstrap intervals, and the median relative L2, as plain floats."""
+        return {
+            f"{prefix}pearson": self.mean_pearson,
+            f"{prefix}pearson_ci95": list(self.pearson_interval()),
+            f"{prefix}spearman": self.mean_spearman,
+            f"{prefix}spearman_ci95": list(self.spearman_interval()),
+            f"{prefix}relative_l2": self.median_relative_l2,
+        }
+
+
+def map_agreement(estimate: torch.Tensor, truth: torch.Tensor) -> ShapleyAgreement:
+    """Agreement of two ``(B, P)`` player maps, per image (row)."""
+    if estimate.shape != truth.shape or estimate.ndim != 2:
+        raise ValueError(
+            f"estimate and truth must both be (B, P) maps; got {tuple(estimate.shape)} and "
+            f"{tuple(truth.shape)}."
+        )
+    if estimate.shape[0] == 0:
+        raise ValueError("empty batch (B = 0).")
+    a, b = estimate.detach().double().cpu(), truth.detach().double().cpu()
+    relative_l2 = (a - b).norm(dim=1) / b.norm(dim=1).clamp_min(1e-12)
+    return ShapleyAgreement(
+        pearson=_pearson(a, b),
+        relative_l2=relative_l2,
+        spearman=_pearson(rank_with_ties(a), rank_with_ties(b)),
+    )
 
 
 def shapley_agreement(
     estimate: torch.Tensor, truth: torch.Tensor, classes: torch.Tensor
 ) -> ShapleyAgreement:
-    """Pearson r and relative L2 error per image, over players, for the given class of each image.
+    """Pearson r, Spearman rank r and relative L2 error per image, over players, for the given
+    class of each image.
 
     Args:
         estimate, truth: (B, P, K).
         classes: (B,) the class to compare per image (e.g. the predicted class).
     """
+    if estimate.shape != truth.shape or estimate.ndim != 3:
+        raise ValueError(
+            f"estimate and truth must both be (B, P, K); got {tuple(estimate.shape)} and "
+            f"{tuple(truth.shape)}."
+        )
+    classes = torch.as_tensor(classes, dtype=torch.long).cpu()
+    if classes.shape != (estimate.shape[0],):
+        raise ValueError(
+            f"classes must have shape ({estimate.shape[0]},); got {tuple(classes.shape)}."
+        )
     index = classes.view(-1, 1, 1).expand(-1, estimate.shape[1], 1)
-    a = estimate.double().gather(2, index)[..., 0]
-    b = truth.double().gather(2, index)[..., 0]
-    ac, bc = a - a.mean(1, keepdim=True), b - b.mean(1, keepdim=True)
-    pearson = (ac * bc).sum(1) / (ac.norm(dim=1) * bc.norm(dim=1))
-    relative_l2 = (a - b).norm(dim=1) / b.norm(dim=1).clamp_min(1e-12)
-    return ShapleyAgreement(pearson=pearson, relative_l2=relative_l2)
+    a = estimate.detach().double().cpu().gather(2, index)[..., 0]
+    b = truth.detach().double().cpu().gather(2, index)[..., 0]
+    return map_agreement(a, b)
+
+
+def other_classes_agreement(
+    estimate: torch.Tensor, truth: torch.Tensor, predicted: torch.Tensor
+) -> ShapleyAgreement:
+    """Agreement on every class but the predicted one, averaged per image: ``(B,)`` entries.
+
+    Each image contributes the mean over its ``K - 1`` other classes of Pearson r, Spearman r
+    and relative L2, so that intervals resample images, not (image, class) pairs.
+    """
+    B, _, K = estimate.shape
+    if K < 2:
+        raise ValueError("other_classes_agreement needs at least 2 classes.")
+    predicted = torch.as_tensor(predicted, dtype=torch.long).cpu()
+    per_class = [shapley_agreement(estimate, truth, torch.full((B,), k)) for k in range(K)]
+    stack = {
+        name: torch.stack([getattr(a, name) for a in per_class], dim=1)  # (B, K)
+        for name in ("pearson", "spearman", "relative_l2")
+    }
+    keep = torch.ones(B, K, dtype=torch.bool)
+    keep[torch.arange(B), predicted] = False
+
+    def mean_other(values: torch.Tensor) -> torch.Tensor:
+        values = values.masked_fill(~keep, float("nan"))
+        return values.nanmean(dim=1)
+
+    return ShapleyAgreement(
+        pearson=mean_other(stack["pearson"]),
+        relative_l2=mean_other(stack["relative_l2"]),
+        spearman=mean_other(stack["spearman"]),
+    )
+
+
+@dataclass
+class ModelTruth:
+    """Ground-truth Shapley values of a model's game on a batch of images.
+
+    Attributes:
+        values: ``(B, P, K)`` float64.
+        method: ``"exact"`` (all ``2**P`` coalitions) or ``"kernel_shap"`` (converged
+            paired-sampling KernelSHAP).
+        evaluations: coalition evaluations per image.
+        converged: KernelSHAP met its stopping rule (always True for exact).
+        convergence_ratio: KernelSHAP's final ``max std / range`` (0 for exact).
+    """
+
+    values: torch.Tensor
+    method: str
+    evaluations: int
+    converged: bool = True
+    convergence_ratio: float = 0.0
+
+
+def model_shapley_truth(
+    model,
+    pixel_values: torch.Tensor,
+    *,
+    max_exact_players: int = MAX_EXACT_PLAYERS,
+    tolerance: float = 0.01,
+    max_evaluations: int = 100_000,
+    batch_size: int = 512,
+    seed: int = 12345,
+    progress: bool = False,
+) -> ModelTruth:
+    """The truth of DESIGN.md section 4: exact for ``P <= max_exact_players``, else KernelSHAP.
+
+    KernelSHAP runs through ``model.value_function`` (any family) on the whole batch with the
+    variance stopping rule at ``tolerance`` (worst image and class), so all images share one
+    coalition stream; ``seed`` should differ from the seeds of any KernelSHAP explainer scored
+    against this truth.
+    """
+    if pixel_values.shape[0] == 0:
+        raise ValueError("pixel_values is an empty batch (B = 0).")
+    num_players = model.num_players
+    if num_players <= max_exact_players:
+        values = exact_model_shapley_values(model, pixel_values, progress=progress)
+        return ModelTruth(values=values, method="exact", evaluations=2**num_players)
+    from ..estimators import kernel_shap
+
+    was_training = model.training
+    model.eval()
+    try:
+        result = kernel_shap(
+            model.value_function(pixel_values),
+            num_players,
+            tolerance=tolerance,
+            max_evaluations=max_evaluations,
+            batch_size=batch_size,
+            seed=seed,
+        )
+    finally:
+        model.train(was_training)
+    return ModelTruth(
+        values=result.values.permute(1, 0, 2).contiguous().cpu(),
+        method="kernel_shap",
+        evaluations=result.num_evaluations,
+        converged=result.converged,
+        convergence_ratio=result.convergence_ratio,
+    )

@@ -1,0 +1,84 @@
+"""Agreement with the truth: Pearson, Spearman (against scipy), relative L2, other classes,
+bootstrap intervals, and the KernelSHAP truth for large P against the exact one."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from scipy import stats
+
+from hf_shapley.evaluation import (
+    bootstrap_mean_interval,
+    exact_model_shapley_values,
+    map_agreement,
+    model_shapley_truth,
+    other_classes_agreement,
+    rank_with_ties,
+    shapley_agreement,
+)
+
+
+def test_correlations_and_relative_l2_match_independent_computations():
+    g = torch.Generator().manual_seed(0)
+    truth = torch.randn(5, 12, generator=g, dtype=torch.float64)
+    estimate = truth + 0.5 * torch.randn(5, 12, generator=g, dtype=torch.float64)
+    estimate[0, :4] = estimate[0, 4]  # ties
+    agreement = map_agreement(estimate, truth)
+    for b in range(5):
+        a, t = estimate[b].numpy(), truth[b].numpy()
+        assert agreement.pearson[b].item() == pytest.approx(np.corrcoef(a, t)[0, 1])
+        assert agreement.spearman[b].item() == pytest.approx(stats.spearmanr(a, t).statistic)
+        assert agreement.relative_l2[b].item() == pytest.approx(
+            np.linalg.norm(a - t) / np.linalg.norm(t)
+        )
+
+
+def test_rank_with_ties_averages():
+    assert rank_with_ties(torch.tensor([3.0, 1.0, 3.0, 2.0])).tolist() == [3.5, 1.0, 3.5, 2.0]
+
+
+def test_class_selection_and_other_classes():
+    g = torch.Generator().manual_seed(1)
+    truth = torch.randn(4, 8, 3, generator=g, dtype=torch.float64)
+    predicted = torch.tensor([0, 1, 2, 0])
+    estimate = truth.clone()
+    noise = torch.randn(4, 8, generator=g, dtype=torch.float64)
+    estimate[torch.arange(4), :, predicted] = noise  # only the predicted class is wrong
+    on_predicted = shapley_agreement(estimate, truth, predicted)
+    others = other_classes_agreement(estimate, truth, predicted)
+    assert torch.allclose(others.pearson, torch.ones(4, dtype=torch.float64))
+    assert torch.allclose(others.relative_l2, torch.zeros(4, dtype=torch.float64))
+    expected = [np.corrcoef(noise[b], truth[b, :, predicted[b]])[0, 1] for b in range(4)]
+    assert on_predicted.pearson.tolist() == pytest.approx(expected)
+
+
+def test_bootstrap_interval():
+    values = torch.tensor([0.2, 0.4, 0.6, 0.8, float("nan")])
+    lo, hi = bootstrap_mean_interval(values, num_resamples=500)
+    assert 0.2 <= lo <= 0.5 <= hi <= 0.8
+    assert bootstrap_mean_interval(torch.full((6,), 0.7)) == pytest.approx((0.7, 0.7))
+    summary = map_agreement(torch.randn(6, 5), torch.randn(6, 5)).summary()
+    assert summary["pearson_ci95"][0] <= summary["pearson"] <= summary["pearson_ci95"][1]
+
+
+def test_shape_errors():
+    with pytest.raises(ValueError, match=r"\(B, P, K\)"):
+        shapley_agreement(torch.zeros(2, 4, 3), torch.zeros(2, 4, 2), torch.tensor([0, 0]))
+    with pytest.raises(ValueError, match="classes must have shape"):
+        shapley_agreement(torch.zeros(2, 4, 3), torch.zeros(2, 4, 3), torch.tensor([0]))
+    with pytest.raises(ValueError, match="empty"):
+        map_agreement(torch.zeros(0, 4), torch.zeros(0, 4))
+
+
+def test_kernel_shap_truth_agrees_with_exact_truth(make_model, single_thread):
+    """Above the exact limit the truth is converged KernelSHAP; force it at P = 4 and compare."""
+    model = make_model("vit", players_grid=(2, 2))
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(3))
+    exact = model_shapley_truth(model, x)
+    assert exact.method == "exact" and exact.evaluations == 16
+    assert torch.allclose(exact.values, exact_model_shapley_values(model, x))
+    sampled = model_shapley_truth(model, x, max_exact_players=2, tolerance=0.005, batch_size=64)
+    assert sampled.method == "kernel_shap" and sampled.converged
+    scale = exact.values.abs().amax()
+    assert torch.allclose(sampled.values, exact.values, atol=0.02 * float(scale))
