@@ -26,6 +26,13 @@ EXPLAINED_CLASSES = ("all", "label", "top")
 HF_SHAPLEY_VERSION = "0.1.0.dev0"
 
 
+def _as_float(value):
+    """Numbers as float; anything else unchanged, for validation to reject with a clear message."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    return value
+
+
 class ShapleyConfig(PreTrainedConfig):
     r"""Configuration of a self-explaining image classifier.
 
@@ -153,9 +160,9 @@ class ShapleyConfig(PreTrainedConfig):
         if self.image_size is not None:
             self.image_size = [int(s) for s in self.image_size]
         if isinstance(self.pixel_baseline, (list, tuple)):
-            self.pixel_baseline = [float(v) for v in self.pixel_baseline]
-        elif self.pixel_baseline is not None:
-            self.pixel_baseline = float(self.pixel_baseline)
+            self.pixel_baseline = [_as_float(v) for v in self.pixel_baseline]
+        else:
+            self.pixel_baseline = _as_float(self.pixel_baseline)
         self.validate_shapley_options()
 
     def validate_shapley_options(self) -> None:
