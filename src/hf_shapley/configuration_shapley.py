@@ -11,8 +11,6 @@ This file is shipped as remote code: relative imports only.
 
 from __future__ import annotations
 
-import math
-
 from transformers import AutoConfig, PreTrainedConfig
 from transformers.configuration_utils import SubConfigSpec
 
@@ -187,7 +185,7 @@ class ShapleyConfig(PreTrainedConfig):
             )
         baseline = self.pixel_baseline
         values = baseline if isinstance(baseline, list) else [baseline]
-        if not values or not all(isinstance(v, float) and math.isfinite(v) for v in values):
+        if not values or not all(isinstance(v, float) and abs(v) < float("inf") for v in values):
             raise ValueError(
                 "pixel_baseline must be a finite number or a list of one finite number per channel; "
                 f"got {baseline!r}."

@@ -50,7 +50,6 @@ from .backbones import (
 )
 from .coalitions import check_coalitions
 from .configuration_shapley import ShapleyConfig
-from .objective import frozen_statistics
 
 
 @dataclass
@@ -653,6 +652,8 @@ class ShapleyForImageClassification(ShapleyPreTrainedModel):
             cached_key, cached = self._baseline_cache
             if cached_key == key:
                 return cached
+        from .objective import frozen_statistics
+
         image = self.baseline_pixels.to(device=like.device, dtype=like.dtype)
         image = image.expand(1, -1, *self.image_size)
         with frozen_statistics(self, disable_dropout=True):
@@ -698,6 +699,8 @@ class ShapleyForImageClassification(ShapleyPreTrainedModel):
         """v_x(S) of a pixel-baseline model: the model on x with absent players' blocks at the
         baseline, normalization layers in eval mode. One backbone pass per coalition, at most
         ``config.coalition_batch_size`` images per call (``chunk_size`` may only lower it)."""
+        from .objective import frozen_statistics
+
         B, M, P = coalitions.shape
         flat = coalitions.reshape(B * M, P)
         image_of = torch.arange(B, device=flat.device).repeat_interleave(M)
