@@ -749,9 +749,11 @@ class ShapleyForImageClassification(ShapleyPreTrainedModel):
         """Delegate activation (gradient) checkpointing to the backbone, ``use_reentrant=False``
         unless told otherwise; a clear error for a family whose backbone does not support it."""
         if not getattr(self.backbone, "supports_gradient_checkpointing", False):
+            import transformers
+
             raise ValueError(
                 f"Gradient checkpointing is not supported for {self.adapter.family} backbones "
-                f"({type(self.backbone).__name__} in transformers {transformers_version()}). Train "
+                f"({type(self.backbone).__name__} in transformers {transformers.__version__}). Train "
                 "without it (drop gradient_checkpointing=True) or lower the batch size."
             )
         kwargs = {"use_reentrant": False, **(activation_checkpointing_kwargs or {})}
@@ -772,12 +774,6 @@ class ShapleyForImageClassification(ShapleyPreTrainedModel):
     @property
     def tokens_per_player(self) -> int:
         return math.prod(self.token_grid) // self.num_players
-
-
-def transformers_version() -> str:
-    import transformers
-
-    return transformers.__version__
 
 
 def _strip_classifier_fields(config: PreTrainedConfig) -> PreTrainedConfig:
