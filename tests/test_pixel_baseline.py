@@ -353,6 +353,17 @@ def test_weight_loading_drops_the_cached_baseline(make_model, pixel_family, pixe
         assert torch.equal(loaded(pixel_values).base_values, expected)
 
 
+def test_baseline_cached_under_inference_mode_serves_autograd(make_model, pixel_values):
+    model = make_model("resnet")
+    with torch.inference_mode():
+        expected = model(pixel_values).base_values
+    x = pixel_values.clone().requires_grad_(True)
+    out = model(x)  # reuses the cached v(empty), with autograd on
+    out.shapley_values[:, :, 0].sum().backward()
+    assert torch.equal(out.base_values, expected)
+    assert x.grad is not None and x.grad.abs().sum() > 0
+
+
 def test_moving_dtype_drops_the_cached_baseline(make_model, pixel_values):
     model = make_model("resnet")
     with torch.no_grad():

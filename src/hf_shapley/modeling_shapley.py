@@ -663,7 +663,10 @@ class ShapleyForImageClassification(ShapleyPreTrainedModel):
             else:
                 value = classifier_logits[0].float()
         if not self.training:
-            self._baseline_cache = (key, value.detach())
+            # A normal tensor even when computed under inference_mode, so that a later forward
+            # with autograd (attribution baselines such as Grad-CAM) can use the cached value.
+            with torch.inference_mode(False):
+                self._baseline_cache = (key, value.detach().clone())
         return value
 
     def clear_baseline_cache(self) -> None:
