@@ -127,7 +127,9 @@ def main(argv: list[str] | None = None) -> str:
             f"stock {args.family} ms",
             "Shapley ms",
             "Shapley / stock",
-            "coalition pair / full forward",
+            "packed pair / full forward"
+            if args.family == "vit"
+            else "coalition pair / full forward",
         ],
         rows,
     )
