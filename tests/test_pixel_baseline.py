@@ -568,7 +568,7 @@ def test_frozen_classifier_predictions_are_bit_identical(
     assert not torch.equal(after.shapley_values, out.shapley_values)
 
 
-def test_trainable_classifier_reports_agreement(make_backbone_config, pixel_values):
+def test_trainable_classifier_starts_from_its_predictions(make_backbone_config, pixel_values):
     classifier = make_classifier(make_backbone_config, "swin")
     model = ShapleyForImageClassification.from_backbone(
         classifier, players_grid=(2, 2), image_size=32
@@ -578,6 +578,17 @@ def test_trainable_classifier_reports_agreement(make_backbone_config, pixel_valu
     }
     with torch.no_grad():
         assert torch.equal(model.eval()(pixel_values).logits, classifier(pixel_values).logits)
+
+
+def test_classifier_from_a_local_directory(make_backbone_config, tmp_path, pixel_values):
+    classifier = make_classifier(make_backbone_config, "resnet")
+    classifier.save_pretrained(tmp_path)
+    model = ShapleyForImageClassification.from_backbone(
+        tmp_path, train_backbone=False, players_grid=(2, 2), image_size=32
+    ).eval()
+    assert model.config.prediction_mode == "backbone_head" and model.config.image_size == [32, 32]
+    with torch.no_grad():
+        assert torch.equal(model(pixel_values).logits, classifier(pixel_values).logits)
 
 
 @pytest.mark.parametrize("family", ["resnet", "swin"])
