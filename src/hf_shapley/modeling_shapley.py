@@ -621,9 +621,7 @@ class ShapleyForImageClassification(ShapleyPreTrainedModel):
             )
         return value.expand(channels).reshape(channels, 1, 1).clone()
 
-    def _pixel_values_and_features(
-        self, pixel_values: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def _pixel_features(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """One backbone pass -> (per-cell features (n, N, D), what the classifier reads or None)."""
         hidden = self.adapter.encode(self.backbone, pixel_values)
         cells = self.adapter.cell_features(self.backbone, hidden)
@@ -633,7 +631,7 @@ class ShapleyForImageClassification(ShapleyPreTrainedModel):
 
     def _pixel_logits(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """(n, C, H, W) images (already masked) -> (n, K) fp32 logits of the prediction mode."""
-        cells, classifier_logits = self._pixel_values_and_features(pixel_values)
+        cells, classifier_logits = self._pixel_features(pixel_values)
         if classifier_logits is not None:
             return classifier_logits.float()
         return self.shapley_bias.float() + self.shapley_head(cells).sum(1)
@@ -657,7 +655,7 @@ class ShapleyForImageClassification(ShapleyPreTrainedModel):
         image = self.baseline_pixels.to(device=like.device, dtype=like.dtype)
         image = image.expand(1, -1, *self.image_size)
         with frozen_statistics(self, disable_dropout=True):
-            cells, classifier_logits = self._pixel_values_and_features(image)
+            cells, classifier_logits = self._pixel_features(image)
             if classifier_logits is None:
                 value = self.shapley_head(cells).sum(1)[0]
             else:
@@ -677,7 +675,7 @@ class ShapleyForImageClassification(ShapleyPreTrainedModel):
 
     def _explain_pixels(self, pixel_values: torch.Tensor) -> ShapleyImageClassifierOutput:
         """Full prediction of a pixel-baseline model: every player present, all of them voting."""
-        cells, classifier_logits = self._pixel_values_and_features(pixel_values)
+        cells, classifier_logits = self._pixel_features(pixel_values)
         empty = self._baseline_value(pixel_values)  # (K,)
         B = pixel_values.shape[0]
         if classifier_logits is None:
