@@ -84,6 +84,12 @@ VARIANTS: dict[str, dict] = {
     ),
     "backbone_head": dict(prediction_mode="backbone_head", train_backbone=True),
 }
+# The same variants with soft voting on raw (not class-centered) votes: the only kind before
+# center_votes existed, and what the tiny ResNet's first rows ran with (center_votes defaults
+# to True for the pixel-baseline families, False for ViT).
+for _name in ("default", "lambda0", "alpha0", "no_norm", "centered"):
+    VARIANTS[f"{_name}_uncentered_votes"] = {**VARIANTS[_name], "center_votes": False}
+
 # Shared by every Shapley variant unless overridden.
 COMMON = dict(
     num_shapley_coalitions=8,

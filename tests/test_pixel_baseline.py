@@ -218,15 +218,25 @@ def test_logits_base_values_and_efficiency(get_model, pixel_family, mode, pixel_
     close(v_empty, on_baseline.expand(B, -1))
 
 
-def test_soft_voting_values_are_normalized_against_the_baseline(get_model, pixel_family):
-    model = get_model(pixel_family, "shapley_sum", (2, 2))
+@pytest.mark.parametrize("center_votes", [None, False])
+def test_soft_voting_values_are_normalized_against_the_baseline(
+    make_model, pixel_family, center_votes
+):
+    model = make_model(pixel_family, players_grid=(2, 2), center_votes=center_votes)
+    # Centered votes are the default for the pixel-baseline families.
+    assert model.center_votes is (center_votes is None)
+
+    def votes(cells):
+        v = model.shapley_head(cells)
+        return v - v.mean(-1, keepdim=True) if center_votes is None else v
+
     x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(5))
     with torch.no_grad():
         out = model(x)
-        r_x = player_sums(model.shapley_head(cells_of(model, pixel_family, x)), (2, 2))
-        r_z = player_sums(
-            model.shapley_head(cells_of(model, pixel_family, baseline_image(model))), (2, 2)
-        )
+        r_x = player_sums(votes(cells_of(model, pixel_family, x)), (2, 2))
+        r_z = player_sums(votes(cells_of(model, pixel_family, baseline_image(model))), (2, 2))
+    if center_votes is None:  # no class-common direction left in the values
+        close(out.shapley_values.sum(-1), torch.zeros(2, 4))
     b = model.shapley_bias
     close(out.shapley_values, r_x - r_z.sum(1, keepdim=True) / 4)
     close(out.base_values, (b + r_z.sum(1)).expand(2, -1))
@@ -596,16 +606,25 @@ def test_soft_voting_from_an_average_pool_linear_classifier_reproduces_it(
     make_backbone_config, family, pixel_values
 ):
     classifier = make_classifier(make_backbone_config, family)
-    model = ShapleyForImageClassification.from_backbone(
+    exact = ShapleyForImageClassification.from_backbone(
+        classifier, prediction_mode="shapley_sum", image_size=32, center_votes=False
+    ).eval()
+    centered = ShapleyForImageClassification.from_backbone(
         classifier, prediction_mode="shapley_sum", image_size=32
     ).eval()
-    assert model.classifier is None and model.config.id2label == ID2LABEL
+    assert exact.classifier is None and exact.config.id2label == ID2LABEL
     with torch.no_grad():
         reference = classifier(pixel_values).logits
-        out = model(pixel_values)
+        out = exact(pixel_values)
+        out_centered = centered(pixel_values)
     assert reference.abs().max() > 0.1
-    close(out.logits, reference)
+    close(out.logits, reference)  # the classifier's logits
     close(out.logits, out.base_values + out.shapley_values.sum(1))
+    # Centered votes (the default): the same logits up to a per-image shift over classes.
+    bias = (classifier.classifier[-1] if family == "resnet" else classifier.classifier).bias
+    shift = reference.mean(-1, keepdim=True) - bias.mean()
+    close(out_centered.logits, reference - shift)
+    close(out_centered.logits.softmax(-1), reference.softmax(-1))
 
 
 # --------------------------------------------------------------------------------------

@@ -60,6 +60,13 @@ class ShapleyConfig(PreTrainedConfig):
             normalized space the model reads (0 = the data mean with the usual normalization),
             one value for all channels or one per channel. ``v(empty)`` is the model on the
             all-baseline image, so ``base_values`` depend on it.
+        center_votes (`bool`, *optional*):
+            Soft voting only: subtract each player's mean over classes from its votes, which
+            removes from the model the class-common direction of the logits that neither
+            cross-entropy nor distillation can see (predictions are unchanged). Without it a
+            pixel-baseline game is dominated by that direction. Defaults to `True` for the
+            pixel-baseline families and `False` for the token-removal ones (see
+            benchmarks/results/recipe.md).
         head_hidden_size (`int`, *optional*, defaults to 0):
             Hidden width of the per-token Shapley head; 0 gives a linear head.
         head_dropout (`float`, *optional*, defaults to 0.0):
@@ -129,6 +136,7 @@ class ShapleyConfig(PreTrainedConfig):
     players_grid: list[int] | tuple[int, ...] | None = None
     image_size: list[int] | tuple[int, ...] | None = None
     pixel_baseline: float | list[float] = 0.0
+    center_votes: bool | None = None
     head_hidden_size: int = 0
     head_dropout: float = 0.0
     prediction_mode: str = "shapley_sum"

@@ -182,6 +182,10 @@ class ShapleyForImageClassification(ShapleyPreTrainedModel):
         if config.players_grid is None:
             config.players_grid = list(token_grid)
         self.image_size = image_size
+        # Soft voting with class-centered votes (None: on for the pixel-baseline families).
+        self.center_votes = bool(
+            config.center_votes if config.center_votes is not None else pixel_baseline
+        )
         self._grid_name = "final feature" if pixel_baseline else "token"
         self.num_special_tokens = adapter.num_special_tokens(backbone_config)
         self.token_grid = token_grid
@@ -333,7 +337,10 @@ class ShapleyForImageClassification(ShapleyPreTrainedModel):
     @torch.no_grad()
     def _init_soft_voting_from_classifier(self, classifier: nn.Linear) -> None:
         """Soft voting that reproduces an average-pool + linear classifier (ResNet, Swin):
-        ``r_c = W f_c / N`` per final cell, ``b = bias``, so ``b + sum_c r_c = W mean_c f_c + bias``."""
+        ``r_c = W f_c / N`` per final cell, ``b = bias``, so ``b + sum_c r_c = W mean_c f_c + bias``:
+        its logits exactly with ``center_votes=False``; with centered votes (the default for these
+        families) its logits minus their mean over classes plus that of the bias, so the same
+        probabilities and predictions."""
         if self.shapley_head.dense is not None:
             return  # a hidden layer cannot copy a linear map exactly: keep the random init
         num_cells = self.token_grid[0] * self.token_grid[1]
@@ -499,7 +506,7 @@ class ShapleyForImageClassification(ShapleyPreTrainedModel):
         states = self.adapter.encode(self.backbone, embeddings, None)
         patch_states = states[:, s:]
         if self.config.prediction_mode == "shapley_sum":
-            r = self._player_values(self.shapley_head(patch_states))
+            r = self._player_values(self._votes(patch_states))
             base = self.shapley_bias.float().expand(r.shape[0], -1)
             return ShapleyImageClassifierOutput(
                 logits=base + r.sum(1), shapley_values=r, base_values=base
@@ -520,6 +527,14 @@ class ShapleyForImageClassification(ShapleyPreTrainedModel):
         return ShapleyImageClassifierOutput(
             logits=logits.float(), shapley_values=phi, base_values=base.float()
         )
+
+    def _votes(self, features: torch.Tensor) -> torch.Tensor:
+        """Soft-voting contributions of each token or cell: the Shapley head's output, minus its
+        mean over classes with ``center_votes`` (softmax-invariant, so predictions keep)."""
+        votes = self.shapley_head(features)
+        if self.center_votes:
+            votes = votes - votes.mean(-1, keepdim=True)
+        return votes
 
     def _player_values(self, token_values: torch.Tensor) -> torch.Tensor:
         """(B, N, K) per-token contributions -> (B, P, K) per-player sums."""
@@ -597,7 +612,7 @@ class ShapleyForImageClassification(ShapleyPreTrainedModel):
         states = self.adapter.encode(self.backbone, sequence, attention_mask[:, None])
         patch_states = states[:, 2 * s :]
         if self.config.prediction_mode == "shapley_sum":
-            token_values = self.shapley_head(patch_states)
+            token_values = self._votes(patch_states)
             weights = in_s.to(token_values.dtype)[..., None]
             bias = self.shapley_bias.float()
             return bias + (token_values * weights).sum(1), bias + (
@@ -634,7 +649,7 @@ class ShapleyForImageClassification(ShapleyPreTrainedModel):
         cells, classifier_logits = self._pixel_features(pixel_values)
         if classifier_logits is not None:
             return classifier_logits.float()
-        return self.shapley_bias.float() + self.shapley_head(cells).sum(1)
+        return self.shapley_bias.float() + self._votes(cells).sum(1)
 
     def _baseline_value(self, like: torch.Tensor) -> torch.Tensor:
         """(K,) fp32 of the all-baseline image z: ``sum_j r_j(z)`` (soft voting) or the classifier's
@@ -657,7 +672,7 @@ class ShapleyForImageClassification(ShapleyPreTrainedModel):
         with frozen_statistics(self, disable_dropout=True):
             cells, classifier_logits = self._pixel_features(image)
             if classifier_logits is None:
-                value = self.shapley_head(cells).sum(1)[0]
+                value = self._votes(cells).sum(1)[0]
             else:
                 value = classifier_logits[0].float()
         if not self.training:
@@ -679,7 +694,7 @@ class ShapleyForImageClassification(ShapleyPreTrainedModel):
         empty = self._baseline_value(pixel_values)  # (K,)
         B = pixel_values.shape[0]
         if classifier_logits is None:
-            r = self._player_values(self.shapley_head(cells))
+            r = self._player_values(self._votes(cells))
             bias = self.shapley_bias.float()
             logits = bias + r.sum(1)
             base = (bias + empty).expand(B, -1)
