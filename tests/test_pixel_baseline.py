@@ -679,3 +679,24 @@ def test_gradient_checkpointing_unsupported_family_is_a_clear_error(make_model, 
         warnings.simplefilter("ignore", FutureWarning)
         with pytest.raises(ValueError, match=rf"not supported for {name} backbones"):
             model.gradient_checkpointing_enable()
+
+
+# --------------------------------------------------------------------------------------
+# Class-centered votes
+# --------------------------------------------------------------------------------------
+
+
+def test_center_votes_defaults_and_token_families(make_model, pixel_values):
+    assert make_model("resnet").center_votes is True
+    assert make_model("resnet", prediction_mode="backbone_head").config.center_votes is None
+    assert make_model("vit").center_votes is False  # token-removal families keep raw votes
+    model = make_model("vit", center_votes=True)
+    plain = make_model("vit")  # same seed, same weights
+    B, P = 3, 16
+    with torch.no_grad():
+        out, ref = model(pixel_values), plain(pixel_values)
+        v_all = model(pixel_values, coalition=torch.ones(B, P, dtype=torch.bool)).logits
+        v_empty = model(pixel_values, coalition=torch.zeros(B, P, dtype=torch.bool)).logits
+    close(out.shapley_values.sum(-1), torch.zeros(B, P))
+    close(out.shapley_values.sum(1), v_all - v_empty)
+    close(out.logits.softmax(-1), ref.logits.softmax(-1))  # predictions unchanged
