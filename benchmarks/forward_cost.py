@@ -1,12 +1,17 @@
-"""Forward cost of ShapleyForImageClassification against the stock ViTForImageClassification.
+"""Forward cost of ShapleyForImageClassification against the stock classifier of the same config.
 
-Both models share one ViT config (ViT-S/16 at 224 px by default), run side by side in one
-process, interleaved, at batch 1 and 32. Also reports the cost of one packed pair of
-complementary coalitions ``model(x, coalition=[S, ~S])`` in full-forward equivalents, measured
-and by token count.
+Both models share one backbone config (ViT-S/16 at 224 px by default; ResNet-50 at 224 px with
+``--family resnet``), run side by side in one process, interleaved, at batch 1 and 32. Also
+reports the cost of one pair of complementary coalitions ``model(x, coalition=[S, ~S])`` in
+full-forward equivalents: measured, and by token count for ViT (a packed pair), 2 for ResNet
+(pixel masking: one pass per coalition).
+
+For ResNet (a pixel-baseline family) the Shapley forward includes ``v(empty)``, the model on the
+all-baseline image, which eval mode caches: the timed calls reuse it, as inference does.
 
     python benchmarks/forward_cost.py                 # CPU
     python benchmarks/forward_cost.py --device cuda --dtype bfloat16
+    python benchmarks/forward_cost.py --family resnet
 """
 
 from __future__ import annotations
@@ -35,26 +40,42 @@ def main(argv: list[str] | None = None) -> str:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     parser.add_argument("--batch-sizes", nargs="+", type=int, default=[1, 32])
-    parser.add_argument("--players-grid", nargs=2, type=int, default=[14, 14])
+    parser.add_argument("--family", default="vit", choices=["vit", "resnet"])
+    parser.add_argument(
+        "--players-grid", nargs=2, type=int, default=None, help="default 14 14 (ViT), 7 7 (ResNet)"
+    )
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--out", type=Path, default=None, help="write the markdown table here")
     args = parser.parse_args(argv)
 
-    from transformers import ViTConfig, ViTForImageClassification
+    from transformers import (
+        ResNetConfig,
+        ResNetForImageClassification,
+        ViTConfig,
+        ViTForImageClassification,
+    )
 
     import hf_shapley  # noqa: F401
     from hf_shapley import ShapleyConfig, ShapleyForImageClassification
 
     device = pick_device(args.device)
     torch.manual_seed(0)
-    vit_config = ViTConfig(**VIT_SMALL_224, num_labels=10)
-    stock = ViTForImageClassification(vit_config).to(device).eval()
+    if args.family == "vit":
+        players_grid = args.players_grid or [14, 14]
+        stock = ViTForImageClassification(ViTConfig(**VIT_SMALL_224, num_labels=10))
+        backbone_config, extra, label = ViTConfig(**VIT_SMALL_224), {}, "ViT-S/16 224 px"
+    else:
+        players_grid = args.players_grid or [7, 7]
+        stock = ResNetForImageClassification(ResNetConfig(num_labels=10))  # ResNet-50 layout
+        backbone_config, extra, label = ResNetConfig(), {"image_size": 224}, "ResNet-50 224 px"
+    stock = stock.to(device).eval()
     shapley = (
         ShapleyForImageClassification(
             ShapleyConfig(
-                backbone_config=ViTConfig(**VIT_SMALL_224),
+                backbone_config=backbone_config,
                 num_labels=10,
-                players_grid=args.players_grid,
+                players_grid=players_grid,
+                **extra,
             )
         )
         .to(device)
@@ -101,14 +122,31 @@ def main(argv: list[str] | None = None) -> str:
     tokens = shapley.num_special_tokens
     n = shapley.token_grid[0] * shapley.token_grid[1]
     table = markdown_table(
-        ["batch", "stock ViT ms", "Shapley ms", "Shapley / stock", "packed pair / full forward"],
+        [
+            "batch",
+            f"stock {args.family} ms",
+            "Shapley ms",
+            "Shapley / stock",
+            "packed pair / full forward"
+            if args.family == "vit"
+            else "coalition pair / full forward",
+        ],
         rows,
     )
+    if args.family == "vit":
+        pair_text = (
+            f"Packed pair by token count: ({n} + 2*{tokens}) / ({n} + {tokens}) = "
+            f"{(n + 2 * tokens) / (n + tokens):.3f} full-forward equivalents.\n"
+        )
+    else:
+        pair_text = (
+            "Pixel masking: a coalition costs one full pass (2 for a pair); Shapley ms includes "
+            "v(empty) from the eval-mode cache.\n"
+        )
     text = (
         f"Device {device} ({device_name(device)}), "
-        f"{args.dtype}, ViT-S/16 224 px, players {tuple(args.players_grid)}, median of {args.rounds} interleaved rounds.\n\n"
-        f"{table}\n\nPacked pair by token count: ({n} + 2*{tokens}) / ({n} + {tokens}) = {(n + 2 * tokens) / (n + tokens):.3f} "
-        "full-forward equivalents.\n"
+        f"{args.dtype}, {label}, players {tuple(players_grid)}, median of {args.rounds} interleaved rounds.\n\n"
+        f"{table}\n\n{pair_text}"
     )
     return report(text, args.out)
 

@@ -10,6 +10,11 @@ Shapley values of the model's own game (P = 16, all 2**16 coalitions), and the m
 
     python benchmarks/recipe.py                      # the full table (about 12 runs, 2 in parallel)
     python benchmarks/recipe.py --variants default plain --seeds 0 --steps 200   # a quick look
+    python benchmarks/recipe.py --family resnet      # the pixel-baseline family (tiny ResNet)
+
+``--family resnet``: a tiny ResNet (3 stages, 48 px images, a 3 x 3 final feature grid, one
+cell per player, P = 9) instead of the tiny ViT; same regime, same variants. Its table goes to
+``benchmarks/results/recipe_resnet.md``.
 
 Writes ``benchmarks/results/recipe.md`` and ``recipe.jsonl`` (one line per run).
 """
@@ -44,6 +49,19 @@ BACKBONE = dict(
 )
 PLAYERS_GRID = (4, 4)
 
+# Per family: backbone config kwargs, image size, players grid, and whether the model is a
+# pixel-baseline family (which needs ShapleyConfig.image_size: ResNet configs have none).
+FAMILIES = {
+    "vit": dict(backbone=BACKBONE, image_size=64, players_grid=PLAYERS_GRID),
+    "resnet": dict(
+        backbone=dict(
+            embedding_size=16, hidden_sizes=[16, 32, 64], depths=[1, 1, 1], layer_type="basic"
+        ),
+        image_size=48,
+        players_grid=(3, 3),
+    ),
+}
+
 # Each variant: ShapleyConfig overrides passed to from_backbone ("plain" = stock classifier).
 VARIANTS: dict[str, dict] = {
     "plain": {},
@@ -66,6 +84,12 @@ VARIANTS: dict[str, dict] = {
     ),
     "backbone_head": dict(prediction_mode="backbone_head", train_backbone=True),
 }
+# The same variants with soft voting on raw (not class-centered) votes: the only kind before
+# center_votes existed, and what the tiny ResNet's first rows ran with (center_votes defaults
+# to True for the pixel-baseline families, False for ViT).
+for _name in ("default", "lambda0", "alpha0", "no_norm", "centered"):
+    VARIANTS[f"{_name}_uncentered_votes"] = {**VARIANTS[_name], "center_votes": False}
+
 # Shared by every Shapley variant unless overridden.
 COMMON = dict(
     num_shapley_coalitions=8,
@@ -88,7 +112,25 @@ class Setup:
     device: str = "cpu"
     max_grad_norm: float | None = None
     out_dir: str = str(OUT)
+    family: str = "vit"
     extra: dict = field(default_factory=dict)
+
+    @property
+    def spec(self) -> dict:
+        return FAMILIES[self.family]
+
+
+def _classifier_class(family: str):
+    from transformers import ResNetForImageClassification, ViTForImageClassification
+
+    return {"vit": ViTForImageClassification, "resnet": ResNetForImageClassification}[family]
+
+
+def _backbone_config(family: str, **kwargs):
+    from transformers import ResNetConfig, ViTConfig
+
+    config_class = {"vit": ViTConfig, "resnet": ResNetConfig}[family]
+    return config_class(**FAMILIES[family]["backbone"], **kwargs)
 
 
 def _data(setup: Setup):
@@ -98,8 +140,9 @@ def _data(setup: Setup):
         x = torch.from_numpy(arrays.images).permute(0, 3, 1, 2).float() / 255
         return (x - 0.5) / 0.5, torch.from_numpy(arrays.labels)
 
-    xtr, ytr = prep(generate_shapes(setup.num_train, image_size=64, split="train"))
-    xte, yte = prep(generate_shapes(setup.num_test, image_size=64, split="test"))
+    size = setup.spec["image_size"]
+    xtr, ytr = prep(generate_shapes(setup.num_train, image_size=size, split="train"))
+    xte, yte = prep(generate_shapes(setup.num_test, image_size=size, split="test"))
     return tuple(t.to(setup.device) for t in (xtr, ytr, xte, yte))
 
 
@@ -153,21 +196,26 @@ def _accuracy(model, x, y) -> float:
     return correct / len(x)
 
 
+@torch.no_grad()
+def _predictions(model, x) -> torch.Tensor:
+    model.eval()
+    return torch.cat([model(x[i : i + 500]).logits.argmax(-1).cpu() for i in range(0, len(x), 500)])
+
+
 def pretrained_dir(seed: int, setup: Setup) -> Path:
     """Pretrain (once per seed, cached) the stock classifier with plain cross-entropy."""
-    from transformers import ViTConfig, ViTForImageClassification
-
     from hf_shapley.data import SHAPES_LABELS
 
     clip = f"-clip{setup.max_grad_norm:g}" if setup.max_grad_norm else ""
-    path = Path(setup.out_dir) / f"pretrained-seed{seed}-steps{setup.pretrain_steps}{clip}"
+    family = "" if setup.family == "vit" else f"{setup.family}-"
+    path = Path(setup.out_dir) / f"{family}pretrained-seed{seed}-steps{setup.pretrain_steps}{clip}"
     if (path / "model.safetensors").exists():
         return path
     print(f"pretraining seed {seed} for {setup.pretrain_steps} steps", flush=True)
     torch.manual_seed(seed)
     labels = dict(enumerate(SHAPES_LABELS[:4]))
-    model = ViTForImageClassification(
-        ViTConfig(**BACKBONE, id2label=labels, label2id={v: k for k, v in labels.items()})
+    model = _classifier_class(setup.family)(
+        _backbone_config(setup.family, id2label=labels, label2id={v: k for k, v in labels.items()})
     ).to(setup.device)
     xtr, ytr, xte, yte = _data(setup)
     _train(
@@ -187,8 +235,6 @@ def pretrained_dir(seed: int, setup: Setup) -> Path:
 
 def run_one(variant: str, seed: int, setup: Setup) -> dict:
     torch.set_num_threads(1)
-    from transformers import ViTForImageClassification
-
     import hf_shapley  # noqa: F401  (registers the auto classes)
     from hf_shapley import ShapleyForImageClassification
     from hf_shapley.evaluation import exact_model_shapley_values, shapley_agreement
@@ -196,15 +242,19 @@ def run_one(variant: str, seed: int, setup: Setup) -> dict:
     xtr, ytr, xte, yte = _data(setup)
     source = pretrained_dir(seed, setup)
     torch.manual_seed(seed)
+    classifier_class = _classifier_class(setup.family)
+    original = _predictions(classifier_class.from_pretrained(source).to(setup.device), xte)
     if variant == "plain":
-        model = ViTForImageClassification.from_pretrained(source).to(setup.device)
+        model = classifier_class.from_pretrained(source).to(setup.device)
         times = _train(model, xtr, ytr, setup.steps, setup, seed, shapley=False)
         result = dict(variant=variant, seed=seed, accuracy=_accuracy(model, xte, yte))
     else:
         overrides = {**COMMON, **VARIANTS[variant], **setup.extra}
+        if setup.family != "vit":
+            overrides.setdefault("image_size", setup.spec["image_size"])
         model = ShapleyForImageClassification.from_backbone(
             source,
-            players_grid=PLAYERS_GRID,
+            players_grid=setup.spec["players_grid"],
             load_image_processor=False,
             coalition_seed=seed,
             **overrides,
@@ -235,6 +285,10 @@ def run_one(variant: str, seed: int, setup: Setup) -> dict:
             phi_scale=float(phi_pred.abs().mean()),
             config={k: v for k, v in overrides.items()},
         )
+    # Agreement of the fine-tuned model's predictions with the pretrained classifier's (what
+    # backbone_head with train_backbone=True reports; the plain row is the reference).
+    result["agreement"] = float((_predictions(model, xte) == original).float().mean())
+    result["family"] = setup.family
     result["step_ms"] = 1000 * statistics.median(times[10:])
     result["steps"] = setup.steps
     result["lr"] = setup.lr
@@ -264,6 +318,10 @@ def write_table(results: list[dict], setup: Setup, path: Path) -> None:
         "| fine-tuning | variant | seeds | accuracy (per seed) | mean acc - plain | r pred. class | rel. L2 | r 2nd class | mean abs phi | step ms |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
+    with_agreement = any("agreement" in r for r in results)
+    if with_agreement:  # newer runs also record agreement with the pretrained classifier
+        lines[0] = lines[0].replace("| step ms |", "| agreement w/ pretrained | step ms |")
+        lines[1] += "---|"
     for (device, lr, steps, name), rows in sorted(
         groups.items(), key=lambda kv: (kv[0][:3], kv[0][3] != "plain")
     ):
@@ -275,15 +333,27 @@ def write_table(results: list[dict], setup: Setup, path: Path) -> None:
         lines.append(
             f"| {device}, lr {lr:g}, {steps} steps | {name} | {len(rows)} | {fmt(rows, 'accuracy')} | {acc - plain_acc:+.3f} | "
             f"{fmt(rows, 'pearson')} | {fmt(rows, 'relative_l2')} | {fmt(rows, 'pearson_other')} | "
-            f"{fmt(rows, 'phi_scale', 2)} | {ms:.0f} |"
+            f"{fmt(rows, 'phi_scale', 2)} |"
+            + (f" {fmt(rows, 'agreement')} |" if with_agreement else "")
+            + f" {ms:.0f} |"
         )
-    header = (
+    spec = setup.spec
+    P = spec["players_grid"][0] * spec["players_grid"][1]
+    model_text = (
         f"Tiny ViT ({BACKBONE}), players {PLAYERS_GRID} (one token per player); a stock ViT classifier is "
-        f"pretrained {setup.pretrain_steps} steps with plain CE (lr {setup.pretrain_lr}) per seed, then each variant "
+        if setup.family == "vit"
+        else f"Tiny ResNet ({spec['backbone']}), {spec['image_size']} px images, players "
+        f"{spec['players_grid']} (one final feature cell per player, absent blocks at the baseline 0); "
+        "a stock ResNet classifier is "
+    )
+    header = (
+        model_text
+        + f"pretrained {setup.pretrain_steps} steps with plain CE (lr {setup.pretrain_lr}) per seed, then each variant "
         f"fine-tunes it for the given steps (batch {setup.batch_size}, AdamW, linear warm-up 50 steps and linear "
         f"decay); plain = the stock classifier continued with CE at equal steps. Accuracy on {setup.num_test} "
         f"test images; r (mean per-image Pearson) and rel. L2 (median) against exact Shapley values of the "
-        f"model's own game (all 2^16 coalitions) on {setup.truth_images} test images; common settings {COMMON}. "
+        f"model's own game (all 2^{P} coalitions) on {setup.truth_images} test images; common settings {COMMON}. "
+        "Agreement: the fraction of test images on which the model predicts what the pretrained classifier did. "
         "Step times come from runs two at a time on a shared 2-core CPU: use benchmarks/train_cost.py for cost.\n\n"
     )
     path.write_text("# Recipe study\n\n" + header + "\n".join(lines) + "\n")
@@ -299,6 +369,7 @@ def main(argv: list[str] | None = None) -> None:
         nargs="+",
         default=["plain", "default", "lambda0", "alpha0", "no_norm", "backbone_head"],
     )
+    parser.add_argument("--family", default="vit", choices=sorted(FAMILIES))
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
     parser.add_argument("--steps", type=int, default=Setup.steps)
     parser.add_argument("--lr", type=float, default=Setup.lr, help="fine-tuning learning rate")
@@ -310,7 +381,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--out-dir", type=Path, default=OUT, help="pretrained models and recipe.jsonl"
     )
-    parser.add_argument("--table", type=Path, default=REPO / "benchmarks" / "results" / "recipe.md")
+    parser.add_argument(
+        "--table",
+        type=Path,
+        default=None,
+        help="default: results/recipe.md (vit), recipe_<family>.md",
+    )
     parser.add_argument(
         "--reuse", action="store_true", help="only rebuild the table from recipe.jsonl"
     )
@@ -323,7 +399,11 @@ def main(argv: list[str] | None = None) -> None:
         device=args.device,
         max_grad_norm=args.max_grad_norm,
         out_dir=str(args.out_dir),
+        family=args.family,
     )
+    if args.table is None:
+        name = "recipe.md" if args.family == "vit" else f"recipe_{args.family}.md"
+        args.table = REPO / "benchmarks" / "results" / name
     args.out_dir.mkdir(parents=True, exist_ok=True)
     args.table.parent.mkdir(parents=True, exist_ok=True)
     if not args.reuse:
@@ -341,7 +421,13 @@ def main(argv: list[str] | None = None) -> None:
             list(pool.map(run_one, [v for v, _ in jobs], [s for _, s in jobs], [setup] * len(jobs)))
     lines = (args.out_dir / "recipe.jsonl").read_text().splitlines()
     results = [json.loads(line) for line in lines]
-    results = [r for r in results if r["variant"] in args.variants and r["seed"] in args.seeds]
+    results = [
+        r
+        for r in results
+        if r["variant"] in args.variants
+        and r["seed"] in args.seeds
+        and r.get("family", "vit") == args.family
+    ]
     write_table(results, setup, args.table)
 
 

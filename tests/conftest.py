@@ -1,6 +1,8 @@
-"""Shared fixtures: tiny real backbones of the four token-removal families, built from configs.
+"""Shared fixtures: tiny real backbones of the four token-removal families and the three
+pixel-baseline families (ResNet, ConvNeXt, Swin), built from configs.
 
-Every backbone has a 32 x 32 image and 8 x 8 patches, so a 4 x 4 token grid that both
+Every backbone reads a 32 x 32 image and ends in a 4 x 4 grid (8 x 8 patches for the token
+families; strides of 8 for the pixel-baseline ones), which both
 ``players_grid=(2, 2)`` (P = 4) and ``(4, 4)`` (P = 16) divide. Weights are drawn with a
 large ``initializer_range`` and a random ``shapley_bias`` so that values are O(1): with the
 default 0.02 every head output is ~1e-2 and a 1e-5 tolerance would compare near-zeros.
@@ -14,11 +16,20 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import DeiTConfig, Dinov2Config, Dinov2WithRegistersConfig, ViTConfig
+from transformers import (
+    ConvNextConfig,
+    DeiTConfig,
+    Dinov2Config,
+    Dinov2WithRegistersConfig,
+    ResNetConfig,
+    SwinConfig,
+    ViTConfig,
+)
 
 import hf_shapley
 
 FAMILIES = ("vit", "deit", "dinov2", "dinov2_with_registers")
+PIXEL_FAMILIES = ("resnet", "convnext", "swin")
 NUM_LABELS = 3
 INIT_RANGE = 0.2
 _TINY = dict(
@@ -38,7 +49,45 @@ _CONFIG_CLASSES = {
 }
 
 
+# Pixel-baseline families: 32 px -> a 4 x 4 final grid. ConvNeXt's layer scale starts at 1 (not
+# 1e-6) so that its blocks matter; Swin without drop path so that training-mode passes are
+# deterministic.
+_PIXEL_CONFIGS = {
+    "resnet": (
+        ResNetConfig,
+        dict(embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], layer_type="basic"),
+    ),
+    "convnext": (
+        ConvNextConfig,
+        dict(
+            image_size=32,
+            num_stages=2,
+            hidden_sizes=[8, 16],
+            depths=[1, 1],
+            layer_scale_init_value=1.0,
+            initializer_range=INIT_RANGE,
+        ),
+    ),
+    "swin": (
+        SwinConfig,
+        dict(
+            image_size=32,
+            patch_size=4,
+            embed_dim=8,
+            depths=[1, 1],
+            num_heads=[2, 2],
+            window_size=4,
+            drop_path_rate=0.0,
+            initializer_range=INIT_RANGE,
+        ),
+    ),
+}
+
+
 def tiny_backbone_config(family: str, **overrides):
+    if family in _PIXEL_CONFIGS:
+        config_class, kwargs = _PIXEL_CONFIGS[family]
+        return config_class(**{**kwargs, **overrides})
     config_class, extra = _CONFIG_CLASSES[family]
     return config_class(**{**_TINY, **extra, **overrides})
 
@@ -52,6 +101,8 @@ def tiny_shapley_model(
 ) -> hf_shapley.ShapleyForImageClassification:
     """A fresh model in eval mode with O(1) random weights (deterministic in ``seed``)."""
     torch.manual_seed(seed)
+    if family in _PIXEL_CONFIGS:
+        config_kwargs.setdefault("image_size", 32)  # ResNet configs have no image size
     config = hf_shapley.ShapleyConfig(
         backbone_config=tiny_backbone_config(family),
         num_labels=NUM_LABELS,
@@ -82,6 +133,11 @@ def make_model():
 
 @pytest.fixture(scope="session", params=FAMILIES)
 def family(request) -> str:
+    return request.param
+
+
+@pytest.fixture(scope="session", params=PIXEL_FAMILIES)
+def pixel_family(request) -> str:
     return request.param
 
 

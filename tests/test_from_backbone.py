@@ -17,7 +17,7 @@ from transformers import (
     DeiTForImageClassificationWithTeacher,
     Dinov2ForImageClassification,
     Dinov2WithRegistersForImageClassification,
-    ResNetConfig,
+    RegNetConfig,
     ViTForImageClassification,
     ViTImageProcessor,
     ViTModel,
@@ -36,7 +36,8 @@ CLASSIFIERS = {
 }
 SUPPORTED = (
     r"Supported families: ViT \(vit\), DeiT \(deit\), DINOv2 \(dinov2\), "
-    r"DINOv2 with registers \(dinov2_with_registers\)"
+    r"DINOv2 with registers \(dinov2_with_registers\), ResNet \(resnet\), ConvNeXt \(convnext\), "
+    r"Swin \(swin\)"
 )
 
 
@@ -265,9 +266,9 @@ def test_backbone_head_needs_a_classifier(make_backbone_config):
     "config",
     [
         BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=4),
-        ResNetConfig(hidden_sizes=[8, 16], depths=[1, 1], embedding_size=8),
+        RegNetConfig(hidden_sizes=[8, 16], depths=[1, 1], embedding_size=8),
     ],
-    ids=["bert", "resnet"],
+    ids=["bert", "regnet"],
 )
 def test_unsupported_family_names_the_supported_ones(config):
     match = rf"model_type '{config.model_type}' is not supported.*{SUPPORTED}"

@@ -1,7 +1,8 @@
 """A saved model loads with ``trust_remote_code=True`` in a process where hf_shapley is absent.
 
-The parent saves two models (soft voting on ViT; backbone_head on DINOv2 with registers, the
-family with the most special tokens), then a fresh interpreter (``sys.executable``) in which
+The parent saves five models (soft voting on ViT; backbone_head on DINOv2 with registers, the
+family with the most special tokens; the pixel-baseline families ResNet (soft voting, with a
+non-default baseline), ConvNeXt (backbone_head) and Swin (soft voting)), then a fresh interpreter (``sys.executable``) in which
 importing ``hf_shapley`` is blocked (a meta-path finder ahead of the editable install's
 finder, and the ``src`` directory removed from ``sys.path``) loads them from the saved code
 files alone, offline, with its own module cache, and writes its outputs to a file.
@@ -34,8 +35,11 @@ CODE_FILES = (
     "visualization.py",
 )
 MODELS = {
-    "vit_sum": ("vit", "shapley_sum"),
-    "dinov2reg_head": ("dinov2_with_registers", "backbone_head"),
+    "vit_sum": ("vit", "shapley_sum", {}),
+    "dinov2reg_head": ("dinov2_with_registers", "backbone_head", {}),
+    "resnet_sum": ("resnet", "shapley_sum", {"pixel_baseline": [0.5, -0.5, 0.0]}),
+    "convnext_head": ("convnext", "backbone_head", {}),
+    "swin_sum": ("swin", "shapley_sum", {}),
 }
 
 CHILD = r"""
@@ -83,8 +87,8 @@ with open(os.path.join(io_dir, "child_info.json"), "w") as f:
 def saved_models(tmp_path_factory, make_model):
     root = tmp_path_factory.mktemp("remote_code")
     models, dirs = {}, {}
-    for name, (family, mode) in MODELS.items():
-        model = make_model(family, players_grid=(2, 2), prediction_mode=mode)
+    for name, (family, mode, extra) in MODELS.items():
+        model = make_model(family, players_grid=(2, 2), prediction_mode=mode, **extra)
         dirs[name] = root / name
         model.save_pretrained(dirs[name])
         models[name] = model

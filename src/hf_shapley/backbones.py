@@ -5,6 +5,11 @@ tokens) is removed. For the token-removal families (ViT, DeiT, DINOv2 with and w
 registers) an absent player's tokens are dropped after the position embedding, so the
 remaining tokens see exactly the sequence they would see if the image were cut down to them.
 
+The pixel-baseline families (ResNet, ConvNeXt, Swin) cannot drop tokens: a player is the
+block of pixels under its cells of the final feature map, and an absent player's pixels take
+a baseline value (:class:`PixelBaselineAdapter`). Every player still votes, so the empty
+coalition is the model on the all-baseline image.
+
 An adapter knows, for one family, where the patch tokens sit in the sequence, how to embed an
 image once, how to run the encoder blocks on a (packed) sequence with an attention mask, and
 what the wrapped classifier head reads. These call backbone internals that moved between
@@ -16,11 +21,13 @@ This file is shipped as remote code: relative imports only.
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from transformers import PreTrainedConfig, PreTrainedModel
 
@@ -37,6 +44,8 @@ class TokenRemovalAdapter:
         classifier_reads_patch_mean: The family's classifier reads ``[CLS, mean(patch tokens)]``
             (DINOv2) instead of the CLS token alone.
     """
+
+    kind: ClassVar[str] = "token_removal"
 
     family: str
     model_types: tuple[str, ...]
@@ -121,13 +130,128 @@ class TokenRemovalAdapter:
         return torch.cat([cls, mean], dim=-1)
 
 
+@dataclass(frozen=True)
+class PixelBaselineAdapter:
+    """Adapter for a backbone that cannot drop tokens (ResNet, ConvNeXt, Swin).
+
+    A player is the block of pixels under its cells of the final feature map (row-major over
+    ``players_grid``); an absent player's pixels take the baseline. The Shapley head reads one
+    feature vector per final cell; the family's own classifier reads the pooled features.
+
+    Attributes:
+        family: Human-readable family name, used in messages.
+        model_types: ``config.model_type`` values this adapter serves.
+        model_attribute: Name of the backbone inside the family's ``*ForImageClassification``.
+        layout: ``"channels_first"``: ``last_hidden_state`` is (B, C, h, w) (ResNet, ConvNeXt);
+            ``"tokens"``: (B, h * w, C) after the final norm (Swin).
+        has_pooler: The base model takes ``add_pooling_layer`` (Swin).
+        cell_norm: The family normalizes the pooled features with the base model's final
+            ``layernorm`` (ConvNeXt); the Shapley head then reads each cell through it too.
+        pool_linear_head: The classifier is a linear map of the mean of the cell features
+            (ResNet, Swin), so soft voting can reproduce it exactly (r_i = W f_i / N, b = bias).
+    """
+
+    kind: ClassVar[str] = "pixel_baseline"
+
+    family: str
+    model_types: tuple[str, ...]
+    model_attribute: str
+    layout: str
+    has_pooler: bool = False
+    cell_norm: bool = False
+    pool_linear_head: bool = True
+
+    # ----------------------------------------------------------------- geometry
+    def num_special_tokens(self, config: PreTrainedConfig) -> int:
+        return 0
+
+    def image_size(self, config: PreTrainedConfig) -> tuple[int, int]:
+        """The backbone config's ``image_size`` (ConvNeXt, Swin), else 224 (ResNet has none)."""
+        return _pair(getattr(config, "image_size", None) or 224)
+
+    def token_grid(
+        self, config: PreTrainedConfig, image_size: tuple[int, int] | None = None
+    ) -> tuple[int, int]:
+        """The final feature grid (h, w) for an image of ``image_size``, from the family's strides."""
+        height, width = image_size or self.image_size(config)
+        return self._feature_size(config, height), self._feature_size(config, width)
+
+    def _feature_size(self, config: PreTrainedConfig, n: int) -> int:
+        if self.family == "ResNet":
+            # 7x7/2 conv (pad 3) and 3x3/2 max pool (pad 1), then 3x3 convs (pad 1) of stride 2 in
+            # every stage but the first (also the first with downsample_in_first_stage).
+            n = math.ceil(math.ceil(n / 2) / 2)
+            downsamples = len(config.depths) - 1 + int(bool(config.downsample_in_first_stage))
+            for _ in range(downsamples):
+                n = math.ceil(n / 2)
+            return n
+        if self.family == "ConvNeXt":
+            # patchify stem (kernel = stride = patch_size), then a 2x2/2 conv before every later stage.
+            n = n // _pair(config.patch_size)[0]
+            for _ in range(config.num_stages - 1):
+                n = n // 2
+            return n
+        if self.family == "Swin":
+            # patch embedding (padded up to a multiple of patch_size), then a patch merging (padded
+            # to even) after every stage but the last.
+            n = math.ceil(n / _pair(config.patch_size)[0])
+            for _ in range(len(config.depths) - 1):
+                n = (n + 1) // 2
+            return n
+        raise NotImplementedError(self.family)
+
+    def hidden_size(self, config: PreTrainedConfig) -> int:
+        if self.family == "Swin":
+            return int(config.embed_dim * 2 ** (len(config.depths) - 1))
+        return int(config.hidden_sizes[-1])
+
+    def classifier_in_features(self, config: PreTrainedConfig) -> int:
+        return self.hidden_size(config)
+
+    # ----------------------------------------------------------------- modules
+    def build(self, config: PreTrainedConfig) -> PreTrainedModel:
+        """The base model, without a pooler where the family has one with parameters."""
+        from transformers import AutoModel
+
+        kwargs = {"add_pooling_layer": False} if self.has_pooler else {}
+        return AutoModel.from_config(config, **kwargs)
+
+    def embed(self, backbone: nn.Module, pixel_values: torch.Tensor) -> torch.Tensor:
+        """Nothing is embedded once per image: players are removed in pixel space."""
+        return pixel_values
+
+    def encode(self, backbone: nn.Module, pixel_values: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) -> the family's ``last_hidden_state``."""
+        return backbone(pixel_values).last_hidden_state
+
+    def cell_features(self, backbone: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
+        """``last_hidden_state`` -> (B, h * w, D): one feature vector per final cell, row-major."""
+        if self.layout == "channels_first":
+            hidden = hidden.flatten(2).transpose(1, 2)
+        if self.cell_norm:
+            hidden = backbone.layernorm(hidden)
+        return hidden
+
+    def pooled_features(self, backbone: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
+        """``last_hidden_state`` -> (B, D), computed as the family's own classifier input is
+        (same operations, so that a wrapped classifier's predictions stay bit-identical)."""
+        if self.family == "ResNet":
+            return torch.flatten(backbone.pooler(hidden), 1)
+        if self.family == "ConvNeXt":
+            return backbone.layernorm(hidden.mean([-2, -1]))
+        # Swin: AdaptiveAvgPool1d over the tokens (the base model is built without its pooler).
+        return torch.flatten(F.adaptive_avg_pool1d(hidden.transpose(1, 2), 1), 1)
+
+
 def _pair(value) -> tuple[int, int]:
     if isinstance(value, (list, tuple)):
         return int(value[0]), int(value[1])
     return int(value), int(value)
 
 
-ADAPTERS: dict[str, TokenRemovalAdapter] = {}
+Adapter = TokenRemovalAdapter | PixelBaselineAdapter
+
+ADAPTERS: dict[str, Adapter] = {}
 for _adapter in (
     TokenRemovalAdapter("ViT", ("vit",), "vit", "layers"),
     TokenRemovalAdapter("DeiT", ("deit",), "deit", "layers", distillation_token=True),
@@ -147,6 +271,16 @@ for _adapter in (
         has_pooler=False,
         classifier_reads_patch_mean=True,
     ),
+    PixelBaselineAdapter("ResNet", ("resnet",), "resnet", "channels_first"),
+    PixelBaselineAdapter(
+        "ConvNeXt",
+        ("convnext",),
+        "convnext",
+        "channels_first",
+        cell_norm=True,
+        pool_linear_head=False,
+    ),
+    PixelBaselineAdapter("Swin", ("swin",), "swin", "tokens", has_pooler=True),
 ):
     for _model_type in _adapter.model_types:
         ADAPTERS[_model_type] = _adapter
@@ -156,7 +290,7 @@ def supported_model_types() -> list[str]:
     return sorted(ADAPTERS)
 
 
-def get_adapter(config: PreTrainedConfig) -> TokenRemovalAdapter:
+def get_adapter(config: PreTrainedConfig) -> Adapter:
     """The adapter for ``config.model_type``; a clear error naming the supported families."""
     model_type = getattr(config, "model_type", None)
     if model_type not in ADAPTERS:
@@ -169,31 +303,46 @@ def get_adapter(config: PreTrainedConfig) -> TokenRemovalAdapter:
     return ADAPTERS[model_type]
 
 
-def _unique_adapters() -> list[TokenRemovalAdapter]:
-    seen: dict[int, TokenRemovalAdapter] = {}
+def _unique_adapters() -> list[Adapter]:
+    seen: dict[int, Adapter] = {}
     for adapter in ADAPTERS.values():
         seen.setdefault(id(adapter), adapter)
     return list(seen.values())
 
 
 def player_index_of_tokens(
-    token_grid: tuple[int, int], players_grid: tuple[int, int]
+    token_grid: tuple[int, int], players_grid: tuple[int, int], grid_name: str = "token"
 ) -> torch.Tensor:
     """(N,) long: the player of each patch token, row-major over both grids.
 
-    Raises a ``ValueError`` when the players grid does not divide the token grid.
+    Raises a ``ValueError`` when the players grid does not divide the token grid
+    (``grid_name`` names it: "token", or "final feature" for the pixel-baseline families).
     """
     (gh, gw), (ph, pw) = token_grid, players_grid
     if gh % ph or gw % pw:
         divisors_h = [d for d in range(1, gh + 1) if gh % d == 0]
         divisors_w = [d for d in range(1, gw + 1) if gw % d == 0]
         raise ValueError(
-            f"players_grid={tuple(players_grid)} does not divide the backbone's {gh} x {gw} token "
-            f"grid. Choose rows from {divisors_h} and columns from {divisors_w}."
+            f"players_grid={tuple(players_grid)} does not divide the backbone's {gh} x {gw} "
+            f"{grid_name} grid. Choose rows from {divisors_h} and columns from {divisors_w}."
         )
     rows = torch.arange(gh).div(gh // ph, rounding_mode="floor")
     cols = torch.arange(gw).div(gw // pw, rounding_mode="floor")
     return (rows[:, None] * pw + cols[None, :]).reshape(-1)
+
+
+def player_index_of_pixels(
+    image_size: tuple[int, int], players_grid: tuple[int, int]
+) -> torch.Tensor:
+    """(H, W) long: the player of each pixel, row-major, for the pixel-baseline families.
+
+    Player (r, c) owns pixel rows ``[r * H / h, (r + 1) * H / h)`` and the same for columns: the
+    pixels under its cells of the final feature map when the strides divide the image size.
+    """
+    (height, width), (ph, pw) = image_size, players_grid
+    rows = torch.arange(height) * ph // height
+    cols = torch.arange(width) * pw // width
+    return rows[:, None] * pw + cols[None, :]
 
 
 @dataclass
@@ -257,7 +406,7 @@ def _split_model(model: PreTrainedModel) -> LoadedBackbone:
     base = getattr(model, adapter.model_attribute, None)
     if base is None:  # already the base model (ViTModel, Dinov2Model, ...)
         return LoadedBackbone(config=model.config, model=model)
-    classifier = getattr(model, "classifier", None)
+    classifier = _linear_head(getattr(model, "classifier", None))
     if not isinstance(classifier, nn.Linear):
         raise ValueError(
             f"{type(model).__name__} has no single linear `classifier` head to explain. Wrap its base "
@@ -266,11 +415,23 @@ def _split_model(model: PreTrainedModel) -> LoadedBackbone:
     return LoadedBackbone(config=model.config, model=base, classifier=classifier)
 
 
+def _linear_head(classifier: nn.Module | None) -> nn.Module | None:
+    """The linear layer of a head that is one, possibly behind a flatten (ResNet's
+    ``Sequential(Flatten, Linear)``); the head itself otherwise."""
+    if isinstance(classifier, nn.Sequential):
+        layers = [m for m in classifier if not isinstance(m, (nn.Flatten, nn.Identity))]
+        if len(layers) == 1 and isinstance(layers[0], nn.Linear):
+            return layers[0]
+    return classifier
+
+
 __all__ = [
     "LoadedBackbone",
+    "PixelBaselineAdapter",
     "TokenRemovalAdapter",
     "get_adapter",
     "load_backbone",
+    "player_index_of_pixels",
     "player_index_of_tokens",
     "supported_model_types",
 ]

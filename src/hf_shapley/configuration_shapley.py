@@ -59,6 +59,13 @@ def _drop_locally_registered_pipelines(kwargs: dict) -> None:
         kwargs.pop("custom_pipelines")
 
 
+def _as_float(value):
+    """Numbers as float; anything else unchanged, for validation to reject with a clear message."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    return value
+
+
 class ShapleyConfig(PreTrainedConfig):
     r"""Configuration of a self-explaining image classifier.
 
@@ -68,13 +75,33 @@ class ShapleyConfig(PreTrainedConfig):
 
     Args:
         backbone_config (`dict` or `PreTrainedConfig`, *optional*):
-            Config of the wrapped vision backbone (ViT, DeiT, DINOv2, DINOv2 with registers).
+            Config of the wrapped vision backbone: a token-removal family (ViT, DeiT, DINOv2,
+            DINOv2 with registers) or a pixel-baseline family (ResNet, ConvNeXt, Swin).
             Defaults to a ViT-Base config.
         players_grid (`tuple[int, int]`, *optional*):
             ``(h, w)``: the token grid is split into ``h x w`` players, each a rectangular group
             of tokens that is present or absent as a whole. Must divide the backbone's token grid.
             Defaults to the token grid itself (every patch token is a player). A model explains
             only the grid it was trained on: Shapley values do not add up under regrouping.
+            For the pixel-baseline families the grid is the final feature map's (ResNet-50 at
+            224 px: 7 x 7) and a player is the block of pixels under its cells.
+        image_size (`tuple[int, int]`, *optional*):
+            Pixel-baseline families only: the input size, which fixes the final feature grid
+            and the players' pixel blocks. Defaults to the backbone config's ``image_size``
+            (ConvNeXt, Swin), else 224 (ResNet configs have none). Token-removal families take
+            the backbone config's and reject another value.
+        pixel_baseline (`float` or `list[float]`, *optional*, defaults to 0.0):
+            Pixel-baseline families only: the value an absent player's pixels take, in the
+            normalized space the model reads (0 = the data mean with the usual normalization),
+            one value for all channels or one per channel. ``v(empty)`` is the model on the
+            all-baseline image, so ``base_values`` depend on it.
+        center_votes (`bool`, *optional*):
+            Soft voting only: subtract each player's mean over classes from its votes, which
+            removes from the model the class-common direction of the logits that neither
+            cross-entropy nor distillation can see (predictions are unchanged). Without it a
+            pixel-baseline game is dominated by that direction. Defaults to `True` for the
+            pixel-baseline families and `False` for the token-removal ones (see
+            benchmarks/results/recipe.md).
         head_hidden_size (`int`, *optional*, defaults to 0):
             Hidden width of the per-token Shapley head; 0 gives a linear head.
         head_dropout (`float`, *optional*, defaults to 0.0):
@@ -142,6 +169,9 @@ class ShapleyConfig(PreTrainedConfig):
 
     backbone_config: dict | PreTrainedConfig | None = None
     players_grid: list[int] | tuple[int, ...] | None = None
+    image_size: list[int] | tuple[int, ...] | None = None
+    pixel_baseline: float | list[float] = 0.0
+    center_votes: bool | None = None
     head_hidden_size: int = 0
     head_dropout: float = 0.0
     prediction_mode: str = "shapley_sum"
@@ -167,6 +197,14 @@ class ShapleyConfig(PreTrainedConfig):
         super().__post_init__(**kwargs)
         if self.players_grid is not None:
             self.players_grid = [int(s) for s in self.players_grid]
+        if isinstance(self.image_size, int):
+            self.image_size = [self.image_size, self.image_size]
+        if self.image_size is not None:
+            self.image_size = [int(s) for s in self.image_size]
+        if isinstance(self.pixel_baseline, (list, tuple)):
+            self.pixel_baseline = [_as_float(v) for v in self.pixel_baseline]
+        else:
+            self.pixel_baseline = _as_float(self.pixel_baseline)
         self.validate_shapley_options()
 
     def validate_shapley_options(self) -> None:
@@ -185,6 +223,17 @@ class ShapleyConfig(PreTrainedConfig):
                     "players_grid=(1, 1) gives a game with a single player, whose Shapley value is "
                     "just the prediction; use a grid with at least 2 players, e.g. (2, 2)."
                 )
+        if self.image_size is not None and (len(self.image_size) != 2 or min(self.image_size) < 1):
+            raise ValueError(
+                f"image_size must be two positive integers (height, width); got {self.image_size!r}."
+            )
+        baseline = self.pixel_baseline
+        values = baseline if isinstance(baseline, list) else [baseline]
+        if not values or not all(isinstance(v, float) and abs(v) < float("inf") for v in values):
+            raise ValueError(
+                "pixel_baseline must be a finite number or a list of one finite number per channel; "
+                f"got {baseline!r}."
+            )
         if self.num_shapley_coalitions < 0 or self.num_shapley_coalitions % 2:
             raise ValueError(
                 "num_shapley_coalitions must be a non-negative even number (coalitions come in "

@@ -13,6 +13,16 @@ Coalitions are evaluated without padding waste: a coalition S and its complement
 into one sequence (two copies of the special tokens, then every patch token once) under a
 block-diagonal attention mask, so a pair of complementary coalitions costs one full pass.
 
+Pixel-baseline families (ResNet, ConvNeXt, Swin) cannot drop tokens: an absent player's pixel
+block takes the baseline ``z`` (``config.pixel_baseline``) and every player votes, so
+``v(empty)`` is the model on the all-baseline image,
+``base_values = b + sum_j r_j(z)`` and ``shapley_values_i = r_i(x) - (1/P) sum_j r_j(z)``
+(which the Shapley regression uses). That extra pass is one image whatever the batch; it is
+cached in eval mode and the cache is dropped by ``train()``/``eval()``, weight loading and
+device or dtype moves (call :meth:`ShapleyForImageClassification.clear_baseline_cache` after
+editing weights in place in eval mode). Masked, target and baseline passes run normalization
+layers in eval mode, so only the unmasked training pass updates BatchNorm statistics.
+
 This file is shipped as remote code: relative imports only.
 """
 
@@ -31,7 +41,13 @@ from transformers import PreTrainedConfig, PreTrainedModel
 from transformers import initialization as init
 from transformers.utils import ModelOutput
 
-from .backbones import TokenRemovalAdapter, get_adapter, load_backbone, player_index_of_tokens
+from .backbones import (
+    Adapter,
+    get_adapter,
+    load_backbone,
+    player_index_of_pixels,
+    player_index_of_tokens,
+)
 from .coalitions import check_coalitions
 from .configuration_shapley import CUSTOM_PIPELINES, ShapleyConfig
 
@@ -113,8 +129,14 @@ class ShapleyPreTrainedModel(PreTrainedModel):
             # Non-persistent buffers are not in the checkpoint: rebuild them on every load.
             init.copy_(
                 module.token_to_player,
-                player_index_of_tokens(module.token_grid, module.players_grid),
+                player_index_of_tokens(module.token_grid, module.players_grid, module._grid_name),
             )
+            if module.adapter.kind == "pixel_baseline":
+                init.copy_(
+                    module.pixel_to_player,
+                    player_index_of_pixels(module.image_size, module.players_grid),
+                )
+                init.copy_(module.baseline_pixels, module._baseline_pixels())
 
 
 class ShapleyForImageClassification(ShapleyPreTrainedModel):
@@ -139,10 +161,32 @@ class ShapleyForImageClassification(ShapleyPreTrainedModel):
             raise ValueError("ShapleyConfig.backbone_config is required.")
         adapter = get_adapter(config.backbone_config)
         backbone_config = config.backbone_config
-        token_grid = adapter.token_grid(backbone_config)
+        self.adapter: Adapter = adapter
+        pixel_baseline = adapter.kind == "pixel_baseline"
+        if pixel_baseline:
+            image_size = tuple(config.image_size or adapter.image_size(backbone_config))
+            token_grid = adapter.token_grid(backbone_config, image_size)
+            if min(token_grid) < 1:
+                raise ValueError(
+                    f"A {image_size[0]} x {image_size[1]} image is too small for this {adapter.family} "
+                    f"backbone: its final feature grid would be {token_grid[0]} x {token_grid[1]}."
+                )
+        else:
+            image_size = adapter.image_size(backbone_config)
+            token_grid = adapter.token_grid(backbone_config)
+            if config.image_size is not None and tuple(config.image_size) != image_size:
+                raise ValueError(
+                    f"image_size={tuple(config.image_size)} differs from the {adapter.family} backbone "
+                    f"config's {image_size}; set it in the backbone config instead."
+                )
         if config.players_grid is None:
             config.players_grid = list(token_grid)
-        self.adapter: TokenRemovalAdapter = adapter
+        self.image_size = image_size
+        # Soft voting with class-centered votes (None: on for the pixel-baseline families).
+        self.center_votes = bool(
+            config.center_votes if config.center_votes is not None else pixel_baseline
+        )
+        self._grid_name = "final feature" if pixel_baseline else "token"
         self.num_special_tokens = adapter.num_special_tokens(backbone_config)
         self.token_grid = token_grid
         self.players_grid = tuple(config.players_grid)
@@ -150,9 +194,18 @@ class ShapleyForImageClassification(ShapleyPreTrainedModel):
         self.num_labels = config.num_labels
         self.register_buffer(
             "token_to_player",
-            player_index_of_tokens(token_grid, self.players_grid),
+            player_index_of_tokens(token_grid, self.players_grid, self._grid_name),
             persistent=False,
         )
+        if pixel_baseline:
+            self.register_buffer(
+                "pixel_to_player",
+                player_index_of_pixels(image_size, self.players_grid),
+                persistent=False,
+            )
+            self.register_buffer("baseline_pixels", self._baseline_pixels(), persistent=False)
+        # v(empty) of a pixel-baseline model in eval mode: (key, (K,) tensor) or None.
+        self._baseline_cache: tuple[tuple, torch.Tensor] | None = None
 
         self.backbone = adapter.build(backbone_config)
         hidden_size = adapter.hidden_size(backbone_config)
@@ -199,9 +252,12 @@ class ShapleyForImageClassification(ShapleyPreTrainedModel):
                 (``ViTForImageClassification``), whose weights are kept.
             num_labels, id2label, label2id: The labels. A classifier's labels are inherited;
                 giving a different count is an error.
-            players_grid: ``(h, w)``, dividing the backbone's token grid.
+            players_grid: ``(h, w)``, dividing the backbone's token grid (final feature grid for
+                ResNet, ConvNeXt, Swin).
             prediction_mode: Defaults to ``"backbone_head"`` for a fine-tuned classifier (its
-                CLS-token head cannot become soft voting) and ``"shapley_sum"`` otherwise.
+                CLS-token head cannot become soft voting) and ``"shapley_sum"`` otherwise. A
+                ResNet or Swin classifier (average pool + linear) wrapped with ``"shapley_sum"``
+                starts from soft voting that reproduces its logits.
             train_backbone: In ``backbone_head`` mode, ``False`` freezes the classifier so its
                 predictions stay bit-identical.
             load_image_processor: For a path or Hub id, also load the image processor and
@@ -271,10 +327,29 @@ class ShapleyForImageClassification(ShapleyPreTrainedModel):
                 )
         if mode == "backbone_head":
             model.classifier.load_state_dict(loaded.classifier.state_dict())
+        elif is_classifier and getattr(adapter, "pool_linear_head", False):
+            model._init_soft_voting_from_classifier(loaded.classifier)
         if loaded.image_processor is not None:
-            _check_image_processor_size(loaded.image_processor, adapter.image_size(backbone_config))
+            _check_image_processor_size(loaded.image_processor, model.image_size)
             model.image_processor = loaded.image_processor
         return model
+
+    @torch.no_grad()
+    def _init_soft_voting_from_classifier(self, classifier: nn.Linear) -> None:
+        """Soft voting that reproduces an average-pool + linear classifier (ResNet, Swin):
+        ``r_c = W f_c / N`` per final cell, ``b = bias``, so ``b + sum_c r_c = W mean_c f_c + bias``:
+        its logits exactly with ``center_votes=False``; with centered votes (the default for these
+        families) its logits minus their mean over classes plus that of the bias, so the same
+        probabilities and predictions."""
+        if self.shapley_head.dense is not None:
+            return  # a hidden layer cannot copy a linear map exactly: keep the random init
+        num_cells = self.token_grid[0] * self.token_grid[1]
+        self.shapley_head.out_proj.weight.copy_(classifier.weight / num_cells)
+        self.shapley_head.out_proj.bias.zero_()
+        if classifier.bias is not None:
+            self.shapley_bias.copy_(classifier.bias)
+        else:
+            self.shapley_bias.zero_()
 
     @classmethod
     def from_pretrained(cls, *args: Any, **kwargs: Any):
@@ -295,7 +370,7 @@ class ShapleyForImageClassification(ShapleyPreTrainedModel):
         # The soft-voting bias is unused in backbone_head mode; DINOv2's mask_token always
         # (it is only read with bool_masked_pos).
         self.shapley_bias.requires_grad_(self.config.prediction_mode == "shapley_sum")
-        mask_token = getattr(self.backbone.embeddings, "mask_token", None)
+        mask_token = getattr(getattr(self.backbone, "embeddings", None), "mask_token", None)
         if isinstance(mask_token, nn.Parameter):
             mask_token.requires_grad_(False)
 
@@ -356,7 +431,7 @@ class ShapleyForImageClassification(ShapleyPreTrainedModel):
             )
         cfg = self.config.backbone_config
         channels = getattr(cfg, "num_channels", 3)
-        height, width = self.adapter.image_size(cfg)
+        height, width = self.image_size
         expected = f"(B, {channels}, {height}, {width})"
         if pixel_values.ndim != 4:
             raise ValueError(
@@ -454,11 +529,13 @@ class ShapleyForImageClassification(ShapleyPreTrainedModel):
         return self._explain_from_embeddings(embeddings)
 
     def _explain_from_embeddings(self, embeddings: torch.Tensor) -> ShapleyImageClassifierOutput:
+        if self.adapter.kind == "pixel_baseline":
+            return self._explain_pixels(embeddings)
         s = self.num_special_tokens
         states = self.adapter.encode(self.backbone, embeddings, None)
         patch_states = states[:, s:]
         if self.config.prediction_mode == "shapley_sum":
-            r = self._player_values(self.shapley_head(patch_states))
+            r = self._player_values(self._votes(patch_states))
             base = self.shapley_bias.float().expand(r.shape[0], -1)
             return ShapleyImageClassifierOutput(
                 logits=base + r.sum(1), shapley_values=r, base_values=base
@@ -479,6 +556,14 @@ class ShapleyForImageClassification(ShapleyPreTrainedModel):
         return ShapleyImageClassifierOutput(
             logits=logits.float(), shapley_values=phi, base_values=base.float()
         )
+
+    def _votes(self, features: torch.Tensor) -> torch.Tensor:
+        """Soft-voting contributions of each token or cell: the Shapley head's output, minus its
+        mean over classes with ``center_votes`` (softmax-invariant, so predictions keep)."""
+        votes = self.shapley_head(features)
+        if self.center_votes:
+            votes = votes - votes.mean(-1, keepdim=True)
+        return votes
 
     def _player_values(self, token_values: torch.Tensor) -> torch.Tensor:
         """(B, N, K) per-token contributions -> (B, P, K) per-player sums."""
@@ -509,6 +594,8 @@ class ShapleyForImageClassification(ShapleyPreTrainedModel):
         Adjacent complementary coalitions ``[S, ~S]`` share one packed sequence; any other
         coalition is packed with its own complement, whose value is discarded.
         """
+        if self.adapter.kind == "pixel_baseline":
+            return self._pixel_coalition_values(embeddings, coalitions, chunk_size=chunk_size)
         B, M, P = coalitions.shape
         paired = M % 2 == 0 and bool((coalitions[:, 1::2] == ~coalitions[:, 0::2]).all())
         primary = coalitions[:, 0::2] if paired else coalitions
@@ -554,7 +641,7 @@ class ShapleyForImageClassification(ShapleyPreTrainedModel):
         states = self.adapter.encode(self.backbone, sequence, attention_mask[:, None])
         patch_states = states[:, 2 * s :]
         if self.config.prediction_mode == "shapley_sum":
-            token_values = self.shapley_head(patch_states)
+            token_values = self._votes(patch_states)
             weights = in_s.to(token_values.dtype)[..., None]
             bias = self.shapley_bias.float()
             return bias + (token_values * weights).sum(1), bias + (
@@ -565,6 +652,159 @@ class ShapleyForImageClassification(ShapleyPreTrainedModel):
             self.adapter.classifier_features(states[:, s : 2 * s], patch_states, ~in_s)
         )
         return v_in.float(), v_out.float()
+
+    # ------------------------------------------------------------------ pixel-baseline families
+    def _baseline_pixels(self) -> torch.Tensor:
+        """(C, 1, 1) fp32: the value an absent player's pixels take (``config.pixel_baseline``)."""
+        channels = getattr(self.config.backbone_config, "num_channels", 3)
+        value = torch.tensor(self.config.pixel_baseline, dtype=torch.float32).reshape(-1)
+        if value.numel() not in (1, channels):
+            raise ValueError(
+                f"pixel_baseline has {value.numel()} values but the backbone reads {channels} channels; "
+                "give one value, or one per channel."
+            )
+        return value.expand(channels).reshape(channels, 1, 1).clone()
+
+    def _pixel_features(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One backbone pass -> (per-cell features (n, N, D), what the classifier reads or None)."""
+        hidden = self.adapter.encode(self.backbone, pixel_values)
+        cells = self.adapter.cell_features(self.backbone, hidden)
+        if self.config.prediction_mode == "shapley_sum":
+            return cells, None
+        return cells, self.classifier(self.adapter.pooled_features(self.backbone, hidden))
+
+    def _pixel_logits(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """(n, C, H, W) images (already masked) -> (n, K) fp32 logits of the prediction mode."""
+        cells, classifier_logits = self._pixel_features(pixel_values)
+        if classifier_logits is not None:
+            return classifier_logits.float()
+        return self.shapley_bias.float() + self._votes(cells).sum(1)
+
+    def _baseline_value(self, like: torch.Tensor) -> torch.Tensor:
+        """(K,) fp32 of the all-baseline image z: ``sum_j r_j(z)`` (soft voting) or the classifier's
+        logits (backbone_head). Normalization layers and dropout run in eval mode; cached in eval
+        mode (detached), recomputed on every call in training mode (one image, with gradients)."""
+        key = (
+            like.device,
+            like.dtype,
+            torch.is_autocast_enabled(like.device.type),
+            self.config.prediction_mode,
+        )
+        if not self.training and self._baseline_cache is not None:
+            cached_key, cached = self._baseline_cache
+            if cached_key == key:
+                return cached
+        from .objective import frozen_statistics
+
+        image = self.baseline_pixels.to(device=like.device, dtype=like.dtype)
+        image = image.expand(1, -1, *self.image_size)
+        with frozen_statistics(self, disable_dropout=True):
+            cells, classifier_logits = self._pixel_features(image)
+            if classifier_logits is None:
+                value = self._votes(cells).sum(1)[0]
+            else:
+                value = classifier_logits[0].float()
+        if not self.training:
+            # A normal tensor even when computed under inference_mode, so that a later forward
+            # with autograd (attribution baselines such as Grad-CAM) can use the cached value.
+            with torch.inference_mode(False):
+                self._baseline_cache = (key, value.detach().clone())
+        return value
+
+    def clear_baseline_cache(self) -> None:
+        """Forget the cached ``v(empty)`` (pixel-baseline families). ``train()``, ``eval()``,
+        ``load_state_dict`` and moves between devices or dtypes call it; call it yourself after
+        editing weights in place while the model stays in eval mode."""
+        self._baseline_cache = None
+
+    def _explain_pixels(self, pixel_values: torch.Tensor) -> ShapleyImageClassifierOutput:
+        """Full prediction of a pixel-baseline model: every player present, all of them voting."""
+        cells, classifier_logits = self._pixel_features(pixel_values)
+        empty = self._baseline_value(pixel_values)  # (K,)
+        B = pixel_values.shape[0]
+        if classifier_logits is None:
+            r = self._player_values(self._votes(cells))
+            bias = self.shapley_bias.float()
+            logits = bias + r.sum(1)
+            base = (bias + empty).expand(B, -1)
+            phi = r - (empty / self.num_players)
+            return ShapleyImageClassifierOutput(logits=logits, shapley_values=phi, base_values=base)
+        # backbone_head: as for the token families, efficiency by spreading the residual evenly.
+        logits = classifier_logits.float()
+        base = empty.expand(B, -1)
+        features = cells if self.config.train_backbone else cells.detach()
+        r = self._player_values(self.shapley_head(features))
+        gap = (logits - base) - r.sum(1)
+        phi = r + gap[:, None] / self.num_players
+        return ShapleyImageClassifierOutput(logits=logits, shapley_values=phi, base_values=base)
+
+    def _pixel_coalition_values(
+        self, pixel_values: torch.Tensor, coalitions: torch.Tensor, *, chunk_size: int | None
+    ) -> torch.Tensor:
+        """v_x(S) of a pixel-baseline model: the model on x with absent players' blocks at the
+        baseline, normalization layers in eval mode. One backbone pass per coalition, at most
+        ``config.coalition_batch_size`` images per call (``chunk_size`` may only lower it)."""
+        from .objective import frozen_statistics
+
+        B, M, P = coalitions.shape
+        flat = coalitions.reshape(B * M, P)
+        image_of = torch.arange(B, device=flat.device).repeat_interleave(M)
+        chunk = min(
+            chunk_size or self.config.coalition_batch_size, self.config.coalition_batch_size
+        )
+        baseline = self.baseline_pixels.to(pixel_values.dtype)
+        values = []
+        with frozen_statistics(self, disable_dropout=False):
+            for start in range(0, flat.shape[0], chunk):
+                sl = slice(start, start + chunk)
+                present = flat[sl][:, self.pixel_to_player]  # (n, H, W)
+                images = torch.where(present[:, None], pixel_values[image_of[sl]], baseline)
+                values.append(self._pixel_logits(images))
+        return torch.cat(values).reshape(B, M, -1)
+
+    # ------------------------------------------------------------------ modes and caches
+    def train(self, mode: bool = True):
+        """Also drops the cached ``v(empty)``; a frozen classifier (``backbone_head`` with
+        ``train_backbone=False``) stays in eval mode, so that its predictions and BatchNorm
+        statistics never change."""
+        super().train(mode)
+        self.clear_baseline_cache()
+        if (
+            mode
+            and self.config.prediction_mode == "backbone_head"
+            and not self.config.train_backbone
+        ):
+            self.backbone.eval()
+            if self.classifier is not None:
+                self.classifier.eval()
+        return self
+
+    def load_state_dict(self, state_dict, *args, **kwargs):
+        self.clear_baseline_cache()
+        return super().load_state_dict(state_dict, *args, **kwargs)
+
+    def _apply(self, fn, *args, **kwargs):
+        if getattr(self, "_baseline_cache", None) is not None:
+            self.clear_baseline_cache()
+        return super()._apply(fn, *args, **kwargs)
+
+    def activation_checkpointing_enable(
+        self, activation_checkpointing_kwargs=None, every_n_layers: int = 1, offload: bool = False
+    ):
+        """Delegate activation (gradient) checkpointing to the backbone, ``use_reentrant=False``
+        unless told otherwise; a clear error for a family whose backbone does not support it."""
+        if not getattr(self.backbone, "supports_gradient_checkpointing", False):
+            import transformers
+
+            raise ValueError(
+                f"Gradient checkpointing is not supported for {self.adapter.family} backbones "
+                f"({type(self.backbone).__name__} in transformers {transformers.__version__}). Train "
+                "without it (drop gradient_checkpointing=True) or lower the batch size."
+            )
+        kwargs = {"use_reentrant": False, **(activation_checkpointing_kwargs or {})}
+        self.backbone.activation_checkpointing_enable(
+            activation_checkpointing_kwargs=kwargs, every_n_layers=every_n_layers, offload=offload
+        )
 
     def value_function(self, pixel_values: torch.Tensor):
         """A game ``masks (M, P) -> (M, B, K)`` for the estimators, explaining a batch at once."""
