@@ -150,3 +150,12 @@ def test_custom_template(tiny_model, tmp_path, no_network):
     card = render_model_card(tiny_model, repo_id=REPO, template_path=template, extra="hello")
     assert card.text.strip() == "# tiny-vit-shapley (4 x 4) hello"
     assert card.data.pipeline_tag == "image-classification"
+
+
+def test_pixel_baseline_card_states_input_size_and_removal(make_model, no_network):
+    model = make_model("resnet", players_grid=(2, 2))
+    text = render_model_card(model, repo_id=REPO).text
+    height, width = model.image_size
+    assert f"**Input size:** {height} x {width} px" in text  # ResNet configs carry no image size
+    assert "replacing the patch's pixels with a baseline value" in text
+    assert "dropping the patch's tokens" not in text

@@ -364,7 +364,8 @@ def render_model_card(
         num_players_text = str(grid_h * grid_w)
     else:
         players_grid_text, num_players_text = "token grid", "one per token"
-    image_size = getattr(backbone_config, "image_size", None)
+    # ResNet-style configs have no image size: the ShapleyConfig carries it for those families.
+    image_size = getattr(config, "image_size", None) or getattr(backbone_config, "image_size", None)
     if isinstance(image_size, (list, tuple)):
         image_size_text = " x ".join(str(s) for s in image_size) + " px"
     else:
