@@ -50,13 +50,15 @@ from hf_shapley.trainer import ShapleyImageCollator, add_example_index
 
 logger = logging.getLogger("hf_shapley.train")
 
-# The built-in setting: 64 px shapes, a 4-layer ViT with 16 px patches (4 x 4 tokens) and a
-# 4 x 4 players grid (P = 16, one token per player, so exact Shapley values can be checked on
-# test images in seconds). The same backbone as benchmarks/recipe.py.
+# The built-in setting: 64 px shapes, a 4-layer ViT with 8 px patches (8 x 8 tokens) and a
+# 4 x 4 players grid (P = 16, 2 x 2 tokens per player, so exact Shapley values can be checked
+# on test images). 16 px patches (4 x 4 tokens, the recipe study's backbone) left the plain
+# pretraining on the chance plateau for all 2,000 steps in 2 of 3 runs; with 8 px patches 12
+# epochs reached 70.0% and 87.3% test accuracy (seeds 0 and 1).
 BUILTIN_IMAGE_SIZE = 64
 BUILTIN_BACKBONE = dict(
     image_size=BUILTIN_IMAGE_SIZE,
-    patch_size=16,
+    patch_size=8,
     hidden_size=128,
     num_hidden_layers=4,
     num_attention_heads=4,
@@ -86,11 +88,11 @@ class ModelArguments:
     image_size: int = field(
         default=BUILTIN_IMAGE_SIZE,
         metadata={
-            "help": "Without --backbone: image size of the built-in data and ViT (a multiple of 16)."
+            "help": "Without --backbone: image size of the built-in data and ViT (a multiple of 8)."
         },
     )
     pretrain_epochs: float = field(
-        default=16,
+        default=12,
         metadata={
             "help": "Without --backbone: first train a plain ViT classifier with cross-entropy for this many "
             "epochs, then wrap it and fine-tune with the joint objective (a soft-voting ViT trained from "
