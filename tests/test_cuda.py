@@ -115,3 +115,47 @@ def test_pipeline_on_cuda_matches_cpu_in_fp32_and_bf16(tmp_path):
                 assert a["logit"] == pytest.approx(b["logit"], abs=tol * 10)
                 np.testing.assert_allclose(a["attributions"], b["attributions"], atol=tol * 10)
                 assert abs(a["efficiency_residual"]) < tol
+
+
+def test_resnet_on_cuda_matches_cpu_and_keeps_batchnorm_statistics():
+    from transformers import ResNetConfig
+
+    torch.manual_seed(0)
+    config = ShapleyConfig(
+        backbone_config=ResNetConfig(
+            embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], layer_type="basic"
+        ),
+        image_size=[32, 32],
+        num_labels=5,
+        players_grid=(2, 2),
+    )
+    model = ShapleyForImageClassification(config).eval()
+    x = torch.randn(3, 3, 32, 32)
+    masks = torch.rand(3, 4, 4) > 0.5
+    with torch.no_grad():
+        cpu = model(x)
+        cpu_v = model(x, coalition=masks).logits
+        model.cuda()  # the cached v(empty) must follow the move
+        gpu = model(x.cuda())
+        gpu_v = model(x.cuda(), coalition=masks.cuda()).logits
+    for a, b in ((gpu.logits, cpu.logits), (gpu.base_values, cpu.base_values), (gpu_v, cpu_v)):
+        torch.testing.assert_close(a.cpu(), b, rtol=1e-3, atol=1e-3)
+    torch.testing.assert_close(gpu.logits, gpu.base_values + gpu.shapley_values.sum(1))
+
+    # A joint bf16 training step: masked passes leave the BatchNorm statistics to the one
+    # unmasked pass, so they equal those of a plain forward in training mode.
+    bn = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    reference = ShapleyForImageClassification(config).cuda()
+    reference.load_state_dict(model.state_dict())
+    model.train()
+    reference.train()
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        loss = model(x.cuda(), labels=torch.tensor([0, 1, 2]).cuda()).loss
+        with torch.no_grad():
+            reference.explain(x.cuda())
+    loss.backward()
+    assert torch.isfinite(loss)
+    ref_bn = [m for m in reference.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    for a, b in zip(bn, ref_bn, strict=True):
+        torch.testing.assert_close(a.running_mean, b.running_mean, rtol=1e-2, atol=1e-3)
+        torch.testing.assert_close(a.running_var, b.running_var, rtol=1e-2, atol=1e-3)
