@@ -165,3 +165,29 @@ def load_example_script(name: str):
     sys.modules[spec.name] = module
     spec.loader.exec_module(module)
     return module
+
+
+# fp32 agreement of two computations of the same quantity, up to summation order.
+RTOL = 1e-5
+
+
+def close(actual: torch.Tensor, expected: torch.Tensor, rtol: float = RTOL) -> None:
+    """fp32 agreement up to summation order: |a - e| <= rtol * max(1, max |e|)."""
+    scale = max(1.0, expected.detach().abs().max().item())
+    torch.testing.assert_close(
+        actual.detach().float(), expected.detach().float(), rtol=rtol, atol=rtol * scale
+    )
+
+
+@pytest.fixture(scope="module")
+def get_model(make_model):
+    """Cached eval-mode models keyed by (family, mode, grid). Tests must not mutate them."""
+    cache = {}
+
+    def get(family, mode="shapley_sum", grid=(4, 4)):
+        key = (family, mode, tuple(grid))
+        if key not in cache:
+            cache[key] = make_model(family, players_grid=grid, prediction_mode=mode)
+        return cache[key]
+
+    return get

@@ -24,6 +24,7 @@ from safetensors import safe_open
 from transformers import AutoConfig, AutoModel, AutoModelForImageClassification
 
 import hf_shapley
+from conftest import close
 from hf_shapley import ShapleyConfig, ShapleyForImageClassification
 from hf_shapley.estimators import exact_shapley_values
 
@@ -36,29 +37,6 @@ TOKEN_GRID = (4, 4)  # 32 px / 8 px patches
 # of the adapters: CLS; CLS + distillation; CLS; CLS + 2 registers.
 SPECIAL_TOKENS = {"vit": 1, "deit": 2, "dinov2": 1, "dinov2_with_registers": 3}
 READS_PATCH_MEAN = {"vit": False, "deit": False, "dinov2": True, "dinov2_with_registers": True}
-RTOL = 1e-5
-
-
-def close(actual: torch.Tensor, expected: torch.Tensor, rtol: float = RTOL) -> None:
-    """fp32 agreement up to summation order: |a - e| <= rtol * max(1, max |e|)."""
-    scale = max(1.0, expected.detach().abs().max().item())
-    torch.testing.assert_close(
-        actual.detach().float(), expected.detach().float(), rtol=rtol, atol=rtol * scale
-    )
-
-
-@pytest.fixture(scope="module")
-def get_model(make_model):
-    """Cached eval-mode models keyed by (family, mode, grid). Tests must not mutate them."""
-    cache = {}
-
-    def get(family, mode="shapley_sum", grid=(4, 4)):
-        key = (family, mode, tuple(grid))
-        if key not in cache:
-            cache[key] = make_model(family, players_grid=grid, prediction_mode=mode)
-        return cache[key]
-
-    return get
 
 
 def random_coalitions(num_images: int, num_players: int, sizes, seed: int = 0) -> torch.Tensor:

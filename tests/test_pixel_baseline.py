@@ -33,6 +33,7 @@ from transformers import (
     SwinForImageClassification,
 )
 
+from conftest import close
 from hf_shapley import ShapleyConfig, ShapleyForImageClassification
 from hf_shapley.coalitions import sample_shapley_kernel_coalitions
 from hf_shapley.estimators import exact_shapley_values
@@ -47,29 +48,6 @@ CLASSIFIERS = {
     "swin": SwinForImageClassification,
 }
 ID2LABEL = {0: "cat", 1: "dog", 2: "bird"}
-RTOL = 1e-5
-
-
-def close(actual, expected, rtol=RTOL):
-    """fp32 agreement up to summation order: |a - e| <= rtol * max(1, max |e|)."""
-    scale = max(1.0, expected.detach().abs().max().item())
-    torch.testing.assert_close(
-        actual.detach().float(), expected.detach().float(), rtol=rtol, atol=rtol * scale
-    )
-
-
-@pytest.fixture(scope="module")
-def get_model(make_model):
-    """Cached eval-mode models keyed by (family, mode, grid). Tests must not mutate them."""
-    cache = {}
-
-    def get(family, mode="shapley_sum", grid=(4, 4)):
-        key = (family, mode, tuple(grid))
-        if key not in cache:
-            cache[key] = make_model(family, players_grid=grid, prediction_mode=mode)
-        return cache[key]
-
-    return get
 
 
 def random_coalitions(num_images, num_players, sizes, seed=0):
