@@ -68,9 +68,9 @@ def find_images(root: Path) -> list[Path]:
 
 
 def readable_images(files: list[Path]) -> tuple[list[tuple[Path, object]], list[dict]]:
-    """Load every file once; keep the readable ones and record why the others were skipped."""
+    """Load the files; keep the readable ones and record why the others were skipped."""
     loaded, skipped = [], []
-    for path in tqdm(files, desc="Reading images", unit="image"):
+    for path in files:
         try:
             loaded.append((path, load_rgb_image(str(path))))
         except ImageLoadingError as error:
@@ -111,19 +111,25 @@ def main(argv: list[str] | None = None) -> dict:
         trust_remote_code=args.trust_remote_code,
     )
     files = find_images(root)
-    images, skipped = readable_images(files)
     options = {"heatmap": not args.no_pictures, "colormap": args.colormap, "opacity": args.opacity}
     if args.targets:
         options["targets"] = [int(t) if t.isdigit() else t for t in args.targets]
     else:
         options["top_k"] = args.top_k
 
-    records = []
+    records, skipped = [], []
     start = time.perf_counter()
-    progress = tqdm(total=len(images), desc="Explaining", unit="image")
-    for offset in range(0, len(images), args.batch_size):
-        chunk = images[offset : offset + args.batch_size]
-        results = explainer([image for _, image in chunk], batch_size=len(chunk), **options)
+    progress = tqdm(total=len(files), desc="Explaining", unit="image")
+    # One batch of images in memory at a time: a folder may hold more than fits.
+    for offset in range(0, len(files), args.batch_size):
+        batch_files = files[offset : offset + args.batch_size]
+        chunk, unreadable = readable_images(batch_files)
+        skipped += unreadable
+        results = (
+            explainer([image for _, image in chunk], batch_size=len(chunk), **options)
+            if chunk
+            else []
+        )
         for (path, image), entries in zip(chunk, results, strict=True):
             relative = path.relative_to(root) if root.is_dir() else Path(path.name)
             if not args.no_pictures:
@@ -131,7 +137,7 @@ def main(argv: list[str] | None = None) -> dict:
             for entry in entries:
                 entry.pop("heatmap", None)
             records.append({"file": str(relative), "size": list(image.size), "labels": entries})
-        progress.update(len(chunk))
+        progress.update(len(batch_files))
     progress.close()
     seconds = time.perf_counter() - start
 
