@@ -353,25 +353,11 @@ def exact_faithfulness(model, processor, split, image_column: str, num_images: i
 def write_pictures(
     model, processor, split, image_column: str, out_dir: Path, count: int
 ) -> list[str]:
-    from hf_shapley.visualization import plot_class_grid, save_figure
+    from hf_shapley.visualization import plot_explanation, save_figure
 
     paths = []
-    device = next(model.parameters()).device
-    model.eval()
     for i in range(min(count, len(split))):
-        image = split[i][image_column].convert("RGB")
-        with torch.no_grad():
-            out = model(processor(image, return_tensors="pt")["pixel_values"].to(device))
-        figure = plot_class_grid(
-            image,
-            out.shapley_values[0].cpu(),
-            model.players_grid,
-            model.config.id2label,
-            logits=out.logits[0].cpu(),
-            base_values=out.base_values[0].cpu(),
-            image_processor=processor,
-            top_k=min(3, model.num_labels),
-        )
+        figure = plot_explanation(model, split[i][image_column], processor, top_k=3)
         paths.append(str(save_figure(figure, out_dir / "explanations" / f"test_{i:03d}.png")))
     return paths
 

@@ -9,6 +9,7 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 from transformers import (
     BitImageProcessor,
@@ -216,3 +217,25 @@ def test_plot_faithfulness_curves_draws_one_line_per_explainer_and_panel():
     assert insertion.lines[0].get_linewidth() > insertion.lines[1].get_linewidth()
     with pytest.raises(ValueError, match="empty"):
         plot_faithfulness_curves({})
+
+
+def test_plot_explanation_runs_the_model_and_keeps_its_mode(make_model):
+    from transformers import ViTImageProcessorPil
+
+    from hf_shapley.visualization import plot_explanation
+
+    model = make_model("vit", players_grid=(2, 2))
+    model.config.id2label = {0: "a", 1: "b", 2: "c"}
+    processor = ViTImageProcessorPil(size={"height": 32, "width": 32})
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (20, 30, 3), dtype=np.uint8))
+    with torch.no_grad():
+        logits = model(processor(image, return_tensors="pt")["pixel_values"]).logits[0]
+    model.train()
+    fig = plot_explanation(model, image, processor, top_k=2)
+    assert model.training  # the caller's mode is restored
+    top = torch.argsort(logits, descending=True)[:2].tolist()
+    titles = [ax.get_title() for ax in fig.axes[1:3]]
+    assert [t.split(":")[0] for t in titles] == [model.config.id2label[k] for k in top]
+    assert f"{logits[top[0]].item():.3g}" in titles[0]
+    with pytest.raises(ValueError, match="image processor"):
+        plot_explanation(model, image)

@@ -436,43 +436,22 @@ def check_online(repo_id: str) -> None:
 
 
 def _write_example_figure(model: Any, image: Any, directory: str, top_k: int) -> str:
-    """Explain ``image`` with the model's own pipeline and save the picture; return its name."""
+    """Explain ``image`` and save the picture beside the card; return its file name."""
     from .image_loading import load_rgb_image
-    from .pipeline_shapley import ImageShapleyExplanationPipeline
 
     rgb = load_rgb_image(image)
-    processor = model.image_processor
-    pipe = ImageShapleyExplanationPipeline(model=model, image_processor=processor)
-    k = max(1, min(top_k, model.config.num_labels))
-    explained = pipe(rgb, top_k=k, heatmap=False)
     path = os.path.join(directory, EXAMPLE_FIGURE)
     if importlib.util.find_spec("matplotlib") is None:
-        # Without matplotlib: the heatmap of the top label alone (numpy + Pillow).
+        # Without matplotlib: the heatmap of the top label alone, through the model's pipeline
+        # (numpy + Pillow).
+        from .pipeline_shapley import ImageShapleyExplanationPipeline
+
+        pipe = ImageShapleyExplanationPipeline(model=model, image_processor=model.image_processor)
         pipe(rgb, top_k=1)[0]["heatmap"].save(path)
         return EXAMPLE_FIGURE
-    import numpy as np
+    from .visualization import plot_explanation, save_figure
 
-    from .visualization import plot_class_grid, save_figure
-
-    h, w = model.config.players_grid
-    values = np.zeros((h * w, model.config.num_labels))
-    logits = np.zeros(model.config.num_labels)
-    base = np.zeros(model.config.num_labels)
-    for entry in explained:
-        k_id = entry["label_id"]
-        values[:, k_id] = np.asarray(entry["attributions"]).reshape(-1)
-        logits[k_id], base[k_id] = entry["logit"], entry["base_value"]
-    figure = plot_class_grid(
-        rgb,
-        values,
-        (h, w),
-        model.config.id2label,
-        classes=[entry["label_id"] for entry in explained],
-        logits=logits,
-        base_values=base,
-        image_processor=processor,
-    )
-    save_figure(figure, path)
+    save_figure(plot_explanation(model, rgb, top_k=top_k), path)
     return EXAMPLE_FIGURE
 
 

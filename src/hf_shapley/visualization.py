@@ -45,6 +45,7 @@ __all__ = [
     "attribution_to_image_grid",
     "overlay_heatmap",
     "plot_class_grid",
+    "plot_explanation",
     "plot_faithfulness_curves",
     "save_figure",
 ]
@@ -574,6 +575,41 @@ def plot_class_grid(
     mappable.set_array([])
     fig.colorbar(mappable, ax=list(axes[1:]), shrink=0.85, label="Shapley value (logit)")
     return fig
+
+
+def plot_explanation(
+    model: Any, image: Image.Image, image_processor: Any = None, *, top_k: int = 3
+) -> Figure:
+    """Explain one image with a ``ShapleyForImageClassification`` and draw its top classes.
+
+    Runs the model (in eval mode, without gradients) on ``image`` preprocessed by
+    ``image_processor`` (default: ``model.image_processor``) and returns
+    :func:`plot_class_grid` of its ``top_k`` classes by logit, the processor's geometry inverted.
+    """
+    import torch
+
+    processor = image_processor if image_processor is not None else model.image_processor
+    if processor is None:
+        raise ValueError("plot_explanation needs an image processor: pass image_processor=.")
+    rgb = image.convert("RGB")
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            out = model(processor(rgb, return_tensors="pt")["pixel_values"].to(device))
+    finally:
+        model.train(was_training)
+    return plot_class_grid(
+        rgb,
+        out.shapley_values[0].float().cpu(),
+        model.config.players_grid,
+        model.config.id2label,
+        logits=out.logits[0].float().cpu(),
+        base_values=out.base_values[0].float().cpu(),
+        image_processor=processor,
+        top_k=max(1, min(top_k, model.config.num_labels)),
+    )
 
 
 def save_figure(fig: Figure, path: str | os.PathLike, *, dpi: int = 150) -> str:
