@@ -28,9 +28,10 @@ HF_SHAPLEY_VERSION = "0.1.0.dev0"
 # The explanation pipeline every saved model carries as remote code (config.json's
 # "custom_pipelines"; the file is copied beside the model files by save_pretrained).
 PIPELINE_TASK = "image-shapley-explanation"
+PIPELINE_MODULE = "pipeline_shapley"
 CUSTOM_PIPELINES = {
     PIPELINE_TASK: {
-        "impl": "pipeline_shapley.ImageShapleyExplanationPipeline",
+        "impl": f"{PIPELINE_MODULE}.ImageShapleyExplanationPipeline",
         # `pt` must name a class transformers itself has (it is looked up there on load).
         "pt": ["AutoModelForImageClassification"],
         "type": "image",

@@ -49,7 +49,7 @@ from .backbones import (
     player_index_of_tokens,
 )
 from .coalitions import check_coalitions
-from .configuration_shapley import CUSTOM_PIPELINES, ShapleyConfig
+from .configuration_shapley import CUSTOM_PIPELINES, PIPELINE_MODULE, ShapleyConfig
 
 
 @dataclass
@@ -833,8 +833,7 @@ def _copy_pipeline_code(save_directory: str | os.PathLike) -> bool:
     from transformers.dynamic_module_utils import get_relative_import_files
 
     here = os.path.dirname(os.path.abspath(__file__))
-    impl_module = CUSTOM_PIPELINES[next(iter(CUSTOM_PIPELINES))]["impl"].split(".")[0]
-    pipeline_file = os.path.join(here, impl_module + ".py")
+    pipeline_file = os.path.join(here, PIPELINE_MODULE + ".py")
     if not os.path.isfile(pipeline_file):
         return False
     needed = [pipeline_file, *get_relative_import_files(pipeline_file)]
