@@ -473,6 +473,8 @@ def main(argv: list[str] | None = None) -> dict:
                 "exact_shapley_relative_l2": faithfulness["relative_l2"],
             }
             report["faithfulness_num_images"] = faithfulness["num_images"]
+        if model.image_processor is None:
+            model.image_processor = processor
         trainer.save_model(str(out_dir))  # also the training arguments, as JSON
         pictures = write_pictures(
             model, processor, evaluation, image_column, out_dir, report_args.num_explained_images
@@ -480,17 +482,16 @@ def main(argv: list[str] | None = None) -> dict:
         (out_dir / "metrics.json").write_text(json.dumps(report, indent=2))
         from hf_shapley import hub
 
-        if model.image_processor is None:
-            model.image_processor = processor
         publication = dict(
             example_image=evaluation[0][image_column],
             metrics=report,
             dataset_name=data_args.dataset_name or "hf-shapley built-in shapes",
             base_model=base_model,
         )
-        # Adds the model card and its example picture (and rewrites weights, config, code and
-        # processor): the folder is a complete Hub repository.
-        hub.save_for_hub(
+        # The model card and its example picture complete the directory trainer.save_model
+        # wrote (weights, config with auto_map and custom_pipelines, code, processor): a
+        # complete Hub repository, what hub.save_for_hub writes.
+        hub.write_model_card(
             model, out_dir, repo_id=training_args.hub_model_id or out_dir.name, **publication
         )
         logger.info(

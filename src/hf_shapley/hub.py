@@ -30,6 +30,7 @@ __all__ = [
     "push_to_hub",
     "render_model_card",
     "save_for_hub",
+    "write_model_card",
 ]
 
 #: File name of the example explanation written beside the model card.
@@ -498,6 +499,31 @@ def save_for_hub(
     directory = os.fspath(save_directory)
     os.makedirs(directory, exist_ok=True)
     model.save_pretrained(directory)
+    return write_model_card(
+        model,
+        directory,
+        example_image=example_image,
+        example_top_k=example_top_k,
+        repo_id=repo_id,
+        **card_kwargs,
+    )
+
+
+def write_model_card(
+    model: Any,
+    directory: str | os.PathLike,
+    *,
+    example_image: Any = None,
+    example_top_k: int = 3,
+    repo_id: str | None = None,
+    **card_kwargs: Any,
+) -> str:
+    """Write ``README.md`` (and, given ``example_image``, its picture) into a model directory.
+
+    The part of :func:`save_for_hub` after the model itself is saved: for a directory that
+    ``model.save_pretrained`` (or ``Trainer.save_model``) already wrote. Arguments as there.
+    """
+    directory = os.fspath(directory)
     figure = None
     if example_image is not None:
         figure = _write_example_figure(model, example_image, directory, example_top_k)
