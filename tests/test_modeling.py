@@ -26,7 +26,7 @@ from transformers import AutoConfig, AutoModel, AutoModelForImageClassification
 import hf_shapley
 from conftest import close
 from hf_shapley import ShapleyConfig, ShapleyForImageClassification
-from hf_shapley.estimators import exact_shapley_values
+from hf_shapley.estimators import exact_shapley_values, model_game
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -222,7 +222,7 @@ def test_bf16_autocast_keeps_fp32_outputs_and_efficiency(get_model, family, mode
 def test_value_function_game_with_exact_shapley_values(get_model, family, mode, pixel_values):
     model = get_model(family, mode, (2, 2))
     B, P, K = pixel_values.shape[0], 4, model.config.num_labels
-    game = model.value_function(pixel_values)
+    game = model_game(model, pixel_values)
     masks = random_coalitions(1, P, [0, 1, 2, 3, 4], seed=2)[0]
     game_values = game(masks)
     assert game_values.shape == (masks.shape[0], B, K)
@@ -460,7 +460,7 @@ def test_save_and_load_round_trip(make_model, family, mode, tmp_path, pixel_valu
         assert saved[name] == value, name
     with safe_open(str(tmp_path / "model.safetensors"), framework="pt") as weights:
         stored = list(weights.keys())
-    assert "token_to_player" not in stored  # non-persistent: rebuilt on load
+    assert not {"token_to_player", "game.token_to_player"} & set(stored)  # rebuilt on load
     assert "shapley_bias" in stored
 
     config = AutoConfig.from_pretrained(tmp_path)
@@ -477,7 +477,7 @@ def test_save_and_load_round_trip(make_model, family, mode, tmp_path, pixel_valu
         loaded = load(tmp_path)
         assert type(loaded) is ShapleyForImageClassification
         assert not loaded.training
-        assert torch.equal(loaded.token_to_player, player_of_token(grid))
+        assert torch.equal(loaded.game.token_to_player, player_of_token(grid))
         assert loaded.players_grid == grid and loaded.num_players == P
         for name, value in SAVED_FIELDS.items():
             assert getattr(loaded.config, name) == value, name

@@ -36,7 +36,7 @@ from transformers import (
 from conftest import close
 from hf_shapley import ShapleyConfig, ShapleyForImageClassification
 from hf_shapley.coalitions import sample_shapley_kernel_coalitions
-from hf_shapley.estimators import exact_shapley_values
+from hf_shapley.estimators import exact_shapley_values, model_game
 from hf_shapley.objective import shapley_regression_loss
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -261,7 +261,7 @@ def test_coalition_batch_size_does_not_change_values(make_model, pixel_family, p
 def test_exact_shapley_values_of_the_game_satisfy_efficiency(get_model, pixel_family, mode):
     model = get_model(pixel_family, mode, (2, 2))
     x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(8))
-    phi = exact_shapley_values(model.value_function(x), 4)  # (P, B, K)
+    phi = exact_shapley_values(model_game(model, x), 4)  # (P, B, K)
     with torch.no_grad():
         out = model(x)
     close(phi.sum(0), out.logits - out.base_values)
@@ -358,7 +358,7 @@ def test_moving_dtype_drops_the_cached_baseline(make_model, pixel_values):
         model(pixel_values)
         model.double()
         out = model(pixel_values.double())
-    assert model._baseline_cache[0][1] == torch.float64
+    assert model.game._empty_cache[0][1] == torch.float64
     close(out.logits, out.base_values + out.shapley_values.sum(1))
 
 
@@ -480,7 +480,9 @@ def test_save_and_load_round_trip(make_model, pixel_family, mode, tmp_path, pixe
     assert saved["image_size"] == [32, 32] and saved["pixel_baseline"] == [0.1, 0.2, -0.3]
     with safe_open(str(tmp_path / "model.safetensors"), framework="pt") as weights:
         stored = set(weights.keys())
-    assert not {"pixel_to_player", "baseline_pixels", "token_to_player"} & stored
+    assert not {"pixel_to_player", "baseline_pixels", "token_to_player"} & {
+        k.split(".")[-1] for k in stored
+    }
 
     for load in (
         ShapleyForImageClassification.from_pretrained,
@@ -489,8 +491,8 @@ def test_save_and_load_round_trip(make_model, pixel_family, mode, tmp_path, pixe
     ):
         loaded = load(tmp_path)
         assert type(loaded) is ShapleyForImageClassification and not loaded.training
-        assert torch.equal(loaded.baseline_pixels, model.baseline_pixels)
-        assert torch.equal(loaded.pixel_to_player, model.pixel_to_player)
+        assert torch.equal(loaded.game.baseline_pixels, model.game.baseline_pixels)
+        assert torch.equal(loaded.game.pixel_to_player, model.game.pixel_to_player)
         with torch.no_grad():
             out = loaded(pixel_values)
             values = loaded(pixel_values, coalition=masks).logits

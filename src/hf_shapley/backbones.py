@@ -45,7 +45,8 @@ class TokenRemovalAdapter:
             (DINOv2) instead of the CLS token alone.
     """
 
-    kind: ClassVar[str] = "token_removal"
+    # The game that removes this family's players (games_shapley.py).
+    removal: ClassVar[str] = "token_removal"
 
     family: str
     model_types: tuple[str, ...]
@@ -93,7 +94,7 @@ class TokenRemovalAdapter:
         """(B, C, H, W) -> (B, s + N, D): special tokens then patch tokens, positions added."""
         return backbone.embeddings(pixel_values)
 
-    def encode(
+    def encode_tokens(
         self, backbone: nn.Module, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None
     ) -> torch.Tensor:
         """Run every encoder block and the final norm. ``attention_mask`` is additive, 4D."""
@@ -151,7 +152,7 @@ class PixelBaselineAdapter:
             (ResNet, Swin), so soft voting can reproduce it exactly (r_i = W f_i / N, b = bias).
     """
 
-    kind: ClassVar[str] = "pixel_baseline"
+    removal: ClassVar[str] = "pixel_baseline"
 
     family: str
     model_types: tuple[str, ...]
@@ -216,11 +217,7 @@ class PixelBaselineAdapter:
         kwargs = {"add_pooling_layer": False} if self.has_pooler else {}
         return AutoModel.from_config(config, **kwargs)
 
-    def embed(self, backbone: nn.Module, pixel_values: torch.Tensor) -> torch.Tensor:
-        """Nothing is embedded once per image: players are removed in pixel space."""
-        return pixel_values
-
-    def encode(self, backbone: nn.Module, pixel_values: torch.Tensor) -> torch.Tensor:
+    def encode_pixels(self, backbone: nn.Module, pixel_values: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) -> the family's ``last_hidden_state``."""
         return backbone(pixel_values).last_hidden_state
 
@@ -425,6 +422,142 @@ def _linear_head(classifier: nn.Module | None) -> nn.Module | None:
     return classifier
 
 
+# --------------------------------------------------------------------------------------
+# from_backbone: wrapping a backbone or a fine-tuned classifier
+# --------------------------------------------------------------------------------------
+
+
+def wrap_backbone(
+    model_class: type,
+    backbone: str | os.PathLike | PreTrainedConfig | PreTrainedModel,
+    *,
+    num_labels: int | None = None,
+    id2label: dict[int, str] | None = None,
+    label2id: dict[str, int] | None = None,
+    players_grid: tuple[int, int] | None = None,
+    prediction_mode: str | None = None,
+    train_backbone: bool = True,
+    load_image_processor: bool = True,
+    **config_kwargs: Any,
+):
+    """``model_class.from_backbone``: see :meth:`ShapleyForImageClassification.from_backbone`."""
+    from .configuration_shapley import ShapleyConfig
+
+    loaded = load_backbone(backbone, load_image_processor=load_image_processor)
+    backbone_config = loaded.model.config if loaded.model is not None else loaded.config
+    adapter = get_adapter(backbone_config)
+
+    is_classifier = loaded.classifier is not None
+    if is_classifier:
+        inherited = dict(backbone_config.id2label)
+        if num_labels is not None and num_labels != len(inherited):
+            raise ValueError(
+                f"The classifier has {len(inherited)} labels ({list(inherited.values())[:5]}...) but "
+                f"num_labels={num_labels} was given. Drop num_labels to keep its head, or wrap the "
+                "bare backbone (e.g. ViTModel) to train a new head for your labels."
+            )
+        if id2label is not None and len(id2label) != len(inherited):
+            raise ValueError(
+                f"The classifier has {len(inherited)} labels but id2label has {len(id2label)}."
+            )
+        id2label = id2label or inherited
+    if id2label is not None:
+        id2label = {int(k): v for k, v in id2label.items()}
+        if num_labels is not None and num_labels != len(id2label):
+            raise ValueError(f"num_labels={num_labels} but id2label has {len(id2label)} entries.")
+        num_labels = len(id2label)
+        label2id = label2id or {v: k for k, v in id2label.items()}
+    if num_labels is None:
+        raise ValueError("num_labels (or id2label) is required when wrapping a bare backbone.")
+
+    mode = prediction_mode or ("backbone_head" if is_classifier else "shapley_sum")
+    if mode == "backbone_head" and not is_classifier:
+        raise ValueError(
+            "prediction_mode='backbone_head' explains a classifier's own head, but a bare "
+            "backbone has none. Pass a fine-tuned *ForImageClassification model or use "
+            "prediction_mode='shapley_sum'."
+        )
+    backbone_config = _strip_classifier_fields(backbone_config)
+    config = ShapleyConfig(
+        backbone_config=backbone_config,
+        num_labels=num_labels,
+        id2label=id2label,
+        label2id=label2id,
+        players_grid=players_grid,
+        prediction_mode=mode,
+        train_backbone=train_backbone,
+        classifier_in_features=adapter.classifier_in_features(backbone_config)
+        if mode == "backbone_head"
+        else None,
+        **config_kwargs,
+    )
+    model = model_class(config)
+    if loaded.model is not None:
+        missing, unexpected = model.backbone.load_state_dict(
+            loaded.backbone_state_dict(), strict=False
+        )
+        unexpected = [k for k in unexpected if not k.startswith("pooler.")]
+        if missing or unexpected:
+            raise ValueError(
+                f"Backbone weights do not fit the {adapter.family} adapter: missing {missing[:5]}, "
+                f"unexpected {unexpected[:5]}."
+            )
+    if mode == "backbone_head":
+        model.classifier.load_state_dict(loaded.classifier.state_dict())
+    elif is_classifier and getattr(adapter, "pool_linear_head", False):
+        _init_soft_voting_from_classifier(model, loaded.classifier)
+    if loaded.image_processor is not None:
+        _check_image_processor_size(loaded.image_processor, model.image_size)
+        model.image_processor = loaded.image_processor
+    return model
+
+
+@torch.no_grad()
+def _init_soft_voting_from_classifier(model: nn.Module, classifier: nn.Linear) -> None:
+    """Soft voting that reproduces an average-pool + linear classifier (ResNet, Swin):
+    ``r_c = W f_c / N`` per final cell, ``b = bias``, so ``b + sum_c r_c = W mean_c f_c + bias``:
+    its logits exactly with ``center_votes=False``; with centered votes (the default for these
+    families) its logits minus their mean over classes plus that of the bias, so the same
+    probabilities and predictions."""
+    head = model.shapley_head
+    if head.dense is not None:
+        return  # a hidden layer cannot copy a linear map exactly: keep the random init
+    num_cells = math.prod(model.token_grid)
+    head.out_proj.weight.copy_(classifier.weight / num_cells)
+    head.out_proj.bias.zero_()
+    if classifier.bias is not None:
+        model.shapley_bias.copy_(classifier.bias)
+    else:
+        model.shapley_bias.zero_()
+
+
+def _strip_classifier_fields(config: PreTrainedConfig) -> PreTrainedConfig:
+    """A copy of a backbone config; its labels live in the ShapleyConfig, not the backbone's."""
+    config = config.__class__.from_dict(config.to_dict())
+    config.architectures = None
+    return config
+
+
+def _check_image_processor_size(processor, image_size: tuple[int, int]) -> None:
+    size = (
+        getattr(processor, "crop_size", None)
+        if getattr(processor, "do_center_crop", False)
+        else None
+    )
+    size = size or getattr(processor, "size", None)
+    if size is None:
+        return
+    size = dict(size)
+    height, width = size.get("height"), size.get("width")
+    if height is None and "shortest_edge" in size:
+        height = width = size["shortest_edge"]
+    if (height, width) != tuple(image_size):
+        raise ValueError(
+            f"The image processor resizes to {height} x {width} but the backbone expects "
+            f"{image_size[0]} x {image_size[1]}. Fix the processor's `size` (or `crop_size`) before wrapping."
+        )
+
+
 __all__ = [
     "LoadedBackbone",
     "PixelBaselineAdapter",
@@ -434,4 +567,5 @@ __all__ = [
     "player_index_of_pixels",
     "player_index_of_tokens",
     "supported_model_types",
+    "wrap_backbone",
 ]

@@ -11,6 +11,9 @@ any trailing shape ``T``: ``()`` for a scalar game, ``(K,)`` for the logits of o
 ``(B, K)`` to explain a batch of images with one call per coalition batch. Every output
 entry is an independent game; all of them are explained at once.
 
+:func:`model_game` makes the game of a self-explaining model on a batch of images (through
+its ``coalition=`` value function).
+
 * :func:`exact_shapley_values` enumerates all ``2**P`` coalitions (``P <= 16``) and
   applies the weights ``|S|! (P - |S| - 1)! / P!`` as one matrix product per chunk.
 * :func:`kernel_shap` is paired-sampling KernelSHAP as analysed by Covert & Lee,
@@ -45,7 +48,13 @@ from .coalitions import (
     shapley_kernel_size_probabilities,
 )
 
-__all__ = ["KernelShapResult", "KernelShapStep", "exact_shapley_values", "kernel_shap"]
+__all__ = [
+    "KernelShapResult",
+    "KernelShapStep",
+    "exact_shapley_values",
+    "kernel_shap",
+    "model_game",
+]
 
 Game = Callable[[torch.Tensor], "torch.Tensor | np.ndarray"]
 
@@ -56,6 +65,18 @@ MAX_PLAYERS_EXACT = 16
 # --------------------------------------------------------------------------------------
 # Calling the game
 # --------------------------------------------------------------------------------------
+
+
+def model_game(model: torch.nn.Module, pixel_values: torch.Tensor) -> Game:
+    """The game ``masks (M, P) -> (M, B, K)`` of ``model`` on a batch of images: its own
+    predictions ``v_x(S) = model(x, coalition=S)``, every image explained at once."""
+
+    @torch.no_grad()
+    def game(masks: torch.Tensor) -> torch.Tensor:
+        coalitions = masks.to(pixel_values.device)[None].expand(pixel_values.shape[0], -1, -1)
+        return model(pixel_values, coalition=coalitions).logits.transpose(0, 1)
+
+    return game
 
 
 def _evaluate(

@@ -24,48 +24,24 @@ Stop-gradient does not freeze the game: the network that gives phi also gives v,
 faithfulness is a property of the final checkpoint, measured by the evaluation, and the
 training-time regression error is only a proxy.
 
-``shapley_objective`` is what ``ShapleyForImageClassification.forward`` calls in training mode
-with labels, so the stock Trainer, a plain Accelerate loop and DDP see one forward per step.
+Everything here is a pure function of tensors, as transformers' losses are: the model
+(``ShapleyForImageClassification.forward`` in training mode with labels) asks its game for the
+values these functions need and hands them over, so the stock Trainer, a plain Accelerate loop
+and DDP see one forward per step. The coalitions are drawn by ``coalitions.py``.
+
+This file is shipped as remote code: relative imports only.
 """
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import nn
-
-from .coalitions import sample_shapley_kernel_coalitions, sample_uniform_size_coalitions
-
-if TYPE_CHECKING:
-    from .modeling_shapley import ShapleyForImageClassification, ShapleyImageClassifierOutput
 
 # Added to the per-image normalizer: targets are logit differences, O(1) once trained.
 NORMALIZATION_EPS = 1e-4
-
-
-@contextlib.contextmanager
-def frozen_statistics(model: nn.Module, *, disable_dropout: bool) -> Iterator[None]:
-    """Run normalization layers in eval mode (no BatchNorm statistics updates), optionally dropout too.
-
-    Masked passes see partial images; letting them update running statistics would corrupt the
-    statistics that inference uses (measured here: test accuracy at chance).
-    """
-    changed = []
-    for module in model.modules():
-        is_norm = isinstance(module, nn.modules.batchnorm._BatchNorm)
-        is_dropout = disable_dropout and isinstance(module, nn.modules.dropout._DropoutNd)
-        if (is_norm or is_dropout) and module.training:
-            module.training = False
-            changed.append(module)
-    try:
-        yield
-    finally:
-        for module in changed:
-            module.training = True
 
 
 def loss_weight_schedule(step: int, warmup_steps: int) -> float:
@@ -131,115 +107,97 @@ def explained_class_indices(
     return noise.argsort(dim=-1)[:, :count]
 
 
-def shapley_objective(
-    model: ShapleyForImageClassification,
-    pixel_values: torch.Tensor,
-    labels: torch.Tensor,
-    *,
-    example_index: torch.Tensor | None = None,
-    epoch: int | None = None,
-) -> ShapleyImageClassifierOutput:
-    """Joint loss of one training step; returns the model output with the loss components.
+@dataclass
+class ObjectiveOutput:
+    """The joint loss and its components (the components detached, for logging)."""
+
+    loss: torch.Tensor
+    cls_loss: torch.Tensor
+    distill_loss: torch.Tensor
+    shapley_loss: torch.Tensor
+
+
+def loss_weights(config: Any, step: int) -> tuple[float, float]:
+    """``(alpha, lambda)`` at optimizer step ``step``, after the warm-up."""
+    warm = loss_weight_schedule(step, config.loss_warmup_steps)
+    return config.distill_loss_weight * warm, config.shapley_loss_weight * warm
+
+
+def self_distillation_loss(masked_logits: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+    """KL(p(x) || p(x_S)) averaged over images and coalitions, towards the detached full-image
+    prediction.
 
     Args:
-        model: the self-explaining model (in training mode).
-        pixel_values: (B, C, H, W).
-        labels: (B,) class indices.
-        example_index: (B,) data set indices; coalitions are a pure function of
-            ``(config.coalition_seed, epoch, example index, coalition index)``. Without them a
-            per-model counter stands in (reproducible in one process, not across resumes).
-        epoch: the epoch (default 0).
+        masked_logits: (B, g, K) the model on g coalitions per image.
+        logits: (B, K) the full-image logits (detached here).
     """
-    config = model.config
-    P, B = model.num_players, pixel_values.shape[0]
-    step = getattr(model, "objective_step", None)
-    if step is None:
-        step = model._objective_calls
-    model._objective_calls += 1
-    warm = loss_weight_schedule(step, config.loss_warmup_steps)
-    alpha, lam = config.distill_loss_weight * warm, config.shapley_loss_weight * warm
-    if example_index is None:
-        example_index = torch.arange(B) + model._objective_calls * B
-    example_index = example_index.detach().cpu()
-    epoch = int(epoch or 0)
+    teacher = F.log_softmax(logits.detach(), dim=-1)[:, None].expand_as(masked_logits)
+    return (
+        F.kl_div(F.log_softmax(masked_logits, dim=-1), teacher, log_target=True, reduction="none")
+        .sum(-1)
+        .mean()
+    )
 
-    embeddings = model.adapter.embed(model.backbone, pixel_values)
-    out = model._explain_from_embeddings(embeddings)
-    cls_loss = F.cross_entropy(out.logits, labels)
+
+def joint_objective(
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    alpha: float,
+    lam: float,
+    masked_logits: torch.Tensor | None = None,
+    shapley_values: torch.Tensor | None = None,
+    base_values: torch.Tensor | None = None,
+    coalitions: torch.Tensor | None = None,
+    coalition_values: torch.Tensor | None = None,
+    explained_classes: torch.Tensor | None = None,
+    stop_gradient: bool = True,
+    normalization: str = "per_image",
+    center: bool = False,
+) -> ObjectiveOutput:
+    """``CE + alpha * distill + lambda * shapley`` of one training step: tensors in, loss out.
+
+    Args:
+        logits: (B, K) the full-image prediction ``v(all)``.
+        labels: (B,) class indices.
+        alpha, lam: the loss weights (after warm-up, see :func:`loss_weights`).
+        masked_logits: (B, g, K) the model on the distillation coalitions; ``None`` skips the term.
+        shapley_values: (B, P, K) phi.
+        base_values: (B, K) ``v(empty)``.
+        coalitions: (B, m, P) bool, the Shapley-kernel coalitions; ``None`` skips the term.
+        coalition_values: (B, m, K) ``v(S)`` of those coalitions.
+        explained_classes: (B, C) long, the classes the regression covers; ``None`` = all.
+        stop_gradient: detach the regression targets ``v(S) - v(empty)``.
+        normalization, center: see :func:`shapley_regression_loss`.
+    """
+    cls_loss = F.cross_entropy(logits, labels)
     loss = cls_loss
-    device = pixel_values.device
-
-    distill_loss = out.logits.new_zeros(())
-    backbone_trainable = config.prediction_mode == "shapley_sum" or config.train_backbone
-    g = config.num_distill_coalitions
-    if g > 0 and alpha > 0 and backbone_trainable:
-        # Drawn in complementary pairs: a pair shares one packed sequence, so S and ~S cost one pass.
-        half = sample_uniform_size_coalitions(
-            P,
-            (g + 1) // 2,
-            seed=config.coalition_seed,
-            epoch=epoch,
-            example_indices=example_index,
-            device=device,
-        )
-        masks = torch.stack([half, ~half], dim=2).reshape(B, -1, P)[:, :g]
-        with frozen_statistics(model, disable_dropout=False):
-            masked_logits = model.coalition_values_from_embeddings(embeddings, masks)  # (B, g, K)
-        teacher = F.log_softmax(out.logits.detach(), dim=-1)[:, None].expand_as(masked_logits)
-        distill_loss = (
-            F.kl_div(
-                F.log_softmax(masked_logits, dim=-1), teacher, log_target=True, reduction="none"
-            )
-            .sum(-1)
-            .mean()
-        )
+    distill_loss = shapley_loss = logits.new_zeros(())
+    if masked_logits is not None:
+        distill_loss = self_distillation_loss(masked_logits, logits)
         loss = loss + alpha * distill_loss
-
-    shapley_loss = out.logits.new_zeros(())
-    m = config.num_shapley_coalitions
-    if m > 0 and lam > 0:
-        masks = sample_shapley_kernel_coalitions(
-            P,
-            m,
-            seed=config.coalition_seed + 1,
-            epoch=epoch,
-            example_indices=example_index,
-            device=device,
-        )
-        grad_targets = not config.shapley_stop_gradient
-        with frozen_statistics(model, disable_dropout=True), torch.set_grad_enabled(grad_targets):
-            values = model.coalition_values_from_embeddings(
-                embeddings if grad_targets else embeddings.detach(), masks
-            )
-        base = out.base_values if grad_targets else out.base_values.detach()
-        targets = values - base[:, None]
-        generator = torch.Generator().manual_seed(
-            int(config.coalition_seed * 1_000_003 + epoch * 7_919 + int(example_index[0]))
-        )
-        classes = explained_class_indices(
-            out.logits, labels, config.explained_classes, config.num_explained_classes, generator
-        )
+    if coalitions is not None:
+        targets = coalition_values - base_values[:, None]
+        if stop_gradient:
+            targets = targets.detach()
         shapley_loss = shapley_regression_loss(
-            out.shapley_values,
-            masks,
+            shapley_values,
+            coalitions,
             targets,
-            normalization=config.shapley_loss_normalization,
-            center=config.center_logits,
-            classes=classes,
+            normalization=normalization,
+            center=center,
+            classes=explained_classes,
         )
         loss = loss + lam * shapley_loss
-
-    out.loss = loss
-    out.cls_loss = cls_loss.detach()
-    out.distill_loss = distill_loss.detach()
-    out.shapley_loss = shapley_loss.detach()
-    return out
+    return ObjectiveOutput(loss, cls_loss.detach(), distill_loss.detach(), shapley_loss.detach())
 
 
 __all__ = [
+    "ObjectiveOutput",
     "explained_class_indices",
-    "frozen_statistics",
+    "joint_objective",
     "loss_weight_schedule",
-    "shapley_objective",
+    "loss_weights",
+    "self_distillation_loss",
     "shapley_regression_loss",
 ]

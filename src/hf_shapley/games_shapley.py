@@ -1,0 +1,472 @@
+"""The Shapley games of a self-explaining model: one class per way of removing players.
+
+A game is defined by its players (groups of backbone tokens, or the pixel blocks under them)
+and by how an absent player is removed. Every game answers the same three questions for a
+batch of images, always through the model's own prediction head (its *readout*, see
+``modeling_shapley.py``):
+
+* :meth:`ShapleyGame.explain` -> :class:`GameExplanation`: every player present, with the
+  per-player values and the base value ``v(empty)``;
+* :meth:`ShapleyGame.values` -> ``(B, M, K)``: ``v_x(S)`` for a batch of coalitions;
+* :meth:`ShapleyGame.empty` -> ``(B, K)``: ``v_x(empty)``.
+
+Work that does not depend on the coalition (embedding the patches) is done once per image by
+:meth:`ShapleyGame.prepare`; its result, the *context*, is what the three methods take.
+
+* :class:`TokenRemovalGame` (ViT, DeiT, DINOv2): an absent player's tokens are dropped after
+  the position embedding. A coalition S and its complement are packed into one sequence (two
+  copies of the special tokens, then every patch token once) under a block-diagonal attention
+  mask, so a pair of complementary coalitions costs one full pass. Only present tokens vote.
+* :class:`PixelBaselineGame` (ResNet, ConvNeXt, Swin): an absent player's pixel block takes the
+  baseline (``config.pixel_baseline``); every cell votes. ``v(empty)`` is the model on the
+  all-baseline image, cached in eval mode (dropped by ``train()``/``eval()``, weight loading and
+  device or dtype moves).
+
+Masked and baseline passes run normalization layers in eval mode (:func:`frozen_statistics`),
+so only the unmasked pass updates BatchNorm statistics.
+
+A game owns its geometry (non-persistent buffers, rebuilt on every load) and borrows the
+model's backbone; it holds no parameters. Adding a family that removes players in a new way
+means adding one class here and naming it in the family's adapter (``backbones.py``).
+
+This file is shipped as remote code: relative imports only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any, ClassVar, Protocol
+
+import torch
+from torch import nn
+from transformers import PreTrainedConfig
+from transformers import initialization as init
+
+from .backbones import (
+    PixelBaselineAdapter,
+    TokenRemovalAdapter,
+    player_index_of_pixels,
+    player_index_of_tokens,
+)
+
+
+@contextlib.contextmanager
+def frozen_statistics(*modules: nn.Module, disable_dropout: bool) -> Iterator[None]:
+    """Run normalization layers in eval mode (no BatchNorm statistics updates), optionally dropout too.
+
+    Masked passes see partial images; letting them update running statistics would corrupt the
+    statistics that inference uses (measured here: test accuracy at chance).
+    """
+    changed = []
+    for root in modules:
+        for module in root.modules():
+            is_norm = isinstance(module, nn.modules.batchnorm._BatchNorm)
+            is_dropout = disable_dropout and isinstance(module, nn.modules.dropout._DropoutNd)
+            if (is_norm or is_dropout) and module.training:
+                module.training = False
+                changed.append(module)
+    try:
+        yield
+    finally:
+        for module in changed:
+            module.training = True
+
+
+@dataclass
+class PlayerView:
+    """What the backbone produced for a batch of rows (images, or coalitions of them).
+
+    Attributes:
+        tokens: (n, N, D) one feature vector per token that can vote (patch tokens after the
+            final norm, or final feature-map cells), row-major over the token grid.
+        voting: (n, N) bool, the tokens that vote in each row; ``None``: all of them.
+        classifier_features: () -> (n, D'), what a wrapped classifier head reads for each row
+            (computed on demand: soft voting never needs it).
+    """
+
+    tokens: torch.Tensor
+    voting: torch.Tensor | None
+    classifier_features: Callable[[], torch.Tensor]
+
+
+@dataclass
+class GameExplanation:
+    """The full prediction with its explanation, all fp32.
+
+    Attributes:
+        logits: (B, K) ``v(all)``.
+        shapley_values: (B, P, K), ``logits == base_values + shapley_values.sum(1)``.
+        base_values: (B, K) ``v(empty)``.
+    """
+
+    logits: torch.Tensor
+    shapley_values: torch.Tensor
+    base_values: torch.Tensor
+
+
+class Readout(Protocol):
+    """How present features become logits: the model's prediction mode (``modeling_shapley.py``)."""
+
+    def modules(self) -> tuple[nn.Module, ...]:
+        """The modules the readout runs (for :func:`frozen_statistics`)."""
+
+    def value(self, view: PlayerView) -> torch.Tensor:
+        """(n, K) fp32 logits of each row of ``view``."""
+
+    def explain(
+        self,
+        full: PlayerView,
+        empty: torch.Tensor,
+        player_sum: Callable[[torch.Tensor], torch.Tensor],
+    ) -> GameExplanation:
+        """The explanation from the full view and ``v(empty)`` (B or 1, K)."""
+
+
+class _Borrowed:
+    """Holds a module without registering it: the game borrows the model's backbone, whose
+    parameters the model owns and saves."""
+
+    def __init__(self, module: nn.Module):
+        self.module = module
+
+
+class ShapleyGame(nn.Module):
+    """One way of removing players; the interface every family's game implements.
+
+    Args:
+        config: the model's ``ShapleyConfig`` (read at call time: ``coalition_batch_size`` may
+            be overridden by the trainer). Its ``players_grid`` defaults to the token grid.
+        adapter: the backbone family's adapter (``backbones.py``).
+        backbone: the model's backbone (borrowed, not registered).
+    """
+
+    removal: ClassVar[str]
+
+    def __init__(self, config: PreTrainedConfig, adapter: Any, backbone: nn.Module):
+        super().__init__()
+        self.config = config
+        self.adapter = adapter
+        self._backbone = _Borrowed(backbone)
+        self.image_size, self.token_grid = self.geometry(config, adapter)
+        if config.players_grid is None:
+            config.players_grid = list(self.token_grid)
+        self.players_grid = tuple(config.players_grid)
+        self.num_players = self.players_grid[0] * self.players_grid[1]
+        self.register_buffer("token_to_player", self._token_to_player(), persistent=False)
+
+    # ------------------------------------------------------------------ geometry
+    grid_name: ClassVar[str] = "token"
+
+    @staticmethod
+    def geometry(config: PreTrainedConfig, adapter: Any) -> tuple[tuple[int, int], tuple[int, int]]:
+        """(image size, token grid) of the backbone this game removes players from."""
+        raise NotImplementedError
+
+    def _token_to_player(self) -> torch.Tensor:
+        return player_index_of_tokens(self.token_grid, self.players_grid, self.grid_name)
+
+    def reset_buffers(self) -> None:
+        """Rebuild the non-persistent buffers (they are not in the checkpoint)."""
+        init.copy_(self.token_to_player, self._token_to_player())
+
+    @property
+    def backbone(self) -> nn.Module:
+        return self._backbone.module
+
+    @property
+    def tokens_per_player(self) -> int:
+        return math.prod(self.token_grid) // self.num_players
+
+    def player_sum(self, token_values: torch.Tensor) -> torch.Tensor:
+        """(B, N, K) per-token values -> (B, P, K) per-player sums."""
+        B, _, K = token_values.shape
+        out = token_values.new_zeros(B, self.num_players, K)
+        return out.index_add(1, self.token_to_player, token_values)
+
+    # ------------------------------------------------------------------ the interface
+    def prepare(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) -> the per-image context every coalition reuses."""
+        raise NotImplementedError
+
+    def full(self, context: torch.Tensor) -> PlayerView:
+        """The view with every player present."""
+        raise NotImplementedError
+
+    def empty(self, context: torch.Tensor, readout: Readout) -> torch.Tensor:
+        """(B, K) fp32 ``v(empty)``."""
+        raise NotImplementedError
+
+    def values(
+        self,
+        context: torch.Tensor,
+        coalitions: torch.Tensor,
+        readout: Readout,
+        *,
+        dropout: bool = True,
+        chunk_size: int | None = None,
+    ) -> torch.Tensor:
+        """``v_x(S)``: bool (B, M, P) coalitions -> (B, M, K) fp32, normalization layers in eval
+        mode (and dropout off with ``dropout=False``), at most ``chunk_size`` (default
+        ``config.coalition_batch_size``) backbone rows per call."""
+        raise NotImplementedError
+
+    def explain(self, context: torch.Tensor, readout: Readout) -> GameExplanation:
+        """Every player present: the prediction, its per-player values and ``v(empty)``."""
+        full = self.full(context)
+        return readout.explain(full, self.empty(context, readout), self.player_sum)
+
+
+class TokenRemovalGame(ShapleyGame):
+    """Absent players' tokens are dropped after the position embedding (ViT, DeiT, DINOv2).
+
+    ``v(empty)`` is the readout of the special tokens alone (soft voting: the bias ``b``).
+    """
+
+    removal = "token_removal"
+    adapter: TokenRemovalAdapter
+
+    def __init__(self, config: PreTrainedConfig, adapter: TokenRemovalAdapter, backbone: nn.Module):
+        super().__init__(config, adapter, backbone)
+        self.num_special_tokens = adapter.num_special_tokens(config.backbone_config)
+
+    @staticmethod
+    def geometry(config, adapter):
+        image_size = adapter.image_size(config.backbone_config)
+        if config.image_size is not None and tuple(config.image_size) != image_size:
+            raise ValueError(
+                f"image_size={tuple(config.image_size)} differs from the {adapter.family} backbone "
+                f"config's {image_size}; set it in the backbone config instead."
+            )
+        return image_size, adapter.token_grid(config.backbone_config)
+
+    def prepare(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) -> (B, s + N, D) embeddings: special tokens then patch tokens."""
+        return self.adapter.embed(self.backbone, pixel_values)
+
+    def full(self, context: torch.Tensor) -> PlayerView:
+        s = self.num_special_tokens
+        states = self.adapter.encode_tokens(self.backbone, context, None)
+        patch_states = states[:, s:]
+        # patch_weights=None: the classifier's own feature computation, so that a wrapped
+        # classifier's predictions stay bit-identical (a weighted mean differs in the last bit).
+        return PlayerView(
+            patch_states,
+            None,
+            lambda: self.adapter.classifier_features(states[:, :s], patch_states, None),
+        )
+
+    def empty(self, context: torch.Tensor, readout: Readout) -> torch.Tensor:
+        s = self.num_special_tokens
+        no_tokens = context.new_zeros(context.shape[0], 0, context.shape[-1])
+
+        def classifier_features() -> torch.Tensor:
+            states = self.adapter.encode_tokens(self.backbone, context[:, :s], None)
+            return self.adapter.classifier_features(states, no_tokens, no_tokens[..., 0])
+
+        return readout.value(PlayerView(no_tokens, None, classifier_features))
+
+    def values(self, context, coalitions, readout, *, dropout=True, chunk_size=None):
+        """Adjacent complementary coalitions ``[S, ~S]`` share one packed sequence; any other
+        coalition is packed with its own complement, whose value is discarded."""
+        B, M, P = coalitions.shape
+        paired = M % 2 == 0 and bool((coalitions[:, 1::2] == ~coalitions[:, 0::2]).all())
+        primary = coalitions[:, 0::2] if paired else coalitions
+        num_seq = primary.shape[1]
+        flat = primary.reshape(B * num_seq, P)
+        image_of = torch.arange(B, device=flat.device).repeat_interleave(num_seq)
+        chunk = chunk_size or self.config.coalition_batch_size
+        values_in, values_out = [], []
+        with frozen_statistics(self.backbone, *readout.modules(), disable_dropout=not dropout):
+            for start in range(0, flat.shape[0], chunk):
+                sl = slice(start, start + chunk)
+                v_in, v_out = self._packed_pair_values(context[image_of[sl]], flat[sl], readout)
+                values_in.append(v_in)
+                values_out.append(v_out)
+        v_in = torch.cat(values_in).reshape(B, num_seq, -1)
+        if not paired:
+            return v_in
+        v_out = torch.cat(values_out).reshape(B, num_seq, -1)
+        return torch.stack([v_in, v_out], dim=2).reshape(B, M, -1)
+
+    def _packed_pair_values(
+        self, embeddings: torch.Tensor, present: torch.Tensor, readout: Readout
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Values of S and of its complement from one sequence ``[specials, specials, patches]``.
+
+        Args:
+            embeddings: (n, s + N, D) embedded images.
+            present: (n, P) bool, the coalitions S.
+
+        Returns:
+            Two (n, K) fp32 tensors: v(S) and v(~S).
+        """
+        s = self.num_special_tokens
+        specials, patches = embeddings[:, :s], embeddings[:, s:]
+        sequence = torch.cat([specials, specials, patches], dim=1)
+        in_s = present[:, self.token_to_player]  # (n, N): token belongs to S
+        group = torch.cat(
+            [in_s.new_ones(in_s.shape[0], s), in_s.new_zeros(in_s.shape[0], s), in_s], dim=1
+        )
+        same_group = group[:, :, None] == group[:, None, :]
+        attention_mask = torch.zeros(same_group.shape, dtype=sequence.dtype, device=sequence.device)
+        attention_mask.masked_fill_(~same_group, torch.finfo(sequence.dtype).min)
+        states = self.adapter.encode_tokens(self.backbone, sequence, attention_mask[:, None])
+        patch_states = states[:, 2 * s :]
+        classifier = self.adapter.classifier_features
+        view_in = PlayerView(
+            patch_states, in_s, lambda: classifier(states[:, :s], patch_states, in_s)
+        )
+        view_out = PlayerView(
+            patch_states, ~in_s, lambda: classifier(states[:, s : 2 * s], patch_states, ~in_s)
+        )
+        return readout.value(view_in), readout.value(view_out)
+
+
+class PixelBaselineGame(ShapleyGame):
+    """Absent players' pixel blocks take the baseline (ResNet, ConvNeXt, Swin); all cells vote.
+
+    ``v(empty)`` is the readout of the all-baseline image: one pass whatever the batch, whose
+    backbone features are cached in eval mode (call :meth:`clear_cache` after editing the
+    backbone's weights in place while the model stays in eval mode).
+    """
+
+    removal = "pixel_baseline"
+    grid_name = "final feature"
+    adapter: PixelBaselineAdapter
+
+    def __init__(
+        self, config: PreTrainedConfig, adapter: PixelBaselineAdapter, backbone: nn.Module
+    ):
+        super().__init__(config, adapter, backbone)
+        self.register_buffer("pixel_to_player", self._pixel_to_player(), persistent=False)
+        self.register_buffer("baseline_pixels", self._baseline_pixels(), persistent=False)
+        # Backbone features of the all-baseline image in eval mode: (key, (cells, pooled)).
+        self._empty_cache: tuple[tuple, tuple[torch.Tensor, torch.Tensor]] | None = None
+
+    @staticmethod
+    def geometry(config, adapter):
+        backbone_config = config.backbone_config
+        image_size = tuple(config.image_size or adapter.image_size(backbone_config))
+        token_grid = adapter.token_grid(backbone_config, image_size)
+        if min(token_grid) < 1:
+            raise ValueError(
+                f"A {image_size[0]} x {image_size[1]} image is too small for this {adapter.family} "
+                f"backbone: its final feature grid would be {token_grid[0]} x {token_grid[1]}."
+            )
+        return image_size, token_grid
+
+    def _pixel_to_player(self) -> torch.Tensor:
+        return player_index_of_pixels(self.image_size, self.players_grid)
+
+    def _baseline_pixels(self) -> torch.Tensor:
+        """(C, 1, 1) fp32: the value an absent player's pixels take (``config.pixel_baseline``)."""
+        channels = getattr(self.config.backbone_config, "num_channels", 3)
+        value = torch.tensor(self.config.pixel_baseline, dtype=torch.float32).reshape(-1)
+        if value.numel() not in (1, channels):
+            raise ValueError(
+                f"pixel_baseline has {value.numel()} values but the backbone reads {channels} channels; "
+                "give one value, or one per channel."
+            )
+        return value.expand(channels).reshape(channels, 1, 1).clone()
+
+    def reset_buffers(self) -> None:
+        super().reset_buffers()
+        init.copy_(self.pixel_to_player, self._pixel_to_player())
+        init.copy_(self.baseline_pixels, self._baseline_pixels())
+
+    # ------------------------------------------------------------------ the cache
+    def clear_cache(self) -> None:
+        """Forget the cached features of the all-baseline image."""
+        self._empty_cache = None
+
+    def train(self, mode: bool = True):
+        self.clear_cache()
+        return super().train(mode)
+
+    def _apply(self, fn, *args, **kwargs):
+        self.clear_cache()
+        return super()._apply(fn, *args, **kwargs)
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        self.clear_cache()
+        return super()._load_from_state_dict(*args, **kwargs)
+
+    # ------------------------------------------------------------------ the interface
+    def prepare(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """Nothing is embedded once per image: players are removed in pixel space."""
+        return pixel_values
+
+    def full(self, context: torch.Tensor) -> PlayerView:
+        hidden = self.adapter.encode_pixels(self.backbone, context)
+        cells = self.adapter.cell_features(self.backbone, hidden)
+        return PlayerView(cells, None, lambda: self.adapter.pooled_features(self.backbone, hidden))
+
+    def empty(self, context: torch.Tensor, readout: Readout) -> torch.Tensor:
+        """(B, K): the readout of the all-baseline image, normalization layers and dropout in
+        eval mode; its backbone features are cached (detached) in eval mode and recomputed, with
+        gradients, on every call in training mode."""
+        with frozen_statistics(self.backbone, *readout.modules(), disable_dropout=True):
+            view = self._baseline_view(context)
+            value = readout.value(view)
+        return value.expand(context.shape[0], -1)
+
+    def _baseline_view(self, like: torch.Tensor) -> PlayerView:
+        key = (like.device, like.dtype, torch.is_autocast_enabled(like.device.type))
+        if not self.training and self._empty_cache is not None and self._empty_cache[0] == key:
+            cells, pooled = self._empty_cache[1]
+            return PlayerView(cells, None, lambda: pooled)
+        image = self.baseline_pixels.to(device=like.device, dtype=like.dtype)
+        view = self.full(image.expand(1, -1, *self.image_size))
+        if not self.training:
+            # Normal tensors even when computed under inference_mode, so that a later forward
+            # with autograd (attribution baselines such as Grad-CAM) can use the cached value.
+            with torch.inference_mode(False):
+                cells = view.tokens.detach().clone()
+                pooled = view.classifier_features().detach().clone()
+            self._empty_cache = (key, (cells, pooled))
+            return PlayerView(cells, None, lambda: pooled)
+        return view
+
+    def values(self, context, coalitions, readout, *, dropout=True, chunk_size=None):
+        """One backbone pass per coalition, at most ``config.coalition_batch_size`` images per
+        call (``chunk_size`` may only lower it)."""
+        B, M, P = coalitions.shape
+        flat = coalitions.reshape(B * M, P)
+        image_of = torch.arange(B, device=flat.device).repeat_interleave(M)
+        limit = self.config.coalition_batch_size
+        chunk = min(chunk_size or limit, limit)
+        baseline = self.baseline_pixels.to(context.dtype)
+        values = []
+        with frozen_statistics(self.backbone, *readout.modules(), disable_dropout=not dropout):
+            for start in range(0, flat.shape[0], chunk):
+                sl = slice(start, start + chunk)
+                present = flat[sl][:, self.pixel_to_player]  # (n, H, W)
+                images = torch.where(present[:, None], context[image_of[sl]], baseline)
+                values.append(readout.value(self.full(images)))
+        return torch.cat(values).reshape(B, M, -1)
+
+
+GAMES: dict[str, type[ShapleyGame]] = {
+    game.removal: game for game in (TokenRemovalGame, PixelBaselineGame)
+}
+
+
+def build_game(config: PreTrainedConfig, adapter: Any, backbone: nn.Module) -> ShapleyGame:
+    """The game of ``adapter.removal`` for a model of ``config``."""
+    return GAMES[adapter.removal](config, adapter, backbone)
+
+
+__all__ = [
+    "GAMES",
+    "GameExplanation",
+    "PixelBaselineGame",
+    "PlayerView",
+    "Readout",
+    "ShapleyGame",
+    "TokenRemovalGame",
+    "build_game",
+    "frozen_statistics",
+]
