@@ -105,7 +105,7 @@ def test_from_bare_backbone_keeps_its_weights(make_backbone_config, pixel_values
     # The patch tokens the model reads are the backbone's own (up to the dropped pooler).
     with torch.no_grad():
         hidden = backbone(pixel_values).last_hidden_state
-        states = model.adapter.encode(
+        states = model.adapter.encode_tokens(
             model.backbone, model.adapter.embed(model.backbone, pixel_values), None
         )
     assert torch.equal(states, hidden)

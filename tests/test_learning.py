@@ -96,8 +96,9 @@ def train(model: ShapleyForImageClassification, images, labels, steps: int = STE
     model.train()
     for step in range(steps):
         index = torch.randint(0, len(images), (32,), generator=torch.Generator().manual_seed(step))
-        model.objective_step = step
-        loss = model(images[index], labels=labels[index], example_index=index, epoch=0).loss
+        loss = model(
+            images[index], labels=labels[index], example_index=index, epoch=0, global_step=step
+        ).loss
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
