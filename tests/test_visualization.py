@@ -239,3 +239,41 @@ def test_plot_explanation_runs_the_model_and_keeps_its_mode(make_model):
     assert f"{logits[top[0]].item():.3g}" in titles[0]
     with pytest.raises(ValueError, match="image processor"):
         plot_explanation(model, image)
+
+
+def _sixteen_bit_image() -> tuple[Image.Image, np.ndarray]:
+    """A mode ``I;16`` image and the 8-bit grey it must be drawn as (scaled, not clipped)."""
+    values = np.random.default_rng(5).integers(0, 65536, (20, 30), dtype=np.uint16)
+    image = Image.fromarray(values)
+    assert image.mode == "I;16"
+    grey = np.round(values / 65535.0 * 255.0).astype(np.uint8)
+    return image, np.repeat(grey[..., None], 3, axis=-1)
+
+
+def test_overlay_and_figures_draw_a_16_bit_image_scaled_not_clipped():
+    image, expected = _sixteen_bit_image()
+    overlay = overlay_heatmap(image, np.ones((2, 2)), None, alpha=0.0)
+    assert np.array_equal(np.asarray(overlay), expected)
+    assert not np.array_equal(np.asarray(image.convert("RGB")), expected)  # PIL clips
+    fig = plot_class_grid(image, np.zeros((4, 2)), (2, 2), None, classes=[0])
+    assert np.array_equal(np.asarray(fig.axes[0].images[0].get_array()), expected)
+
+
+def test_plot_explanation_explains_the_pixels_the_pipeline_sees(make_model):
+    from transformers import ViTImageProcessorPil
+
+    from hf_shapley.visualization import plot_explanation
+
+    model = make_model("vit", players_grid=(2, 2))
+    model.config.id2label = {0: "a", 1: "b", 2: "c"}
+    processor = ViTImageProcessorPil(size={"height": 32, "width": 32})
+    image, expected = _sixteen_bit_image()
+    with torch.no_grad():
+        pixel_values = processor(Image.fromarray(expected), return_tensors="pt")["pixel_values"]
+        logits = model(pixel_values).logits[0]
+    fig = plot_explanation(model, image, processor, top_k=1)
+    top = int(logits.argmax())
+    title = fig.axes[1].get_title()
+    assert title.startswith(model.config.id2label[top] + ":")
+    assert f"{logits[top].item():.3g}" in title
+    assert np.array_equal(np.asarray(fig.axes[0].images[0].get_array()), expected)

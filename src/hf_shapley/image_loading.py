@@ -1,10 +1,15 @@
-"""Turn what a user hands the explanation pipeline into an 8-bit RGB ``PIL.Image``.
+"""Turn any image into the 8-bit RGB ``PIL.Image`` a model is trained on and explains.
 
 transformers' ``load_image`` ends with ``image.convert("RGB")``, which is wrong for several
 modes real data sets contain: 16-bit grayscale (medical, microscopy, depth) is *clipped* at 255
 instead of scaled, so most of the image turns white; transparent pixels of RGBA/LA images keep
 whatever colour they happened to store (often black). This module converts each mode by what
 its values mean and names the file in every error.
+
+:func:`to_rgb` converts an in-memory ``PIL.Image``; it is THE conversion of the package, used
+for training (``ShapleyImageCollator``), inference (the pipeline, through
+:func:`load_rgb_image`, which also opens paths and URLs), pictures (``visualization``) and the
+model card, so a data set is trained on the same pixels it is explained on.
 
 This file is shipped as remote code beside the pipeline: relative imports only.
 """
@@ -18,7 +23,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-__all__ = ["ImageLoadingError", "describe_image_input", "load_rgb_image"]
+__all__ = ["ImageLoadingError", "describe_image_input", "load_rgb_image", "to_rgb"]
 
 # Where transparent pixels are composited: white, the background of most documents and
 # product photos (the image processor then normalizes it like any other pixel).
@@ -98,7 +103,7 @@ def _scaled_to_uint8(image: Image.Image) -> Image.Image:
     return Image.fromarray(np.round(scaled).astype(np.uint8), mode="L")
 
 
-def _to_rgb(image: Image.Image) -> Image.Image:
+def _convert_mode(image: Image.Image) -> Image.Image:
     mode = image.mode
     if mode == "RGB":
         return image
@@ -119,6 +124,49 @@ def _to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
+def _upright_rgb(image: Image.Image, name: str) -> Image.Image:
+    """EXIF orientation, then the mode conversion; errors name the input as ``name``."""
+    if image.width < 1 or image.height < 1:
+        raise ImageLoadingError(f"{name} has no pixels {image.size}.")
+    try:
+        upright = ImageOps.exif_transpose(image)
+        return _convert_mode(upright if upright is not None else image)
+    except (OSError, ValueError) as error:
+        raise ImageLoadingError(
+            f"Could not convert {name} (mode {image.mode!r}) to RGB: {error}."
+        ) from error
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Convert a ``PIL.Image`` of any mode to 8-bit RGB, upright (EXIF orientation applied).
+
+    The one image conversion of the package: training, inference, pictures and the model card
+    use it, so the model is trained on the pixels it is explained on. Use it instead of PIL's
+    ``image.convert("RGB")``, which clips 16-bit grayscale at 255.
+
+    Conversions:
+        * 16-bit and 32-bit grayscale (``I;16``, ``I``) are scaled from their full range to
+          0..255 (PIL's own ``convert`` clips them at 255); float images (``F``) from [0, 1].
+        * Transparent images (``RGBA``, ``LA``, palette with transparency) are composited over
+          white (``TRANSPARENT_BACKGROUND``).
+        * ``CMYK``, ``L``, ``1``, ``YCbCr`` and palette images use PIL's conversion.
+        Image size is not changed (apart from the EXIF rotation): the model's image processor
+        resizes tiny and huge images. The result is a new image, never ``image`` itself.
+
+    Raises:
+        ImageLoadingError: (a ``ValueError``) for an image with no pixels or one that cannot
+            be decoded or converted.
+        TypeError: For anything that is not a ``PIL.Image.Image`` (use :func:`load_rgb_image`
+            for paths and URLs, ``PIL.Image.fromarray`` for arrays).
+    """
+    if not isinstance(image, Image.Image):
+        raise TypeError(
+            f"to_rgb takes a PIL.Image; got {describe_image_input(image)}. Use load_rgb_image "
+            "for a path or URL, PIL.Image.fromarray(array) for an array."
+        )
+    return _upright_rgb(image, describe_image_input(image))
+
+
 def load_rgb_image(image: Any, timeout: float | None = None) -> Image.Image:
     """Load an image and convert it to 8-bit RGB, upright (EXIF orientation applied).
 
@@ -127,13 +175,8 @@ def load_rgb_image(image: Any, timeout: float | None = None) -> Image.Image:
             ``PIL.Image.Image`` of any mode.
         timeout: Seconds to wait for a URL.
 
-    Conversions:
-        * 16-bit and 32-bit grayscale (``I;16``, ``I``) are scaled from their full range to
-          0..255 (PIL's own ``convert`` clips them at 255); float images (``F``) from [0, 1].
-        * Transparent images (``RGBA``, ``LA``, palette with transparency) are composited over
-          white (``TRANSPARENT_BACKGROUND``).
-        * ``CMYK``, ``L``, ``1``, ``YCbCr`` and palette images use PIL's conversion.
-        Image size is not changed: the model's image processor resizes tiny and huge images.
+    The conversion is :func:`to_rgb` (16-bit and 32-bit grayscale scaled, transparency over
+    white, EXIF orientation).
 
     Raises:
         ImageLoadingError: (a ``ValueError``) for a missing, unreadable, corrupt or non-image
@@ -141,21 +184,12 @@ def load_rgb_image(image: Any, timeout: float | None = None) -> Image.Image:
             names the input.
         TypeError: For anything that is not a path, URL or PIL image.
     """
+    if isinstance(image, Image.Image):
+        return to_rgb(image)
     if isinstance(image, (str, os.PathLike)):
-        opened = _open(image, timeout)
-    elif isinstance(image, Image.Image):
-        opened = image
-    else:
-        raise TypeError(
-            f"Cannot explain {describe_image_input(image)}: pass a path, an http(s) URL or a "
-            "PIL.Image (or a list of them). For arrays use PIL.Image.fromarray(array) first."
-        )
-    if opened.width < 1 or opened.height < 1:
-        raise ImageLoadingError(f"{describe_image_input(image)} has no pixels {opened.size}.")
-    try:
-        upright = ImageOps.exif_transpose(opened)
-        return _to_rgb(upright if upright is not None else opened)
-    except (OSError, ValueError) as error:
-        raise ImageLoadingError(
-            f"Could not convert {describe_image_input(image)} (mode {opened.mode!r}) to RGB: {error}."
-        ) from error
+        # Same conversion as to_rgb, with the file (not the decoded image) named in errors.
+        return _upright_rgb(_open(image, timeout), describe_image_input(image))
+    raise TypeError(
+        f"Cannot explain {describe_image_input(image)}: pass a path, an http(s) URL or a "
+        "PIL.Image (or a list of them). For arrays use PIL.Image.fromarray(array) first."
+    )

@@ -37,6 +37,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from PIL import Image
 
+from .image_loading import to_rgb
+
 if TYPE_CHECKING:  # pragma: no cover
     from matplotlib.colors import Colormap, Normalize
     from matplotlib.figure import Figure
@@ -400,7 +402,9 @@ def overlay_heatmap(
     """Blend a players-grid attribution map over the original image.
 
     Args:
-        image: The original image (any PIL mode; converted to RGB).
+        image: The original image (any PIL mode; converted by
+            :func:`~hf_shapley.image_loading.to_rgb`, as the pipeline and the training
+            collator convert it, so it is drawn upright).
         values_hw: ``(h, w)`` per-player values for one class.
         image_processor: The processor that produced the model input; its resize and center
             crop are inverted (see :func:`attribution_to_image_grid`). ``None`` stretches the
@@ -420,7 +424,7 @@ def overlay_heatmap(
     """
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must be in [0, 1]; got {alpha}.")
-    rgb_image = image.convert("RGB")
+    rgb_image = to_rgb(image)
     width, height = rgb_image.size
     values = _to_numpy(values_hw)
     rows, rows_in, cols, cols_in = _player_lookup(values, image_processor, (height, width))
@@ -554,7 +558,7 @@ def plot_class_grid(
     fig = Figure(figsize=(panel_size * (n + 1) + 0.8, panel_size + 0.6), layout="constrained")
     FigureCanvasAgg(fig)
     axes = fig.subplots(1, n + 1, squeeze=False)[0]
-    rgb = image.convert("RGB")
+    rgb = to_rgb(image)
     axes[0].imshow(np.asarray(rgb))
     axes[0].set_title("input")
     for ax, k, values_hw in zip(axes[1:], classes, maps, strict=True):
@@ -591,7 +595,7 @@ def plot_explanation(
     processor = image_processor if image_processor is not None else model.image_processor
     if processor is None:
         raise ValueError("plot_explanation needs an image processor: pass image_processor=.")
-    rgb = image.convert("RGB")
+    rgb = to_rgb(image)
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()

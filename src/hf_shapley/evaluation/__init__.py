@@ -7,6 +7,9 @@
   value function) and at pixel level (baseline replacement, RISE), AOPC, sensitivity-n.
 * :mod:`.localization`: pointing game and AUROC against object masks.
 * :mod:`.explainers`: baseline explainers with one interface, returning player-level maps.
+* :mod:`.stats`: the statistics: one row-wise Pearson r (:func:`pearson_rows`), tie ranks, the
+  bootstrap interval of a mean and the Wilson interval of an accuracy (:func:`wilson_interval`);
+  through scipy (the ``eval`` extra), imported only when one of them runs.
 * ``METRIC_PATH``: an ``evaluate`` module wrapping the aggregations, loadable offline by path:
   ``evaluate.load(METRIC_PATH, "agreement" | "curves" | "localization")``.
 """
@@ -39,15 +42,14 @@ from .faithfulness import (
     sensitivity_n_from_drops,
 )
 from .localization import mask_auroc, mask_to_players, pointing_game
+from .stats import bootstrap_mean_interval, pearson_rows, rank_with_ties, wilson_interval
 from .truth import (
     ModelTruth,
     ShapleyAgreement,
-    bootstrap_mean_interval,
     exact_model_shapley_values,
     map_agreement,
     model_shapley_truth,
     other_classes_agreement,
-    rank_with_ties,
     shapley_agreement,
     tabulate_game,
 )
@@ -78,6 +80,7 @@ __all__ = [
     "model_coalition_values",
     "model_shapley_truth",
     "other_classes_agreement",
+    "pearson_rows",
     "pixel_curve",
     "player_curve",
     "player_pixel_index",
@@ -90,4 +93,5 @@ __all__ = [
     "sensitivity_n_from_drops",
     "shapley_agreement",
     "tabulate_game",
+    "wilson_interval",
 ]

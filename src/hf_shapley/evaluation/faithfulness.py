@@ -25,6 +25,8 @@ from collections.abc import Callable, Sequence
 
 import torch
 
+from .stats import pearson_rows
+
 __all__ = [
     "CoalitionValues",
     "aopc",
@@ -321,7 +323,7 @@ def sensitivity_n_from_drops(
     out = {}
     for n in sizes.unique().tolist():
         pick = sizes == n
-        out[int(n)] = _pearson_rows(sums[:, pick], drops[:, pick].double())
+        out[int(n)] = pearson_rows(sums[:, pick], drops[:, pick].double())
     return out
 
 
@@ -345,11 +347,3 @@ def sensitivity_n(
     )
     drops = removal_drops(coalition_values, removed, targets, output=output)
     return sensitivity_n_from_drops(attributions, removed, subset_sizes, drops)
-
-
-def _pearson_rows(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Pearson r of each row pair; NaN for a constant row."""
-    ac, bc = a - a.mean(1, keepdim=True), b - b.mean(1, keepdim=True)
-    denominator = ac.norm(dim=1) * bc.norm(dim=1)
-    r = (ac * bc).sum(1) / denominator
-    return torch.where(denominator > 0, r, torch.full_like(r, float("nan")))

@@ -9,7 +9,6 @@ runs over a lookup of that table in float64.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -17,6 +16,7 @@ from tqdm.auto import tqdm
 
 from ..coalitions import all_coalitions
 from ..estimators import exact_shapley_values
+from .stats import bootstrap_mean_interval, pearson_rows, rank_with_ties
 
 MAX_EXACT_PLAYERS = 16
 
@@ -84,37 +84,6 @@ def exact_model_shapley_values(
     return values.permute(1, 0, 2).contiguous()
 
 
-def bootstrap_mean_interval(
-    values: torch.Tensor, *, num_resamples: int = 2000, seed: int = 0, level: float = 0.95
-) -> tuple[float, float]:
-    """Percentile bootstrap interval of the mean of ``values`` (NaNs dropped); (nan, nan) if empty."""
-    values = torch.as_tensor(values, dtype=torch.float64).flatten()
-    values = values[~values.isnan()]
-    if len(values) == 0:
-        return float("nan"), float("nan")
-    generator = torch.Generator().manual_seed(seed)
-    idx = torch.randint(0, len(values), (num_resamples, len(values)), generator=generator)
-    means = values[idx].mean(1).sort().values
-    lo = means[int(math.floor((1 - level) / 2 * num_resamples))]
-    hi = means[int(math.ceil((1 + level) / 2 * num_resamples)) - 1]
-    return float(lo), float(hi)
-
-
-def rank_with_ties(x: torch.Tensor) -> torch.Tensor:
-    """Ranks 1..P along the last dimension, ties given their average rank (as for Spearman)."""
-    x = x.double()
-    less = (x[..., None, :] < x[..., :, None]).sum(-1)
-    equal = (x[..., None, :] == x[..., :, None]).sum(-1)
-    return less + (equal + 1) / 2
-
-
-def _pearson(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    ac, bc = a - a.mean(-1, keepdim=True), b - b.mean(-1, keepdim=True)
-    denominator = ac.norm(dim=-1) * bc.norm(dim=-1)
-    r = (ac * bc).sum(-1) / denominator
-    return torch.where(denominator > 0, r, torch.full_like(r, float("nan")))
-
-
 @dataclass
 class ShapleyAgreement:
     """Per-image agreement of estimated values with the truth, for one class per image.
@@ -180,9 +149,9 @@ def map_agreement(estimate: torch.Tensor, truth: torch.Tensor) -> ShapleyAgreeme
     a, b = estimate.detach().double().cpu(), truth.detach().double().cpu()
     relative_l2 = (a - b).norm(dim=1) / b.norm(dim=1).clamp_min(1e-12)
     return ShapleyAgreement(
-        pearson=_pearson(a, b),
+        pearson=pearson_rows(a, b),
         relative_l2=relative_l2,
-        spearman=_pearson(rank_with_ties(a), rank_with_ties(b)),
+        spearman=pearson_rows(rank_with_ties(a), rank_with_ties(b)),
     )
 
 
