@@ -25,6 +25,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from ..estimators import model_game
 from .faithfulness import player_pixel_index
 
 __all__ = [
@@ -200,7 +201,7 @@ class KernelShapExplainer(Explainer):
         from ..estimators import kernel_shap
 
         result = kernel_shap(
-            self.model.value_function(pixel_values),
+            model_game(self.model, pixel_values),
             self.num_players,
             max_evaluations=self.budget,
             tolerance=0.0,

@@ -9,13 +9,14 @@ runs over a lookup of that table in float64.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
 from tqdm.auto import tqdm
 
 from ..coalitions import all_coalitions
-from ..estimators import exact_shapley_values
+from ..estimators import exact_shapley_values, model_game
 from .stats import bootstrap_mean_interval, pearson_rows, rank_with_ties
 
 MAX_EXACT_PLAYERS = 16
@@ -38,7 +39,8 @@ def tabulate_game(
     was_training = model.training
     model.eval()
     try:
-        embeddings = model.adapter.embed(model.backbone, pixel_values)
+        game, readout = model.game, model.readout
+        context = game.prepare(pixel_values)
         masks = all_coalitions(P).to(pixel_values.device)
         half = masks.shape[0] // 2
         # Codes c and 2**P - 1 - c are complements: packing them costs one pass for both.
@@ -49,7 +51,7 @@ def tabulate_game(
         B = pixel_values.shape[0]
         # Packed sequences are short for small grids: batch many per backbone call (a token
         # budget of 2**16 per call), whatever the training-time coalition_batch_size.
-        sequence_length = embeddings.shape[1] + model.num_special_tokens
+        sequence_length = math.prod(game.token_grid) + 2 * getattr(game, "num_special_tokens", 0)
         sequences_per_call = max(model.config.coalition_batch_size, 2**16 // sequence_length)
         for start in tqdm(
             range(0, half, chunk_size), disable=not progress, desc="exact game table"
@@ -57,8 +59,8 @@ def tabulate_game(
             stop = min(start + chunk_size, half)
             block = first[start:stop]
             pairs = torch.stack([block, ~block], dim=1).reshape(1, -1, P).expand(B, -1, -1)
-            values = model.coalition_values_from_embeddings(
-                embeddings, pairs, chunk_size=sequences_per_call
+            values = game.values(
+                context, pairs, readout, chunk_size=sequences_per_call
             ).double()  # (B, 2n, K)
             values = values.reshape(B, stop - start, 2, -1)
             table[start:stop] = values[:, :, 0].transpose(0, 1).cpu()
@@ -245,7 +247,7 @@ def model_shapley_truth(
 ) -> ModelTruth:
     """The truth of DESIGN.md section 4: exact for ``P <= max_exact_players``, else KernelSHAP.
 
-    KernelSHAP runs through ``model.value_function`` (any family) on the whole batch with the
+    KernelSHAP runs through ``hf_shapley.estimators.model_game`` (any family) on the whole batch with the
     variance stopping rule at ``tolerance`` (worst image and class), so all images share one
     coalition stream; ``seed`` should differ from the seeds of any KernelSHAP explainer scored
     against this truth.
@@ -262,7 +264,7 @@ def model_shapley_truth(
     model.eval()
     try:
         result = kernel_shap(
-            model.value_function(pixel_values),
+            model_game(model, pixel_values),
             num_players,
             tolerance=tolerance,
             max_evaluations=max_evaluations,
