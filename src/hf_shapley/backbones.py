@@ -440,7 +440,27 @@ def wrap_backbone(
     load_image_processor: bool = True,
     **config_kwargs: Any,
 ):
-    """``model_class.from_backbone``: see :meth:`ShapleyForImageClassification.from_backbone`."""
+    """``ShapleyForImageClassification.from_backbone``: wrap a backbone or a fine-tuned classifier.
+
+    Args:
+        model_class: the class to build (``from_backbone`` is this function as a classmethod).
+        backbone: A Hub id or local directory, a backbone config (random weights), or a
+            model object: a bare backbone (``ViTModel``) or an image classifier
+            (``ViTForImageClassification``), whose weights are kept.
+        num_labels, id2label, label2id: The labels. A classifier's labels are inherited;
+            giving a different count is an error.
+        players_grid: ``(h, w)``, dividing the backbone's token grid (final feature grid for
+            ResNet, ConvNeXt, Swin).
+        prediction_mode: Defaults to ``"backbone_head"`` for a fine-tuned classifier (its
+            CLS-token head cannot become soft voting) and ``"shapley_sum"`` otherwise. A
+            ResNet or Swin classifier (average pool + linear) wrapped with ``"shapley_sum"``
+            starts from soft voting that reproduces its logits.
+        train_backbone: In ``backbone_head`` mode, ``False`` freezes the classifier so its
+            predictions stay bit-identical.
+        load_image_processor: For a path or Hub id, also load the image processor and
+            check its size against the backbone's image size.
+        config_kwargs: Any other ``ShapleyConfig`` field (objective settings...).
+    """
     from .configuration_shapley import ShapleyConfig
 
     loaded = load_backbone(backbone, load_image_processor=load_image_processor)

@@ -285,52 +285,9 @@ class ShapleyForImageClassification(ShapleyPreTrainedModel):
         return ClassifierReadout(self.classifier, self.shapley_head, self.config.train_backbone)
 
     # ------------------------------------------------------------------ construction
-    @classmethod
-    def from_backbone(
-        cls,
-        backbone: str | os.PathLike | PreTrainedConfig | PreTrainedModel,
-        *,
-        num_labels: int | None = None,
-        id2label: dict[int, str] | None = None,
-        label2id: dict[str, int] | None = None,
-        players_grid: tuple[int, int] | None = None,
-        prediction_mode: str | None = None,
-        train_backbone: bool = True,
-        load_image_processor: bool = True,
-        **config_kwargs: Any,
-    ) -> ShapleyForImageClassification:
-        """Wrap a backbone or a fine-tuned classifier (implemented in ``backbones.py``).
-
-        Args:
-            backbone: A Hub id or local directory, a backbone config (random weights), or a
-                model object: a bare backbone (``ViTModel``) or an image classifier
-                (``ViTForImageClassification``), whose weights are kept.
-            num_labels, id2label, label2id: The labels. A classifier's labels are inherited;
-                giving a different count is an error.
-            players_grid: ``(h, w)``, dividing the backbone's token grid (final feature grid for
-                ResNet, ConvNeXt, Swin).
-            prediction_mode: Defaults to ``"backbone_head"`` for a fine-tuned classifier (its
-                CLS-token head cannot become soft voting) and ``"shapley_sum"`` otherwise. A
-                ResNet or Swin classifier (average pool + linear) wrapped with ``"shapley_sum"``
-                starts from soft voting that reproduces its logits.
-            train_backbone: In ``backbone_head`` mode, ``False`` freezes the classifier so its
-                predictions stay bit-identical.
-            load_image_processor: For a path or Hub id, also load the image processor and
-                check its size against the backbone's image size.
-            config_kwargs: Any other :class:`ShapleyConfig` field (objective settings...).
-        """
-        return wrap_backbone(
-            cls,
-            backbone,
-            num_labels=num_labels,
-            id2label=id2label,
-            label2id=label2id,
-            players_grid=players_grid,
-            prediction_mode=prediction_mode,
-            train_backbone=train_backbone,
-            load_image_processor=load_image_processor,
-            **config_kwargs,
-        )
+    # Wrap a backbone or a fine-tuned classifier; documented and implemented next to the family
+    # adapters (backbones.wrap_backbone).
+    from_backbone = classmethod(wrap_backbone)
 
     @classmethod
     def from_pretrained(cls, *args: Any, **kwargs: Any):
