@@ -141,17 +141,14 @@ ShapleyObjectiveArguments = _objective_arguments()
 class ShapleyTrainingArguments(ShapleyObjectiveArguments, TrainingArguments):
     """``TrainingArguments`` plus the joint objective's settings.
 
-    The objective fields are generated from the settings ``ShapleyConfig`` declares
-    (``hf_shapley.configuration_shapley.OBJECTIVE_SETTINGS``: ``num_shapley_coalitions``,
-    ``num_distill_coalitions``, ``shapley_loss_weight``, ``distill_loss_weight``,
-    ``loss_warmup_steps``, ``shapley_stop_gradient``, ``shapley_loss_normalization``,
-    ``center_logits``, ``explained_classes``, ``num_explained_classes``,
-    ``coalition_batch_size``, ``coalition_seed``), with the config's help texts and rules. Every
+    The objective fields (``OBJECTIVE_FIELDS``) are generated from the settings
+    ``ShapleyConfig`` declares (``hf_shapley.configuration_shapley.OBJECTIVE_SETTINGS``): one
+    field per setting, same name, typed ``<type> | None``, with the config's help text. Every
     one defaults to ``None``, which keeps the model's ``ShapleyConfig`` value; a field that is
-    set is validated by the config's rule here, overrides the config when the trainer is built
-    and is written back into ``model.config`` (so the saved ``config.json`` records how the model
-    was trained) and into ``shapley_training_args.json`` beside every checkpoint. See
-    :class:`~hf_shapley.ShapleyConfig` for their meaning.
+    set is checked here by the config's own rule, overrides the config when the trainer is built
+    (where combinations are checked) and is written back into ``model.config`` (so the saved
+    ``config.json`` records how the model was trained) and into ``shapley_training_args.json``
+    beside every checkpoint. See :class:`~hf_shapley.ShapleyConfig` for their meaning.
 
     Defaults that differ from ``TrainingArguments``: ``remove_unused_columns=False`` (image
     data sets keep their ``image`` column for a transform or the collator).
@@ -315,9 +312,9 @@ class ShapleyImageCollator:
     ``pixel_values`` come from a ``pixel_values`` entry of each example (tensor, array or
     nested list, e.g. made by a ``set_transform``) or, when the examples have none, from
     ``image_processor`` applied to ``image_column``. PIL images are converted to 8-bit RGB
-    first by :func:`hf_shapley.image_loading.to_rgb`, the conversion the explanation pipeline
-    uses: 16-bit and 32-bit images are scaled from their range (PIL's own ``convert`` clips them)
-    and transparent pixels are composited over white.
+    first by :func:`hf_shapley.image_loading.to_rgb`, the conversion ``load_rgb_image`` (and so
+    the explanation pipeline) applies: 16-bit and 32-bit images are scaled from their range
+    (PIL's own ``convert`` clips them) and transparent pixels are composited over white.
 
     Args:
         image_processor: an image processor (e.g. ``ViTImageProcessor``), used only when the
@@ -431,9 +428,9 @@ class ShapleyTrainer(Trainer):
     * ``shapley_training_args.json`` and ``training_args.json`` beside every saved model.
 
     Metrics are kept as TRL's trainers keep theirs: ``compute_loss`` adds each batch's values to
-    a store (``train``: the loss components; ``eval``: per-batch sums of correct predictions and
-    of the per-image proxy, gathered with ``gather_for_metrics``), and ``log`` turns the store
-    into averages and empties it.
+    a store (``train``: the loss components; ``eval``: sums of correct predictions and of the
+    per-image proxy, gathered per batch with ``gather_for_metrics``), and ``log`` turns the
+    store into averages and empties it.
 
     Training examples must carry ``example_index`` (see :func:`add_example_index`): the
     coalitions are keyed by it, which is what makes resumed and multi-process runs reproduce a
@@ -460,10 +457,11 @@ class ShapleyTrainer(Trainer):
             )
         self.progress = ShapleyProgressCallback()
         self.add_callback(self.progress)
-        # Per-mode metric stores, filled by compute_loss and emptied by log (and predict).
-        self._metrics: dict[str, defaultdict[str, list]] = {
-            "train": defaultdict(list),
-            "eval": defaultdict(list),
+        # Per-mode metric stores of running sums (constant memory, however long the logging
+        # window), filled by compute_loss and emptied by log (and predict).
+        self._metrics: dict[str, defaultdict[str, Any]] = {
+            "train": defaultdict(float),
+            "eval": defaultdict(float),
         }
         # Metric prefix of the evaluate/predict call in progress; None outside them.
         self._eval_prefix: str | None = None
@@ -557,9 +555,11 @@ class ShapleyTrainer(Trainer):
         ]
         if any(v is None for v in values):
             return
-        # Kept on the device (no sync per step); averaged across processes in log().
+        # Summed on the device (no sync per step); averaged across processes in log().
+        store = self._metrics["train"]
         for name, value in zip(LOSS_COMPONENTS, values, strict=True):
-            self._metrics["train"][name].append(value.detach().float().reshape(()))
+            store[name] = store[name] + value.detach().float().reshape(())
+        store["count"] += 1
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         """Add the stored metrics to ``logs`` (in place, so that ``evaluate`` returns them too).
@@ -576,13 +576,10 @@ class ShapleyTrainer(Trainer):
 
     def _flush_train_metrics(self) -> dict[str, float]:
         store = self._metrics["train"]
-        count = len(store[LOSS_COMPONENTS[0]])
         sums = torch.zeros(len(LOSS_COMPONENTS) + 1, device=self.args.device)
-        if count:
-            sums[:-1] = torch.stack(
-                [torch.stack(store[name]).sum().to(sums.device) for name in LOSS_COMPONENTS]
-            )
-        sums[-1] = count
+        if store["count"]:
+            sums[:-1] = torch.stack([store[name].to(sums.device) for name in LOSS_COMPONENTS])
+        sums[-1] = store["count"]
         # Every process gathers, also one that ran no micro-batch in this window.
         totals = self.accelerator.gather(sums[None]).sum(0).cpu()
         store.clear()
@@ -632,12 +629,11 @@ class ShapleyTrainer(Trainer):
 
     def _flush_eval_metrics(self, metrics: dict[str, Any], prefix: str) -> None:
         store = self._metrics["eval"]
-        labelled, explained = sum(store["labelled"]), sum(store["explained"])
-        if labelled > 0:
+        if store["labelled"] > 0:
             # A compute_metrics "accuracy" comes first.
-            metrics.setdefault(f"{prefix}_accuracy", sum(store["correct"]) / labelled)
-        if explained > 0:
-            metrics[f"{prefix}_shapley_regression_proxy"] = sum(store["proxy"]) / explained
+            metrics.setdefault(f"{prefix}_accuracy", store["correct"] / store["labelled"])
+        if store["explained"] > 0:
+            metrics[f"{prefix}_shapley_regression_proxy"] = store["proxy"] / store["explained"]
         store.clear()
 
     def prediction_step(
@@ -663,8 +659,8 @@ class ShapleyTrainer(Trainer):
         if labels is not None:
             correct = (logits.argmax(-1) == labels).float()
             correct = self.accelerator.gather_for_metrics(correct)
-            store["correct"].append(float(correct.sum()))
-            store["labelled"].append(correct.numel())
+            store["correct"] += float(correct.sum())
+            store["labelled"] += correct.numel()
 
         m = getattr(self.args, "eval_num_shapley_coalitions", 16)  # plain TrainingArguments: 16
         phi = outputs.get("shapley_values") if isinstance(outputs, Mapping) else None
@@ -704,8 +700,8 @@ class ShapleyTrainer(Trainer):
             ]
         )
         per_image = self.accelerator.gather_for_metrics(per_image)
-        store["proxy"].append(float(per_image.sum()))
-        store["explained"].append(per_image.numel())
+        store["proxy"] += float(per_image.sum())
+        store["explained"] += per_image.numel()
 
     # ------------------------------------------------------------------ loading
     # Private overrides (_load_from_checkpoint, _load_best_model), kept because of a transformers
