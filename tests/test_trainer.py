@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import typing
 
 import datasets
 import numpy as np
@@ -214,8 +215,10 @@ def test_training_arguments_are_generated_from_the_config_table():
         "eval_num_shapley_coalitions",
         "eval_coalition_seed",
     ]
+    # The annotations: HfArgumentParser rewrites Field.type in place (it strips the None).
+    hints = typing.get_type_hints(ShapleyTrainingArguments)
     for f, setting in zip(fields, OBJECTIVE_SETTINGS, strict=False):
-        assert f.type == (setting.type | None), f.name
+        assert hints[f.name] == (setting.type | None), f.name
         assert f.default is None, f.name
         assert f.metadata["help"] == setting.help + KEEP_CONFIG, f.name
         assert setting.help == config_fields[f.name].metadata["hf_shapley_objective"]["help"]
