@@ -5,7 +5,8 @@ each rank saw.
     python tests/_ddp_script.py OUT_DIR PER_DEVICE_BATCH
 
 Every rank writes ``OUT_DIR/rank{r}.json`` (world size, rank, the example indices of every
-training micro-batch it ran, the log history, the eval metrics) and
+training micro-batch it ran, the ``global_step`` and ``epoch`` its model's forward received,
+the log history, the eval metrics) and
 ``OUT_DIR/rank{r}.safetensors`` (its final weights); rank 0 also writes
 ``OUT_DIR/initial.safetensors``. ``DDP_SCRIPT_END=1`` calls ``trainer.end()`` at the end.
 
@@ -67,6 +68,13 @@ def main() -> None:
         num_distill_coalitions=2,
     )
     model = hf_shapley.ShapleyForImageClassification(config)
+    forwards = []  # (global_step, epoch) of every training forward, as the model received them
+
+    def spy(module, args, kwargs):
+        if module.training and kwargs.get("labels") is not None:
+            forwards.append([kwargs.get("global_step"), kwargs.get("epoch")])
+
+    model.register_forward_pre_hook(spy, with_kwargs=True)
     initial = {k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}
     args = ShapleyTrainingArguments(
         os.path.join(out_dir, "trainer"),
@@ -106,6 +114,7 @@ def main() -> None:
         if torch.distributed.is_initialized()
         else 1,
         "seen": trainer.seen,
+        "forwards": forwards,
         "log_history": trainer.state.log_history,
         "eval": metrics,
     }

@@ -128,6 +128,9 @@ def test_two_process_ddp_matches_one_process(tmp_path):
         assert step == step0 == step1
         assert len(half0) == len(half1) == 4 and not set(half0) & set(half1)
         assert sorted(half0 + half1) == sorted(batch)
+    # Every rank's model got the optimizer step and the epoch as forward arguments.
+    for record in (one, *ranks):
+        assert record["forwards"] == [[step, 0] for step in range(3)]
 
     # DDP kept the replicas identical, and they equal the one-process result.
     w0, w1 = load_file(double / "rank0.safetensors"), load_file(double / "rank1.safetensors")

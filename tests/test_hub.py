@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import socket
 
 import pytest
 from huggingface_hub import ModelCard
 
+import hf_shapley.hub
+from hf_shapley.configuration_shapley import OBJECTIVE_SETTINGS
 from hf_shapley.hub import render_model_card
 
 REPO = "my-org/tiny-vit-shapley"
@@ -61,6 +64,9 @@ def test_full_card_round_trip(tiny_model, tmp_path, no_network):
     assert f'pipeline("image-shapley-explanation", model="{REPO}", trust_remote_code=True)' in text
     assert f'AutoModelForImageClassification.from_pretrained("{REPO}")' in text
     assert "out.shapley_values" in text
+    # With the package installed, images are read as the pipeline reads them.
+    assert "from hf_shapley.image_loading import load_rgb_image" in text
+    assert 'load_rgb_image("image.jpg")' in text and '.convert("RGB")' not in text
     # Training settings from the config, data, hyperparameters.
     assert "Trained on **shapes**" in text
     assert "| Shapley coalitions per image (m, in complementary pairs) | 8 |" in text
@@ -159,3 +165,51 @@ def test_pixel_baseline_card_states_input_size_and_removal(make_model, no_networ
     assert f"**Input size:** {height} x {width} px" in text  # ResNet configs carry no image size
     assert "replacing the patch's pixels with a baseline value" in text
     assert "dropping the patch's tokens" not in text
+
+
+def test_card_rows_follow_the_objective_table(make_model, monkeypatch, no_network):
+    """One row per objective setting with a card label, in the config's order and format; a
+    setting used only under a condition (num_explained_classes) only where it applies."""
+    model = make_model(
+        "vit",
+        players_grid=(2, 2),
+        explained_classes="label",
+        num_explained_classes=2,
+        shapley_loss_weight=0.25,
+        loss_warmup_steps=5,
+        shapley_loss_normalization="none",
+    )
+    text = render_model_card(model, repo_id=REPO).text
+    positions = []
+    for setting in OBJECTIVE_SETTINGS:
+        if setting.label is None:
+            assert setting.name == "coalition_batch_size"  # speed and memory only
+            continue
+        row = f"| {setting.label} | {setting.card_value(getattr(model.config, setting.name))} |"
+        assert row in text, row
+        positions.append(text.index(row))
+    assert positions == sorted(positions)
+    assert "| Shapley loss normalization | `none` |" in text
+    assert "| Number of explained classes | 2 |" in text
+    assert "| Loss warm-up steps | 5 |" in text
+
+    model.config.explained_classes = "all"
+    assert "Number of explained classes" not in render_model_card(model, repo_id=REPO).text
+
+    # The labels are read from the table, not written in hub.py.
+    renamed = tuple(
+        dataclasses.replace(s, label="Pairs of kernel coalitions")
+        if s.name == "num_shapley_coalitions"
+        else s
+        for s in OBJECTIVE_SETTINGS
+    )
+    monkeypatch.setattr(hf_shapley.hub, "OBJECTIVE_SETTINGS", renamed)
+    text = render_model_card(model, repo_id=REPO).text
+    assert f"| Pairs of kernel coalitions | {model.config.num_shapley_coalitions} |" in text
+    assert "Shapley coalitions per image" not in text
+
+
+def test_module_docstring_names_the_publishing_route():
+    doc = hf_shapley.hub.__doc__
+    assert "from hf_shapley.hub import push_to_hub" in doc
+    assert "push_to_hub(model, " in doc and "one route" in doc

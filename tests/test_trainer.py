@@ -12,22 +12,27 @@ loss term is a mean of per-image terms. Tolerances: 1e-5 absolute for reordering
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
+import typing
 
 import datasets
 import numpy as np
 import pytest
 import torch
 from PIL import Image
-from transformers import Trainer, TrainingArguments, ViTImageProcessor
+from transformers import HfArgumentParser, Trainer, TrainingArguments, ViTImageProcessor
 
 import hf_shapley
 from hf_shapley.coalitions import sample_shapley_kernel_coalitions
+from hf_shapley.configuration_shapley import OBJECTIVE_SETTINGS, ShapleyConfig
+from hf_shapley.image_loading import load_rgb_image
 from hf_shapley.objective import shapley_regression_loss
 from hf_shapley.trainer import (
     OBJECTIVE_FIELDS,
     ShapleyImageCollator,
+    ShapleyProgressCallback,
     ShapleyTrainer,
     ShapleyTrainingArguments,
     add_example_index,
@@ -96,6 +101,29 @@ def assert_weights_close(a, b, atol):
 
 def assert_weights_differ(a, b):
     assert max((a[k] - b[k]).abs().max().item() for k in a) > 1e-4
+
+
+def spy_forward(model) -> list[dict]:
+    """Record the keyword arguments of every call of ``model``'s forward (a forward pre-hook):
+    mode, and the ``global_step``, ``epoch`` and ``example_index`` it got (``"absent"`` if not
+    passed), for calls with ``labels`` (the ones that compute a loss)."""
+    calls = []
+
+    def hook(module, args, kwargs):
+        if kwargs.get("labels") is None:
+            return
+        index = kwargs.get("example_index")
+        calls.append(
+            {
+                "training": module.training,
+                "global_step": kwargs.get("global_step", "absent"),
+                "epoch": kwargs.get("epoch", "absent"),
+                "example_index": None if index is None else index.tolist(),
+            }
+        )
+
+    model.register_forward_pre_hook(hook, with_kwargs=True)
+    return calls
 
 
 # --------------------------------------------------------------------------------------
@@ -168,6 +196,105 @@ def test_overrides_written_to_config_and_json(tmp_path, make_model):
 def test_invalid_arguments_error(tmp_path, kwargs, match):
     with pytest.raises(ValueError, match=match):
         make_args(tmp_path, **kwargs)
+
+
+KEEP_CONFIG = " None (default) keeps the model config's value."
+
+
+def test_training_arguments_are_generated_from_the_config_table():
+    """One objective field per setting ShapleyConfig declares: same name, order, type (or None),
+    default None, the config's help text; nothing else beyond TrainingArguments."""
+    config_fields = {f.name: f for f in dataclasses.fields(ShapleyConfig)}
+    declared = [n for n, f in config_fields.items() if "hf_shapley_objective" in f.metadata]
+    assert OBJECTIVE_FIELDS == tuple(s.name for s in OBJECTIVE_SETTINGS) == tuple(declared)
+
+    base = {f.name for f in dataclasses.fields(TrainingArguments)}
+    fields = [f for f in dataclasses.fields(ShapleyTrainingArguments) if f.name not in base]
+    assert [f.name for f in fields] == [
+        *OBJECTIVE_FIELDS,
+        "eval_num_shapley_coalitions",
+        "eval_coalition_seed",
+    ]
+    # The annotations: HfArgumentParser rewrites Field.type in place (it strips the None).
+    hints = typing.get_type_hints(ShapleyTrainingArguments)
+    for f, setting in zip(fields, OBJECTIVE_SETTINGS, strict=False):
+        assert hints[f.name] == (setting.type | None), f.name
+        assert f.default is None, f.name
+        assert f.metadata["help"] == setting.help + KEEP_CONFIG, f.name
+        assert setting.help == config_fields[f.name].metadata["hf_shapley_objective"]["help"]
+    assert ShapleyTrainingArguments("out").shapley_overrides() == {}
+
+
+def test_argument_parser_sees_the_generated_fields(tmp_path):
+    parser = HfArgumentParser(ShapleyTrainingArguments)
+    actions = {a.dest: a for a in parser._actions}
+    for setting in OBJECTIVE_SETTINGS:
+        assert actions[setting.name].help.startswith(setting.help), setting.name
+        assert actions[setting.name].default is None
+    cli = {
+        "num_shapley_coalitions": ("4", 4),
+        "num_distill_coalitions": ("0", 0),
+        "shapley_loss_weight": ("0.5", 0.5),
+        "distill_loss_weight": ("2", 2.0),
+        "loss_warmup_steps": ("10", 10),
+        "shapley_stop_gradient": ("false", False),
+        "shapley_loss_normalization": ("none", "none"),
+        "center_logits": ("true", True),
+        "explained_classes": ("label", "label"),
+        "num_explained_classes": ("2", 2),
+        "coalition_batch_size": ("8", 8),
+        "coalition_seed": ("7", 7),
+    }
+    assert set(cli) == set(OBJECTIVE_FIELDS)
+    argv = ["--output_dir", str(tmp_path), "--report_to", "none"]
+    for name, (text, _) in cli.items():
+        argv += [f"--{name}", text]
+    (args,) = parser.parse_args_into_dataclasses(argv)
+    assert args.shapley_overrides() == {name: value for name, (_, value) in cli.items()}
+    for name, (_, value) in cli.items():
+        assert type(getattr(args, name)) is type(value), name
+
+
+def _bad_values(setting):
+    """Values that break a setting's rule (its type, its minimum, evenness, its choices)."""
+    if setting.type is bool:
+        return [1, "yes"]
+    if setting.type is str:
+        return ["nope", 3]
+    bad = ["3", True]
+    if setting.minimum is not None:
+        bad.append(setting.minimum - 2)
+    if setting.type is int:
+        bad.append(2.0)
+        if setting.even:
+            bad.append(3)
+    else:
+        bad += [float("nan"), float("inf")]
+    return bad
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [(s.name, v) for s in OBJECTIVE_SETTINGS for v in _bad_values(s)],
+    ids=lambda v: repr(v),
+)
+def test_invalid_override_names_the_field_with_the_config_rule(tmp_path, name, value):
+    """The arguments check each set field with the config's own rule, before any training: the
+    same message as ShapleyConfig's, with the owner named."""
+    with pytest.raises(ValueError) as config_error:
+        ShapleyConfig(**{name: value})
+    assert str(config_error.value).startswith(f"{name} must be ")
+    with pytest.raises(ValueError) as args_error:
+        make_args(tmp_path, **{name: value})
+    assert str(args_error.value) == f"ShapleyTrainingArguments.{config_error.value}"
+
+
+def test_valid_overrides_pass_the_config_rule(tmp_path):
+    for setting in OBJECTIVE_SETTINGS:
+        value = 1 if setting.name == "num_explained_classes" else setting.default
+        assert getattr(make_args(tmp_path, **{setting.name: value}), setting.name) == value
+    # ints are numbers for the float settings, as in the config
+    assert make_args(tmp_path, shapley_loss_weight=2).shapley_loss_weight == 2
 
 
 def test_invalid_combination_with_model_config_errors(tmp_path, make_model):
@@ -259,6 +386,31 @@ def test_collator_with_image_processor():
     assert batch["example_index"].tolist() == [0, 1, 2, 3]
     with pytest.raises(ValueError, match="image_processor"):
         ShapleyImageCollator()(features)
+
+
+def test_collator_converts_images_like_the_package_loader():
+    """16-bit images are scaled (PIL's convert clips them at 255) and transparency goes over
+    white: the collator converts PIL images as hf_shapley.image_loading does."""
+    processor = ViTImageProcessor(size={"height": 32, "width": 32})
+    rng = np.random.default_rng(0)
+    deep = Image.fromarray(np.linspace(0, 65535, 40 * 40).reshape(40, 40).astype(np.uint16))
+    assert deep.mode == "I;16"
+    rgba = rng.integers(0, 256, (40, 40, 4), dtype=np.uint8)
+    rgba[:20, :, 3] = 0  # the top half transparent
+    transparent = Image.fromarray(rgba)
+    features = [
+        {"image": deep, "label": 0, "example_index": 0},
+        {"image": transparent, "label": 1, "example_index": 1},
+    ]
+    batch = ShapleyImageCollator(image_processor=processor)(features)
+    expected = processor([load_rgb_image(deep), load_rgb_image(transparent)], return_tensors="pt")[
+        "pixel_values"
+    ]
+    torch.testing.assert_close(batch["pixel_values"], expected, rtol=0, atol=0)
+    clipped = processor([deep.convert("RGB")], return_tensors="pt")["pixel_values"]
+    assert (batch["pixel_values"][0] - clipped[0]).abs().max() > 0.5
+    # The transparent half is white (1.0 after ViT's normalization to [-1, 1]).
+    assert torch.allclose(batch["pixel_values"][1, :, :15], torch.ones(3, 15, 32))
 
 
 # --------------------------------------------------------------------------------------
@@ -411,6 +563,118 @@ def test_plain_training_arguments_work(tmp_path, make_model):
     assert model.config.num_shapley_coalitions == 2
 
 
+def test_eval_metrics_follow_the_metric_prefix(tmp_path, make_model):
+    """evaluate() under another prefix, on a dict of data sets, and predict(): the metrics
+    are named after the call's prefix; a compute_metrics accuracy comes first."""
+    model = make_model("vit", players_grid=GRID, num_shapley_coalitions=2)
+    eval_ds = make_dataset(6, seed=3)
+    trainer = ShapleyTrainer(model, make_args(tmp_path, per_device_eval_batch_size=4))
+    plain = trainer.evaluate(eval_ds)
+    held_out = trainer.evaluate(eval_ds, metric_key_prefix="heldout")
+    assert held_out["heldout_accuracy"] == plain["eval_accuracy"]
+    assert held_out["heldout_shapley_regression_proxy"] == pytest.approx(
+        plain["eval_shapley_regression_proxy"], rel=1e-6
+    )
+    assert not any(key.startswith("eval_") for key in held_out)
+    logged = [log for log in trainer.state.log_history if "heldout_loss" in log]
+    assert (
+        logged[0]["heldout_shapley_regression_proxy"]
+        == (held_out["heldout_shapley_regression_proxy"])
+    )
+
+    both = trainer.evaluate({"a": eval_ds, "b": make_dataset(4, seed=4)})
+    assert both["eval_a_accuracy"] == plain["eval_accuracy"]
+    assert "eval_b_shapley_regression_proxy" in both and "eval_accuracy" not in both
+    prediction = trainer.predict(eval_ds)
+    assert prediction.metrics["test_accuracy"] == plain["eval_accuracy"]
+
+    with_metric = ShapleyTrainer(
+        model,
+        make_args(tmp_path, per_device_eval_batch_size=4),
+        compute_metrics=lambda _: {"accuracy": -1.0},
+    )
+    metrics = with_metric.evaluate(eval_ds)
+    assert metrics["eval_accuracy"] == -1.0 and "eval_shapley_regression_proxy" in metrics
+
+
+def test_trainer_uses_public_hooks(tmp_path, make_model):
+    """No override of the Trainer's private training and evaluation loops; the remaining
+    private overrides are the loading fixes (a transformers bug) and _save."""
+    assert "_run_epoch" not in vars(ShapleyTrainer)
+    assert "evaluation_loop" not in vars(ShapleyTrainer)
+    private_overrides = {
+        name
+        for name in vars(ShapleyTrainer)
+        if name.startswith("_") and not name.startswith("__") and hasattr(Trainer, name)
+    }
+    assert private_overrides == {"_load_from_checkpoint", "_load_best_model", "_save"}
+    trainer = ShapleyTrainer(make_model("vit", players_grid=GRID), make_args(tmp_path))
+    callbacks = [
+        c for c in trainer.callback_handler.callbacks if isinstance(c, ShapleyProgressCallback)
+    ]
+    assert callbacks == [trainer.progress]
+
+
+def test_epoch_and_global_step_reach_forward(tmp_path, make_model):
+    """Training forwards get epoch and global_step (the optimizer step, the same for the
+    micro-batches of one accumulated step) as arguments; evaluation forwards get neither."""
+    model = make_model("vit", players_grid=GRID, num_shapley_coalitions=2)
+    calls = spy_forward(model)
+    args = make_args(
+        tmp_path,
+        num_train_epochs=2,
+        per_device_train_batch_size=2,
+        gradient_accumulation_steps=2,
+        per_device_eval_batch_size=4,
+        eval_strategy="epoch",
+    )
+    trainer = ShapleyTrainer(
+        model, args, train_dataset=make_dataset(12), eval_dataset=make_dataset(4, seed=1)
+    )
+    trainer.train()
+    training = [c for c in calls if c["training"]]
+    # 12 images in micro-batches of 2, 2 per optimizer step: 3 steps an epoch, 2 epochs.
+    assert [c["global_step"] for c in training] == [s for s in range(6) for _ in range(2)]
+    assert [c["epoch"] for c in training] == [0] * 6 + [1] * 6
+    assert all(type(c["global_step"]) is int and type(c["epoch"]) is int for c in training)
+    seen = [i for c in training for i in c["example_index"]]
+    assert sorted(seen[:12]) == sorted(seen[12:]) == list(range(12))
+    evaluation = [c for c in calls if not c["training"]]
+    assert len(evaluation) == 2  # one eval batch after each epoch
+    assert all(c["global_step"] == c["epoch"] == "absent" for c in evaluation)
+
+
+def test_loss_warmup_follows_the_optimizer_step(tmp_path, make_model):
+    """The warm-up of alpha and lambda is keyed by the optimizer step the trainer passes as
+    global_step: with 2 accumulated micro-batches per step, both micro-batches of step t use
+    the weight (t + 1) / warmup, so each step's logged loss is cls + w_t * (alpha * distill +
+    lambda * shapley) of its logged components (a per-call counter would mix two weights)."""
+    model = make_model("vit", players_grid=GRID, num_distill_coalitions=2)
+    args = make_args(
+        tmp_path,
+        max_steps=3,
+        per_device_train_batch_size=2,
+        gradient_accumulation_steps=2,
+        logging_strategy="steps",
+        logging_steps=1,
+        num_shapley_coalitions=4,
+        shapley_loss_weight=0.5,
+        distill_loss_weight=2.0,
+        loss_warmup_steps=4,
+    )
+    trainer = ShapleyTrainer(model, args, train_dataset=make_dataset(12))
+    trainer.train()
+    logs = [log for log in trainer.state.log_history if "loss" in log]
+    assert [log["step"] for log in logs] == [1, 2, 3]
+    for step, log in enumerate(logs):
+        weight = (step + 1) / 4
+        assert log["distill_loss"] > 0 and log["shapley_loss"] > 0
+        expected = log["cls_loss"] + weight * (
+            2.0 * log["distill_loss"] + 0.5 * log["shapley_loss"]
+        )
+        assert log["loss"] == pytest.approx(expected, rel=1e-5), f"step {step}"
+
+
 # --------------------------------------------------------------------------------------
 # Equivalences: gradient accumulation, resume
 # --------------------------------------------------------------------------------------
@@ -459,7 +723,8 @@ def test_resume_reproduces_straight_run(tmp_path, make_model):
 
     16 images in batches of 4: 4 steps an epoch, so the checkpoint is in the middle of epoch 1
     and the resumed steps must use epoch 1 (not 0, not 2), the shuffled example order of epoch
-    1 and the objective warm-up at steps 6 and 7 (warm-up spans all 8 steps).
+    1 and the objective warm-up at steps 6 and 7 (warm-up spans all 8 steps; the step reaches
+    the model as the forward argument global_step).
     """
 
     def run(name, seed, resume=None):
@@ -477,22 +742,28 @@ def test_resume_reproduces_straight_run(tmp_path, make_model):
             loss_warmup_steps=8,
             seed=11,
         )
+        forwards = spy_forward(model)
         trainer = RecordingTrainer(model, args, train_dataset=make_dataset(16))
         trainer.calls = []
         trainer.train(resume_from_checkpoint=resume)
-        return model, trainer.calls
+        return model, trainer.calls, forwards
 
-    straight, straight_calls = run("straight", seed=0)
+    straight, straight_calls, straight_forwards = run("straight", seed=0)
     checkpoint = tmp_path / "straight" / "checkpoint-6"
     assert checkpoint.is_dir()
-    resumed, resumed_calls = run("resumed", seed=1, resume=str(checkpoint))
+    resumed, resumed_calls, resumed_forwards = run("resumed", seed=1, resume=str(checkpoint))
 
     assert [c[:2] for c in straight_calls] == [(s, s // 4) for s in range(8)]
     assert resumed_calls == straight_calls[6:]
     # The data really is shuffled: epoch 1's order differs from epoch 0's and from row order.
     order = [i for c in straight_calls for i in c[2]]
     assert order[:16] != list(range(16)) and order[16:] != order[:16]
-    assert straight.objective_step == resumed.objective_step == 7
+    # What reached the model: the same (global_step, epoch, examples) keys, steps 6 and 7 of
+    # epoch 1 in the resumed run.
+    keys = [(f["global_step"], f["epoch"], f["example_index"]) for f in straight_forwards]
+    assert keys == [(s, s // 4, c[2]) for s, c in enumerate(straight_calls)]
+    resumed_keys = [(f["global_step"], f["epoch"], f["example_index"]) for f in resumed_forwards]
+    assert resumed_keys == keys[6:]
     assert_weights_close(weights(straight), weights(resumed), atol=1e-6)
 
 

@@ -6,12 +6,25 @@ the prediction mode, and the joint training objective. Objective settings live h
 the trainer, so that a model trained with a plain Accelerate loop records how it was trained
 in its own ``config.json``.
 
-This file is shipped as remote code: relative imports only.
+Each objective setting is declared once, as a field of :class:`ShapleyConfig` whose metadata
+(:func:`objective_field`) holds its help text, model card label and validation rule;
+:data:`OBJECTIVE_SETTINGS` lists them. ``ShapleyConfig`` validates them from it,
+``hf_shapley.ShapleyTrainingArguments`` generates its override fields from it and the model card
+(``hf_shapley.hub``) takes its rows from it.
+
+This file is shipped as remote code: relative imports only, and nothing from the training side.
 """
 
-from __future__ import annotations
+# No `from __future__ import annotations`: the objective settings' types are read from the field
+# annotations at runtime (dataclasses.fields), so they must be types, not strings.
 
+import math
+import numbers
 import sys
+import textwrap
+from dataclasses import dataclass, field, fields
+from types import UnionType
+from typing import Any, Union, get_args, get_origin
 
 from transformers import AutoConfig, PreTrainedConfig
 from transformers.configuration_utils import SubConfigSpec
@@ -67,6 +80,184 @@ def _as_float(value):
     return value
 
 
+# --------------------------------------------------------------------------------------
+# Objective settings: declared once, as ShapleyConfig fields with this metadata
+# --------------------------------------------------------------------------------------
+
+_OBJECTIVE_KEY = "hf_shapley_objective"
+
+
+def objective_field(
+    default: Any,
+    *,
+    help: str,
+    label: str | None = None,
+    details: str = "",
+    minimum: float | None = None,
+    even: bool = False,
+    why: str = "",
+    choices: tuple[str, ...] = (),
+    needed_if: tuple[str, tuple[Any, ...]] | None = None,
+) -> Any:
+    """A :class:`ShapleyConfig` field that is an objective setting; arguments as in
+    :class:`ObjectiveSetting` (name, type and default come from the field itself)."""
+    rule = dict(
+        help=help,
+        label=label,
+        details=details,
+        minimum=minimum,
+        even=even,
+        why=why,
+        choices=tuple(choices),
+        needed_if=needed_if,
+    )
+    return field(default=default, metadata={_OBJECTIVE_KEY: rule})
+
+
+@dataclass(frozen=True)
+class ObjectiveSetting:
+    """One setting of the joint training objective, as declared on :class:`ShapleyConfig`.
+
+    ``ShapleyConfig`` validates it with :meth:`check`, ``ShapleyTrainingArguments`` offers an
+    override of it (typed ``type | None``, help text ``help``) and the model card shows it in a
+    row named ``label``.
+
+    Attributes:
+        name: The config field.
+        type: Its value type (``int``, ``float``, ``bool`` or ``str``), from the annotation.
+        default: Its default, from the field.
+        optional: Whether ``None`` is allowed (the annotation admits ``None``).
+        help: One line: the override's help text and the summary in the config's docstring.
+        label: The model card's name of the row; ``None`` keeps the setting off the card (it
+            changes only speed or memory).
+        details: More documentation, for the config's docstring.
+        minimum: Numbers: the smallest value allowed.
+        even: Ints: must be even.
+        why: The reason for the rule, given in the error message.
+        choices: Strings: the values allowed.
+        needed_if: ``(other setting, its values)``: the setting is used only where the other
+            one has one of these values; there it must not be ``None``, and only there the
+            model card shows it.
+    """
+
+    name: str
+    type: type
+    default: Any
+    help: str
+    label: str | None = None
+    optional: bool = False
+    details: str = ""
+    minimum: float | None = None
+    even: bool = False
+    why: str = ""
+    choices: tuple[str, ...] = ()
+    needed_if: tuple[str, tuple[Any, ...]] | None = None
+
+    def requirement(self, *, allow_none: bool | None = None) -> str:
+        """What a valid value is, in words (``"a non-negative even int"``)."""
+        if self.type is bool:
+            text = "True or False"
+        elif self.type is str:
+            text = f"one of {self.choices}" if self.choices else "a string"
+        elif self.type is int:
+            kind = "even int" if self.even else "int"
+            if self.minimum is None:
+                text = f"an {kind}"
+            elif self.minimum == 0:
+                text = f"a non-negative {kind}"
+            elif self.minimum == 1:
+                text = f"a positive {kind}"
+            else:
+                text = f"an {kind} >= {self.minimum:g}"
+        elif self.type is float:
+            text = "a finite number" + ("" if self.minimum is None else f" >= {self.minimum:g}")
+        else:
+            text = f"a {self.type.__name__}"
+        if self.optional if allow_none is None else allow_none:
+            text += " or None"
+        return text
+
+    def is_valid(self, value: Any) -> bool:
+        """Whether ``value`` satisfies this setting's own rule (not the ``needed_if`` one)."""
+        if value is None:
+            return self.optional
+        if self.type is bool:
+            return isinstance(value, bool)
+        if self.type is str:
+            return isinstance(value, str) and (not self.choices or value in self.choices)
+        if isinstance(value, bool):
+            return False
+        if self.type is int:
+            if not isinstance(value, numbers.Integral) or (self.even and value % 2):
+                return False
+        elif self.type is float:
+            if not isinstance(value, numbers.Real) or not math.isfinite(value):
+                return False
+        elif not isinstance(value, self.type):
+            return False
+        return self.minimum is None or value >= self.minimum
+
+    def check(self, value: Any, owner: str = "") -> None:
+        """Raise ``ValueError`` naming ``owner + name`` when ``value`` breaks the rule."""
+        if not self.is_valid(value):
+            reason = f" ({self.why})" if self.why else ""
+            raise ValueError(
+                f"{owner}{self.name} must be {self.requirement()}{reason}; got {value!r}."
+            )
+
+    def is_used(self, config: Any) -> bool:
+        """Whether the setting matters for ``config`` (see ``needed_if``)."""
+        if self.needed_if is None:
+            return True
+        other, values = self.needed_if
+        return getattr(config, other, None) in values
+
+    def card_value(self, value: Any) -> str:
+        """The value as the model card shows it (strings as code)."""
+        return f"`{value}`" if self.type is str else str(value)
+
+    def docstring(self, indent: str = " " * 8) -> str:
+        """The entry of this setting in ``ShapleyConfig``'s ``Args`` section."""
+        if self.default is None:
+            default = ""
+        elif isinstance(self.default, (bool, str)):
+            default = f", defaults to `{self.default!r}`".replace("'", '"')
+        else:
+            default = f", defaults to {self.default!r}"
+        head = f"{indent}{self.name} (`{self.type.__name__}`, *optional*{default}):"
+        body = textwrap.fill(
+            f"{self.help} {self.details}".strip(),
+            width=96,
+            initial_indent=indent + "    ",
+            subsequent_indent=indent + "    ",
+            break_on_hyphens=False,
+        )
+        return f"{head}\n{body}"
+
+
+def _objective_settings(config_class: type) -> tuple[ObjectiveSetting, ...]:
+    """The objective settings declared on ``config_class`` (fields with objective metadata)."""
+    settings = []
+    for f in fields(config_class):
+        rule = f.metadata.get(_OBJECTIVE_KEY)
+        if rule is None:
+            continue
+        types = get_args(f.type) if get_origin(f.type) in (Union, UnionType) else (f.type,)
+        value_types = [t for t in types if t is not type(None)]
+        if len(value_types) != 1:
+            raise TypeError(f"Objective setting {f.name} needs one value type; got {f.type!r}.")
+        settings.append(
+            ObjectiveSetting(
+                name=f.name,
+                type=value_types[0],
+                default=f.default,
+                optional=len(types) > 1,
+                **rule,
+            )
+        )
+    return tuple(settings)
+
+
 class ShapleyConfig(PreTrainedConfig):
     r"""Configuration of a self-explaining image classifier.
 
@@ -117,41 +308,7 @@ class ShapleyConfig(PreTrainedConfig):
         classifier_in_features (`int`, *optional*):
             Input width of the wrapped classifier head in ``backbone_head`` mode (set by
             ``from_backbone``).
-        num_shapley_coalitions (`int`, *optional*, defaults to 8):
-            ``m``: coalitions per image for the Shapley regression, drawn from the Shapley kernel
-            in complementary pairs (must be even).
-        num_distill_coalitions (`int`, *optional*, defaults to 2):
-            ``g``: coalitions per image, with uniformly distributed sizes, on which the model is
-            distilled towards its own detached full-image prediction (these carry gradients).
-            They are drawn as complementary pairs that share one packed sequence, so 2 cost
-            the same as 1 (measured: benchmarks/results/train_cost_bf16_b64_h100.md).
-        shapley_loss_weight (`float`, *optional*, defaults to 1.0):
-            ``lambda``: weight of the Shapley regression loss.
-        distill_loss_weight (`float`, *optional*, defaults to 1.0):
-            ``alpha``: weight of the masked distillation loss.
-        loss_warmup_steps (`int`, *optional*, defaults to 0):
-            Steps over which ``alpha`` and ``lambda`` ramp linearly from 0 to their values.
-        shapley_stop_gradient (`bool`, *optional*, defaults to `True`):
-            Detach the regression targets ``v(S) - v(empty)``.
-        shapley_loss_normalization (`str`, *optional*, defaults to `"per_image"`):
-            ``"per_image"`` divides each image's mean squared residual by the detached mean
-            square of its targets (same gradients under gradient accumulation and across
-            processes); ``"none"`` uses the raw mean squared residual.
-        center_logits (`bool`, *optional*, defaults to `False`):
-            Explain class-centered logits (logits minus their mean over classes), removing the
-            one direction cross-entropy cannot see.
-        explained_classes (`str`, *optional*, defaults to `"all"`):
-            Classes the regression covers each step: ``"all"``, ``"label"`` (the label plus
-            ``num_explained_classes - 1`` sampled others) or ``"top"`` (the top predictions).
-        num_explained_classes (`int`, *optional*):
-            Number of classes per image when ``explained_classes`` is not ``"all"``.
-        coalition_batch_size (`int`, *optional*, defaults to 64):
-            Packed sequences (one per pair of complementary coalitions) per backbone call when
-            evaluating coalitions; bounds the memory of ``model(..., coalition=mask)``.
-        coalition_seed (`int`, *optional*, defaults to 0):
-            Seed of the training coalitions, which are a pure function of
-            ``(seed, epoch, example index, coalition index)`` so that resumed and multi-process
-            runs draw the same coalitions.
+        {objective_settings}
     """
 
     model_type = "shapley"
@@ -178,18 +335,93 @@ class ShapleyConfig(PreTrainedConfig):
     prediction_mode: str = "shapley_sum"
     train_backbone: bool = True
     classifier_in_features: int | None = None
-    num_shapley_coalitions: int = 8
-    num_distill_coalitions: int = 2
-    shapley_loss_weight: float = 1.0
-    distill_loss_weight: float = 1.0
-    loss_warmup_steps: int = 0
-    shapley_stop_gradient: bool = True
-    shapley_loss_normalization: str = "per_image"
-    center_logits: bool = False
-    explained_classes: str = "all"
-    num_explained_classes: int | None = None
-    coalition_batch_size: int = 64
-    coalition_seed: int = 0
+    # The objective settings: each declared here once (type, default, help, card label, rule).
+    num_shapley_coalitions: int = objective_field(
+        8,
+        help="m: coalitions per image for the Shapley regression, drawn from the Shapley kernel "
+        "in complementary pairs.",
+        label="Shapley coalitions per image (m, in complementary pairs)",
+        minimum=0,
+        even=True,
+        why="coalitions come in complementary pairs",
+    )
+    num_distill_coalitions: int = objective_field(
+        2,
+        help="g: coalitions per image, with uniformly distributed sizes, on which the model is "
+        "distilled towards its own detached full-image prediction.",
+        details="These carry gradients. They are drawn as complementary pairs that share one "
+        "packed sequence, so 2 cost the same as 1 (measured: "
+        "benchmarks/results/train_cost_bf16_b64_h100.md).",
+        label="Distillation coalitions per image (g)",
+        minimum=0,
+    )
+    shapley_loss_weight: float = objective_field(
+        1.0,
+        help="lambda: weight of the Shapley regression loss.",
+        label="Shapley loss weight (lambda)",
+        minimum=0,
+    )
+    distill_loss_weight: float = objective_field(
+        1.0,
+        help="alpha: weight of the masked distillation loss.",
+        label="Distillation loss weight (alpha)",
+        minimum=0,
+    )
+    loss_warmup_steps: int = objective_field(
+        0,
+        help="Optimizer steps over which alpha and lambda ramp linearly from 0 to their values.",
+        label="Loss warm-up steps",
+        minimum=0,
+    )
+    shapley_stop_gradient: bool = objective_field(
+        True,
+        help="Detach the regression targets v(S) - v(empty).",
+        label="Stop-gradient on regression targets",
+    )
+    shapley_loss_normalization: str = objective_field(
+        "per_image",
+        help="Normalization of the Shapley regression loss: 'per_image' or 'none'.",
+        details='``"per_image"`` divides each image\'s mean squared residual by the detached '
+        "mean square of its targets (same gradients under gradient accumulation and across "
+        'processes); ``"none"`` uses the raw mean squared residual.',
+        label="Shapley loss normalization",
+        choices=LOSS_NORMALIZATIONS,
+    )
+    center_logits: bool = objective_field(
+        False,
+        help="Explain class-centered logits (logits minus their mean over classes).",
+        details="This removes the one direction cross-entropy cannot see.",
+        label="Class-centered logits",
+    )
+    explained_classes: str = objective_field(
+        "all",
+        help="Classes the Shapley regression covers each step: 'all', 'label' or 'top'.",
+        details='``"label"``: the label plus ``num_explained_classes - 1`` sampled others; '
+        '``"top"``: the top predictions.',
+        label="Explained classes per step",
+        choices=EXPLAINED_CLASSES,
+    )
+    num_explained_classes: int | None = objective_field(
+        None,
+        help="Classes per image when explained_classes is not 'all'.",
+        label="Number of explained classes",
+        minimum=1,
+        needed_if=("explained_classes", tuple(c for c in EXPLAINED_CLASSES if c != "all")),
+    )
+    coalition_batch_size: int = objective_field(
+        64,
+        help="Packed sequences (one per pair of complementary coalitions) per backbone call when "
+        "evaluating coalitions.",
+        details="Bounds the memory of ``model(..., coalition=mask)``.",
+        minimum=1,
+    )
+    coalition_seed: int = objective_field(
+        0,
+        help="Seed of the training coalitions.",
+        details="The coalitions are a pure function of ``(seed, epoch, example index, coalition "
+        "index)``, so that resumed and multi-process runs draw the same coalitions.",
+        label="Coalition seed",
+    )
     initializer_range: float = 0.02
     hf_shapley_version: str = HF_SHAPLEY_VERSION
 
@@ -235,30 +467,15 @@ class ShapleyConfig(PreTrainedConfig):
                 "pixel_baseline must be a finite number or a list of one finite number per channel; "
                 f"got {baseline!r}."
             )
-        if self.num_shapley_coalitions < 0 or self.num_shapley_coalitions % 2:
-            raise ValueError(
-                "num_shapley_coalitions must be a non-negative even number (coalitions come in "
-                f"complementary pairs); got {self.num_shapley_coalitions}."
-            )
-        if self.num_distill_coalitions < 0:
-            raise ValueError(
-                f"num_distill_coalitions must be >= 0; got {self.num_distill_coalitions}."
-            )
-        if self.shapley_loss_normalization not in LOSS_NORMALIZATIONS:
-            raise ValueError(
-                f"shapley_loss_normalization={self.shapley_loss_normalization!r} is not supported; "
-                f"use one of {LOSS_NORMALIZATIONS}."
-            )
-        if self.explained_classes not in EXPLAINED_CLASSES:
-            raise ValueError(
-                f"explained_classes={self.explained_classes!r} is not supported; use one of {EXPLAINED_CLASSES}."
-            )
-        if self.explained_classes != "all" and not self.num_explained_classes:
-            raise ValueError(
-                f"explained_classes={self.explained_classes!r} needs num_explained_classes (>= 1)."
-            )
-        if self.coalition_batch_size < 1:
-            raise ValueError(f"coalition_batch_size must be >= 1; got {self.coalition_batch_size}.")
+        for setting in OBJECTIVE_SETTINGS:
+            value = getattr(self, setting.name)
+            setting.check(value)
+            if value is None and setting.needed_if is not None and setting.is_used(self):
+                other = setting.needed_if[0]
+                raise ValueError(
+                    f"{other}={getattr(self, other)!r} needs {setting.name} "
+                    f"({setting.requirement(allow_none=False)})."
+                )
 
     @property
     def num_players(self) -> int | None:
@@ -268,4 +485,12 @@ class ShapleyConfig(PreTrainedConfig):
         return self.players_grid[0] * self.players_grid[1]
 
 
-__all__ = ["ShapleyConfig"]
+#: The objective settings, in declaration order: what ``ShapleyTrainingArguments`` can override
+#: and the model card lists.
+OBJECTIVE_SETTINGS: tuple[ObjectiveSetting, ...] = _objective_settings(ShapleyConfig)
+
+ShapleyConfig.__doc__ = ShapleyConfig.__doc__.replace(
+    " " * 8 + "{objective_settings}", "\n".join(s.docstring() for s in OBJECTIVE_SETTINGS)
+)
+
+__all__ = ["OBJECTIVE_SETTINGS", "ObjectiveSetting", "ShapleyConfig", "objective_field"]

@@ -1,14 +1,30 @@
 """Model cards and publishing for self-explaining models.
 
-:func:`save_for_hub` writes a complete repository folder (weights, config with ``auto_map`` and
-``custom_pipelines``, model and pipeline code, image processor, model card, example heatmap);
-:func:`push_to_hub` uploads the same folder (``model.push_to_hub`` calls it where hf-shapley is
-installed). :func:`render_model_card` fills the package's model card template
-(``hf_shapley/templates/shapley_model_card.md``) from a model's config and, optionally, its
-evaluation metrics, and returns a ``huggingface_hub.ModelCard`` whose YAML front matter carries
-the Hub metadata (pipeline tag, library, tags, base model, data sets and a ``model-index`` with
-the metrics). Rendering is offline: nothing here talks to the Hub. Save the card with
-``card.save(os.path.join(save_directory, "README.md"))``; push it with ``card.push_to_hub``.
+Publishing a complete repository has one route::
+
+    from hf_shapley.hub import push_to_hub
+
+    push_to_hub(model, "my-org/vit-shapley", example_image="cat.jpg", metrics=metrics)
+
+:func:`push_to_hub` ``(model, repo_id, ...)`` uploads, in one commit, everything a user of the
+model needs: weights, config with ``auto_map`` and ``custom_pipelines``, the model and pipeline
+code (for ``trust_remote_code=True``), image processor, model card and example heatmap.
+``model.push_to_hub(repo_id, ...)`` delegates to it where hf-shapley is installed. Other
+uploads are not complete repositories: ``Trainer.push_to_hub`` (``--push_to_hub``) uploads the
+Trainer's output folder with the Trainer's own generic model card, and transformers' generic
+``PreTrainedModel.push_to_hub`` (all a model loaded as remote code has) writes transformers'
+generic card and no example. To publish a training run, train and save it, then call
+:func:`push_to_hub` (``examples/train.py`` does so).
+
+:func:`save_for_hub` writes the same complete folder locally (for ``hf upload`` later);
+:func:`write_model_card` completes a directory ``model.save_pretrained`` or
+``Trainer.save_model`` already wrote. :func:`render_model_card` fills the package's model card
+template (``hf_shapley/templates/shapley_model_card.md``) from a model's config and, optionally,
+its evaluation metrics, and returns a ``huggingface_hub.ModelCard`` whose YAML front matter
+carries the Hub metadata (pipeline tag, library, tags, base model, data sets and a
+``model-index`` with the metrics). Its table of training settings lists the objective settings
+``ShapleyConfig`` declares (``configuration_shapley.OBJECTIVE_SETTINGS``, with their card labels).
+Rendering is offline: nothing here talks to the Hub except :func:`push_to_hub`.
 """
 
 from __future__ import annotations
@@ -21,6 +37,8 @@ from importlib import resources
 from typing import Any
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
+
+from .configuration_shapley import OBJECTIVE_SETTINGS
 
 __all__ = [
     "EXAMPLE_FIGURE",
@@ -189,29 +207,26 @@ def _removal_text(backbone_config: Any) -> str:
 
 
 def _objective_rows(config: Any) -> list[tuple[str, str]]:
+    """The card's settings table: the model's setup, then every objective setting that has a
+    card label and matters for this config, in the order ``ShapleyConfig`` declares them
+    (``OBJECTIVE_SETTINGS``: labels and formats come from there, not from here)."""
+
     def get(name: str, default: Any = None) -> Any:
         return getattr(config, name, default)
 
-    rows = [
+    rows: list[tuple[str, Any]] = [
         ("Prediction mode", f"`{get('prediction_mode')}`"),
         (
             "Players grid (h, w)",
             str(tuple(get("players_grid"))) if get("players_grid") else "token grid",
         ),
-        ("Shapley coalitions per image (m, in complementary pairs)", get("num_shapley_coalitions")),
-        ("Distillation coalitions per image (g)", get("num_distill_coalitions")),
-        ("Shapley loss weight (lambda)", get("shapley_loss_weight")),
-        ("Distillation loss weight (alpha)", get("distill_loss_weight")),
-        ("Loss warm-up steps", get("loss_warmup_steps")),
-        ("Stop-gradient on regression targets", get("shapley_stop_gradient")),
-        ("Shapley loss normalization", f"`{get('shapley_loss_normalization')}`"),
-        ("Class-centered logits", get("center_logits")),
-        ("Explained classes per step", f"`{get('explained_classes')}`"),
         ("Shapley head hidden size (0 = linear)", get("head_hidden_size")),
-        ("Coalition seed", get("coalition_seed")),
     ]
-    if get("explained_classes") not in (None, "all"):
-        rows.append(("Number of explained classes", get("num_explained_classes")))
+    for setting in OBJECTIVE_SETTINGS:
+        value = get(setting.name)
+        if setting.label is None or value is None or not setting.is_used(config):
+            continue
+        rows.append((setting.label, setting.card_value(value)))
     if get("prediction_mode") == "backbone_head":
         rows.append(("Backbone trained", get("train_backbone")))
     if get("hf_shapley_version"):
@@ -550,7 +565,8 @@ def push_to_hub(
 ) -> Any:
     """Publish model, image processor, pipeline and model card to the Hub in one commit.
 
-    Writes the folder of :func:`save_for_hub` (``save_kwargs`` go there: ``example_image``,
+    The route for publishing a complete repository (see the module docstring);
+    ``model.push_to_hub`` delegates here. Writes the folder of :func:`save_for_hub` (``save_kwargs`` go there: ``example_image``,
     ``metrics``, ``dataset_name``, ...) to a temporary directory, creates the repository if
     needed and uploads the folder.
 

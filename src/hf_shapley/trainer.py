@@ -1,15 +1,17 @@
 """Training integration: ``ShapleyTrainer`` and ``ShapleyTrainingArguments``.
 
 The joint objective (cross-entropy + masked self-distillation + Shapley regression) lives in
-the model: ``model(pixel_values, labels=y, example_index=i, epoch=e)`` in training mode returns
-it. The trainer only supplies what the model cannot know on its own:
+the model: ``model(pixel_values, labels=y, example_index=i, epoch=e, global_step=t)`` in training
+mode returns it. The trainer only supplies what the model cannot know on its own:
 
 * ``example_index`` (from a data set column) and ``epoch`` (the epoch being trained), the keys
   of the training coalitions, which are a pure function of
   ``(config.coalition_seed, epoch, example_index, coalition index)``. This is what makes a
   resumed run and a multi-process run draw exactly the coalitions of a straight one-process run
   (the Trainer's ``rng_state.pth`` only saves the global generators);
-* ``model.objective_step`` = the optimizer step, for the warm-up of the loss weights;
+* ``global_step`` = the optimizer step, for the warm-up of the loss weights (``epoch`` and
+  ``global_step`` are recorded by :class:`ShapleyProgressCallback`, a ``TrainerCallback``, and
+  passed as forward arguments);
 * logging of ``cls_loss``, ``distill_loss`` and ``shapley_loss`` next to ``loss``, averaged
   over the logging window and across processes;
 * evaluation metrics ``accuracy`` and ``shapley_regression_proxy``: the per-image normalized
@@ -67,40 +69,33 @@ step's global batch is the same rows as in one process).
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import json
 import math
 import os
+from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
+from PIL import Image
 from torch import nn
-from transformers import Trainer, TrainingArguments
+from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.utils import logging
 
 from .coalitions import sample_shapley_kernel_coalitions
-from .configuration_shapley import EXPLAINED_CLASSES, LOSS_NORMALIZATIONS, ShapleyConfig
+from .configuration_shapley import OBJECTIVE_SETTINGS, ShapleyConfig
+from .image_loading import to_rgb
 from .objective import shapley_regression_loss
 
 logger = logging.get_logger(__name__)
 
-# Objective settings of ShapleyConfig that ShapleyTrainingArguments can override.
-OBJECTIVE_FIELDS = (
-    "num_shapley_coalitions",
-    "num_distill_coalitions",
-    "shapley_loss_weight",
-    "distill_loss_weight",
-    "loss_warmup_steps",
-    "shapley_stop_gradient",
-    "shapley_loss_normalization",
-    "center_logits",
-    "explained_classes",
-    "num_explained_classes",
-    "coalition_batch_size",
-    "coalition_seed",
-)
+# Objective settings of ShapleyConfig that ShapleyTrainingArguments can override: derived from
+# the config's declaration (configuration_shapley.OBJECTIVE_SETTINGS), in its order.
+OBJECTIVE_FIELDS = tuple(setting.name for setting in OBJECTIVE_SETTINGS)
 # Loss components the model returns in training mode, logged next to `loss`.
 LOSS_COMPONENTS = ("cls_loss", "distill_loss", "shapley_loss")
 # Written beside every checkpoint (training_args.bin is a pickle torch.load refuses by default).
@@ -114,19 +109,46 @@ EXAMPLE_INDEX_COLUMN = "example_index"
 # --------------------------------------------------------------------------------------
 
 
-def _help(text: str) -> dict[str, str]:
-    return {"help": text + " None (default) keeps the model config's value."}
+_KEEP_CONFIG = " None (default) keeps the model config's value."
+
+
+def _objective_arguments() -> type:
+    """A dataclass with one ``<type> | None = None`` field per objective setting, in the config's
+    order, with the setting's help text: the override fields of ShapleyTrainingArguments."""
+    cls = dataclasses.make_dataclass(
+        "ShapleyObjectiveArguments",
+        [
+            (
+                setting.name,
+                setting.type | None,
+                field(default=None, metadata={"help": setting.help + _KEEP_CONFIG}),
+            )
+            for setting in OBJECTIVE_SETTINGS
+        ],
+    )
+    cls.__module__ = __name__
+    cls.__doc__ = (
+        "Overrides of the objective settings of ``ShapleyConfig`` (generated from "
+        "``configuration_shapley.OBJECTIVE_SETTINGS``)."
+    )
+    return cls
+
+
+ShapleyObjectiveArguments = _objective_arguments()
 
 
 @dataclass
-class ShapleyTrainingArguments(TrainingArguments):
+class ShapleyTrainingArguments(ShapleyObjectiveArguments, TrainingArguments):
     """``TrainingArguments`` plus the joint objective's settings.
 
-    Every objective field defaults to ``None``, which keeps the model's ``ShapleyConfig``
-    value; a field that is set overrides the config when the trainer is built and is written
-    back into ``model.config`` (so the saved ``config.json`` records how the model was trained)
-    and into ``shapley_training_args.json`` beside every checkpoint. See
-    :class:`~hf_shapley.ShapleyConfig` for their meaning.
+    The objective fields (``OBJECTIVE_FIELDS``) are generated from the settings
+    ``ShapleyConfig`` declares (``hf_shapley.configuration_shapley.OBJECTIVE_SETTINGS``): one
+    field per setting, same name, typed ``<type> | None``, with the config's help text. Every
+    one defaults to ``None``, which keeps the model's ``ShapleyConfig`` value; a field that is
+    set is checked here by the config's own rule, overrides the config when the trainer is built
+    (where combinations are checked) and is written back into ``model.config`` (so the saved
+    ``config.json`` records how the model was trained) and into ``shapley_training_args.json``
+    beside every checkpoint. See :class:`~hf_shapley.ShapleyConfig` for their meaning.
 
     Defaults that differ from ``TrainingArguments``: ``remove_unused_columns=False`` (image
     data sets keep their ``image`` column for a transform or the collator).
@@ -147,40 +169,6 @@ class ShapleyTrainingArguments(TrainingArguments):
             "for image data: a set_transform or the collator needs the raw image column."
         },
     )
-    num_shapley_coalitions: int | None = field(
-        default=None, metadata=_help("Shapley-kernel coalitions per image (even).")
-    )
-    num_distill_coalitions: int | None = field(
-        default=None, metadata=_help("Uniform-size coalitions per image for self-distillation.")
-    )
-    shapley_loss_weight: float | None = field(
-        default=None, metadata=_help("lambda, weight of the Shapley regression loss.")
-    )
-    distill_loss_weight: float | None = field(
-        default=None, metadata=_help("alpha, weight of the masked distillation loss.")
-    )
-    loss_warmup_steps: int | None = field(
-        default=None, metadata=_help("Optimizer steps over which alpha and lambda ramp up.")
-    )
-    shapley_stop_gradient: bool | None = field(
-        default=None, metadata=_help("Detach the regression targets v(S) - v(empty).")
-    )
-    shapley_loss_normalization: str | None = field(
-        default=None, metadata=_help("'per_image' or 'none'.")
-    )
-    center_logits: bool | None = field(
-        default=None, metadata=_help("Explain class-centered logits.")
-    )
-    explained_classes: str | None = field(default=None, metadata=_help("'all', 'label' or 'top'."))
-    num_explained_classes: int | None = field(
-        default=None, metadata=_help("Classes per image when explained_classes is not 'all'.")
-    )
-    coalition_batch_size: int | None = field(
-        default=None, metadata=_help("Packed sequences per backbone call for coalitions.")
-    )
-    coalition_seed: int | None = field(
-        default=None, metadata=_help("Seed of the training coalitions.")
-    )
     eval_num_shapley_coalitions: int = field(
         default=16,
         metadata={
@@ -194,52 +182,21 @@ class ShapleyTrainingArguments(TrainingArguments):
 
     def __post_init__(self):
         super().__post_init__()
-        self._check_objective_fields()
+        self._check_fields()
 
-    def _check_objective_fields(self) -> None:
-        """Checks of single fields; combinations are checked against the model config."""
-
-        def fail(name: str, message: str) -> None:
-            raise ValueError(f"ShapleyTrainingArguments.{name}={getattr(self, name)!r}: {message}")
-
-        for name in ("num_shapley_coalitions", "num_distill_coalitions", "loss_warmup_steps"):
-            value = getattr(self, name)
-            if value is not None and (not _is_int(value) or value < 0):
-                fail(name, "must be a non-negative int.")
-        for name in ("num_explained_classes", "coalition_batch_size"):
-            value = getattr(self, name)
-            if value is not None and (not _is_int(value) or value < 1):
-                fail(name, "must be a positive int.")
-        if self.num_shapley_coalitions is not None and self.num_shapley_coalitions % 2:
-            fail("num_shapley_coalitions", "must be even (coalitions come in complementary pairs).")
-        for name in ("shapley_loss_weight", "distill_loss_weight"):
-            value = getattr(self, name)
-            if value is not None and (
-                isinstance(value, bool)
-                or not isinstance(value, (int, float))
-                or not math.isfinite(value)
-                or value < 0
-            ):
-                fail(name, "must be a finite number >= 0.")
-        for name in ("shapley_stop_gradient", "center_logits"):
-            value = getattr(self, name)
-            if value is not None and not isinstance(value, bool):
-                fail(name, "must be True, False or None.")
-        if (
-            self.shapley_loss_normalization is not None
-            and self.shapley_loss_normalization not in LOSS_NORMALIZATIONS
-        ):
-            fail("shapley_loss_normalization", f"use one of {LOSS_NORMALIZATIONS}.")
-        if self.explained_classes is not None and self.explained_classes not in EXPLAINED_CLASSES:
-            fail("explained_classes", f"use one of {EXPLAINED_CLASSES}.")
-        if self.coalition_seed is not None and not _is_int(self.coalition_seed):
-            fail("coalition_seed", "must be an int.")
-        if (
-            not _is_int(self.eval_num_shapley_coalitions)
-            or self.eval_num_shapley_coalitions < 0
-            or self.eval_num_shapley_coalitions % 2
-        ):
-            fail("eval_num_shapley_coalitions", "must be a non-negative even int (0 = off).")
+    def _check_fields(self) -> None:
+        """Each set objective field by the config's rule; combinations are checked against the
+        model config when the trainer is built."""
+        for setting in OBJECTIVE_SETTINGS:
+            value = getattr(self, setting.name)
+            if value is not None:
+                setting.check(value, owner="ShapleyTrainingArguments.")
+        m = self.eval_num_shapley_coalitions
+        if not _is_int(m) or m < 0 or m % 2:
+            raise ValueError(
+                f"ShapleyTrainingArguments.eval_num_shapley_coalitions={m!r}: must be a "
+                "non-negative even int (0 = off)."
+            )
         if self.label_smoothing_factor:
             raise ValueError(
                 "ShapleyTrainingArguments.label_smoothing_factor must be 0: the model computes "
@@ -354,7 +311,10 @@ class ShapleyImageCollator:
 
     ``pixel_values`` come from a ``pixel_values`` entry of each example (tensor, array or
     nested list, e.g. made by a ``set_transform``) or, when the examples have none, from
-    ``image_processor`` applied to ``image_column`` (PIL images are converted to RGB first).
+    ``image_processor`` applied to ``image_column``. PIL images are converted to 8-bit RGB
+    first by :func:`hf_shapley.image_loading.to_rgb`, the conversion ``load_rgb_image`` (and so
+    the explanation pipeline) applies: 16-bit and 32-bit images are scaled from their range
+    (PIL's own ``convert`` clips them) and transparent pixels are composited over white.
 
     Args:
         image_processor: an image processor (e.g. ``ViTImageProcessor``), used only when the
@@ -382,7 +342,7 @@ class ShapleyImageCollator:
                 ]
             )
         elif self.image_column in first and self.image_processor is not None:
-            images = [_to_rgb(f[self.image_column]) for f in features]
+            images = [_rgb_if_pil(f[self.image_column]) for f in features]
             batch["pixel_values"] = self.image_processor(images, return_tensors="pt")[
                 "pixel_values"
             ]
@@ -403,16 +363,48 @@ class ShapleyImageCollator:
         return batch
 
 
-def _to_rgb(image: Any) -> Any:
-    convert = getattr(image, "convert", None)
-    if convert is not None and getattr(image, "mode", "RGB") != "RGB":
-        return convert("RGB")
-    return image
+def _rgb_if_pil(image: Any) -> Any:
+    """PIL images as 8-bit RGB (package conversion); arrays and tensors go to the processor as is."""
+    return to_rgb(image) if isinstance(image, Image.Image) else image
 
 
 # --------------------------------------------------------------------------------------
 # Trainer
 # --------------------------------------------------------------------------------------
+
+
+class ShapleyProgressCallback(TrainerCallback):
+    """Records where the training loop is, for :meth:`ShapleyTrainer.compute_loss`.
+
+    * ``epoch``: the epoch the loop is running. The loop hands its epoch counter to no public
+      hook, so it is counted here: the first ``on_epoch_begin`` of a ``train()`` call starts
+      from ``floor(state.epoch)`` (0 on a fresh run; on resume, the epoch the checkpoint's step
+      falls in, which is where the loop resumes), each later one adds 1.
+    * ``global_step``: the optimizer step being computed (``state.global_step`` at
+      ``on_step_begin``, i.e. the number of optimizer steps already taken), the same for every
+      micro-batch of a gradient accumulation.
+
+    Both are ``None`` outside ``train()``. :class:`ShapleyTrainer` adds one itself.
+    """
+
+    def __init__(self) -> None:
+        self.epoch: int | None = None
+        self.global_step: int | None = None
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.epoch = self.global_step = None
+
+    def on_epoch_begin(self, args, state, control, **kwargs):
+        if self.epoch is None:
+            self.epoch = int(math.floor(state.epoch or 0.0))
+        else:
+            self.epoch += 1
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        self.global_step = int(state.global_step)
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self.epoch = self.global_step = None
 
 
 class ShapleyTrainer(Trainer):
@@ -425,14 +417,20 @@ class ShapleyTrainer(Trainer):
     What it adds to ``Trainer``:
 
     * objective settings from the arguments are written into ``model.config`` and validated;
-    * ``compute_loss`` passes ``example_index`` and ``epoch`` to the model and sets
-      ``model.objective_step`` to the optimizer step;
+    * ``compute_loss`` passes ``example_index``, ``epoch`` and ``global_step`` (the optimizer
+      step, for the loss warm-up) to the model in training mode; the epoch and step come from
+      a :class:`ShapleyProgressCallback`;
     * logs ``cls_loss``, ``distill_loss``, ``shapley_loss``;
-    * evaluation metrics ``accuracy`` and ``shapley_regression_proxy`` (needs labels);
-      ``shapley_values`` and ``base_values`` are never gathered (the config's
-      ``keys_to_ignore_at_inference``), nor are the scalar loss components, so predictions are
-      the ``(N, K)`` logits;
+    * evaluation metrics ``accuracy`` and ``shapley_regression_proxy`` (needs labels), in the
+      logs and in what ``evaluate`` and ``predict`` return; ``shapley_values`` and
+      ``base_values`` are never gathered (the config's ``keys_to_ignore_at_inference``), nor are
+      the scalar loss components, so predictions are the ``(N, K)`` logits;
     * ``shapley_training_args.json`` and ``training_args.json`` beside every saved model.
+
+    Metrics are kept as TRL's trainers keep theirs: ``compute_loss`` adds each batch's values to
+    a store (``train``: the loss components; ``eval``: sums of correct predictions and of the
+    per-image proxy, gathered per batch with ``gather_for_metrics``), and ``log`` turns the
+    store into averages and empties it.
 
     Training examples must carry ``example_index`` (see :func:`add_example_index`): the
     coalitions are keyed by it, which is what makes resumed and multi-process runs reproduce a
@@ -457,9 +455,16 @@ class ShapleyTrainer(Trainer):
             raise ValueError(
                 "ShapleyTrainer needs label_smoothing_factor=0 (the model owns its loss)."
             )
-        self._epoch_in_training: int | None = None
-        self._loss_sums: torch.Tensor | None = None
-        self._eval_totals: dict[str, float] | None = None
+        self.progress = ShapleyProgressCallback()
+        self.add_callback(self.progress)
+        # Per-mode metric stores of running sums (constant memory, however long the logging
+        # window), filled by compute_loss and emptied by log (and predict).
+        self._metrics: dict[str, defaultdict[str, Any]] = {
+            "train": defaultdict(float),
+            "eval": defaultdict(float),
+        }
+        # Metric prefix of the evaluate/predict call in progress; None outside them.
+        self._eval_prefix: str | None = None
         self._eval_position = 0
         if self.model is not None:
             self._apply_overrides(self.model)
@@ -494,21 +499,18 @@ class ShapleyTrainer(Trainer):
         return model
 
     # ------------------------------------------------------------------ training
-    def _run_epoch(self, *args: Any, **kwargs: Any):
-        # transformers 5.24 calls this once per epoch with the epoch number (recomputed from the
-        # checkpoint's global step on resume); record it for compute_loss.
-        epoch = kwargs["epoch"] if "epoch" in kwargs else args[1]
-        self._epoch_in_training = int(epoch)
-        try:
-            return super()._run_epoch(*args, **kwargs)
-        finally:
-            self._epoch_in_training = None
-
     def current_epoch(self) -> int:
-        """The epoch being trained: the loop's epoch counter, else ``floor(state.epoch)``."""
-        if self._epoch_in_training is not None:
-            return self._epoch_in_training
+        """The epoch being trained (see :class:`ShapleyProgressCallback`), else ``floor(state.epoch)``."""
+        if self.progress.epoch is not None:
+            return self.progress.epoch
         return int(math.floor(self.state.epoch or 0.0))
+
+    def current_global_step(self) -> int:
+        """The optimizer step being computed (see :class:`ShapleyProgressCallback`), else
+        ``state.global_step``."""
+        if self.progress.global_step is not None:
+            return self.progress.global_step
+        return int(self.state.global_step)
 
     def compute_loss(
         self,
@@ -519,9 +521,9 @@ class ShapleyTrainer(Trainer):
     ):
         """The model's own loss: the joint objective in training mode, cross-entropy in eval mode.
 
-        ``num_items_in_batch`` is ignored: every term is a mean of per-image terms, and the
-        Trainer divides it by the accumulation steps (the model sets ``accepts_loss_kwargs =
-        False``).
+        In training mode the model also gets ``epoch`` and ``global_step``. ``num_items_in_batch``
+        is ignored: every term is a mean of per-image terms, and the Trainer divides it by the
+        accumulation steps (the model sets ``accepts_loss_kwargs = False``).
         """
         unwrapped = self._shapley_model(model)
         inputs = dict(inputs)
@@ -533,46 +535,107 @@ class ShapleyTrainer(Trainer):
                     "same ones. Add the column with hf_shapley.trainer.add_example_index(dataset) "
                     "and keep it through your transform (ShapleyImageCollator passes it on)."
                 )
-            unwrapped.objective_step = int(self.state.global_step)
             inputs["epoch"] = self.current_epoch()
+            inputs["global_step"] = self.current_global_step()
         else:
             inputs.pop("epoch", None)
+            inputs.pop("global_step", None)
         outputs = model(**inputs)
         loss = outputs["loss"] if isinstance(outputs, Mapping) else outputs[0]
         if unwrapped.training:
-            self._accumulate_loss_components(outputs, loss)
-        elif self._eval_totals is not None:
-            self._accumulate_eval_metrics(model, inputs, outputs)
+            self._store_loss_components(outputs)
+        elif self._eval_prefix is not None:
+            self._store_eval_metrics(model, inputs, outputs)
         return (loss, outputs) if return_outputs else loss
 
-    def _accumulate_loss_components(self, outputs: Any, loss: torch.Tensor) -> None:
+    def _store_loss_components(self, outputs: Any) -> None:
         values = [
             (outputs.get(name) if isinstance(outputs, Mapping) else None)
             for name in LOSS_COMPONENTS
         ]
         if any(v is None for v in values):
             return
-        row = torch.stack(
-            [v.detach().float().reshape(()) for v in values] + [loss.new_ones(()).float()]
-        )
-        self._loss_sums = row if self._loss_sums is None else self._loss_sums + row
+        # Summed on the device (no sync per step); averaged across processes in log().
+        store = self._metrics["train"]
+        for name, value in zip(LOSS_COMPONENTS, values, strict=True):
+            store[name] = store[name] + value.detach().float().reshape(())
+        store["count"] += 1
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-        """Add the loss components, averaged over the window and across processes, to training logs."""
-        # "loss" marks the periodic training log, which every process reaches together.
+        """Add the stored metrics to ``logs`` (in place, so that ``evaluate`` returns them too).
+
+        Training logs (the periodic ones with ``loss``, which every process reaches together)
+        get the loss components averaged over the window and across processes; the log of an
+        ``evaluate`` call gets ``<prefix>_accuracy`` and ``<prefix>_shapley_regression_proxy``.
+        """
         if "loss" in logs:
-            sums = self._loss_sums
-            if sums is None:
-                sums = torch.zeros(len(LOSS_COMPONENTS) + 1, device=self.args.device)
-            totals = self.accelerator.gather(sums[None].to(self.args.device)).sum(0).cpu()
-            self._loss_sums = None
-            count = float(totals[-1])
-            if count > 0:
-                for name, total in zip(LOSS_COMPONENTS, totals[:-1].tolist(), strict=True):
-                    logs[name] = total / count
+            logs.update(self._flush_train_metrics())
+        elif self._eval_prefix is not None:
+            self._flush_eval_metrics(logs, self._eval_prefix)
         super().log(logs, start_time)
 
+    def _flush_train_metrics(self) -> dict[str, float]:
+        store = self._metrics["train"]
+        sums = torch.zeros(len(LOSS_COMPONENTS) + 1, device=self.args.device)
+        if store["count"]:
+            sums[:-1] = torch.stack([store[name].to(sums.device) for name in LOSS_COMPONENTS])
+        sums[-1] = store["count"]
+        # Every process gathers, also one that ran no micro-batch in this window.
+        totals = self.accelerator.gather(sums[None]).sum(0).cpu()
+        store.clear()
+        total_count = float(totals[-1])
+        if total_count <= 0:
+            return {}
+        return {
+            name: total / total_count
+            for name, total in zip(LOSS_COMPONENTS, totals[:-1].tolist(), strict=True)
+        }
+
     # ------------------------------------------------------------------ evaluation
+    def evaluate(
+        self,
+        eval_dataset=None,
+        ignore_keys: list[str] | None = None,
+        metric_key_prefix: str = "eval",
+    ) -> dict[str, float]:
+        """``Trainer.evaluate``, plus ``<prefix>_accuracy`` and ``<prefix>_shapley_regression_proxy``.
+
+        Both are computed per batch in ``compute_loss`` from per-image values gathered with
+        ``gather_for_metrics`` (duplicates that pad the last batch across processes are
+        dropped), so no ``(N, P, K)`` tensor is gathered; ``log`` adds them to the metrics this
+        returns. Public override: it names the prefix the metrics are stored under.
+        """
+        with self._evaluating(metric_key_prefix):
+            return super().evaluate(eval_dataset, ignore_keys, metric_key_prefix)
+
+    def predict(self, test_dataset, ignore_keys: list[str] | None = None, metric_key_prefix="test"):
+        """``Trainer.predict``, with the metrics of :meth:`evaluate` (``predict`` does not log)."""
+        with self._evaluating(metric_key_prefix):
+            output = super().predict(test_dataset, ignore_keys, metric_key_prefix)
+            self._flush_eval_metrics(output.metrics, metric_key_prefix)
+        return output
+
+    @contextlib.contextmanager
+    def _evaluating(self, prefix: str):
+        previous = self._eval_prefix
+        self._eval_prefix = prefix
+        self._metrics["eval"].clear()
+        self._eval_position = 0
+        try:
+            yield
+        finally:
+            self._eval_prefix = previous
+            self._metrics["eval"].clear()
+
+    def _flush_eval_metrics(self, metrics: dict[str, Any], prefix: str) -> None:
+        store = self._metrics["eval"]
+        if store["labelled"] > 0:
+            # A compute_metrics "accuracy" comes first.
+            metrics.setdefault(f"{prefix}_accuracy", store["correct"] / store["labelled"])
+        if store["explained"] > 0:
+            metrics[f"{prefix}_shapley_regression_proxy"] = store["proxy"] / store["explained"]
+        store.clear()
+
     def prediction_step(
         self,
         model: nn.Module,
@@ -588,55 +651,16 @@ class ShapleyTrainer(Trainer):
         ignore_keys = list(dict.fromkeys([*ignore_keys, *LOSS_COMPONENTS]))
         return super().prediction_step(model, inputs, prediction_loss_only, ignore_keys=ignore_keys)
 
-    def evaluation_loop(
-        self,
-        dataloader,
-        description,
-        prediction_loss_only=None,
-        ignore_keys=None,
-        metric_key_prefix="eval",
-    ):
-        """Trainer's loop, plus ``accuracy`` and ``shapley_regression_proxy`` computed per batch.
-
-        Both are per-image values gathered with ``gather_for_metrics`` (duplicates that pad
-        the last batch across processes are dropped), so no ``(N, P, K)`` tensor is gathered.
-        """
-        self._eval_totals = {"correct": 0.0, "labelled": 0.0, "proxy": 0.0, "explained": 0.0}
-        self._eval_position = 0
-        try:
-            output = super().evaluation_loop(
-                dataloader,
-                description,
-                prediction_loss_only=prediction_loss_only,
-                ignore_keys=ignore_keys,
-                metric_key_prefix=metric_key_prefix,
-            )
-            totals = self._eval_totals
-        finally:
-            self._eval_totals = None
-        metrics = output.metrics
-        if totals["labelled"] > 0:
-            metrics.setdefault(
-                f"{metric_key_prefix}_accuracy", totals["correct"] / totals["labelled"]
-            )
-        if totals["explained"] > 0:
-            metrics[f"{metric_key_prefix}_shapley_regression_proxy"] = (
-                totals["proxy"] / totals["explained"]
-            )
-        return output
-
     @torch.no_grad()
-    def _accumulate_eval_metrics(
-        self, model: nn.Module, inputs: dict[str, Any], outputs: Any
-    ) -> None:
-        totals = self._eval_totals
+    def _store_eval_metrics(self, model: nn.Module, inputs: dict[str, Any], outputs: Any) -> None:
+        store = self._metrics["eval"]
         logits = outputs["logits"]
         labels = inputs.get("labels")
         if labels is not None:
             correct = (logits.argmax(-1) == labels).float()
             correct = self.accelerator.gather_for_metrics(correct)
-            totals["correct"] += float(correct.sum())
-            totals["labelled"] += correct.numel()
+            store["correct"] += float(correct.sum())
+            store["labelled"] += correct.numel()
 
         m = getattr(self.args, "eval_num_shapley_coalitions", 16)  # plain TrainingArguments: 16
         phi = outputs.get("shapley_values") if isinstance(outputs, Mapping) else None
@@ -676,11 +700,12 @@ class ShapleyTrainer(Trainer):
             ]
         )
         per_image = self.accelerator.gather_for_metrics(per_image)
-        totals["proxy"] += float(per_image.sum())
-        totals["explained"] += per_image.numel()
+        store["proxy"] += float(per_image.sum())
+        store["explained"] += per_image.numel()
 
     # ------------------------------------------------------------------ loading
-    # transformers 5.24's save_pretrained writes checkpoints in the original (Hub) key format
+    # Private overrides (_load_from_checkpoint, _load_best_model), kept because of a transformers
+    # bug: transformers 5.24's save_pretrained writes checkpoints in the original (Hub) key format
     # (e.g. ViT's `encoder.layer.0.attention.attention.query` for `layers.0.attention.q_proj`),
     # but Trainer._load_from_checkpoint / _load_best_model read them back with a raw,
     # non-strict load_state_dict: resuming silently keeps the fresh backbone and only warns
@@ -720,6 +745,11 @@ class ShapleyTrainer(Trainer):
         super()._load_best_model()
 
     # ------------------------------------------------------------------ saving
+    # A private override on purpose: every branch of the public save_model (plain, FSDP,
+    # DeepSpeed, SageMaker) and every checkpoint (_save_checkpoint -> save_model) writes the
+    # model directory through _save on the saving process. Overriding save_model instead would
+    # write these files after save_model's own push to the Hub (args.push_to_hub), which would
+    # then leave them out; the public on_save callback fires for checkpoints only.
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
         super()._save(output_dir, state_dict=state_dict)
         output_dir = output_dir if output_dir is not None else self.args.output_dir
