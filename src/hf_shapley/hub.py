@@ -9,11 +9,10 @@ Publishing a complete repository has one route::
 :func:`push_to_hub` ``(model, repo_id, ...)`` uploads, in one commit, everything a user of the
 model needs: weights, config with ``auto_map`` and ``custom_pipelines``, the model and pipeline
 code (for ``trust_remote_code=True``), image processor, model card and example heatmap.
-``model.push_to_hub(repo_id, ...)`` delegates to it where hf-shapley is installed. Other
-uploads are not complete repositories: ``Trainer.push_to_hub`` (``--push_to_hub``) uploads the
-Trainer's output folder with the Trainer's own generic model card, and transformers' generic
-``PreTrainedModel.push_to_hub`` (all a model loaded as remote code has) writes transformers'
-generic card and no example. To publish a training run, train and save it, then call
+Publishing depends on the model, never the other way: ``model.push_to_hub(repo_id, ...)`` is
+transformers' generic ``PreTrainedModel.push_to_hub`` (weights, config, model and pipeline
+code, transformers' generic card, no example). ``Trainer.push_to_hub`` (``--push_to_hub``)
+uploads the Trainer's output folder with the Trainer's own generic model card. To publish a training run, train and save it, then call
 :func:`push_to_hub` (``examples/train.py`` does so).
 
 :func:`save_for_hub` writes the same complete folder locally (for ``hf upload`` later);
