@@ -1,7 +1,8 @@
 """Pretrain the recipe study's stock ViT classifier on the built-in data, for ``--backbone``.
 
-The main job (``examples/train.py``) pretrains its plain ViT with the Trainer (gradient clipping
-at 1.0, cosine schedule, 8,000 images); in the faithfulness session both seeds tried sat on the
+The main job (``examples/train.py``) pretrains its plain ViT with the Trainer
+(``hf_shapley.plain_classifier.train_plain_classifier``: gradient clipping at 1.0, cosine
+schedule, 8,000 images); in the faithfulness session both seeds tried sat on the
 chance plateau for all 2,000 steps. This script runs the pretraining loop of
 ``benchmarks/recipe.py`` instead (in-memory tensors, AdamW lr 1e-3, weight decay 0.05, linear
 warm-up over 50 steps then linear decay, no clipping, 6,000 images, 2,000 steps), which left the

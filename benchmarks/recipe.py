@@ -159,6 +159,15 @@ def _batches(num: int, batch_size: int, seed: int):
 def _train(
     model, xtr, ytr, steps: int, setup: Setup, seed: int, shapley: bool, lr: float | None = None
 ) -> list[float]:
+    """The study's one training loop: the pretraining, the plain baseline and every Shapley
+    variant (AdamW with weight decay on every parameter, 50-step linear warm-up then linear
+    decay, the same batches, clipping only with ``--max-grad-norm``).
+
+    Deliberately not ``hf_shapley.plain_classifier.train_plain_classifier`` (the Trainer: no
+    weight decay on biases and norms, clipping at 1.0, its own schedule and batch order): the
+    plain baseline must train exactly like the variants it is compared with at equal steps,
+    and the recorded tables and cached pretrained models come from this loop.
+    """
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=lr or setup.lr, weight_decay=0.05)
     sched = torch.optim.lr_scheduler.LambdaLR(

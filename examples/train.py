@@ -46,6 +46,7 @@ from hf_shapley import (
     ShapleyTrainer,
     ShapleyTrainingArguments,
 )
+from hf_shapley.image_loading import to_rgb
 from hf_shapley.trainer import ShapleyImageCollator, add_example_index
 
 logger = logging.getLogger("hf_shapley.train")
@@ -278,7 +279,9 @@ def pretrain_builtin_classifier(
     model_args: ModelArguments, training_args, id2label, train, image_column, label_column
 ) -> str:
     """Train a stock ViT classifier with plain cross-entropy; return its directory (cached)."""
-    from transformers import Trainer, TrainingArguments, ViTForImageClassification
+    from transformers import ViTForImageClassification
+
+    from hf_shapley.plain_classifier import train_plain_classifier
 
     path = Path(training_args.output_dir) / f"pretrained-classifier-{model_args.image_size}px"
     if (path / "model.safetensors").is_file():
@@ -287,36 +290,31 @@ def pretrain_builtin_classifier(
     config = ViTConfig(**{**BUILTIN_BACKBONE, "image_size": model_args.image_size})
     config.id2label, config.label2id = id2label, {v: k for k, v in id2label.items()}
     model = ViTForImageClassification(config)
-    processor = builtin_image_processor(model_args.image_size)
-    args = TrainingArguments(
-        output_dir=str(path),
+    logger.info(
+        "Pretraining a plain ViT classifier for %s epochs (cross-entropy only).",
+        model_args.pretrain_epochs,
+    )
+    train_plain_classifier(
+        model,
+        train,
+        image_processor=builtin_image_processor(model_args.image_size),
+        output_dir=path,
         num_train_epochs=model_args.pretrain_epochs,
         per_device_train_batch_size=training_args.per_device_train_batch_size,
         learning_rate=training_args.learning_rate,
         weight_decay=training_args.weight_decay,
         warmup_steps=training_args.warmup_steps,
         lr_scheduler_type=training_args.lr_scheduler_type,
-        logging_steps=training_args.logging_steps,
-        save_strategy="no",
-        report_to="none",
         seed=training_args.seed,
-        remove_unused_columns=False,
+        logging_steps=training_args.logging_steps,
+        image_column=image_column,
+        label_column=label_column,
         dataloader_pin_memory=training_args.dataloader_pin_memory,
     )
-    collator = ShapleyImageCollator(
-        image_processor=processor, image_column=image_column, label_column=label_column
-    )
-    trainer = Trainer(model=model, args=args, train_dataset=train, data_collator=collator)
-    logger.info(
-        "Pretraining a plain ViT classifier for %s epochs (cross-entropy only).",
-        model_args.pretrain_epochs,
-    )
-    trainer.train()
-    trainer.save_model(str(path))
-    processor.save_pretrained(str(path))
     return str(path)
 
 
+# TODO(lead): use evaluation's Wilson helper
 def wilson_interval(correct: int, total: int, z: float = 1.96) -> tuple[float, float]:
     """95% interval of an accuracy (Wilson score interval)."""
     if total == 0:
@@ -334,7 +332,7 @@ def exact_faithfulness(model, processor, split, image_column: str, num_images: i
         return None
     from hf_shapley.evaluation import exact_model_shapley_values, shapley_agreement
 
-    images = [split[i][image_column].convert("RGB") for i in range(min(num_images, len(split)))]
+    images = [to_rgb(split[i][image_column]) for i in range(min(num_images, len(split)))]
     device = next(model.parameters()).device
     x = processor(images, return_tensors="pt")["pixel_values"].to(device)
     model.eval()

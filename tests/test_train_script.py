@@ -164,7 +164,19 @@ def test_label_count_mismatch_is_refused_before_training(train_script, tmp_path)
     assert not (tmp_path / "o").exists()
 
 
-def test_builtin_job_pretrains_a_classifier_then_wraps_it(train_script, tmp_path, single_thread):
+def test_builtin_job_pretrains_a_classifier_then_wraps_it(
+    train_script, tmp_path, single_thread, monkeypatch
+):
+    import hf_shapley.plain_classifier as plain_classifier
+
+    calls = []
+    real = plain_classifier.train_plain_classifier
+
+    def spy(model, train_dataset, **kwargs):
+        calls.append(kwargs)
+        return real(model, train_dataset, **kwargs)
+
+    monkeypatch.setattr(plain_classifier, "train_plain_classifier", spy)
     out = tmp_path / "builtin"
     train_script.main(
         [
@@ -192,6 +204,11 @@ def test_builtin_job_pretrains_a_classifier_then_wraps_it(train_script, tmp_path
         ]  # fmt: skip
     )
     pretrained = out / "pretrained-classifier-32px"
+    # The pretraining is the package's one plain-classifier training function, with the job's
+    # optimizer settings.
+    assert len(calls) == 1
+    assert calls[0]["num_train_epochs"] == 1 and calls[0]["output_dir"] == pretrained
+    assert calls[0]["per_device_train_batch_size"] == 16 and calls[0]["learning_rate"] == 1e-3
     assert (pretrained / "model.safetensors").is_file()
     assert json.loads((pretrained / "config.json").read_text())["architectures"] == [
         "ViTForImageClassification"

@@ -1,0 +1,157 @@
+"""benchmarks/faithfulness_report.py renders the faithfulness benchmark's results (the JSON
+that benchmarks/faithfulness.py writes) without measuring anything."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def report_module():
+    path = REPO / "benchmarks" / "faithfulness_report.py"
+    spec = importlib.util.spec_from_file_location("hf_shapley_benchmark_faithfulness_report", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def _row(model: str, explainer: str, cost: float, ins: float, dele: float, r: float) -> dict:
+    interval = lambda v: [v, v - 0.05, v + 0.05]  # noqa: E731
+    return {
+        "model": model,
+        "explainer": explainer,
+        "cost_forward_equivalents": cost,
+        "seconds_per_image": 0.01,
+        "insertion_auc": interval(ins),
+        "deletion_auc": interval(dele),
+        "pixel_insertion_auc": interval(ins - 0.01),
+        "pixel_deletion_auc": interval(dele + 0.01),
+        "aopc": interval(0.2),
+        "sensitivity_n": {"2": 0.1, "4": 0.2},
+        "sensitivity_n_mean": interval(0.15),
+        "truth_pearson": interval(r),
+        "truth_spearman": interval(r - 0.1),
+        "truth_relative_l2": 0.5,
+        "num_images": 4,
+        "num_truth_images": 2,
+        "pointing_game": interval(0.25),
+        "mask_auroc": interval(0.6),
+    }
+
+
+def _results() -> dict:
+    curve = [[1.0, 0.5, 0.25], [0.25, 0.5, 1.0]]
+    return {
+        "command": "python benchmarks/faithfulness.py --num-images 4",
+        "machine": "a test CPU, 2 cores (CPU)",
+        "load_average": [1.0, 2.0],
+        "timings": {"Shapley: exact truth": 12.0},
+        "threads": 1,
+        "note": "",
+        "model_dir": "outputs/shapley-vit-shapes",
+        "plain_dir": "outputs/shapley-vit-shapes/plain-classifier-equal-steps",
+        "train_steps": 375,
+        "accuracy": {
+            "num_images": 2000,
+            "Shapley": {"accuracy": 0.56, "ci95": [0.539, 0.582]},
+            "plain": {"accuracy": 0.575, "ci95": [0.553, 0.596]},
+            "difference_plain_minus_shapley": 0.015,
+            "difference_ci95": [-0.004, 0.034],
+        },
+        "rows": [
+            _row("Shapley", "random", 0, 0.36, 0.35, 0.0),
+            _row("Shapley", "phi (one pass)", 1, 0.50, 0.20, 0.97),
+            _row("Shapley", "Grad-CAM", 3, 0.45, 0.30, 0.10),
+            _row("Shapley", "KernelSHAP (1024 evals)", 512, 0.55, 0.15, 1.0),
+            _row("plain", "random", 0, 0.41, 0.40, 0.03),
+        ],
+        "budgets": [
+            {
+                "phi_pearson": 0.97,
+                "cost_per_evaluation": 0.5,
+                "evaluations_to_reach_r": {"0.9": 32, "0.95": 64, "0.99": None},
+                "reached_evaluations": 80,
+                "reached_forward_equivalents": 40.0,
+                "max_evaluations": 128,
+                "trace": [[16, 0.5], [32, 0.9], [64, 0.95], [80, 0.97], [128, 0.98]],
+                "num_players": 16,
+                "model": "shapley-vit-shapes",
+                "truth": "exact (all 2^16 coalitions)",
+                "num_images": 2,
+            }
+        ],
+        "budget_step": 16,
+        "num_images": 4,
+        "num_truth_images": 2,
+        "sensitivity_sizes": [2, 4],
+        "curves": {
+            "Shapley": {"random": curve, "phi (one pass)": curve},
+            "plain": {"random": curve},
+        },
+        "seconds": 90.0,
+    }
+
+
+def test_render_reports_the_measurements(report_module):
+    text = report_module.render(_results())
+    assert "wall time 1.5 min" in text
+    assert "| Shapley | 0.560 [0.539, 0.582] | 2000 |" in text
+    assert "Paired difference plain - Shapley: +0.015 [-0.004, +0.034]" in text
+    row = next(line for line in text.splitlines() if line.startswith("| Shapley | phi (one pass)"))
+    assert row.startswith("| Shapley | phi (one pass) | 1 | 0.500 | 0.200 |")
+    assert "0.97 [0.92, 1.02]" in row
+    budget = next(line for line in text.splitlines() if line.startswith("| 16 |"))
+    assert "80 evals = 40 fwd" in budget and "32 (16 fwd)" in budget and budget.endswith("| - |")
+    # Targets: phi beats every baseline costing <= 10 passes (random, Grad-CAM) and r >= 0.95.
+    assert "costing <= 10 forward passes (random, Grad-CAM): **met**" in text
+    assert "mean per-image r >= 0.95 with the truth (predicted class, P = 16): **met**" in text
+    assert "P = 49: not run (--skip-p49)." in text
+    assert "Plots: `curves_Shapley.png`, `curves_plain.png`, `kernelshap_budget.png`" in text
+
+
+def test_targets_missed_name_the_better_baseline(report_module):
+    results = _results()
+    results["rows"][2] = _row("Shapley", "Grad-CAM", 3, 0.60, 0.30, 0.1)
+    results["rows"][1]["truth_pearson"] = [0.5, 0.3, 0.7]
+    text = report_module.render(results)
+    assert "**missed** (phi ins 0.500, del 0.200; better insertion: ['Grad-CAM'])" in text
+    assert "(predicted class, P = 16): **missed** (r = 0.500 [0.300, 0.700]" in text
+
+
+def test_write_report_renders_from_the_json_file(report_module, tmp_path):
+    """The measurement writes faithfulness.json; the renderer alone turns it into Markdown
+    (links relative to where the Markdown goes) and plots."""
+    results = _results()
+    results["rows"][0]["truth_relative_l2"] = math.nan  # JSON of a real run holds NaN
+    out_dir = tmp_path / "results" / "faithfulness"
+    out_dir.mkdir(parents=True)
+    (out_dir / "faithfulness.json").write_text(json.dumps(results))
+
+    text = report_module.main(
+        [
+            "--results",
+            str(out_dir / "faithfulness.json"),
+            "--out",
+            str(tmp_path / "results" / "f.md"),
+        ]
+    )
+    assert (tmp_path / "results" / "f.md").read_text() == text
+    assert "`faithfulness/kernelshap_budget.png`" in text
+    assert "intervals in `faithfulness/faithfulness.json`" in text
+    for name in ("curves_Shapley.png", "curves_plain.png", "kernelshap_budget.png"):
+        Image.open(out_dir / name).verify()
+
+    # Default: the Markdown beside the results, links without a folder.
+    text = report_module.main(["--results", str(out_dir / "faithfulness.json")])
+    assert (out_dir / "faithfulness.md").read_text() == text
+    assert "the budget is `kernelshap_budget.png`" in text
