@@ -6,7 +6,6 @@ same process, interleaved round by round, so that machine load and clock changes
 
 from __future__ import annotations
 
-import math
 import os
 import statistics
 import time
@@ -70,17 +69,6 @@ def markdown_table(header: list[str], rows: list[list[object]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
     return "\n".join(lines)
-
-
-# TODO(lead): use evaluation's Wilson helper
-def wilson_interval(correct: int, total: int, z: float = 1.96) -> tuple[float, float]:
-    """95% interval of an accuracy (Wilson score interval)."""
-    if total == 0:
-        return float("nan"), float("nan")
-    p = correct / total
-    centre = (p + z * z / (2 * total)) / (1 + z * z / total)
-    half = z * math.sqrt(p * (1 - p) / total + z * z / (4 * total * total)) / (1 + z * z / total)
-    return centre - half, centre + half
 
 
 def load_image_splits(

@@ -51,10 +51,10 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 import faithfulness_report  # noqa: E402
-from common import load_image_splits, pick_device, wilson_interval  # noqa: E402
+from common import load_image_splits, pick_device  # noqa: E402
 
 from hf_shapley import ShapleyForImageClassification  # noqa: E402
-from hf_shapley.estimators import kernel_shap  # noqa: E402
+from hf_shapley.estimators import kernel_shap, model_game  # noqa: E402
 from hf_shapley.evaluation import (  # noqa: E402
     AttentionRolloutExplainer,
     GradCamExplainer,
@@ -79,6 +79,7 @@ from hf_shapley.evaluation import (  # noqa: E402
     removal_drops,
     sample_removal_subsets,
     sensitivity_n_from_drops,
+    wilson_interval,
 )
 from hf_shapley.image_loading import to_rgb  # noqa: E402
 
@@ -318,7 +319,7 @@ def kernel_shap_budget(model, x, truth_values, phi, predicted, *, max_evaluation
     truth_maps = truth_values[idx, :, predicted]
     target_r = map_agreement(phi[idx, :, predicted].double(), truth_maps).mean_pearson
     result = kernel_shap(
-        model.value_function(x),
+        model_game(model, x),
         model.num_players,
         max_evaluations=max_evaluations,
         tolerance=0.0,

@@ -119,7 +119,7 @@ def main(argv: list[str] | None = None) -> str:
                 f"{t['pair'] / t['shapley']:.3f}",
             ]
         )
-    tokens = shapley.num_special_tokens
+    tokens = shapley.game.num_special_tokens
     n = shapley.token_grid[0] * shapley.token_grid[1]
     table = markdown_table(
         [

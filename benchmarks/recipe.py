@@ -180,8 +180,9 @@ def _train(
         epoch, idx = next(stream)
         t0 = time.perf_counter()
         if shapley:
-            model.objective_step = step
-            loss = model(xtr[idx], labels=ytr[idx], example_index=idx, epoch=epoch).loss
+            loss = model(
+                xtr[idx], labels=ytr[idx], example_index=idx, epoch=epoch, global_step=step
+            ).loss
         else:
             loss = F.cross_entropy(model(xtr[idx]).logits, ytr[idx])
         opt.zero_grad(set_to_none=True)

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import sys
 import time
@@ -46,6 +45,7 @@ from hf_shapley import (
     ShapleyTrainer,
     ShapleyTrainingArguments,
 )
+from hf_shapley.evaluation import wilson_interval
 from hf_shapley.image_loading import to_rgb
 from hf_shapley.trainer import ShapleyImageCollator, add_example_index
 
@@ -312,17 +312,6 @@ def pretrain_builtin_classifier(
         dataloader_pin_memory=training_args.dataloader_pin_memory,
     )
     return str(path)
-
-
-# TODO(lead): use evaluation's Wilson helper
-def wilson_interval(correct: int, total: int, z: float = 1.96) -> tuple[float, float]:
-    """95% interval of an accuracy (Wilson score interval)."""
-    if total == 0:
-        return float("nan"), float("nan")
-    p = correct / total
-    centre = (p + z * z / (2 * total)) / (1 + z * z / total)
-    half = z * math.sqrt(p * (1 - p) / total + z * z / (4 * total * total)) / (1 + z * z / total)
-    return centre - half, centre + half
 
 
 @torch.no_grad()
