@@ -180,6 +180,9 @@ class ShapleyGame(nn.Module):
     def tokens_per_player(self) -> int:
         return math.prod(self.token_grid) // self.num_players
 
+    def clear_cache(self) -> None:
+        """Forget anything cached across calls (a game that caches nothing has nothing to do)."""
+
     def player_sum(self, token_values: torch.Tensor) -> torch.Tensor:
         """(B, N, K) per-token values -> (B, P, K) per-player sums."""
         B, _, K = token_values.shape

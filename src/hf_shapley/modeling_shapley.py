@@ -329,9 +329,7 @@ class ShapleyForImageClassification(ShapleyPreTrainedModel):
         """Forget a pixel-baseline game's cached ``v(empty)``; call it after editing weights in
         place while the model stays in eval mode (``train()``, ``eval()``, weight loading and
         device or dtype moves do it)."""
-        clear = getattr(self.game, "clear_cache", None)
-        if clear is not None:
-            clear()
+        self.game.clear_cache()
 
     def save_pretrained(self, save_directory: str | os.PathLike, *args, **kwargs) -> None:
         """Save weights, config, code and image processor: a directory that loads everywhere.
