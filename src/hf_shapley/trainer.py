@@ -9,9 +9,9 @@ mode returns it. The trainer only supplies what the model cannot know on its own
   ``(config.coalition_seed, epoch, example_index, coalition index)``. This is what makes a
   resumed run and a multi-process run draw exactly the coalitions of a straight one-process run
   (the Trainer's ``rng_state.pth`` only saves the global generators);
-* ``global_step`` = the optimizer step, for the warm-up of the loss weights (``epoch`` and
-  ``global_step`` are recorded by :class:`ShapleyProgressCallback`, a ``TrainerCallback``, and
-  passed as forward arguments);
+* ``global_step`` = the optimizer step (``state.global_step``), for the warm-up of the loss
+  weights; both are passed as forward arguments (the epoch is counted by
+  :class:`ShapleyProgressCallback`, a ``TrainerCallback``);
 * logging of ``cls_loss``, ``distill_loss`` and ``shapley_loss`` next to ``loss``, averaged
   over the logging window and across processes;
 * evaluation metrics ``accuracy`` and ``shapley_regression_proxy``: the per-image normalized
@@ -374,25 +374,21 @@ def _rgb_if_pil(image: Any) -> Any:
 
 
 class ShapleyProgressCallback(TrainerCallback):
-    """Records where the training loop is, for :meth:`ShapleyTrainer.compute_loss`.
+    """Records the epoch the training loop is running, for :meth:`ShapleyTrainer.compute_loss`.
 
-    * ``epoch``: the epoch the loop is running. The loop hands its epoch counter to no public
-      hook, so it is counted here: the first ``on_epoch_begin`` of a ``train()`` call starts
-      from ``floor(state.epoch)`` (0 on a fresh run; on resume, the epoch the checkpoint's step
-      falls in, which is where the loop resumes), each later one adds 1.
-    * ``global_step``: the optimizer step being computed (``state.global_step`` at
-      ``on_step_begin``, i.e. the number of optimizer steps already taken), the same for every
-      micro-batch of a gradient accumulation.
-
-    Both are ``None`` outside ``train()``. :class:`ShapleyTrainer` adds one itself.
+    The loop hands its epoch counter to no public hook, so it is counted here: the first
+    ``on_epoch_begin`` of a ``train()`` call starts from ``floor(state.epoch)`` (0 on a fresh
+    run; on resume, the epoch the checkpoint's step falls in, which is where the loop resumes),
+    each later one adds 1. ``epoch`` is ``None`` outside ``train()``. :class:`ShapleyTrainer` adds one itself. (The optimizer
+    step needs no callback: ``state.global_step`` is the number of optimizer steps already
+    taken while every micro-batch of a step is computed.)
     """
 
     def __init__(self) -> None:
         self.epoch: int | None = None
-        self.global_step: int | None = None
 
     def on_train_begin(self, args, state, control, **kwargs):
-        self.epoch = self.global_step = None
+        self.epoch = None
 
     def on_epoch_begin(self, args, state, control, **kwargs):
         if self.epoch is None:
@@ -400,11 +396,8 @@ class ShapleyProgressCallback(TrainerCallback):
         else:
             self.epoch += 1
 
-    def on_step_begin(self, args, state, control, **kwargs):
-        self.global_step = int(state.global_step)
-
     def on_train_end(self, args, state, control, **kwargs):
-        self.epoch = self.global_step = None
+        self.epoch = None
 
 
 class ShapleyTrainer(Trainer):
@@ -418,8 +411,8 @@ class ShapleyTrainer(Trainer):
 
     * objective settings from the arguments are written into ``model.config`` and validated;
     * ``compute_loss`` passes ``example_index``, ``epoch`` and ``global_step`` (the optimizer
-      step, for the loss warm-up) to the model in training mode; the epoch and step come from
-      a :class:`ShapleyProgressCallback`;
+      step, for the loss warm-up) to the model in training mode; the epoch comes from a
+      :class:`ShapleyProgressCallback`, the step from ``state.global_step``;
     * logs ``cls_loss``, ``distill_loss``, ``shapley_loss``;
     * evaluation metrics ``accuracy`` and ``shapley_regression_proxy`` (needs labels), in the
       logs and in what ``evaluate`` and ``predict`` return; ``shapley_values`` and
@@ -506,10 +499,8 @@ class ShapleyTrainer(Trainer):
         return int(math.floor(self.state.epoch or 0.0))
 
     def current_global_step(self) -> int:
-        """The optimizer step being computed (see :class:`ShapleyProgressCallback`), else
-        ``state.global_step``."""
-        if self.progress.global_step is not None:
-            return self.progress.global_step
+        """The optimizer step being computed: the number of optimizer steps already taken, the
+        same for every micro-batch of a gradient accumulation (and continued on resume)."""
         return int(self.state.global_step)
 
     def compute_loss(
