@@ -6,7 +6,6 @@ same process, interleaved round by round, so that machine load and clock changes
 
 from __future__ import annotations
 
-import os
 import statistics
 import time
 from collections.abc import Callable
@@ -69,43 +68,3 @@ def markdown_table(header: list[str], rows: list[list[object]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
     return "\n".join(lines)
-
-
-def load_image_splits(
-    *,
-    dataset_name: str | None = None,
-    dataset_config_name: str | None = None,
-    train_dir: str | None = None,
-    validation_dir: str | None = None,
-    eval_split: str = "test",
-    num_train: int = 8000,
-    num_test: int = 1000,
-    image_size: int = 64,
-):
-    """(train, eval) splits as the main job (``examples/train.py``) reads them.
-
-    The built-in shapes (``num_train``, ``num_test`` images of ``image_size`` px) unless a Hub
-    data set or an imagefolder is named; without an ``eval_split`` split, 10% of ``train`` held
-    out with seed 0, the main job's rule, so a benchmark evaluates on the images the main job
-    held out.
-    """
-    import datasets
-
-    if dataset_name is None and train_dir is None:
-        from hf_shapley.data import load_shapes_dataset
-
-        data = load_shapes_dataset(num_train, num_test, image_size=image_size)
-        return data["train"], data["test"]
-    if dataset_name is not None:
-        data = datasets.load_dataset(dataset_name, dataset_config_name)
-    else:
-        files = {"train": os.path.join(train_dir, "**")}
-        if validation_dir:
-            files[eval_split] = os.path.join(validation_dir, "**")
-        data = datasets.load_dataset("imagefolder", data_files=files)
-    if "train" not in data:
-        raise SystemExit(f"The data set has no 'train' split; it has {list(data)}.")
-    if eval_split in data:
-        return data["train"], data[eval_split]
-    parts = data["train"].train_test_split(test_size=0.1, seed=0)
-    return parts["train"], parts["test"]

@@ -51,9 +51,10 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 import faithfulness_report  # noqa: E402
-from common import load_image_splits, pick_device  # noqa: E402
+from common import pick_device  # noqa: E402
 
 from hf_shapley import ShapleyForImageClassification  # noqa: E402
+from hf_shapley.data import load_image_splits  # noqa: E402
 from hf_shapley.estimators import kernel_shap, model_game  # noqa: E402
 from hf_shapley.evaluation import (  # noqa: E402
     AttentionRolloutExplainer,

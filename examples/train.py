@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -45,6 +44,7 @@ from hf_shapley import (
     ShapleyTrainer,
     ShapleyTrainingArguments,
 )
+from hf_shapley.data import load_image_splits
 from hf_shapley.evaluation import wilson_interval
 from hf_shapley.image_loading import to_rgb
 from hf_shapley.trainer import ShapleyImageCollator, add_example_index
@@ -173,30 +173,19 @@ def load_data(
     args: DataArguments, image_size: int = BUILTIN_IMAGE_SIZE
 ) -> tuple[datasets.Dataset, datasets.Dataset, str, str]:
     """Train and eval splits, checked before training starts. Returns (train, eval, image_col, label_col)."""
-    if args.dataset_name is None and args.train_dir is None:
-        from hf_shapley.data import load_shapes_dataset
-
-        data = load_shapes_dataset(args.num_train, args.num_test, image_size=image_size)
-        train, evaluation = data["train"], data["test"]
-    else:
-        if args.dataset_name is not None:
-            data = datasets.load_dataset(args.dataset_name, args.dataset_config_name)
-        else:
-            files = {"train": os.path.join(args.train_dir, "**")}
-            if args.validation_dir:
-                files[args.eval_split] = os.path.join(args.validation_dir, "**")
-            data = datasets.load_dataset("imagefolder", data_files=files)
-        if "train" not in data:
-            raise SystemExit(f"The data set has no 'train' split; it has {list(data)}.")
-        train = data["train"]
-        if args.eval_split in data:
-            evaluation = data[args.eval_split]
-        else:
-            logger.warning(
-                "No %r split: holding out 10%% of 'train' for evaluation.", args.eval_split
-            )
-            parts = train.train_test_split(test_size=0.1, seed=0)
-            train, evaluation = parts["train"], parts["test"]
+    try:
+        train, evaluation = load_image_splits(
+            dataset_name=args.dataset_name,
+            dataset_config_name=args.dataset_config_name,
+            train_dir=args.train_dir,
+            validation_dir=args.validation_dir,
+            eval_split=args.eval_split,
+            num_train=args.num_train,
+            num_test=args.num_test,
+            image_size=image_size,
+        )
+    except ValueError as error:
+        raise SystemExit(str(error)) from error
     for name, split in (("train", train), ("eval", evaluation)):
         check_columns(split, name, args.image_column, args.label_column)
     if args.max_train_samples:

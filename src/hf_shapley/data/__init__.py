@@ -12,6 +12,7 @@ from .shapes import (
     load_shapes_dataset,
     shapes_label_names,
 )
+from .splits import load_image_splits
 
 __all__ = [
     "COLOR_NAMES",
@@ -22,6 +23,7 @@ __all__ = [
     "SUPPORTED_NUM_CLASSES",
     "ShapesArrays",
     "generate_shapes",
+    "load_image_splits",
     "load_shapes_dataset",
     "shapes_label_names",
 ]

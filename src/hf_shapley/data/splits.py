@@ -1,0 +1,71 @@
+"""Train and evaluation splits from the built-in data, a Hub data set or an imagefolder.
+
+One rule for the main job (``examples/train.py``) and the benchmarks, so that a benchmark
+evaluates on exactly the images the main job held out.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import TYPE_CHECKING
+
+from .shapes import load_shapes_dataset
+
+if TYPE_CHECKING:
+    import datasets
+
+logger = logging.getLogger(__name__)
+
+# Share of 'train' held out for evaluation when the data set has no evaluation split.
+HOLDOUT_FRACTION = 0.1
+HOLDOUT_SEED = 0
+
+
+def load_image_splits(
+    *,
+    dataset_name: str | None = None,
+    dataset_config_name: str | None = None,
+    train_dir: str | None = None,
+    validation_dir: str | None = None,
+    eval_split: str = "test",
+    num_train: int = 8000,
+    num_test: int = 1000,
+    image_size: int = 64,
+) -> tuple[datasets.Dataset, datasets.Dataset]:
+    """(train, eval) splits.
+
+    The built-in shapes (``num_train``, ``num_test`` images of ``image_size`` px) unless a Hub
+    data set (``dataset_name``) or an imagefolder (``train_dir``, optionally
+    ``validation_dir``) is named. Without an ``eval_split`` split, 10% of ``train`` is held out
+    with seed 0.
+
+    Raises:
+        ValueError: the data set has no ``train`` split.
+    """
+    import datasets  # imported on use, as by the built-in data set
+
+    if dataset_name is None and train_dir is None:
+        data = load_shapes_dataset(num_train, num_test, image_size=image_size)
+        return data["train"], data["test"]
+    if dataset_name is not None:
+        data = datasets.load_dataset(dataset_name, dataset_config_name)
+    else:
+        files = {"train": os.path.join(train_dir, "**")}
+        if validation_dir:
+            files[eval_split] = os.path.join(validation_dir, "**")
+        data = datasets.load_dataset("imagefolder", data_files=files)
+    if "train" not in data:
+        raise ValueError(f"The data set has no 'train' split; it has {list(data)}.")
+    if eval_split in data:
+        return data["train"], data[eval_split]
+    logger.warning(
+        "No %r split: holding out %d%% of 'train' for evaluation.",
+        eval_split,
+        round(100 * HOLDOUT_FRACTION),
+    )
+    parts = data["train"].train_test_split(test_size=HOLDOUT_FRACTION, seed=HOLDOUT_SEED)
+    return parts["train"], parts["test"]
+
+
+__all__ = ["load_image_splits"]
