@@ -391,3 +391,164 @@ def test_bad_types_and_split():
         generate_shapes(4, split="validation")
     with pytest.raises(ValueError, match="seed"):
         generate_shapes(4, seed=-1)
+
+
+# ------------------------------------------------------------------ label evidence location
+# Method-independent criteria of where the class evidence lies (issue: "built-in data v2"):
+# a CNN trained and tested on images whose class object is erased to the background must be at
+# chance, and a CNN trained on full images must keep its accuracy on the class object alone.
+# The "complement" distractors (the default) fail the first: the other colours and shapes,
+# each present exactly once, name the missing class.
+CNN_IMAGE_SIZE = 32
+CNN_TRAIN, CNN_TEST, CNN_EPOCHS = 3000, 1000, 3
+
+
+def _cnn_tensors(arrays) -> tuple[torch.Tensor, torch.Tensor]:
+    x = torch.tensor(arrays.images).permute(0, 3, 1, 2).float().div(255).sub(0.5)
+    return x, torch.tensor(arrays.labels)
+
+
+def _train_cnn(arrays, seed: int = 0) -> torch.nn.Module:
+    """A 3-layer CNN (global max pool), Adam, CNN_EPOCHS epochs: 99% on easy data in ~10 s."""
+    from torch import nn
+
+    torch.manual_seed(seed)
+    model = nn.Sequential(
+        nn.Conv2d(3, 32, 3, padding=1),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(32, 64, 3, padding=1),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(64, 64, 3, padding=1),
+        nn.ReLU(),
+        nn.AdaptiveMaxPool2d(1),
+        nn.Flatten(),
+        nn.Linear(64, 4),
+    )
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    x, y = _cnn_tensors(arrays)
+    generator = torch.Generator().manual_seed(seed)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        for _ in range(CNN_EPOCHS):
+            for index in torch.randperm(len(x), generator=generator).split(64):
+                loss = nn.functional.cross_entropy(model(x[index]), y[index])
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+    finally:
+        torch.set_num_threads(previous)
+    return model.eval()
+
+
+@torch.no_grad()
+def _cnn_accuracy(model, arrays) -> float:
+    x, y = _cnn_tensors(arrays)
+    return (model(x).argmax(-1) == y).float().mean().item()
+
+
+def _shapes(distractors: str, split: str, objects: str = "all"):
+    count = CNN_TRAIN if split == "train" else CNN_TEST
+    return generate_shapes(
+        count,
+        image_size=CNN_IMAGE_SIZE,
+        seed=1,
+        split=split,
+        distractors=distractors,
+        objects=objects,
+    )
+
+
+def _chance_interval(count: int, z: float = 3.29) -> tuple[float, float]:
+    """Where a classifier at chance (1/4) lands on ``count`` images, 99.9% of the time."""
+    half = z * (0.25 * 0.75 / count) ** 0.5
+    return 0.25 - half, 0.25 + half
+
+
+def test_painted_objects_change_only_their_pixels():
+    full = generate_shapes(200, distractors="independent", seed=4)
+    for objects in ("class_object", "distractors"):
+        part = generate_shapes(200, distractors="independent", seed=4, objects=objects)
+        np.testing.assert_array_equal(part.labels, full.labels)
+        np.testing.assert_array_equal(part.masks, full.masks)
+        changed = (part.images != full.images).any(-1)
+        if objects == "distractors":  # exactly the visible class-object pixels are erased
+            assert not (changed & ~full.masks).any()
+            assert changed[full.masks].mean() > 0.9  # object colours differ from background
+        else:  # distractor pixels are erased, the class object's are kept
+            assert not (changed & full.masks).any()
+            assert changed.sum() > 0
+
+
+def test_independent_distractors_do_not_depend_on_the_label():
+    from scipy.stats import chi2_contingency
+
+    def pvalue(distractors):
+        a = generate_shapes(4000, num_classes=4, distractors=distractors, seed=5)
+        pairs = a.colors[:, 1:] * 4 + a.shapes[:, 1:]  # (N, 3) distractor conjunction ids
+        table = np.zeros((4, 16))
+        for label in range(4):
+            np.add.at(table[label], pairs[a.labels == label].ravel(), 1)
+        table = table[:, table.sum(0) > 0]
+        return chi2_contingency(table).pvalue
+
+    a = generate_shapes(500, distractors="independent", seed=5)
+    assert (a.colors[:, 1:] != a.shapes[:, 1:]).all()  # still never a class conjunction
+    assert pvalue("independent") > 1e-3
+    assert pvalue("complement") < 1e-12  # the default design leaks the label
+
+
+@pytest.mark.slow
+def test_erased_class_object_leaves_a_cnn_at_chance_only_with_independent_distractors():
+    accuracies = {}
+    for distractors in ("independent", "complement"):
+        model = _train_cnn(_shapes(distractors, "train", objects="distractors"))
+        accuracies[distractors] = _cnn_accuracy(
+            model, _shapes(distractors, "test", objects="distractors")
+        )
+    low, high = _chance_interval(CNN_TEST)
+    assert low <= accuracies["independent"] <= high, accuracies
+    # The same CNN finds the label outside the object of the complement design (measured 1.0).
+    assert accuracies["complement"] > 0.9, accuracies
+
+
+@pytest.mark.slow
+def test_class_object_alone_keeps_a_cnn_accurate_with_independent_distractors():
+    model = _train_cnn(_shapes("independent", "train"))
+    full = _cnn_accuracy(model, _shapes("independent", "test"))
+    alone = _cnn_accuracy(model, _shapes("independent", "test", objects="class_object"))
+    assert full > 0.6, full  # measured 0.81 (chance 0.25)
+    assert alone >= full - 0.02, (alone, full)  # measured 1.0
+
+
+def test_independent_class_object_spans_a_few_players():
+    """At 64 px with the main job's 4 x 4 players (16 px each) the class object usually
+    spans 2 to 4 players, so its game is neither trivial (one player) nor flat."""
+    a = generate_shapes(2000, image_size=64, distractors="independent", seed=0)
+    spanned = a.masks.reshape(-1, 4, 16, 4, 16).any(axis=(2, 4)).sum(axis=(1, 2))
+    assert ((spanned >= 2) & (spanned <= 4)).mean() > 0.85  # measured 0.94
+    assert (spanned == 1).mean() < 0.1  # measured 0.05
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"distractors": "random"}, "distractors"),
+        ({"objects": "object"}, "objects"),
+        ({"distractors": "independent", "num_distractors": 8}, "num_distractors"),
+        ({"distractors": "independent", "num_distractors": -1}, "num_distractors"),
+    ],
+)
+def test_bad_distractor_options(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        load_shapes_dataset(4, 4, **kwargs)
+
+
+def test_independent_distractors_allow_any_count():
+    a = generate_shapes(50, distractors="independent", num_distractors=0, seed=1)
+    assert a.colors.shape == (50, 1)
+    assert load_shapes_dataset(4, 4, distractors="independent")["train"]._fingerprint != (
+        load_shapes_dataset(4, 4)["train"]._fingerprint
+    )
