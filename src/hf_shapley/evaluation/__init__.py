@@ -41,6 +41,7 @@ from .faithfulness import (
     sensitivity_n,
     sensitivity_n_from_drops,
 )
+from .influence import VoteInfluence, vote_influence
 from .localization import mask_auroc, mask_to_players, pointing_game
 from .stats import bootstrap_mean_interval, pearson_rows, rank_with_ties, wilson_interval
 from .truth import (
@@ -68,6 +69,7 @@ __all__ = [
     "RandomExplainer",
     "ShapleyAgreement",
     "ShapleyValuesExplainer",
+    "VoteInfluence",
     "aopc",
     "area_under_curve",
     "bootstrap_mean_interval",
@@ -93,5 +95,6 @@ __all__ = [
     "sensitivity_n_from_drops",
     "shapley_agreement",
     "tabulate_game",
+    "vote_influence",
     "wilson_interval",
 ]

@@ -24,11 +24,19 @@ MAX_EXACT_PLAYERS = 16
 
 @torch.no_grad()
 def tabulate_game(
-    model, pixel_values: torch.Tensor, *, chunk_size: int = 2048, progress: bool = False
+    model,
+    pixel_values: torch.Tensor,
+    *,
+    chunk_size: int = 2048,
+    progress: bool = False,
+    readout=None,
 ) -> torch.Tensor:
     """All ``2**P`` coalition values of each image: (B, C, H, W) -> (2**P, B, K) float64.
 
     Row ``c`` holds ``v(S_c)`` where player ``i`` is in ``S_c`` iff bit ``i`` of ``c`` is set.
+    ``readout`` (default ``model.readout``) turns each coalition's backbone view into its
+    ``K`` outputs; another readout tabulates another quantity of the same game (e.g. each
+    player's vote, :func:`hf_shapley.evaluation.vote_influence`).
     """
     P = model.num_players
     if P > MAX_EXACT_PLAYERS:
@@ -39,15 +47,13 @@ def tabulate_game(
     was_training = model.training
     model.eval()
     try:
-        game, readout = model.game, model.readout
+        game, readout = model.game, readout or model.readout
         context = game.prepare(pixel_values)
         masks = all_coalitions(P).to(pixel_values.device)
         half = masks.shape[0] // 2
         # Codes c and 2**P - 1 - c are complements: packing them costs one pass for both.
         first = masks[:half]
-        table = torch.empty(
-            masks.shape[0], pixel_values.shape[0], model.num_labels, dtype=torch.float64
-        )
+        table = None  # (2**P, B, K), allocated once K is known
         B = pixel_values.shape[0]
         # Packed sequences are short for small grids: batch many per backbone call (a token
         # budget of 2**16 per call), whatever the training-time coalition_batch_size.
@@ -63,6 +69,8 @@ def tabulate_game(
                 context, pairs, readout, chunk_size=sequences_per_call
             ).double()  # (B, 2n, K)
             values = values.reshape(B, stop - start, 2, -1)
+            if table is None:
+                table = values.new_empty(masks.shape[0], B, values.shape[-1], device="cpu")
             table[start:stop] = values[:, :, 0].transpose(0, 1).cpu()
             codes = (2**P - 1) - torch.arange(start, stop)
             table[codes] = values[:, :, 1].transpose(0, 1).cpu()
