@@ -47,6 +47,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--colormap", default="RdBu_r")
     parser.add_argument("--opacity", type=float, default=0.5)
     parser.add_argument(
+        "--raw_logits",
+        action="store_true",
+        help="Explain the raw logits instead of the class-centred ones (the pipeline default).",
+    )
+    parser.add_argument(
         "--no_pictures", action="store_true", help="Write the JSON file only (no heatmaps)."
     )
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: auto).")
@@ -112,6 +117,8 @@ def main(argv: list[str] | None = None) -> dict:
     )
     files = find_images(root)
     options = {"heatmap": not args.no_pictures, "colormap": args.colormap, "opacity": args.opacity}
+    if args.raw_logits:
+        options["centered"] = False
     if args.targets:
         options["targets"] = [int(t) if t.isdigit() else t for t in args.targets]
     else:

@@ -65,13 +65,18 @@ def direct(pipe, image: Image.Image):
     return out.logits[0].double(), out.shapley_values[0].double(), out.base_values[0].double()
 
 
-def check_against_model(pipe, image: Image.Image, result: list[dict], atol: float = 1e-5):
+def check_against_model(
+    pipe, image: Image.Image, result: list[dict], atol: float = 1e-5, centered: bool = True
+):
     logits, phi, base = direct(pipe, image)
     probs = torch.softmax(logits, -1)
+    if centered:  # the default explains the class-centred logit
+        logits, phi, base = (t - t.mean(-1, keepdim=True) for t in (logits, phi, base))
     h, w = pipe.model.config.players_grid
     for entry in result:
         k = entry["label_id"]
         assert entry["label"] == LABELS[k]
+        assert entry["explained"] == ("centered_logit" if centered else "logit")
         assert entry["logit"] == pytest.approx(logits[k].item(), abs=atol)
         assert entry["base_value"] == pytest.approx(base[k].item(), abs=atol)
         assert entry["score"] == pytest.approx(probs[k].item(), abs=atol)
@@ -84,6 +89,19 @@ def check_against_model(pipe, image: Image.Image, result: list[dict], atol: floa
 
 
 # ------------------------------------------------------------------------------ outputs
+def test_raw_logits_on_request_and_centring_changes_the_maps(explainer):
+    image = random_image(0)
+    raw = explainer(image, top_k=3, centered=False, heatmap=False)
+    check_against_model(explainer, image, raw, centered=False)
+    centred = explainer(image, top_k=3, heatmap=False)
+    check_against_model(explainer, image, centred)
+    # Same labels and scores; the maps differ by each player's mean over classes.
+    assert [e["label_id"] for e in raw] == [e["label_id"] for e in centred]
+    assert not np.allclose(raw[0]["attributions"], centred[0]["attributions"])
+    with pytest.raises(ValueError, match="centered"):
+        explainer(image, centered="yes")
+
+
 def test_registered_on_import_and_outputs_match_the_model(explainer):
     assert isinstance(explainer, hf_shapley.ImageShapleyExplanationPipeline)
     image = random_image(0)

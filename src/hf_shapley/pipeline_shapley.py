@@ -63,6 +63,11 @@ class ImageShapleyExplanationPipeline(Pipeline):
             centred on 0 (red = evidence for the label, blue = against). Names other than
             ``RdBu_r``/``RdBu`` need matplotlib.
         opacity (`float`, defaults to 0.5): Weight of the colours over the image, in [0, 1].
+        centered (`bool`): Explain the class-centred logit (the logit minus its mean over the
+            classes), the part softmax sees: a shift shared by every class changes no
+            probability, so it tells nothing about why one class and not another. Defaults to
+            `True` for single-label (softmax) models and `False` for multi-label (sigmoid) ones,
+            whose logits are not shift-invariant. `False` explains the raw logit.
         timeout (`float`): Seconds to wait for a URL.
         batch_size (`int`): Images per forward pass (the standard pipeline option).
 
@@ -73,11 +78,16 @@ class ImageShapleyExplanationPipeline(Pipeline):
 
         - ``label`` (`str`) and ``label_id`` (`int`),
         - ``score`` (`float`): probability (softmax; sigmoid for multi-label models),
-        - ``logit`` (`float`) and ``base_value`` (`float`): the model's logit and ``v(empty)``,
-        - ``attributions`` (``h x w`` nested list of floats): one Shapley value per player,
-          laid out as the players grid over the image the model saw,
+        - ``explained`` (`str`): ``"centered_logit"`` or ``"logit"``, the quantity that
+          ``logit``, ``base_value`` and ``attributions`` describe,
+        - ``logit`` (`float`) and ``base_value`` (`float`): the explained quantity of the full
+          image and of ``v(empty)`` (each minus its mean over classes when centred),
+        - ``attributions`` (``h x w`` nested list of floats): one Shapley value per player
+          (centred: minus its mean over classes), laid out as the players grid over the image
+          the model saw,
         - ``efficiency_residual`` (`float`): ``logit - base_value - sum(attributions)``, zero up
-          to float rounding for a faithful additive explanation,
+          to float rounding for a faithful additive explanation (centring keeps the identity:
+          it is linear),
         - ``heatmap`` (``PIL.Image``, only with ``heatmap=True``): the attributions overlaid on
           the input at its original size, the processor's resize and crop inverted.
 
@@ -117,6 +127,7 @@ class ImageShapleyExplanationPipeline(Pipeline):
         colormap: Any = None,
         opacity: float | None = None,
         timeout: float | None = None,
+        centered: bool | None = None,
     ) -> tuple[dict, dict, dict]:
         preprocess: dict[str, Any] = {}
         if timeout is not None:
@@ -143,6 +154,10 @@ class ImageShapleyExplanationPipeline(Pipeline):
             if not 0.0 <= float(opacity) <= 1.0:
                 raise ValueError(f"opacity must be in [0, 1]; got {opacity!r}.")
             postprocess["opacity"] = float(opacity)
+        if centered is not None:
+            if not isinstance(centered, bool):
+                raise ValueError(f"centered must be True or False; got {centered!r}.")
+            postprocess["centered"] = centered
         return preprocess, {}, postprocess
 
     def _resolve_targets(self, targets: int | str | Sequence[int | str]) -> list[int]:
@@ -204,11 +219,12 @@ class ImageShapleyExplanationPipeline(Pipeline):
             "image": model_inputs["image"],
         }
 
-    def _scores(self, logits: np.ndarray) -> np.ndarray:
+    def _multi_label(self) -> bool:
         config = self.model.config
-        if config.problem_type == "multi_label_classification" or config.num_labels == 1:
-            return _sigmoid(logits)
-        return _softmax(logits)
+        return config.problem_type == "multi_label_classification" or config.num_labels == 1
+
+    def _scores(self, logits: np.ndarray) -> np.ndarray:
+        return _sigmoid(logits) if self._multi_label() else _softmax(logits)
 
     def postprocess(
         self,
@@ -218,6 +234,7 @@ class ImageShapleyExplanationPipeline(Pipeline):
         heatmap: bool = True,
         colormap: Any = "RdBu_r",
         opacity: float = 0.5,
+        centered: bool | None = None,
     ) -> list[dict[str, Any]]:
         logits = model_outputs["logits"][0].detach().float().numpy().astype(np.float64)
         phi = (
@@ -228,6 +245,12 @@ class ImageShapleyExplanationPipeline(Pipeline):
         while isinstance(image, list):  # one image per example, un-batched or not
             image = image[0]
         scores = self._scores(logits)
+        if centered is None:
+            centered = not self._multi_label()
+        if centered:  # linear in the logits: the efficiency identity still holds
+            logits = logits - logits.mean()
+            base = base - base.mean()
+            phi = phi - phi.mean(axis=1, keepdims=True)
         if targets is None:
             k = min(top_k or DEFAULT_TOP_K, len(logits))
             # Stable sort: equal scores keep label order, so batched and single runs agree.
@@ -245,6 +268,7 @@ class ImageShapleyExplanationPipeline(Pipeline):
                 "label": str(id2label[k]),
                 "label_id": k,
                 "score": float(scores[k]),
+                "explained": "centered_logit" if centered else "logit",
                 "logit": float(logits[k]),
                 "base_value": float(base[k]),
                 "attributions": grid.tolist(),

@@ -582,13 +582,20 @@ def plot_class_grid(
 
 
 def plot_explanation(
-    model: Any, image: Image.Image, image_processor: Any = None, *, top_k: int = 3
+    model: Any,
+    image: Image.Image,
+    image_processor: Any = None,
+    *,
+    top_k: int = 3,
+    centered: bool = True,
 ) -> Figure:
     """Explain one image with a ``ShapleyForImageClassification`` and draw its top classes.
 
     Runs the model (in eval mode, without gradients) on ``image`` preprocessed by
     ``image_processor`` (default: ``model.image_processor``) and returns
     :func:`plot_class_grid` of its ``top_k`` classes by logit, the processor's geometry inverted.
+    ``centered`` (default) draws the class-centred values (each minus its mean over classes),
+    which explain the class-centred logit, the part softmax sees; ``False`` the raw values.
     """
     import torch
 
@@ -604,13 +611,18 @@ def plot_explanation(
             out = model(processor(rgb, return_tensors="pt")["pixel_values"].to(device))
     finally:
         model.train(was_training)
+    phi, logits, base = (
+        t[0].float().cpu() for t in (out.shapley_values, out.logits, out.base_values)
+    )
+    if centered:  # linear: logits == base_values + phi.sum(0) still holds
+        phi, logits, base = (t - t.mean(-1, keepdim=True) for t in (phi, logits, base))
     return plot_class_grid(
         rgb,
-        out.shapley_values[0].float().cpu(),
+        phi,
         model.config.players_grid,
         model.config.id2label,
-        logits=out.logits[0].float().cpu(),
-        base_values=out.base_values[0].float().cpu(),
+        logits=logits,
+        base_values=base,
         image_processor=processor,
         top_k=max(1, min(top_k, model.config.num_labels)),
     )
