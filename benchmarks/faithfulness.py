@@ -107,7 +107,12 @@ def ensure_plain_classifier(model_dir: Path, plain_dir: Path, train_split, args)
     if args.plain_init:
         pretrained = [Path(args.plain_init)]
     else:
-        pretrained = sorted(model_dir.glob("pretrained-classifier-*px"))
+        # The main job names the classifier it started from; older output folders hold one.
+        metrics_path = model_dir / "metrics.json"
+        metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
+        named = metrics.get("pretrained_classifier")
+        pretrained = [model_dir / named] if named else []
+        pretrained = pretrained or sorted(model_dir.glob("pretrained-classifier-*"))
     if not pretrained:
         raise SystemExit(
             f"No pretrained classifier in {model_dir} to continue; pass --plain-init (the classifier "
@@ -435,7 +440,7 @@ def parse_args(argv=None):
         "--plain-init",
         default=None,
         help="the classifier the Shapley model was fine-tuned from (default: the main job's "
-        "<model-dir>/pretrained-classifier-*px); the plain classifier continues it",
+        "<model-dir>/pretrained-classifier-*); the plain classifier continues it",
     )
     parser.add_argument("--p49-model-dir", default=str(REPO / "outputs" / "shapley-vit-shapes-p49"))
     parser.add_argument("--skip-p49", action="store_true")

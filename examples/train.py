@@ -123,6 +123,14 @@ class DataArguments:
     )
     num_train: int = field(default=8000, metadata={"help": "Built-in data: training images."})
     num_test: int = field(default=1000, metadata={"help": "Built-in data: test images."})
+    builtin_distractors: str = field(
+        default="independent",
+        metadata={
+            "help": "Built-in data: 'independent' (distractors drawn without the label, so the "
+            "class evidence lies in the class object only) or 'complement' (the earlier data: "
+            "the distractors name the missing class)."
+        },
+    )
     max_train_samples: int | None = field(
         default=None, metadata={"help": "Truncate the training split."}
     )
@@ -183,6 +191,7 @@ def load_data(
             num_train=args.num_train,
             num_test=args.num_test,
             image_size=image_size,
+            distractors=args.builtin_distractors,
         )
     except ValueError as error:
         raise SystemExit(str(error)) from error
@@ -265,14 +274,28 @@ def build_model(
 
 
 def pretrain_builtin_classifier(
-    model_args: ModelArguments, training_args, id2label, train, image_column, label_column
+    model_args: ModelArguments,
+    training_args,
+    data_args: DataArguments,
+    id2label,
+    train,
+    image_column,
+    label_column,
 ) -> str:
-    """Train a stock ViT classifier with plain cross-entropy; return its directory (cached)."""
+    """Train a stock ViT classifier with plain cross-entropy; return its directory (cached).
+
+    The cache is keyed by what changes the classifier (image size, data, epochs, seed), so a
+    run with another seed or data set never reuses a classifier trained for another.
+    """
     from transformers import ViTForImageClassification
 
     from hf_shapley.plain_classifier import train_plain_classifier
 
-    path = Path(training_args.output_dir) / f"pretrained-classifier-{model_args.image_size}px"
+    key = (
+        f"{model_args.image_size}px-{data_args.builtin_distractors}-{len(train)}-"
+        f"{model_args.pretrain_epochs:g}ep-seed{training_args.seed}"
+    )
+    path = Path(training_args.output_dir) / f"pretrained-classifier-{key}"
     if (path / "model.safetensors").is_file():
         logger.info("Reusing the pretrained classifier in %s.", path)
         return str(path)
@@ -388,7 +411,7 @@ def main(argv: list[str] | None = None) -> dict:
     base_model = model_args.backbone
     if model_args.backbone is None and model_args.pretrain_epochs > 0:
         model_args.backbone = pretrain_builtin_classifier(
-            model_args, training_args, id2label, train, image_column, label_column
+            model_args, training_args, data_args, id2label, train, image_column, label_column
         )
         model_args.prediction_mode = model_args.prediction_mode or "shapley_sum"
     model, processor = build_model(model_args, id2label)
@@ -415,6 +438,9 @@ def main(argv: list[str] | None = None) -> dict:
         "train_seconds": train_seconds,
         "train_steps": result.global_step,
     }
+    if model_args.backbone is not None and Path(model_args.backbone).parent == out_dir:
+        # The plain classifier this model was fine-tuned from (benchmarks/faithfulness.py).
+        report["pretrained_classifier"] = Path(model_args.backbone).name
 
     if report_args.compare_plain:
         plain_args = ShapleyTrainingArguments(

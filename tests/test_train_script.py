@@ -203,7 +203,13 @@ def test_builtin_job_pretrains_a_classifier_then_wraps_it(
             str(out),
         ]  # fmt: skip
     )
-    pretrained = out / "pretrained-classifier-32px"
+    # The cache is keyed by what changes the classifier; metrics.json names the one used.
+    [pretrained] = out.glob("pretrained-classifier-*")
+    assert pretrained.name.startswith("pretrained-classifier-32px-independent-")
+    assert pretrained.name.endswith("-1ep-seed0")
+    assert json.loads((out / "metrics.json").read_text())["pretrained_classifier"] == (
+        pretrained.name
+    )
     # The pretraining is the package's one plain-classifier training function, with the job's
     # optimizer settings.
     assert len(calls) == 1

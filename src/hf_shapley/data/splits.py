@@ -32,10 +32,12 @@ def load_image_splits(
     num_train: int = 8000,
     num_test: int = 1000,
     image_size: int = 64,
+    distractors: str = "independent",
 ) -> tuple[datasets.Dataset, datasets.Dataset]:
     """(train, eval) splits.
 
-    The built-in shapes (``num_train``, ``num_test`` images of ``image_size`` px) unless a Hub
+    The built-in shapes (``num_train``, ``num_test`` images of ``image_size`` px, with
+    ``distractors`` drawn as ``load_shapes_dataset`` describes) unless a Hub
     data set (``dataset_name``) or an imagefolder (``train_dir``, optionally
     ``validation_dir``) is named. Without an ``eval_split`` split, 10% of ``train`` is held out
     with seed 0.
@@ -46,7 +48,9 @@ def load_image_splits(
     import datasets  # imported on use, as by the built-in data set
 
     if dataset_name is None and train_dir is None:
-        data = load_shapes_dataset(num_train, num_test, image_size=image_size)
+        data = load_shapes_dataset(
+            num_train, num_test, image_size=image_size, distractors=distractors
+        )
         return data["train"], data["test"]
     if dataset_name is not None:
         data = datasets.load_dataset(dataset_name, dataset_config_name)
