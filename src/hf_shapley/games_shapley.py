@@ -82,9 +82,12 @@ class PlayerView:
     Attributes:
         tokens: (n, N, D) one feature vector per token that can vote (patch tokens after the
             final norm, or final feature-map cells), row-major over the token grid.
-        voting: (n, N) bool, the tokens that vote in each row; ``None``: all of them.
+        voting: (n, N) bool, the tokens that vote in each row; ``None``: all of them. Or
+            (n, G, N) for G coalitions sharing one pass (a packed pair: G = 2), whose values
+            a readout returns as (n, G, K).
         classifier_features: () -> (n, D'), what a wrapped classifier head reads for each row
-            (computed on demand: soft voting never needs it).
+            (computed on demand: soft voting never needs it); a tuple of G of them for G
+            coalitions.
     """
 
     tokens: torch.Tensor
@@ -114,15 +117,17 @@ class Readout(Protocol):
         """The modules the readout runs (for :func:`frozen_statistics`)."""
 
     def value(self, view: PlayerView) -> torch.Tensor:
-        """(n, K) fp32 logits of each row of ``view``."""
+        """(n, K) fp32 logits of each row of ``view`` ((n, G, K) for G coalitions a row)."""
 
     def explain(
         self,
         full: PlayerView,
-        empty: torch.Tensor,
+        empty: PlayerView,
         player_sum: Callable[[torch.Tensor], torch.Tensor],
+        empty_statistics: Callable[[], contextlib.AbstractContextManager],
     ) -> GameExplanation:
-        """The explanation from the full view and ``v(empty)`` (B or 1, K)."""
+        """The explanation from the full view and the empty coalition's view (B or 1 rows),
+        on which the readout runs inside ``empty_statistics()``."""
 
 
 class _Borrowed:
@@ -198,9 +203,20 @@ class ShapleyGame(nn.Module):
         """The view with every player present."""
         raise NotImplementedError
 
+    def empty_view(self, context: torch.Tensor) -> PlayerView:
+        """The view of the empty coalition (B rows, or 1 shared by all images); compute it and
+        run a readout on it inside :meth:`empty_statistics`."""
+        raise NotImplementedError
+
+    def empty_statistics(self, readout: Readout) -> contextlib.AbstractContextManager:
+        """The mode normalization layers and dropout run in for the empty coalition."""
+        return contextlib.nullcontext()
+
     def empty(self, context: torch.Tensor, readout: Readout) -> torch.Tensor:
         """(B, K) fp32 ``v(empty)``."""
-        raise NotImplementedError
+        with self.empty_statistics(readout):
+            value = readout.value(self.empty_view(context))
+        return value.expand(context.shape[0], -1)
 
     def values(
         self,
@@ -219,7 +235,9 @@ class ShapleyGame(nn.Module):
     def explain(self, context: torch.Tensor, readout: Readout) -> GameExplanation:
         """Every player present: the prediction, its per-player values and ``v(empty)``."""
         full = self.full(context)
-        return readout.explain(full, self.empty(context, readout), self.player_sum)
+        with self.empty_statistics(readout):
+            empty = self.empty_view(context)
+        return readout.explain(full, empty, self.player_sum, lambda: self.empty_statistics(readout))
 
 
 class TokenRemovalGame(ShapleyGame):
@@ -261,7 +279,8 @@ class TokenRemovalGame(ShapleyGame):
             lambda: self.adapter.classifier_features(states[:, :s], patch_states, None),
         )
 
-    def empty(self, context: torch.Tensor, readout: Readout) -> torch.Tensor:
+    def empty_view(self, context: torch.Tensor) -> PlayerView:
+        """No token votes; a wrapped classifier reads the special tokens encoded alone."""
         s = self.num_special_tokens
         no_tokens = context.new_zeros(context.shape[0], 0, context.shape[-1])
 
@@ -269,7 +288,7 @@ class TokenRemovalGame(ShapleyGame):
             states = self.adapter.encode_tokens(self.backbone, context[:, :s], None)
             return self.adapter.classifier_features(states, no_tokens, no_tokens[..., 0])
 
-        return readout.value(PlayerView(no_tokens, None, classifier_features))
+        return PlayerView(no_tokens, None, classifier_features)
 
     def values(self, context, coalitions, readout, *, dropout=True, chunk_size=None):
         """Adjacent complementary coalitions ``[S, ~S]`` share one packed sequence; any other
@@ -319,13 +338,17 @@ class TokenRemovalGame(ShapleyGame):
         states = self.adapter.encode_tokens(self.backbone, sequence, attention_mask[:, None])
         patch_states = states[:, 2 * s :]
         classifier = self.adapter.classifier_features
-        view_in = PlayerView(
-            patch_states, in_s, lambda: classifier(states[:, :s], patch_states, in_s)
+        # One view for both coalitions: a readout computes the shared tokens' votes once.
+        pair = PlayerView(
+            patch_states,
+            torch.stack([in_s, ~in_s], dim=1),
+            lambda: (
+                classifier(states[:, :s], patch_states, in_s),
+                classifier(states[:, s : 2 * s], patch_states, ~in_s),
+            ),
         )
-        view_out = PlayerView(
-            patch_states, ~in_s, lambda: classifier(states[:, s : 2 * s], patch_states, ~in_s)
-        )
-        return readout.value(view_in), readout.value(view_out)
+        values = readout.value(pair)  # (n, 2, K)
+        return values[:, 0], values[:, 1]
 
 
 class PixelBaselineGame(ShapleyGame):
@@ -407,16 +430,13 @@ class PixelBaselineGame(ShapleyGame):
         cells = self.adapter.cell_features(self.backbone, hidden)
         return PlayerView(cells, None, lambda: self.adapter.pooled_features(self.backbone, hidden))
 
-    def empty(self, context: torch.Tensor, readout: Readout) -> torch.Tensor:
-        """(B, K): the readout of the all-baseline image, normalization layers and dropout in
-        eval mode; its backbone features are cached (detached) in eval mode and recomputed, with
-        gradients, on every call in training mode."""
-        with frozen_statistics(self.backbone, *readout.modules(), disable_dropout=True):
-            view = self._baseline_view(context)
-            value = readout.value(view)
-        return value.expand(context.shape[0], -1)
+    def empty_statistics(self, readout: Readout) -> contextlib.AbstractContextManager:
+        """Normalization layers and dropout in eval mode for the all-baseline image."""
+        return frozen_statistics(self.backbone, *readout.modules(), disable_dropout=True)
 
-    def _baseline_view(self, like: torch.Tensor) -> PlayerView:
+    def empty_view(self, like: torch.Tensor) -> PlayerView:
+        """One row: the all-baseline image. Its backbone features are cached (detached) in eval
+        mode and recomputed, with gradients, on every call in training mode."""
         key = (like.device, like.dtype, torch.is_autocast_enabled(like.device.type))
         if not self.training and self._empty_cache is not None and self._empty_cache[0] == key:
             cells, pooled = self._empty_cache[1]

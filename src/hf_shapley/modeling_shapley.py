@@ -132,20 +132,36 @@ class SoftVotingReadout:
             votes = votes - votes.mean(-1, keepdim=True)
         return votes
 
-    def value(self, view: PlayerView) -> torch.Tensor:
+    def vote_sum(self, view: PlayerView) -> torch.Tensor:
+        """(n, K): the summed votes of each row's voting tokens ((n, G, K) for G coalitions a
+        row, from one computation of the shared tokens' votes)."""
         votes = self.votes(view.tokens)
-        if view.voting is not None:
-            votes = votes * view.voting.to(votes.dtype)[..., None]
-        return self.bias.float() + votes.sum(1)
+        voting = view.voting
+        if voting is None:
+            return votes.sum(1)
+        if voting.ndim == 2:
+            return (votes * voting.to(votes.dtype)[..., None]).sum(1)
+        return torch.stack(
+            [
+                (votes * voting[:, g].to(votes.dtype)[..., None]).sum(1)
+                for g in range(voting.shape[1])
+            ],
+            dim=1,
+        )
 
-    def explain(self, full, empty, player_sum) -> GameExplanation:
+    def value(self, view: PlayerView) -> torch.Tensor:
+        return self.bias.float() + self.vote_sum(view)
+
+    def explain(self, full, empty, player_sum, empty_statistics) -> GameExplanation:
         bias = self.bias.float()
+        with empty_statistics():
+            # v(empty) - b: the votes of the empty coalition (none with token removal, the
+            # baseline image's otherwise). v(all) - v(empty) - sum_i r_i = -offset.
+            offset = self.vote_sum(empty)
         r = player_sum(self.votes(full.tokens))
-        logits = bias + r.sum(1)
-        # v(all) - v(empty) - sum_i r_i = b - v(empty): 0 when the empty coalition is the bias
-        # alone (token removal), the baseline image's votes otherwise.
-        phi = additive_efficiency(r, bias - empty)
-        return GameExplanation(logits, phi, empty.expand_as(logits))
+        logits = bias.expand(r.shape[0], -1) + r.sum(1)
+        phi = additive_efficiency(r, -offset)
+        return GameExplanation(logits, phi, (bias + offset).expand_as(logits))
 
 
 @dataclass(frozen=True)
@@ -162,10 +178,15 @@ class ClassifierReadout:
         return (self.classifier, self.head)
 
     def value(self, view: PlayerView) -> torch.Tensor:
-        return self.classifier(view.classifier_features()).float()
+        features = view.classifier_features()
+        if isinstance(features, tuple):  # G coalitions a row
+            return torch.stack([self.classifier(f).float() for f in features], dim=1)
+        return self.classifier(features).float()
 
-    def explain(self, full, empty, player_sum) -> GameExplanation:
+    def explain(self, full, empty, player_sum, empty_statistics) -> GameExplanation:
         logits = self.value(full)
+        with empty_statistics():
+            empty = self.value(empty)
         features = full.tokens if self.train_backbone else full.tokens.detach()
         r = player_sum(self.head(features))
         phi = additive_efficiency(r, (logits - empty) - r.sum(1))

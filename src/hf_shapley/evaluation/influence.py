@@ -39,9 +39,13 @@ class _PlayerVotes:
 
     def value(self, view) -> torch.Tensor:
         votes = self.votes.votes(view.tokens)
-        if view.voting is not None:
-            votes = votes * view.voting.to(votes.dtype)[..., None]
-        return self.player_sum(votes).flatten(1)
+        voting = view.voting
+        if voting is None:
+            return self.player_sum(votes).flatten(1)
+        if voting.ndim == 2:
+            return self.player_sum(votes * voting.to(votes.dtype)[..., None]).flatten(1)
+        groups = [voting[:, g].to(votes.dtype)[..., None] for g in range(voting.shape[1])]
+        return torch.stack([self.player_sum(votes * w).flatten(1) for w in groups], dim=1)
 
 
 @dataclass
