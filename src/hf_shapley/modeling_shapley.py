@@ -133,24 +133,24 @@ class SoftVotingReadout:
         return votes
 
     def vote_sum(self, view: PlayerView) -> torch.Tensor:
-        """(n, K): the summed votes of each row's voting tokens ((n, G, K) for G coalitions a
-        row, from one computation of the shared tokens' votes)."""
+        """(n, K): the summed votes of each row's voting tokens (``voting`` None or (n, N))."""
         votes = self.votes(view.tokens)
-        voting = view.voting
-        if voting is None:
+        if view.voting is None:
             return votes.sum(1)
-        if voting.ndim == 2:
-            return (votes * voting.to(votes.dtype)[..., None]).sum(1)
-        return torch.stack(
-            [
-                (votes * voting[:, g].to(votes.dtype)[..., None]).sum(1)
-                for g in range(voting.shape[1])
-            ],
-            dim=1,
-        )
+        return (votes * view.voting.to(votes.dtype)[..., None]).sum(1)
 
     def value(self, view: PlayerView) -> torch.Tensor:
-        return self.bias.float() + self.vote_sum(view)
+        bias = self.bias.float()
+        voting = view.voting
+        if voting is None or voting.ndim == 2:
+            return bias + self.vote_sum(view)
+        # G coalitions a row: the shared tokens' votes once, then one value per coalition,
+        # each with its own bias term as separate coalitions would have.
+        votes = self.votes(view.tokens)
+        weights = voting.to(votes.dtype)[..., None]
+        return torch.stack(
+            [bias + (votes * weights[:, g]).sum(1) for g in range(voting.shape[1])], dim=1
+        )
 
     def explain(self, full, empty, player_sum, empty_statistics) -> GameExplanation:
         bias = self.bias.float()
