@@ -68,3 +68,29 @@ def markdown_table(header: list[str], rows: list[list[object]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
     return "\n".join(lines)
+
+
+def builtin_test_images(model_dir: str, num_images: int, *, seed: int = 0, distractors: str):
+    """A saved model, its image processor, and the first built-in test images at its size.
+
+    Returns ``(model, pixel_values, arrays)``: the model in eval mode, the processed images
+    (converted as the pipeline converts them) and the generator's arrays (labels, masks).
+    """
+    from PIL import Image
+    from transformers import AutoImageProcessor
+
+    from hf_shapley import ShapleyForImageClassification
+    from hf_shapley.data import generate_shapes
+    from hf_shapley.image_loading import to_rgb
+
+    model = ShapleyForImageClassification.from_pretrained(model_dir).eval()
+    processor = AutoImageProcessor.from_pretrained(model_dir)
+    arrays = generate_shapes(
+        num_images,
+        image_size=model.image_size[0],
+        seed=seed,
+        split="test",
+        distractors=distractors,
+    )
+    images = [to_rgb(Image.fromarray(a)) for a in arrays.images]
+    return model, processor(images, return_tensors="pt")["pixel_values"], arrays

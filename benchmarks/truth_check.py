@@ -21,13 +21,9 @@ import time
 from pathlib import Path
 
 import torch
-from PIL import Image
-from transformers import AutoImageProcessor
+from common import builtin_test_images
 
-from hf_shapley import ShapleyForImageClassification
-from hf_shapley.data import generate_shapes
 from hf_shapley.evaluation import exact_model_shapley_values, model_shapley_truth, pearson_rows
-from hf_shapley.image_loading import to_rgb
 
 
 def centred_predicted(values: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
@@ -53,17 +49,9 @@ def main() -> None:
     parser.add_argument("--out", default=None, help="write the results as JSON here")
     args = parser.parse_args()
 
-    model = ShapleyForImageClassification.from_pretrained(args.model_dir).eval()
-    processor = AutoImageProcessor.from_pretrained(args.model_dir)
-    arrays = generate_shapes(
-        args.images,
-        image_size=model.image_size[0],
-        seed=args.seed,
-        split="test",
-        distractors=args.distractors,
+    model, x, arrays = builtin_test_images(
+        args.model_dir, args.images, seed=args.seed, distractors=args.distractors
     )
-    images = [to_rgb(Image.fromarray(a)) for a in arrays.images]
-    x = processor(images, return_tensors="pt")["pixel_values"]
     with torch.no_grad():
         out = model(x)
     classes = out.logits.argmax(-1)

@@ -23,12 +23,9 @@ import time
 from pathlib import Path
 
 import torch
-from transformers import AutoImageProcessor
+from common import builtin_test_images
 
-from hf_shapley import ShapleyForImageClassification
-from hf_shapley.data import generate_shapes
 from hf_shapley.evaluation import mask_to_players, pearson_rows, vote_influence
-from hf_shapley.image_loading import to_rgb
 
 
 def main() -> None:
@@ -42,16 +39,9 @@ def main() -> None:
     parser.add_argument("--out", default=None, help="write the summary as JSON here")
     args = parser.parse_args()
 
-    model = ShapleyForImageClassification.from_pretrained(args.model_dir).eval()
-    processor = AutoImageProcessor.from_pretrained(args.model_dir)
-    size = model.image_size[0]
-    arrays = generate_shapes(
-        args.images, image_size=size, seed=args.seed, split="test", distractors=args.distractors
+    model, x, arrays = builtin_test_images(
+        args.model_dir, args.images, seed=args.seed, distractors=args.distractors
     )
-    from PIL import Image
-
-    images = [to_rgb(Image.fromarray(a)) for a in arrays.images]
-    x = processor(images, return_tensors="pt")["pixel_values"]
     start = time.perf_counter()
     result = vote_influence(model, x, progress=True)
     seconds = time.perf_counter() - start
