@@ -1,34 +1,40 @@
-"""The training-recipe study: which objective settings give a model that is accurate AND faithful?
+"""Recipe study v2: which objective settings give a model that is accurate AND faithful?
 
-Regime (the realistic one): a tiny ViT classifier is pretrained with plain cross-entropy on the
-built-in shapes data set and saved locally; each variant then wraps it with
-``ShapleyForImageClassification.from_backbone`` and fine-tunes for the same number of steps as
-the plain baseline, which continues the stock classifier with cross-entropy alone (equal steps).
+Regime: the main job's. Its plain ViT classifier (64 px, 8 x 8 tokens of 8 px, pretrained with
+cross-entropy on the built-in data v2 by ``examples/train.py``, which caches it) is wrapped with
+``ShapleyForImageClassification.from_backbone`` (P = 16 players of 2 x 2 tokens, soft voting)
+and fine-tuned by each variant; the plain arm continues the classifier with cross-entropy at
+equal steps, same batches. Every arm uses the main job's optimizer settings (AdamW, lr 1e-3,
+weight decay 0.05 except biases and norms, 30 warm-up steps then cosine, gradients clipped at
+1.0, batch 64, loss warm-up 60 steps) in one plain loop, so that the arms differ only in
+the objective.
 
-For each run: test accuracy, per-image Pearson r and relative L2 error of phi against the exact
-Shapley values of the model's own game (P = 16, all 2**16 coalitions), and the median step time.
+Measured at every ``--eval-every`` steps (a curve), on data the run never trains on:
+* accuracy on ``--num-test`` generated test images;
+* agreement of phi with the truth of the model's own game on ``--truth-images`` other test
+  images, for the explained quantity of the faithfulness targets (the predicted class's logit,
+  centred over classes): mean per-image Pearson r and Spearman r, and the pooled relative error
+  ``sqrt(sum |phi - t|^2 / sum |t - mean_P t|^2)``. The truth is KernelSHAP with 1,024 paired
+  evaluations (pooled error 0.029 against exact enumeration on the main job's model:
+  ``results/truth_check_v2_main_job.json``).
 
-    python benchmarks/recipe.py                      # the full table (about 12 runs, 2 in parallel)
-    python benchmarks/recipe.py --variants default plain --seeds 0 --steps 200   # a quick look
-    python benchmarks/recipe.py --family resnet      # the pixel-baseline family (tiny ResNet)
+    python benchmarks/recipe.py --variants plain default centred --seeds 0 --steps 250
+    python benchmarks/recipe.py --reuse            # rebuild the table from the JSONL
 
-``--family resnet``: a tiny ResNet (3 stages, 48 px images, a 3 x 3 final feature grid, one
-cell per player, P = 9) instead of the tiny ViT; same regime, same variants. Its table goes to
-``benchmarks/results/recipe_resnet.md``.
-
-Writes ``benchmarks/results/recipe.md`` and ``recipe.jsonl`` (one line per run).
+Every run appends one line per evaluation to ``results/recipe_v2.jsonl``; the table
+``results/recipe_v2.md`` keeps every row, failures included. The v1 study (tiny ViT, one
+token per player, the earlier data) is ``recipe_v1.py`` with ``results/recipe_v1.md``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
+import math
 import statistics
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
 
@@ -36,412 +42,335 @@ import torch
 import torch.nn.functional as F
 
 REPO = Path(__file__).resolve().parents[1]
-OUT = REPO / "outputs" / "recipe"
-
-# The tiny backbone: 64 px images, 16 px patches -> a 4 x 4 token grid, one token per player.
-BACKBONE = dict(
-    image_size=64,
-    patch_size=16,
-    hidden_size=128,
-    num_hidden_layers=4,
-    num_attention_heads=4,
-    intermediate_size=256,
-)
+RESULTS = REPO / "benchmarks" / "results"
+OUT = REPO / "outputs" / "recipe-v2"
 PLAYERS_GRID = (4, 4)
+IMAGE_SIZE = 64
+TRUTH_EVALUATIONS = 1024
 
-# Per family: backbone config kwargs, image size, players grid, and whether the model is a
-# pixel-baseline family (which needs ShapleyConfig.image_size: ResNet configs have none).
-FAMILIES = {
-    "vit": dict(backbone=BACKBONE, image_size=64, players_grid=PLAYERS_GRID),
-    "resnet": dict(
-        backbone=dict(
-            embedding_size=16, hidden_sizes=[16, 32, 64], depths=[1, 1, 1], layer_type="basic"
-        ),
-        image_size=48,
-        players_grid=(3, 3),
-    ),
-}
-
-# Each variant: ShapleyConfig overrides passed to from_backbone ("plain" = stock classifier).
+# Each variant: ShapleyConfig overrides on top of the library defaults ("plain": the stock
+# classifier with cross-entropy). Names say what differs from "default".
 VARIANTS: dict[str, dict] = {
     "plain": {},
-    "default": dict(
-        prediction_mode="shapley_sum", shapley_loss_weight=1.0, distill_loss_weight=1.0
+    "default": {},
+    "centred": dict(center_logits=True),
+    "centred_lambda10": dict(center_logits=True, shapley_loss_weight=10.0),
+    "centred_lambda10_m16": dict(
+        center_logits=True, shapley_loss_weight=10.0, num_shapley_coalitions=16
     ),
-    "lambda0": dict(
-        prediction_mode="shapley_sum", shapley_loss_weight=0.0, distill_loss_weight=1.0
+    "centred_consistency": dict(center_logits=True, vote_consistency_weight=1.0),
+    "centred_lambda10_consistency": dict(
+        center_logits=True, shapley_loss_weight=10.0, vote_consistency_weight=1.0
     ),
-    "alpha0": dict(prediction_mode="shapley_sum", shapley_loss_weight=1.0, distill_loss_weight=0.0),
-    "no_norm": dict(prediction_mode="shapley_sum", shapley_loss_normalization="none"),
-    "centered": dict(prediction_mode="shapley_sum", center_logits=True),
-    "no_stopgrad": dict(prediction_mode="shapley_sum", shapley_stop_gradient=False),
-    "no_warmup": dict(prediction_mode="shapley_sum", loss_warmup_steps=0),
-    "m16_g4": dict(
-        prediction_mode="shapley_sum", num_shapley_coalitions=16, num_distill_coalitions=4
+    "centred_lambda10_consistency10": dict(
+        center_logits=True, shapley_loss_weight=10.0, vote_consistency_weight=10.0
     ),
-    "m4_g2": dict(
-        prediction_mode="shapley_sum", num_shapley_coalitions=4, num_distill_coalitions=2
-    ),
-    "backbone_head": dict(prediction_mode="backbone_head", train_backbone=True),
+    "centred_consistency10": dict(center_logits=True, vote_consistency_weight=10.0),
 }
-# The same variants with soft voting on raw (not class-centered) votes: the only kind before
-# center_votes existed, and what the tiny ResNet's first rows ran with (center_votes defaults
-# to True for the pixel-baseline families, False for ViT).
-for _name in ("default", "lambda0", "alpha0", "no_norm", "centered"):
-    VARIANTS[f"{_name}_uncentered_votes"] = {**VARIANTS[_name], "center_votes": False}
-
-# Shared by every Shapley variant unless overridden.
-COMMON = dict(
-    num_shapley_coalitions=8,
-    num_distill_coalitions=2,
-    loss_warmup_steps=100,
-    coalition_batch_size=256,
-)
+# Every Shapley arm: the main job's objective settings that differ from the config defaults.
+COMMON = dict(loss_warmup_steps=60)
 
 
-@dataclass
-class Setup:
-    pretrain_steps: int = 2000
-    steps: int = 400
-    batch_size: int = 64
-    pretrain_lr: float = 1e-3
-    lr: float = 3e-4
-    num_train: int = 6000
-    num_test: int = 2000
-    truth_images: int = 8
-    device: str = "cpu"
-    max_grad_norm: float | None = None
-    out_dir: str = str(OUT)
-    family: str = "vit"
-    extra: dict = field(default_factory=dict)
-
-    @property
-    def spec(self) -> dict:
-        return FAMILIES[self.family]
-
-
-def _classifier_class(family: str):
-    from transformers import ResNetForImageClassification, ViTForImageClassification
-
-    return {"vit": ViTForImageClassification, "resnet": ResNetForImageClassification}[family]
-
-
-def _backbone_config(family: str, **kwargs):
-    from transformers import ResNetConfig, ViTConfig
-
-    config_class = {"vit": ViTConfig, "resnet": ResNetConfig}[family]
-    return config_class(**FAMILIES[family]["backbone"], **kwargs)
-
-
-def _data(setup: Setup):
-    from hf_shapley.data import generate_shapes
-
-    def prep(arrays):
-        x = torch.from_numpy(arrays.images).permute(0, 3, 1, 2).float() / 255
-        return (x - 0.5) / 0.5, torch.from_numpy(arrays.labels)
-
-    size = setup.spec["image_size"]
-    xtr, ytr = prep(generate_shapes(setup.num_train, image_size=size, split="train"))
-    xte, yte = prep(generate_shapes(setup.num_test, image_size=size, split="test"))
-    return tuple(t.to(setup.device) for t in (xtr, ytr, xte, yte))
-
-
-def _batches(num: int, batch_size: int, seed: int):
-    """Endless (epoch, indices) stream, reshuffled each epoch from (seed, epoch)."""
-    epoch = 0
-    while True:
-        perm = torch.randperm(num, generator=torch.Generator().manual_seed(seed * 1000 + epoch))
-        for i in range(0, num - batch_size + 1, batch_size):
-            yield epoch, perm[i : i + batch_size]
-        epoch += 1
-
-
-def _train(
-    model, xtr, ytr, steps: int, setup: Setup, seed: int, shapley: bool, lr: float | None = None
-) -> list[float]:
-    """The study's one training loop: the pretraining, the plain baseline and every Shapley
-    variant (AdamW with weight decay on every parameter, 50-step linear warm-up then linear
-    decay, the same batches, clipping only with ``--max-grad-norm``).
-
-    Deliberately not ``hf_shapley.plain_classifier.train_plain_classifier`` (the Trainer: no
-    weight decay on biases and norms, clipping at 1.0, its own schedule and batch order): the
-    plain baseline must train exactly like the variants it is compared with at equal steps,
-    and the recorded tables and cached pretrained models come from this loop.
-    """
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=lr or setup.lr, weight_decay=0.05)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / 50) * max(0.0, 1 - s / steps)
-    )
-    model.train()
-    times = []
-    stream = _batches(len(xtr), setup.batch_size, seed)
-    for step in range(steps):
-        epoch, idx = next(stream)
-        t0 = time.perf_counter()
-        if shapley:
-            loss = model(
-                xtr[idx], labels=ytr[idx], example_index=idx, epoch=epoch, global_step=step
-            ).loss
-        else:
-            loss = F.cross_entropy(model(xtr[idx]).logits, ytr[idx])
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if setup.max_grad_norm:
-            torch.nn.utils.clip_grad_norm_(params, setup.max_grad_norm)
-        opt.step()
-        sched.step()
-        if xtr.is_cuda:
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - t0)
-    return times
-
-
-@torch.no_grad()
-def _accuracy(model, x, y) -> float:
-    model.eval()
-    correct = 0
-    for i in range(0, len(x), 500):
-        correct += (model(x[i : i + 500]).logits.argmax(-1) == y[i : i + 500]).sum().item()
-    return correct / len(x)
-
-
-@torch.no_grad()
-def _predictions(model, x) -> torch.Tensor:
-    model.eval()
-    return torch.cat([model(x[i : i + 500]).logits.argmax(-1).cpu() for i in range(0, len(x), 500)])
-
-
-def pretrained_dir(seed: int, setup: Setup) -> Path:
-    """Pretrain (once per seed, cached) the stock classifier with plain cross-entropy."""
-    from hf_shapley.data import SHAPES_LABELS
-
-    clip = f"-clip{setup.max_grad_norm:g}" if setup.max_grad_norm else ""
-    family = "" if setup.family == "vit" else f"{setup.family}-"
-    path = Path(setup.out_dir) / f"{family}pretrained-seed{seed}-steps{setup.pretrain_steps}{clip}"
-    if (path / "model.safetensors").exists():
+def pretrained_dir(seed: int, epochs: int, num_train: int) -> Path:
+    """The main job's plain classifier for ``seed`` (its cache name), trained here if absent with
+    the main job's settings (``hf_shapley.plain_classifier``, the Trainer)."""
+    name = f"pretrained-classifier-{IMAGE_SIZE}px-independent-{num_train}-{epochs}ep-seed{seed}"
+    path = OUT / name
+    if (path / "model.safetensors").is_file():
         return path
-    print(f"pretraining seed {seed} for {setup.pretrain_steps} steps", flush=True)
-    torch.manual_seed(seed)
-    labels = dict(enumerate(SHAPES_LABELS[:4]))
-    model = _classifier_class(setup.family)(
-        _backbone_config(setup.family, id2label=labels, label2id={v: k for k, v in labels.items()})
-    ).to(setup.device)
-    xtr, ytr, xte, yte = _data(setup)
-    _train(
-        model,
-        xtr,
-        ytr,
-        setup.pretrain_steps,
-        setup,
-        seed + 10_000,
-        shapley=False,
-        lr=setup.pretrain_lr,
+    sys.path.insert(0, str(REPO / "examples"))
+    from train import BUILTIN_BACKBONE, builtin_image_processor, default_training_args
+    from transformers import ViTConfig, ViTForImageClassification
+
+    from hf_shapley.data import load_image_splits, shapes_label_names
+    from hf_shapley.plain_classifier import train_plain_classifier
+
+    print(f"pretraining the plain classifier of seed {seed} ({epochs} epochs)", flush=True)
+    train, _ = load_image_splits(
+        num_train=num_train, num_test=16, image_size=IMAGE_SIZE, distractors="independent"
     )
-    model.save_pretrained(path)
-    (path / "pretrain.json").write_text(json.dumps({"test_accuracy": _accuracy(model, xte, yte)}))
+    labels = dict(enumerate(shapes_label_names()))
+    config = ViTConfig(
+        **BUILTIN_BACKBONE, id2label=labels, label2id={v: k for k, v in labels.items()}
+    )
+    torch.manual_seed(seed)
+    defaults = default_training_args()
+    train_plain_classifier(
+        ViTForImageClassification(config),
+        train,
+        image_processor=builtin_image_processor(IMAGE_SIZE),
+        output_dir=path,
+        num_train_epochs=epochs,
+        seed=seed,
+        **{
+            k: defaults[k]
+            for k in (
+                "per_device_train_batch_size",
+                "learning_rate",
+                "weight_decay",
+                "warmup_steps",
+                "lr_scheduler_type",
+            )
+        },
+    )
     return path
 
 
-def run_one(variant: str, seed: int, setup: Setup) -> dict:
-    torch.set_num_threads(1)
-    import hf_shapley  # noqa: F401  (registers the auto classes)
-    from hf_shapley import ShapleyForImageClassification
-    from hf_shapley.evaluation import exact_model_shapley_values, shapley_agreement
+def tensors(num: int, split: str, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Built-in data v2 as the main job's image processor gives it: [-1, 1], (N, 3, 64, 64)."""
+    from hf_shapley.data import generate_shapes
 
-    xtr, ytr, xte, yte = _data(setup)
-    source = pretrained_dir(seed, setup)
-    torch.manual_seed(seed)
-    classifier_class = _classifier_class(setup.family)
-    original = _predictions(classifier_class.from_pretrained(source).to(setup.device), xte)
-    if variant == "plain":
-        model = classifier_class.from_pretrained(source).to(setup.device)
-        times = _train(model, xtr, ytr, setup.steps, setup, seed, shapley=False)
-        result = dict(variant=variant, seed=seed, accuracy=_accuracy(model, xte, yte))
-    else:
-        overrides = {**COMMON, **VARIANTS[variant], **setup.extra}
-        if setup.family != "vit":
-            overrides.setdefault("image_size", setup.spec["image_size"])
-        model = ShapleyForImageClassification.from_backbone(
-            source,
-            players_grid=setup.spec["players_grid"],
-            load_image_processor=False,
-            coalition_seed=seed,
-            **overrides,
-        ).to(setup.device)
-        times = _train(model, xtr, ytr, setup.steps, setup, seed, shapley=True)
-        accuracy = _accuracy(model, xte, yte)
-        x = xte[: setup.truth_images]
-        with torch.no_grad():
-            out = model(x)
-        out = type(out)(**{k: v.cpu() for k, v in out.items()})
-        truth = exact_model_shapley_values(model, x)
-        predicted = out.logits.argmax(-1)
-        agree = shapley_agreement(out.shapley_values, truth, predicted)
-        # Other classes: the class ranked second, a separate number.
-        second = out.logits.topk(2, dim=-1).indices[:, 1]
-        other = shapley_agreement(out.shapley_values, truth, second)
-        phi_pred = out.shapley_values.gather(
-            2, predicted.view(-1, 1, 1).expand(-1, model.num_players, 1)
+    arrays = generate_shapes(
+        num, image_size=IMAGE_SIZE, split=split, seed=seed, distractors="independent"
+    )
+    x = torch.from_numpy(arrays.images).permute(0, 3, 1, 2).float() / 255
+    return (x - 0.5) / 0.5, torch.from_numpy(arrays.labels).long()
+
+
+def optimizer(model: torch.nn.Module, steps: int):
+    """The Trainer's AdamW (no decay on biases and norms) and cosine schedule, 30 warm-up steps."""
+    from transformers import get_cosine_schedule_with_warmup
+
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            (no_decay if p.ndim < 2 or "norm" in name.lower() else decay).append(p)
+    opt = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": 0.05}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=1e-3,
+    )
+    return opt, get_cosine_schedule_with_warmup(opt, 30, steps)
+
+
+def centred_predicted(values: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
+    """(B, P, K) -> (B, P): the given class's values, centred over classes."""
+    values = values.double().cpu()
+    values = values - values.mean(-1, keepdim=True)
+    return values[torch.arange(len(classes)), :, classes.cpu()]
+
+
+@torch.no_grad()
+def measure(model, xte, yte, xtruth, shapley: bool) -> dict:
+    from hf_shapley.evaluation import model_shapley_truth, pearson_rows
+    from hf_shapley.evaluation.stats import rank_with_ties
+
+    model.eval()
+    logits = torch.cat([model(xte[i : i + 500]).logits for i in range(0, len(xte), 500)])
+    result = {
+        "accuracy": float((logits.argmax(-1) == yte).float().mean()),
+        "nll": float(F.cross_entropy(logits, yte)),
+    }
+    if shapley:
+        out = model(xtruth)
+        classes = out.logits.argmax(-1)
+        truth = model_shapley_truth(
+            model, xtruth, max_exact_players=0, tolerance=0.0, max_evaluations=TRUTH_EVALUATIONS
+        ).values
+        phi, t = centred_predicted(out.shapley_values, classes), centred_predicted(truth, classes)
+        spread = (t - t.mean(1, keepdim=True)).pow(2).sum()
+        r = pearson_rows(phi, t)
+        result.update(
+            pearson=float(r.nanmean()),
+            pearson_per_image=[round(float(v), 4) for v in r],
+            spearman=float(pearson_rows(rank_with_ties(phi), rank_with_ties(t)).nanmean()),
+            pooled_relative_error=float(((phi - t).pow(2).sum() / spread).sqrt()),
+            raw_pearson=float(
+                pearson_rows(
+                    out.shapley_values.double()[torch.arange(len(classes)), :, classes],
+                    truth.double()[torch.arange(len(classes)), :, classes],
+                ).nanmean()
+            ),
         )
-        result = dict(
-            variant=variant,
-            seed=seed,
-            accuracy=accuracy,
-            pearson=agree.mean_pearson,
-            pearson_ci=agree.pearson_interval(),
-            relative_l2=agree.median_relative_l2,
-            pearson_other=other.mean_pearson,
-            phi_scale=float(phi_pred.abs().mean()),
-            config={k: v for k, v in overrides.items()},
-        )
-    # Agreement of the fine-tuned model's predictions with the pretrained classifier's (what
-    # backbone_head with train_backbone=True reports; the plain row is the reference).
-    result["agreement"] = float((_predictions(model, xte) == original).float().mean())
-    result["family"] = setup.family
-    result["step_ms"] = 1000 * statistics.median(times[10:])
-    result["steps"] = setup.steps
-    result["lr"] = setup.lr
-    result["device"] = setup.device
-    result["max_grad_norm"] = setup.max_grad_norm
-    with open(Path(setup.out_dir) / "recipe.jsonl", "a") as f:
-        f.write(json.dumps(result) + "\n")
-    print(json.dumps(result), flush=True)
+    model.train()
     return result
 
 
-def write_table(results: list[dict], setup: Setup, path: Path) -> None:
-    """One row per (variant, fine-tuning lr, steps); accuracy compared with plain of the same group."""
-    groups: dict[tuple, list[dict]] = {}
-    for r in results:
-        device = r.get("device", "cpu") + (
-            f", clip {r['max_grad_norm']:g}" if r.get("max_grad_norm") else ""
+def run_one(variant: str, seed: int, args: argparse.Namespace) -> list[dict]:
+    torch.set_num_threads(args.threads)
+    from transformers import ViTForImageClassification
+
+    import hf_shapley  # noqa: F401  (registers the auto classes)
+    from hf_shapley import ShapleyForImageClassification
+
+    source = pretrained_dir(seed, args.pretrain_epochs, args.num_train)
+    xtr, ytr = tensors(args.num_train, "train")
+    xall, yall = tensors(args.num_test + args.truth_images, "test")
+    xte, yte = xall[: args.num_test], yall[: args.num_test]
+    xtruth = xall[args.num_test :]
+    shapley = variant != "plain"
+    torch.manual_seed(seed)
+    if shapley:
+        overrides = {**COMMON, **VARIANTS[variant]}
+        model = ShapleyForImageClassification.from_backbone(
+            source,
+            players_grid=PLAYERS_GRID,
+            prediction_mode="shapley_sum",
+            load_image_processor=False,
+            coalition_seed=seed,
+            **overrides,
         )
-        key = (device, r.get("lr", 3e-4), r["steps"], r["variant"])
-        groups.setdefault(key, []).append(r)
+    else:
+        overrides = {}
+        model = ViTForImageClassification.from_pretrained(source)
+    opt, schedule = optimizer(model, args.steps)
+    order = torch.Generator().manual_seed(seed)
+    rows, times = [], []
 
-    def fmt(rows, key, digits=3):
-        vals = [r[key] for r in rows if key in r]
-        return " / ".join(f"{v:.{digits}f}" for v in vals) if vals else "-"
+    def record(step: int) -> None:
+        row = dict(
+            variant=variant,
+            seed=seed,
+            step=step,
+            steps=args.steps,
+            config=overrides,
+            pretrained=source.name,
+            step_s=statistics.median(times) if times else None,
+            **measure(model, xte, yte, xtruth, shapley),
+        )
+        rows.append(row)
+        with open(args.jsonl, "a") as f:
+            f.write(json.dumps(row) + "\n")
+        shown = {k: v for k, v in row.items() if k not in ("config", "pearson_per_image")}
+        print(json.dumps(shown), flush=True)
 
+    model.train()
+    record(0)
+    epoch, permutation, position = 0, torch.randperm(len(xtr), generator=order), 0
+    for step in range(args.steps):
+        if position + args.batch_size > len(xtr):
+            epoch, permutation, position = epoch + 1, torch.randperm(len(xtr), generator=order), 0
+        index = permutation[position : position + args.batch_size]
+        position += args.batch_size
+        start = time.perf_counter()
+        if shapley:
+            out = model(
+                xtr[index], labels=ytr[index], example_index=index, epoch=epoch, global_step=step
+            )
+            loss = out.loss
+        else:
+            loss = F.cross_entropy(model(xtr[index]).logits, ytr[index])
+        if not math.isfinite(float(loss.detach())):
+            rows.append(dict(variant=variant, seed=seed, step=step + 1, diverged=True))
+            with open(args.jsonl, "a") as f:
+                f.write(json.dumps(rows[-1]) + "\n")
+            return rows
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        schedule.step()
+        times.append(time.perf_counter() - start)
+        if (step + 1) % args.eval_every == 0 or step + 1 == args.steps:
+            record(step + 1)
+    return rows
+
+
+def fmt(values: list[float], digits: int = 3) -> str:
+    return " / ".join(f"{v:.{digits}f}" for v in values) if values else "-"
+
+
+def write_table(path: Path, jsonl: Path) -> str:
+    rows = [json.loads(line) for line in jsonl.read_text().splitlines() if line.strip()]
+    final: dict[tuple, dict] = {}
+    curves: dict[tuple, list[dict]] = {}
+    for r in rows:
+        key = (r["variant"], r["seed"], r.get("steps"))
+        curves.setdefault(key, []).append(r)
+        if r.get("diverged") or r.get("step") == r.get("steps"):
+            final[key] = r
     lines = [
-        "| fine-tuning | variant | seeds | accuracy (per seed) | mean acc - plain | r pred. class | rel. L2 | r 2nd class | mean abs phi | step ms |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "# Recipe study v2",
+        "",
+        __doc__.split("\n\n")[1].replace("\n", " ").strip(),
+        "",
+        "## Final rows (per seed, in seed order)",
+        "",
+        "| variant | steps | seeds | accuracy | acc - plain (same seed) | NLL | r (centred) | "
+        "Spearman | pooled rel. error | raw r | step s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    with_agreement = any("agreement" in r for r in results)
-    if with_agreement:  # newer runs also record agreement with the pretrained classifier
-        lines[0] = lines[0].replace("| step ms |", "| agreement w/ pretrained | step ms |")
-        lines[1] += "---|"
-    for (device, lr, steps, name), rows in sorted(
-        groups.items(), key=lambda kv: (kv[0][:3], kv[0][3] != "plain")
+    groups: dict[tuple, list[dict]] = {}
+    for (variant, _seed, steps), r in sorted(final.items(), key=lambda kv: (kv[0][2], kv[0][1])):
+        groups.setdefault((variant, steps), []).append(r)
+    for (variant, steps), rs in sorted(
+        groups.items(), key=lambda kv: (kv[0][1], kv[0][0] != "plain", kv[0][0])
     ):
-        rows = sorted(rows, key=lambda r: r["seed"])
-        plain = groups.get((device, lr, steps, "plain"), [])
-        plain_acc = statistics.mean(r["accuracy"] for r in plain) if plain else float("nan")
-        acc = statistics.mean(r["accuracy"] for r in rows)
-        ms = statistics.median(r["step_ms"] for r in rows)
+        if any(r.get("diverged") for r in rs):
+            lines.append(f"| {variant} | {steps} | {len(rs)} | diverged | | | | | | | |")
+            continue
+        diffs = []
+        for r in rs:
+            plain = final.get(("plain", r["seed"], steps))
+            if plain and variant != "plain":
+                diffs.append(r["accuracy"] - plain["accuracy"])
+
+        def get(key: str, rs: list[dict] = rs) -> list[float]:
+            return [r[key] for r in rs if key in r]
+
         lines.append(
-            f"| {device}, lr {lr:g}, {steps} steps | {name} | {len(rows)} | {fmt(rows, 'accuracy')} | {acc - plain_acc:+.3f} | "
-            f"{fmt(rows, 'pearson')} | {fmt(rows, 'relative_l2')} | {fmt(rows, 'pearson_other')} | "
-            f"{fmt(rows, 'phi_scale', 2)} |"
-            + (f" {fmt(rows, 'agreement')} |" if with_agreement else "")
-            + f" {ms:.0f} |"
+            f"| {variant} | {steps} | {len(rs)} | {fmt(get('accuracy'))} | {fmt(diffs)} | "
+            f"{fmt(get('nll'))} | {fmt(get('pearson'))} | {fmt(get('spearman'))} | "
+            f"{fmt(get('pooled_relative_error'))} | {fmt(get('raw_pearson'))} | "
+            f"{fmt([r['step_s'] for r in rs if r.get('step_s')], 2)} |"
         )
-    spec = setup.spec
-    P = spec["players_grid"][0] * spec["players_grid"][1]
-    model_text = (
-        f"Tiny ViT ({BACKBONE}), players {PLAYERS_GRID} (one token per player); a stock ViT classifier is "
-        if setup.family == "vit"
-        else f"Tiny ResNet ({spec['backbone']}), {spec['image_size']} px images, players "
-        f"{spec['players_grid']} (one final feature cell per player, absent blocks at the baseline 0); "
-        "a stock ResNet classifier is "
-    )
-    header = (
-        model_text
-        + f"pretrained {setup.pretrain_steps} steps with plain CE (lr {setup.pretrain_lr}) per seed, then each variant "
-        f"fine-tunes it for the given steps (batch {setup.batch_size}, AdamW, linear warm-up 50 steps and linear "
-        f"decay); plain = the stock classifier continued with CE at equal steps. Accuracy on {setup.num_test} "
-        f"test images; r (mean per-image Pearson) and rel. L2 (median) against exact Shapley values of the "
-        f"model's own game (all 2^{P} coalitions) on {setup.truth_images} test images; common settings {COMMON}. "
-        "Agreement: the fraction of test images on which the model predicts what the pretrained classifier did. "
-        "Step times come from runs two at a time on a shared 2-core CPU: use benchmarks/train_cost.py for cost.\n\n"
-    )
-    path.write_text("# Recipe study\n\n" + header + "\n".join(lines) + "\n")
-    print(path.read_text())
+    lines += [
+        "",
+        "## Curves: accuracy / centred r / pooled relative error against steps",
+        "",
+    ]
+    for (variant, seed, steps), rs in sorted(curves.items()):
+        if variant == "plain":
+            points = [f"{r['step']}: {r['accuracy']:.3f}" for r in rs if "accuracy" in r]
+        else:
+            points = [
+                f"{r['step']}: {r['accuracy']:.3f} / {r['pearson']:.2f} / {r['pooled_relative_error']:.2f}"
+                for r in rs
+                if "pearson" in r
+            ]
+        lines.append(f"- {variant}, seed {seed}, {steps} steps: " + "; ".join(points))
+    text = "\n".join(lines) + "\n"
+    path.write_text(text)
+    return text
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument(
-        "--variants",
-        nargs="+",
-        default=["plain", "default", "lambda0", "alpha0", "no_norm", "backbone_head"],
-    )
-    parser.add_argument("--family", default="vit", choices=sorted(FAMILIES))
-    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
-    parser.add_argument("--steps", type=int, default=Setup.steps)
-    parser.add_argument("--lr", type=float, default=Setup.lr, help="fine-tuning learning rate")
-    parser.add_argument("--pretrain-steps", type=int, default=Setup.pretrain_steps)
-    parser.add_argument("--truth-images", type=int, default=Setup.truth_images)
+    parser.add_argument("--variants", nargs="+", default=["plain", "default", "centred"])
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0])
+    parser.add_argument("--steps", type=int, default=250)
+    parser.add_argument("--eval-every", type=int, default=125)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--num-train", type=int, default=8000)
+    parser.add_argument("--num-test", type=int, default=2000)
+    parser.add_argument("--truth-images", type=int, default=32)
+    parser.add_argument("--pretrain-epochs", type=int, default=12)
     parser.add_argument("--jobs", type=int, default=2)
-    parser.add_argument("--device", default="cpu", help="cpu or cuda")
-    parser.add_argument("--max-grad-norm", type=float, default=None, help="gradient clipping")
-    parser.add_argument(
-        "--out-dir", type=Path, default=OUT, help="pretrained models and recipe.jsonl"
-    )
-    parser.add_argument(
-        "--table",
-        type=Path,
-        default=None,
-        help="default: results/recipe.md (vit), recipe_<family>.md",
-    )
-    parser.add_argument(
-        "--reuse", action="store_true", help="only rebuild the table from recipe.jsonl"
-    )
+    parser.add_argument("--threads", type=int, default=1, help="torch threads per run")
+    parser.add_argument("--jsonl", type=Path, default=RESULTS / "recipe_v2.jsonl")
+    parser.add_argument("--table", type=Path, default=RESULTS / "recipe_v2.md")
+    parser.add_argument("--reuse", action="store_true", help="only rebuild the table")
     args = parser.parse_args(argv)
-    setup = Setup(
-        steps=args.steps,
-        pretrain_steps=args.pretrain_steps,
-        truth_images=args.truth_images,
-        lr=args.lr,
-        device=args.device,
-        max_grad_norm=args.max_grad_norm,
-        out_dir=str(args.out_dir),
-        family=args.family,
-    )
-    if args.table is None:
-        name = "recipe.md" if args.family == "vit" else f"recipe_{args.family}.md"
-        args.table = REPO / "benchmarks" / "results" / name
-    args.out_dir.mkdir(parents=True, exist_ok=True)
-    args.table.parent.mkdir(parents=True, exist_ok=True)
+    unknown = [v for v in args.variants if v not in VARIANTS]
+    if unknown:
+        parser.error(f"unknown variants {unknown}; known: {sorted(VARIANTS)}")
+    if args.steps < COMMON["loss_warmup_steps"]:
+        parser.error(
+            f"--steps {args.steps} is below the loss warm-up ({COMMON['loss_warmup_steps']} "
+            "steps): the objective would never reach its weights."
+        )
+    if args.eval_every < 1 or args.truth_images < 2:
+        parser.error("--eval-every must be >= 1 and --truth-images >= 2 (r needs images).")
     if not args.reuse:
-        torch.set_num_threads(1)
-        # One CPU thread per worker: two 2-thread processes on 2 cores slow small matmuls ~100x.
-        # Each worker process holds its own CUDA context with --device cuda.
-        with ProcessPoolExecutor(
-            args.jobs,
-            mp_context=get_context("spawn"),
-            initializer=torch.set_num_threads,
-            initargs=(1,),
-        ) as pool:
-            list(pool.map(pretrained_dir, args.seeds, [setup] * len(args.seeds)))
-            jobs = [(v, s) for v in args.variants for s in args.seeds]
-            list(pool.map(run_one, [v for v, _ in jobs], [s for _, s in jobs], [setup] * len(jobs)))
-    lines = (args.out_dir / "recipe.jsonl").read_text().splitlines()
-    results = [json.loads(line) for line in lines]
-    results = [
-        r
-        for r in results
-        if r["variant"] in args.variants
-        and r["seed"] in args.seeds
-        and r.get("family", "vit") == args.family
-    ]
-    write_table(results, setup, args.table)
+        for seed in args.seeds:  # once per seed, before the runs that share it
+            pretrained_dir(seed, args.pretrain_epochs, args.num_train)
+        jobs = [(v, s) for s in args.seeds for v in args.variants]
+        with ProcessPoolExecutor(args.jobs, mp_context=get_context("spawn")) as pool:
+            for future in [pool.submit(run_one, v, s, args) for v, s in jobs]:
+                future.result()
+    print(write_table(args.table, args.jsonl))
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, str(REPO / "src"))
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     main()

@@ -236,6 +236,7 @@ def test_argument_parser_sees_the_generated_fields(tmp_path):
         "num_distill_coalitions": ("0", 0),
         "shapley_loss_weight": ("0.5", 0.5),
         "distill_loss_weight": ("2", 2.0),
+        "vote_consistency_weight": ("0.5", 0.5),
         "loss_warmup_steps": ("10", 10),
         "shapley_stop_gradient": ("false", False),
         "shapley_loss_normalization": ("none", "none"),

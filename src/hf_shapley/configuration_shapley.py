@@ -367,6 +367,21 @@ class ShapleyConfig(PreTrainedConfig):
         label="Distillation loss weight (alpha)",
         minimum=0,
     )
+    vote_consistency_weight: float = objective_field(
+        0.0,
+        help="beta: weight of the vote-consistency loss, which pulls each player's full-image "
+        "vote towards its detached votes on the distillation coalitions that contain it.",
+        details="Soft voting only. A player's full-image vote is what the model reports as its "
+        "value, but the game credits a player for the votes it causes, not the ones it casts: a "
+        "background player that reads the object through attention casts the object's votes "
+        "(``hf_shapley.evaluation.vote_influence``). Pulling the full-image vote towards the "
+        "player's votes in masked contexts removes what it only reads from others. The masked "
+        "votes come from the distillation passes (no extra pass); they need "
+        "``num_distill_coalitions >= 2`` (complementary pairs, so every player is present in one "
+        "coalition of each pair).",
+        label="Vote-consistency weight (beta)",
+        minimum=0,
+    )
     loss_warmup_steps: int = objective_field(
         0,
         help="Optimizer steps over which alpha and lambda ramp linearly from 0 to their values.",
@@ -475,6 +490,19 @@ class ShapleyConfig(PreTrainedConfig):
                 raise ValueError(
                     f"{other}={getattr(self, other)!r} needs {setting.name} "
                     f"({setting.requirement(allow_none=False)})."
+                )
+        if self.vote_consistency_weight > 0:
+            if self.prediction_mode != "shapley_sum":
+                raise ValueError(
+                    f"vote_consistency_weight={self.vote_consistency_weight} needs "
+                    f"prediction_mode='shapley_sum' (players cast votes only with soft voting); "
+                    f"got {self.prediction_mode!r}. Set vote_consistency_weight=0."
+                )
+            if self.num_distill_coalitions < 2 or self.num_distill_coalitions % 2:
+                raise ValueError(
+                    f"vote_consistency_weight={self.vote_consistency_weight} takes each player's "
+                    "masked-context vote from the distillation pairs: num_distill_coalitions must "
+                    f"be an even number >= 2; got {self.num_distill_coalitions}."
                 )
 
     @property

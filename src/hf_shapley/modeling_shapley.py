@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -57,7 +57,7 @@ class ShapleyImageClassifierOutput(ModelOutput):
             One value per player and class; ``logits == base_values + shapley_values.sum(1)``.
         base_values (`torch.FloatTensor` of shape `(B, K)`):
             ``v(empty)``, the prediction with every player removed.
-        cls_loss, distill_loss, shapley_loss (`torch.FloatTensor` of shape `()`, *optional*):
+        cls_loss, distill_loss, shapley_loss, consistency_loss (`torch.FloatTensor` of shape `()`, *optional*):
             Components of the joint training objective.
     """
 
@@ -68,6 +68,7 @@ class ShapleyImageClassifierOutput(ModelOutput):
     cls_loss: torch.FloatTensor | None = None
     distill_loss: torch.FloatTensor | None = None
     shapley_loss: torch.FloatTensor | None = None
+    consistency_loss: torch.FloatTensor | None = None
 
 
 class ShapleyHead(nn.Module):
@@ -162,6 +163,34 @@ class SoftVotingReadout:
         logits = bias.expand(r.shape[0], -1) + r.sum(1)
         phi = additive_efficiency(r, -offset)
         return GameExplanation(logits, phi, (bias + offset).expand_as(logits))
+
+
+@dataclass(frozen=True)
+class PlayerVotesReadout:
+    """Each player's vote instead of their sum: a row's value is ``(P * K,)``, player-major
+    (``(n, G, P * K)`` for G coalitions a row). An absent player's entry is 0 with token
+    removal; with a pixel baseline every player votes. Soft voting only.
+
+    Used for the vote-consistency term (``objective.py``) and the vote-influence matrix
+    (``hf_shapley.evaluation.vote_influence``): both need who cast which votes in a masked
+    context, from the passes that give ``v(S)``.
+    """
+
+    voting: SoftVotingReadout
+    player_sum: Callable[[torch.Tensor], torch.Tensor]
+
+    def modules(self) -> tuple[nn.Module, ...]:
+        return self.voting.modules()
+
+    def value(self, view: PlayerView) -> torch.Tensor:
+        votes = self.voting.votes(view.tokens)
+        weights = view.voting
+        if weights is None:
+            return self.player_sum(votes).flatten(1)
+        if weights.ndim == 2:
+            return self.player_sum(votes * weights.to(votes.dtype)[..., None]).flatten(1)
+        groups = [weights[:, g].to(votes.dtype)[..., None] for g in range(weights.shape[1])]
+        return torch.stack([self.player_sum(votes * w).flatten(1) for w in groups], dim=1)
 
 
 @dataclass(frozen=True)
@@ -509,7 +538,7 @@ class ShapleyForImageClassification(ShapleyPreTrainedModel):
         P, B = game.num_players, pixel_values.shape[0]
         step = global_step if global_step is not None else self._training_calls
         self._training_calls += 1
-        alpha, lam = loss_weights(config, step)
+        alpha, lam, beta = loss_weights(config, step)
         if example_index is None:
             example_index = torch.arange(B) + self._training_calls * B
         example_index = example_index.detach().cpu()
@@ -519,9 +548,9 @@ class ShapleyForImageClassification(ShapleyPreTrainedModel):
         context = game.prepare(pixel_values)
         out = game.explain(context, readout)
 
-        masked_logits = None
+        masked_logits = masked_votes = masks = full_votes = None
         g = config.num_distill_coalitions
-        if g > 0 and alpha > 0 and not self._frozen_classifier():
+        if g > 0 and (alpha > 0 or beta > 0) and not self._frozen_classifier():
             # Drawn in complementary pairs: a pair shares one packed sequence (token removal),
             # so S and ~S cost one pass.
             half = sample_uniform_size_coalitions(
@@ -533,7 +562,17 @@ class ShapleyForImageClassification(ShapleyPreTrainedModel):
                 device=device,
             )
             masks = torch.stack([half, ~half], dim=2).reshape(B, -1, P)[:, :g]
-            masked_logits = game.values(context, masks, readout)
+            if beta > 0:
+                # Who cast which votes on the same passes: the logits are their sum.
+                votes = game.values(context, masks, PlayerVotesReadout(readout, game.player_sum))
+                masked_votes = votes.reshape(B, g, P, -1)
+                masked_logits = readout.bias.float() + masked_votes.sum(2)
+                # r_i(x): phi_i plus its share of the empty coalition's votes (0 with token removal).
+                full_votes = (
+                    out.shapley_values + (out.base_values - readout.bias.float())[:, None] / P
+                )
+            else:
+                masked_logits = game.values(context, masks, readout)
 
         coalitions = values = classes = None
         m = config.num_shapley_coalitions
@@ -579,6 +618,10 @@ class ShapleyForImageClassification(ShapleyPreTrainedModel):
             stop_gradient=config.shapley_stop_gradient,
             normalization=config.shapley_loss_normalization,
             center=config.center_logits,
+            beta=beta,
+            full_votes=full_votes,
+            masked_votes=masked_votes,
+            distill_coalitions=masks,
         )
         return ShapleyImageClassifierOutput(
             loss=losses.loss,
@@ -588,6 +631,7 @@ class ShapleyForImageClassification(ShapleyPreTrainedModel):
             cls_loss=losses.cls_loss,
             distill_loss=losses.distill_loss,
             shapley_loss=losses.shapley_loss,
+            consistency_loss=losses.consistency_loss,
         )
 
     def _check_labels(self, labels: torch.Tensor, batch_size: int) -> None:
@@ -656,4 +700,5 @@ __all__ = [
     "ShapleyForImageClassification",
     "ShapleyImageClassifierOutput",
     "ShapleyPreTrainedModel",
+    "PlayerVotesReadout",
 ]

@@ -1,6 +1,6 @@
 """The joint training objective: accurate AND faithful.
 
-    loss = CE(logits, y) + alpha * distill + lambda * shapley
+    loss = CE(logits, y) + alpha * distill + lambda * shapley + beta * consistency
 
 * ``CE``: cross-entropy of the full-image prediction (soft voting: ``b + sum_i phi_i``).
 * ``distill`` (the self-surrogate): the model on ``g`` coalitions per image, whose sizes are
@@ -12,6 +12,15 @@
   kernel in complementary pairs; residual ``e_S = sg[v(S) - v(empty)] - sum_{i in S} phi_i``.
   The minimizer of the kernel-weighted least squares under efficiency is the Shapley value;
   sampling S from the kernel turns the weighting into a plain mean.
+
+* ``consistency`` (soft voting, off by default): each player's full-image vote ``r_i(x)``, which
+  the model reports as its value, is pulled towards its detached votes ``r_i(x_S)`` on the
+  distillation coalitions that contain it. Why: with soft voting the true value of player i is
+  the worth of its own vote over contexts PLUS its influence on the others' votes
+  (``evaluation/influence.py``); a background player that reads the object through attention
+  casts votes the object causes. The pull removes from a full-image vote what the player only
+  reads from others. Only the full-image side gets gradients: pulling masked votes towards the
+  full ones teaches background to vote for the class without the object (the game goes flat).
 
 Why the regression is normalized per image: phi and v come from the same head, so phi = 0
 makes an unnormalized loss (and its targets) zero; on raw logits the regression pulls the
@@ -88,6 +97,44 @@ def shapley_regression_loss(
     return squared.mean()
 
 
+def vote_consistency_loss(
+    full_votes: torch.Tensor,
+    masked_votes: torch.Tensor,
+    coalitions: torch.Tensor,
+    *,
+    center: bool = False,
+) -> torch.Tensor:
+    """Mean squared gap between each player's full-image vote and its mean detached vote over
+    the coalitions that contain it, normalized per image like the regression.
+
+    Args:
+        full_votes: (B, P, K) ``r_i(x)``, with gradients.
+        masked_votes: (B, G, P, K) ``r_i(x_S)`` of the G coalitions (detached here; an absent
+            player's entry is ignored).
+        coalitions: (B, G, P) bool, the coalitions S; every player must be in at least one
+            (complementary pairs guarantee it).
+        center: compare class-centred votes (what softmax sees).
+
+    Returns:
+        Scalar loss.
+    """
+    present = coalitions.to(full_votes.dtype)[..., None]  # (B, G, P, 1)
+    counts = present.sum(1)  # (B, P, 1)
+    if bool((counts == 0).any()):
+        raise ValueError(
+            "vote_consistency_loss: a player is absent from every coalition; draw the "
+            "coalitions in complementary pairs."
+        )
+    target = (masked_votes.detach().to(full_votes.dtype) * present).sum(1) / counts  # (B, P, K)
+    votes = full_votes
+    if center:
+        votes = votes - votes.mean(-1, keepdim=True)
+        target = target - target.mean(-1, keepdim=True)
+    squared = (votes - target).pow(2).mean(dim=(1, 2))  # (B,)
+    scale = target.pow(2).mean(dim=(1, 2)) + NORMALIZATION_EPS
+    return (squared / scale).mean()
+
+
 def explained_class_indices(
     logits: torch.Tensor,
     labels: torch.Tensor,
@@ -115,12 +162,17 @@ class ObjectiveOutput:
     cls_loss: torch.Tensor
     distill_loss: torch.Tensor
     shapley_loss: torch.Tensor
+    consistency_loss: torch.Tensor
 
 
-def loss_weights(config: Any, step: int) -> tuple[float, float]:
-    """``(alpha, lambda)`` at optimizer step ``step``, after the warm-up."""
+def loss_weights(config: Any, step: int) -> tuple[float, float, float]:
+    """``(alpha, lambda, beta)`` at optimizer step ``step``, after the warm-up."""
     warm = loss_weight_schedule(step, config.loss_warmup_steps)
-    return config.distill_loss_weight * warm, config.shapley_loss_weight * warm
+    return (
+        config.distill_loss_weight * warm,
+        config.shapley_loss_weight * warm,
+        config.vote_consistency_weight * warm,
+    )
 
 
 def self_distillation_loss(masked_logits: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
@@ -154,8 +206,13 @@ def joint_objective(
     stop_gradient: bool = True,
     normalization: str = "per_image",
     center: bool = False,
+    beta: float = 0.0,
+    full_votes: torch.Tensor | None = None,
+    masked_votes: torch.Tensor | None = None,
+    distill_coalitions: torch.Tensor | None = None,
 ) -> ObjectiveOutput:
-    """``CE + alpha * distill + lambda * shapley`` of one training step: tensors in, loss out.
+    """``CE + alpha * distill + lambda * shapley + beta * consistency`` of one training step:
+    tensors in, loss out.
 
     Args:
         logits: (B, K) the full-image prediction ``v(all)``.
@@ -168,11 +225,16 @@ def joint_objective(
         coalition_values: (B, m, K) ``v(S)`` of those coalitions.
         explained_classes: (B, C) long, the classes the regression covers; ``None`` = all.
         stop_gradient: detach the regression targets ``v(S) - v(empty)``.
-        normalization, center: see :func:`shapley_regression_loss`.
+        normalization, center: see :func:`shapley_regression_loss` (``center`` also applies
+            to the consistency term).
+        beta: weight of the vote-consistency term; it runs when ``masked_votes`` is given.
+        full_votes: (B, P, K) each player's full-image vote.
+        masked_votes: (B, g, P, K) each player's vote on the distillation coalitions.
+        distill_coalitions: (B, g, P) bool, those coalitions.
     """
     cls_loss = F.cross_entropy(logits, labels)
     loss = cls_loss
-    distill_loss = shapley_loss = logits.new_zeros(())
+    distill_loss = shapley_loss = consistency_loss = logits.new_zeros(())
     if masked_logits is not None:
         distill_loss = self_distillation_loss(masked_logits, logits)
         loss = loss + alpha * distill_loss
@@ -189,7 +251,18 @@ def joint_objective(
             classes=explained_classes,
         )
         loss = loss + lam * shapley_loss
-    return ObjectiveOutput(loss, cls_loss.detach(), distill_loss.detach(), shapley_loss.detach())
+    if masked_votes is not None:
+        consistency_loss = vote_consistency_loss(
+            full_votes, masked_votes, distill_coalitions, center=center
+        )
+        loss = loss + beta * consistency_loss
+    return ObjectiveOutput(
+        loss,
+        cls_loss.detach(),
+        distill_loss.detach(),
+        shapley_loss.detach(),
+        consistency_loss.detach(),
+    )
 
 
 __all__ = [
@@ -200,4 +273,5 @@ __all__ = [
     "loss_weights",
     "self_distillation_loss",
     "shapley_regression_loss",
+    "vote_consistency_loss",
 ]

@@ -12,7 +12,7 @@ mode returns it. The trainer only supplies what the model cannot know on its own
 * ``global_step`` = the optimizer step (``state.global_step``), for the warm-up of the loss
   weights; both are passed as forward arguments (the epoch is counted by
   :class:`ShapleyProgressCallback`, a ``TrainerCallback``);
-* logging of ``cls_loss``, ``distill_loss`` and ``shapley_loss`` next to ``loss``, averaged
+* logging of ``cls_loss``, ``distill_loss``, ``shapley_loss`` and ``consistency_loss`` next to ``loss``, averaged
   over the logging window and across processes;
 * evaluation metrics ``accuracy`` and ``shapley_regression_proxy``: the per-image normalized
   Shapley regression residual on held-out images, with coalitions drawn from the Shapley kernel
@@ -97,7 +97,7 @@ logger = logging.get_logger(__name__)
 # the config's declaration (configuration_shapley.OBJECTIVE_SETTINGS), in its order.
 OBJECTIVE_FIELDS = tuple(setting.name for setting in OBJECTIVE_SETTINGS)
 # Loss components the model returns in training mode, logged next to `loss`.
-LOSS_COMPONENTS = ("cls_loss", "distill_loss", "shapley_loss")
+LOSS_COMPONENTS = ("cls_loss", "distill_loss", "shapley_loss", "consistency_loss")
 # Written beside every checkpoint (training_args.bin is a pickle torch.load refuses by default).
 SHAPLEY_ARGS_NAME = "shapley_training_args.json"
 TRAINING_ARGS_JSON_NAME = "training_args.json"
@@ -413,7 +413,7 @@ class ShapleyTrainer(Trainer):
     * ``compute_loss`` passes ``example_index``, ``epoch`` and ``global_step`` (the optimizer
       step, for the loss warm-up) to the model in training mode; the epoch comes from a
       :class:`ShapleyProgressCallback`, the step from ``state.global_step``;
-    * logs ``cls_loss``, ``distill_loss``, ``shapley_loss``;
+    * logs ``cls_loss``, ``distill_loss``, ``shapley_loss``, ``consistency_loss``;
     * evaluation metrics ``accuracy`` and ``shapley_regression_proxy`` (needs labels), in the
       logs and in what ``evaluate`` and ``predict`` return; ``shapley_values`` and
       ``base_values`` are never gathered (the config's ``keys_to_ignore_at_inference``), nor are

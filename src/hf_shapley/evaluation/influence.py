@@ -24,28 +24,8 @@ from dataclasses import dataclass
 import torch
 
 from ..estimators import exact_shapley_values
+from ..modeling_shapley import PlayerVotesReadout
 from .truth import tabulate_game
-
-
-@dataclass(frozen=True)
-class _PlayerVotes:
-    """A readout that returns each player's vote ``(n, P * K)`` instead of the logits."""
-
-    votes: object  # the model's SoftVotingReadout
-    player_sum: object
-
-    def modules(self):
-        return self.votes.modules()
-
-    def value(self, view) -> torch.Tensor:
-        votes = self.votes.votes(view.tokens)
-        voting = view.voting
-        if voting is None:
-            return self.player_sum(votes).flatten(1)
-        if voting.ndim == 2:
-            return self.player_sum(votes * voting.to(votes.dtype)[..., None]).flatten(1)
-        groups = [voting[:, g].to(votes.dtype)[..., None] for g in range(voting.shape[1])]
-        return torch.stack([self.player_sum(votes * w).flatten(1) for w in groups], dim=1)
 
 
 @dataclass
@@ -120,7 +100,7 @@ def vote_influence(
         model.train(was_training)
     if classes is None:
         classes = out.logits.argmax(-1)
-    votes = _PlayerVotes(readout, model.game.player_sum)
+    votes = PlayerVotesReadout(readout, model.game.player_sum)
     table = tabulate_game(model, pixel_values, readout=votes, progress=progress)
     table = table.reshape(table.shape[0], table.shape[1], P, K)  # (2**P, B, P_j, K)
     if center:
