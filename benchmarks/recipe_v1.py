@@ -8,15 +8,15 @@ the plain baseline, which continues the stock classifier with cross-entropy alon
 For each run: test accuracy, per-image Pearson r and relative L2 error of phi against the exact
 Shapley values of the model's own game (P = 16, all 2**16 coalitions), and the median step time.
 
-    python benchmarks/recipe.py                      # the full table (about 12 runs, 2 in parallel)
-    python benchmarks/recipe.py --variants default plain --seeds 0 --steps 200   # a quick look
-    python benchmarks/recipe.py --family resnet      # the pixel-baseline family (tiny ResNet)
+    python benchmarks/recipe_v1.py                    # the full table (about 12 runs, 2 in parallel)
+    python benchmarks/recipe_v1.py --variants default plain --seeds 0 --steps 200   # a quick look
+    python benchmarks/recipe_v1.py --family resnet      # the pixel-baseline family (tiny ResNet)
 
 ``--family resnet``: a tiny ResNet (3 stages, 48 px images, a 3 x 3 final feature grid, one
 cell per player, P = 9) instead of the tiny ViT; same regime, same variants. Its table goes to
 ``benchmarks/results/recipe_resnet.md``.
 
-Writes ``benchmarks/results/recipe.md`` and ``recipe.jsonl`` (one line per run).
+Writes ``benchmarks/results/recipe_v1.md`` and ``recipe.jsonl`` (one line per run).
 """
 
 from __future__ import annotations
@@ -395,7 +395,7 @@ def main(argv: list[str] | None = None) -> None:
         "--table",
         type=Path,
         default=None,
-        help="default: results/recipe.md (vit), recipe_<family>.md",
+        help="default: results/recipe_v1.md (vit), recipe_<family>.md",
     )
     parser.add_argument(
         "--reuse", action="store_true", help="only rebuild the table from recipe.jsonl"
@@ -412,7 +412,7 @@ def main(argv: list[str] | None = None) -> None:
         family=args.family,
     )
     if args.table is None:
-        name = "recipe.md" if args.family == "vit" else f"recipe_{args.family}.md"
+        name = "recipe_v1.md" if args.family == "vit" else f"recipe_{args.family}.md"
         args.table = REPO / "benchmarks" / "results" / name
     args.out_dir.mkdir(parents=True, exist_ok=True)
     args.table.parent.mkdir(parents=True, exist_ok=True)

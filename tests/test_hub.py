@@ -76,7 +76,7 @@ def test_full_card_round_trip(tiny_model, tmp_path, no_network):
     assert "87.50%" in text and "[85.00%, 90.00%]" in text and "(2,000 images)" in text
     assert "plain classifier" in text and "90.00%" in text
     assert (
-        "| Pearson r with ground-truth Shapley values (predicted class) | 0.96 | [0.95, 0.97] |"
+        "| Pearson r with the Shapley values of the model's game (predicted class) | 0.96 | [0.95, 0.97] |"
         in text
     )
     assert "Deletion AUC" in text and "eval_runtime" not in text

@@ -11,6 +11,7 @@ import pytest
 import torch
 from PIL import Image
 from transformers import (
+    AutoImageProcessor,
     AutoModelForImageClassification,
     ViTForImageClassification,
     ViTImageProcessor,
@@ -62,7 +63,8 @@ def test_main_job_writes_a_complete_loadable_directory(train_script, tmp_path, s
             "--backbone", str(backbone), "--players_grid", "2", "2",
             "--num_train", "64", "--num_test", "24", "--num_train_epochs", "1",
             "--per_device_train_batch_size", "16", "--per_device_eval_batch_size", "16",
-            "--output_dir", str(out), "--num_exact_images", "3", "--num_explained_images", "2",
+            "--output_dir", str(out), "--num_truth_images", "4", "--num_exact_images", "2",
+            "--num_explained_images", "2",
             "--logging_steps", "1",
         ]
     )  # fmt: skip
@@ -81,11 +83,15 @@ def test_main_job_writes_a_complete_loadable_directory(train_script, tmp_path, s
     low, high = metrics["accuracy_ci95"]
     assert 0 <= low <= metrics["accuracy"] <= high <= 1
     assert metrics["num_eval_images"] == 24 and metrics["train_steps"] == 4
-    assert -1 <= metrics["faithfulness"]["exact_shapley_pearson_r"] <= 1
+    assert metrics["faithfulness_num_images"] == 4 and metrics["faithfulness_num_exact_images"] == 2
+    faithfulness = metrics["faithfulness"]
+    # At P = 4 the 1,024-evaluation KernelSHAP truth is as good as exact.
+    assert faithfulness["truth_error_vs_exact"] < 0.05
 
     card = (out / "README.md").read_text()
     assert f"{metrics['accuracy']:.3f}"[:4] in card or f"{100 * metrics['accuracy']:.1f}" in card
     assert "(explanation_example.png)" in card
+    assert "centred over classes" in card and "exact enumeration" in card
 
     # The directory loads through the auto classes and explains itself.
     model = AutoModelForImageClassification.from_pretrained(out).eval()
@@ -99,6 +105,34 @@ def test_main_job_writes_a_complete_loadable_directory(train_script, tmp_path, s
     with torch.no_grad():
         result = model(x)
     torch.testing.assert_close(result.logits, result.base_values + result.shapley_values.sum(1))
+
+    # The exact figures in metrics.json, recomputed independently: every coalition through the
+    # public coalition= API, the exact estimator, centred predicted-class values, scipy's r.
+    from scipy.stats import pearsonr
+
+    from hf_shapley.data import load_image_splits
+    from hf_shapley.estimators import exact_shapley_values, model_game
+
+    _, test = load_image_splits(num_train=64, num_test=24)  # the job's data, as it made them
+    processor = AutoImageProcessor.from_pretrained(out)
+    x = processor([test[i]["image"].convert("RGB") for i in range(2)], return_tensors="pt")[
+        "pixel_values"
+    ]
+    with torch.no_grad():
+        explained = model(x)
+        truth = exact_shapley_values(model_game(model, x), 4).permute(1, 0, 2)  # (B, P, K)
+    predicted = explained.logits.argmax(-1)
+    r = []
+    for b in range(2):
+        phi = explained.shapley_values[b].double()
+        t = truth[b].double()
+        k = int(predicted[b])
+        r.append(
+            pearsonr(
+                (phi - phi.mean(-1, keepdim=True))[:, k], (t - t.mean(-1, keepdim=True))[:, k]
+            )[0]
+        )
+    assert faithfulness["exact_pearson_r"] == pytest.approx(float(np.mean(r)), abs=1e-6)
 
     # ... and serves the explanation pipeline.
     explained = pipeline("image-shapley-explanation", model=str(out))(

@@ -293,7 +293,7 @@ class ShapleyConfig(PreTrainedConfig):
             cross-entropy nor distillation can see (predictions are unchanged). Without it a
             pixel-baseline game is dominated by that direction. Defaults to `True` for the
             pixel-baseline families and `False` for the token-removal ones (see
-            benchmarks/results/recipe.md).
+            benchmarks/results/recipe_v1.md).
         head_hidden_size (`int`, *optional*, defaults to 0):
             Hidden width of the per-token Shapley head; 0 gives a linear head.
         head_dropout (`float`, *optional*, defaults to 0.0):

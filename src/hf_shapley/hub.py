@@ -73,7 +73,15 @@ _CI_SUFFIX = "_ci95"
 
 # Display names of the faithfulness metrics of the evaluation protocol (DESIGN.md section 4).
 _PRETTY_METRICS = {
-    "pearson_r": "Pearson r with ground-truth Shapley values (predicted class)",
+    # hf_shapley.evaluation.measure_agreement (the main job): predicted class, centred logit.
+    "pearson_r": "Pearson r with the Shapley values of the model's game (predicted class)",
+    "spearman_r": "Spearman r with the Shapley values of the model's game (predicted class)",
+    "pooled_relative_error": "Pooled relative error vs the Shapley values (0 = exact)",
+    "raw_pearson_r": "Pearson r on raw logits (includes the class-common direction)",
+    "exact_pearson_r": "Pearson r with exact Shapley values (first images)",
+    "exact_spearman_r": "Spearman r with exact Shapley values (first images)",
+    "exact_pooled_relative_error": "Pooled relative error vs exact Shapley values",
+    "truth_error_vs_exact": "Pooled error of the KernelSHAP truth vs exact",
     "pearson_r_other": "Pearson r with ground-truth Shapley values (other classes)",
     "relative_l2": "Median relative L2 error vs ground-truth Shapley values",
     "insertion_auc": "Insertion AUC (player level)",
@@ -151,6 +159,21 @@ def _percent_interval(interval: tuple[float, float] | None) -> str | None:
 
 def _number(value: float) -> str:
     return f"{value:.4g}"
+
+
+def _faithfulness_note(metrics: Mapping[str, Any] | None) -> str | None:
+    """What the faithfulness rows were measured on (the main job's metrics.json keys)."""
+    if not metrics or not metrics.get("faithfulness_truth"):
+        return None
+    text = (
+        "the predicted class's logit centred over classes (the part softmax sees), on "
+        f"{metrics.get('faithfulness_num_images', '?')} test images; truth: "
+        f"{metrics['faithfulness_truth']}"
+    )
+    exact = metrics.get("faithfulness_num_exact_images")
+    if exact:
+        text += f", and exact enumeration of every coalition on the first {exact} (`exact_` rows)"
+    return text
 
 
 def _parse_metrics(metrics: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -424,6 +447,7 @@ def render_model_card(
         plain_accuracy_text=plain_text,
         plain_accuracy_ci_text=_percent_interval(parsed["plain_accuracy_ci95"]),
         faithfulness_rows=faithfulness_rows,
+        faithfulness_note=_faithfulness_note(metrics),
         example_image=example_image,
     )
     variables.update(template_kwargs)

@@ -3,6 +3,9 @@
 * :mod:`.truth`: the true Shapley values of a model's own game (exact for ``P <= 16``, converged
   KernelSHAP above) and agreement with them (per-image Pearson and Spearman r with bootstrap
   intervals, relative L2; the predicted class and the others).
+* :mod:`.agreement`: the report of the faithfulness targets: agreement on the predicted
+  class's centred logit (per-image Pearson and Spearman r, pooled relative error) against a
+  KernelSHAP truth on many images and exact enumeration on a few.
 * :mod:`.faithfulness`: insertion and deletion curves and AUCs at player level (through the
   value function) and at pixel level (baseline replacement, RISE), AOPC, sensitivity-n.
 * :mod:`.localization`: pointing game and AUROC against object masks.
@@ -16,6 +19,13 @@
 
 import os
 
+from .agreement import (
+    TRUTH_EVALUATIONS,
+    centred_class_values,
+    map_summary,
+    measure_agreement,
+    pooled_relative_error,
+)
 from .explainers import (
     AttentionRolloutExplainer,
     Explainer,
@@ -59,6 +69,11 @@ METRIC_PATH = os.path.join(os.path.dirname(__file__), "metrics", "shapley_faithf
 
 __all__ = [
     "METRIC_PATH",
+    "TRUTH_EVALUATIONS",
+    "centred_class_values",
+    "map_summary",
+    "measure_agreement",
+    "pooled_relative_error",
     "AttentionRolloutExplainer",
     "Explainer",
     "GradCamExplainer",
