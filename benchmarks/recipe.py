@@ -79,6 +79,22 @@ VARIANTS: dict[str, dict] = {
         center_logits=True,
         shapley_loss_weight=10.0,
     ),
+    "decoupled_frozen_centred_lambda10_mlp": dict(
+        prediction_mode="backbone_head",
+        train_backbone=False,
+        center_logits=True,
+        shapley_loss_weight=10.0,
+        head_hidden_size=256,
+    ),
+    "decoupled_alpha0_centred_lambda10": dict(
+        prediction_mode="backbone_head",
+        center_logits=True,
+        shapley_loss_weight=10.0,
+        distill_loss_weight=0.0,
+    ),
+    "centred_lambda3_consistency": dict(
+        center_logits=True, shapley_loss_weight=3.0, vote_consistency_weight=1.0
+    ),
 }
 # Every Shapley arm: the main job's objective settings that differ from the config defaults.
 COMMON = dict(loss_warmup_steps=60)

@@ -93,7 +93,7 @@ class ModelArguments:
         },
     )
     pretrain_epochs: float = field(
-        default=12,
+        default=6,
         metadata={
             "help": "Without --backbone: first train a plain ViT classifier with cross-entropy for this many "
             "epochs, then wrap it and fine-tune with the joint objective (a soft-voting ViT trained from "
@@ -168,7 +168,7 @@ def default_training_args() -> dict:
     """Defaults of the main job, overridable from the command line."""
     return dict(
         output_dir="outputs/shapley-vit-shapes",
-        num_train_epochs=3,
+        num_train_epochs=2,
         per_device_train_batch_size=64,
         per_device_eval_batch_size=128,
         learning_rate=1e-3,

@@ -487,3 +487,31 @@ def test_save_and_load_round_trip(make_model, family, mode, tmp_path, pixel_valu
         for name in ("logits", "shapley_values", "base_values"):
             assert torch.equal(getattr(out, name), getattr(expected, name)), (load, name)
         assert torch.equal(values, expected_values)
+
+
+@pytest.mark.parametrize("detach", [False, True])
+def test_detach_head_features_keeps_the_regression_out_of_the_backbone(
+    make_model, pixel_values, detach
+):
+    """backbone_head with detach_head_features: the Shapley regression trains the head alone, so
+    the backbone's gradients are those of cross-entropy alone (a plain fine-tune's)."""
+    grads = {}
+    for lam in (0.0, 1.0):
+        model = make_model(
+            "vit",
+            players_grid=(2, 2),
+            prediction_mode="backbone_head",
+            detach_head_features=detach,
+            shapley_loss_weight=lam,
+            distill_loss_weight=0.0,
+        ).train()
+        out = model(pixel_values, labels=torch.tensor([0, 1, 2]), example_index=torch.arange(3))
+        out.loss.backward()
+        grads[lam] = torch.cat(
+            [p.grad.flatten() for p in model.backbone.parameters() if p.grad is not None]
+        )
+        if lam:  # the head learns either way
+            head = torch.cat([p.grad.flatten() for p in model.shapley_head.parameters()])
+            assert torch.count_nonzero(head) > 0
+    same = torch.allclose(grads[0.0], grads[1.0], rtol=0, atol=0)
+    assert same == detach

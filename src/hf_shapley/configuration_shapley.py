@@ -305,6 +305,11 @@ class ShapleyConfig(PreTrainedConfig):
         train_backbone (`bool`, *optional*, defaults to `True`):
             With ``prediction_mode="backbone_head"`` and ``False``, the backbone and its
             classifier are frozen and predictions stay bit-identical to the original model.
+        detach_head_features (`bool`, *optional*, defaults to `False`):
+            With ``prediction_mode="backbone_head"``: the Shapley head reads detached token
+            features, so the Shapley regression trains the head alone and the backbone and
+            classifier train as a plain fine-tune would (cross-entropy, plus distillation when
+            its weight is not 0). With ``train_backbone=False`` the features are always detached.
         classifier_in_features (`int`, *optional*):
             Input width of the wrapped classifier head in ``backbone_head`` mode (set by
             ``from_backbone``).
@@ -334,6 +339,7 @@ class ShapleyConfig(PreTrainedConfig):
     head_dropout: float = 0.0
     prediction_mode: str = "shapley_sum"
     train_backbone: bool = True
+    detach_head_features: bool = False
     classifier_in_features: int | None = None
     # The objective settings: each declared here once (type, default, help, card label, rule).
     num_shapley_coalitions: int = objective_field(

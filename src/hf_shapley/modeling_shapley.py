@@ -197,11 +197,12 @@ class PlayerVotesReadout:
 class ClassifierReadout:
     """``prediction_mode="backbone_head"``: the wrapped classifier gives the logits; the Shapley
     head explains them, efficiency imposed by spreading ``v(all) - v(empty) - sum_i r_i``
-    evenly over the players. With ``train_backbone=False`` the head reads detached features."""
+    evenly over the players. With ``train_backbone=False`` (or ``detach_head_features``) the
+    head reads detached features."""
 
     classifier: nn.Linear
     head: ShapleyHead
-    train_backbone: bool
+    head_gradients: bool  # whether the head's loss reaches the backbone
 
     def modules(self) -> tuple[nn.Module, ...]:
         return (self.classifier, self.head)
@@ -216,7 +217,7 @@ class ClassifierReadout:
         logits = self.value(full)
         with empty_statistics():
             empty = self.value(empty)
-        features = full.tokens if self.train_backbone else full.tokens.detach()
+        features = full.tokens if self.head_gradients else full.tokens.detach()
         r = player_sum(self.head(features))
         phi = additive_efficiency(r, (logits - empty) - r.sum(1))
         return GameExplanation(logits, phi, empty.expand_as(logits))
@@ -332,7 +333,9 @@ class ShapleyForImageClassification(ShapleyPreTrainedModel):
         """How present features become logits (the prediction mode), over the current modules."""
         if self.classifier is None:
             return SoftVotingReadout(self.shapley_head, self.shapley_bias, self.center_votes)
-        return ClassifierReadout(self.classifier, self.shapley_head, self.config.train_backbone)
+        config = self.config
+        head_gradients = config.train_backbone and not config.detach_head_features
+        return ClassifierReadout(self.classifier, self.shapley_head, head_gradients)
 
     # ------------------------------------------------------------------ construction
     # Wrap a backbone or a fine-tuned classifier; documented and implemented next to the family
