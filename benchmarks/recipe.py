@@ -92,6 +92,23 @@ VARIANTS: dict[str, dict] = {
         shapley_loss_weight=10.0,
         distill_loss_weight=0.0,
     ),
+    # The classifier fine-tunes with cross-entropy alone, as the plain arm does; the head
+    # learns to explain it from detached features (an amortized explainer of a moving game).
+    "decoupled_detached_centred_lambda10": dict(
+        prediction_mode="backbone_head",
+        detach_head_features=True,
+        distill_loss_weight=0.0,
+        center_logits=True,
+        shapley_loss_weight=10.0,
+    ),
+    "decoupled_detached_centred_lambda10_mlp": dict(
+        prediction_mode="backbone_head",
+        detach_head_features=True,
+        distill_loss_weight=0.0,
+        center_logits=True,
+        shapley_loss_weight=10.0,
+        head_hidden_size=256,
+    ),
     "centred_lambda3_consistency": dict(
         center_logits=True, shapley_loss_weight=3.0, vote_consistency_weight=1.0
     ),

@@ -217,9 +217,15 @@ class ClassifierReadout:
         logits = self.value(full)
         with empty_statistics():
             empty = self.value(empty)
-        features = full.tokens if self.head_gradients else full.tokens.detach()
-        r = player_sum(self.head(features))
-        phi = additive_efficiency(r, (logits - empty) - r.sum(1))
+        if self.head_gradients:
+            r = player_sum(self.head(full.tokens))
+            gap = (logits - empty) - r.sum(1)
+        else:
+            # The head's losses reach the head alone: not the backbone through the features,
+            # nor the classifier through the efficiency gap.
+            r = player_sum(self.head(full.tokens.detach()))
+            gap = (logits - empty).detach() - r.sum(1)
+        phi = additive_efficiency(r, gap)
         return GameExplanation(logits, phi, empty.expand_as(logits))
 
 
