@@ -109,6 +109,23 @@ VARIANTS: dict[str, dict] = {
         shapley_loss_weight=10.0,
         head_hidden_size=256,
     ),
+    "decoupled_detached_centred_lambda10_attn": dict(
+        prediction_mode="backbone_head",
+        detach_head_features=True,
+        distill_loss_weight=0.0,
+        center_logits=True,
+        shapley_loss_weight=10.0,
+        head_hidden_size=256,
+        head_num_layers=1,
+    ),
+    "decoupled_frozen_centred_lambda10_attn": dict(
+        prediction_mode="backbone_head",
+        train_backbone=False,
+        center_logits=True,
+        shapley_loss_weight=10.0,
+        head_hidden_size=256,
+        head_num_layers=1,
+    ),
     "centred_lambda3_consistency": dict(
         center_logits=True, shapley_loss_weight=3.0, vote_consistency_weight=1.0
     ),

@@ -298,6 +298,10 @@ class ShapleyConfig(PreTrainedConfig):
             Hidden width of the per-token Shapley head; 0 gives a linear head.
         head_dropout (`float`, *optional*, defaults to 0.0):
             Dropout on the token features before the Shapley head.
+        head_num_layers (`int`, *optional*, defaults to 0):
+            ``prediction_mode="backbone_head"`` only: transformer layers (self-attention over
+            the image's tokens, pre-norm) in the Shapley head before its per-token projection,
+            so that the explainer sees the whole image (benchmarks/results/recipe_v2.md).
         prediction_mode (`str`, *optional*, defaults to `"shapley_sum"`):
             ``"shapley_sum"``: logits are the base value plus the sum of the players' values
             (soft voting). ``"backbone_head"``: the wrapped classifier's own head gives the
@@ -337,6 +341,7 @@ class ShapleyConfig(PreTrainedConfig):
     center_votes: bool | None = None
     head_hidden_size: int = 0
     head_dropout: float = 0.0
+    head_num_layers: int = 0
     prediction_mode: str = "shapley_sum"
     train_backbone: bool = True
     detach_head_features: bool = False
@@ -497,6 +502,16 @@ class ShapleyConfig(PreTrainedConfig):
                     f"{other}={getattr(self, other)!r} needs {setting.name} "
                     f"({setting.requirement(allow_none=False)})."
                 )
+        if self.head_num_layers < 0 or not isinstance(self.head_num_layers, int):
+            raise ValueError(
+                f"head_num_layers must be a non-negative int; got {self.head_num_layers!r}."
+            )
+        if self.head_num_layers > 0 and self.prediction_mode != "backbone_head":
+            raise ValueError(
+                f"head_num_layers={self.head_num_layers} needs prediction_mode='backbone_head': with "
+                "soft voting the head votes per token on packed coalitions, where attention across "
+                "tokens would mix a coalition with its complement. Set head_num_layers=0."
+            )
         if self.vote_consistency_weight > 0:
             if self.prediction_mode != "shapley_sum":
                 raise ValueError(

@@ -80,10 +80,32 @@ class ShapleyHead(nn.Module):
     """
 
     def __init__(
-        self, hidden_size: int, num_labels: int, head_hidden_size: int = 0, dropout: float = 0.0
+        self,
+        hidden_size: int,
+        num_labels: int,
+        head_hidden_size: int = 0,
+        dropout: float = 0.0,
+        num_layers: int = 0,
     ):
         super().__init__()
         self.dropout = nn.Dropout(dropout)
+        # Optional self-attention over the tokens before the per-token projection (backbone_head
+        # mode only: the explainer sees the full image, never a packed pair of coalitions). A
+        # player's Shapley value depends on the whole image; a per-token map of features
+        # trained for classification reaches it only so far.
+        self.mixer = None
+        if num_layers > 0:
+            heads = next(h for h in (8, 4, 2, 1) if hidden_size % h == 0)
+            layer = nn.TransformerEncoderLayer(
+                hidden_size,
+                heads,
+                dim_feedforward=2 * hidden_size,
+                dropout=dropout,
+                activation="gelu",
+                batch_first=True,
+                norm_first=True,
+            )
+            self.mixer = nn.TransformerEncoder(layer, num_layers, enable_nested_tensor=False)
         if head_hidden_size > 0:
             self.dense = nn.Linear(hidden_size, head_hidden_size)
             self.activation = nn.GELU()
@@ -95,6 +117,8 @@ class ShapleyHead(nn.Module):
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         with torch.autocast(device_type=features.device.type, enabled=False):
             x = self.dropout(features.to(self.out_proj.weight.dtype))
+            if self.mixer is not None:
+                x = self.mixer(x)
             if self.dense is not None:
                 x = self.activation(self.dense(x))
             return self.out_proj(x).float()
@@ -290,6 +314,7 @@ class ShapleyForImageClassification(ShapleyPreTrainedModel):
             config.num_labels,
             config.head_hidden_size,
             config.head_dropout,
+            config.head_num_layers,
         )
         # b: the prediction of the empty coalition in soft-voting mode.
         self.shapley_bias = nn.Parameter(torch.zeros(config.num_labels))
