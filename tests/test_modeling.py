@@ -515,3 +515,24 @@ def test_detach_head_features_keeps_the_regression_out_of_the_backbone(
             assert torch.count_nonzero(head) > 0
     same = torch.allclose(grads[0.0], grads[1.0], rtol=0, atol=0)
     assert same == detach
+
+
+def test_attention_head_explains_with_efficiency_and_reloads(make_model, pixel_values, tmp_path):
+    model = make_model(
+        "vit", players_grid=(2, 2), prediction_mode="backbone_head", head_num_layers=1
+    )
+    assert model.shapley_head.mixer is not None
+    with torch.no_grad():
+        out = model(pixel_values)
+    torch.testing.assert_close(out.logits, out.base_values + out.shapley_values.sum(1))
+    model.save_pretrained(tmp_path)
+    again = hf_shapley.ShapleyForImageClassification.from_pretrained(tmp_path).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(
+            again(pixel_values).shapley_values, out.shapley_values, rtol=0, atol=0
+        )
+
+
+def test_attention_head_needs_the_backbone_head_mode(make_backbone_config):
+    with pytest.raises(ValueError, match="head_num_layers=1 needs prediction_mode='backbone_head'"):
+        hf_shapley.ShapleyConfig(backbone_config=make_backbone_config("vit"), head_num_layers=1)
