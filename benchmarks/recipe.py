@@ -130,6 +130,27 @@ VARIANTS: dict[str, dict] = {
         center_logits=True, shapley_loss_weight=3.0, vote_consistency_weight=1.0
     ),
 }
+# The recipe from_backbone now gives a wrapped classifier (configuration_shapley.EXPLAINER_DEFAULTS),
+# spelled out: the same settings as decoupled_detached_centred_lambda10_attn.
+VARIANTS["explainer_recipe"] = dict(
+    prediction_mode="backbone_head",
+    detach_head_features=True,
+    distill_loss_weight=0.0,
+    center_logits=True,
+    shapley_loss_weight=10.0,
+    head_hidden_size=256,
+    head_num_layers=1,
+)
+# backbone_head arms state what they change from these, the settings every screen row ran with
+# before from_backbone took the recipe for that mode.
+BACKBONE_HEAD_BASE = dict(
+    detach_head_features=False,
+    distill_loss_weight=1.0,
+    center_logits=False,
+    shapley_loss_weight=1.0,
+    head_hidden_size=0,
+    head_num_layers=0,
+)
 # Every Shapley arm: the main job's objective settings that differ from the config defaults.
 COMMON = dict(loss_warmup_steps=60)
 
@@ -263,7 +284,11 @@ def run_one(variant: str, seed: int, args: argparse.Namespace) -> list[dict]:
     shapley = variant != "plain"
     torch.manual_seed(seed)
     if shapley:
-        overrides = {**COMMON, **VARIANTS[variant]}
+        variant_settings = VARIANTS[variant]
+        base = (
+            BACKBONE_HEAD_BASE if variant_settings.get("prediction_mode") == "backbone_head" else {}
+        )
+        overrides = {**COMMON, **base, **variant_settings}
         model = ShapleyForImageClassification.from_backbone(
             source,
             players_grid=PLAYERS_GRID,

@@ -139,7 +139,9 @@ def test_frozen_classifier_predictions_are_bit_identical(
     close(out.logits, out.base_values + out.shapley_values.sum(1))
 
     # Only the Shapley head trains; every trainable parameter gets a gradient (DDP).
-    assert trainable(model) == {"shapley_head.out_proj.weight", "shapley_head.out_proj.bias"}
+    head = {f"shapley_head.{name}" for name, _ in model.shapley_head.named_parameters()}
+    assert {"shapley_head.out_proj.weight", "shapley_head.dense.weight"} <= head  # the recipe's MLP
+    assert trainable(model) == head
     assert not any(p.requires_grad for p in model.backbone.parameters())
     assert not any(p.requires_grad for p in model.classifier.parameters())
     model.train()
@@ -163,14 +165,8 @@ def test_frozen_state_and_bit_identity_survive_save_and_load(
     model.save_pretrained(tmp_path)
     loaded = ShapleyForImageClassification.from_pretrained(tmp_path)
     assert loaded.config.train_backbone is False
-    assert (
-        trainable(loaded)
-        == trainable(model)
-        == {
-            "shapley_head.out_proj.weight",
-            "shapley_head.out_proj.bias",
-        }
-    )
+    head = {f"shapley_head.{n}" for n, _ in model.shapley_head.named_parameters()}
+    assert trainable(loaded) == trainable(model) == head
     with torch.no_grad():
         assert torch.equal(loaded(pixel_values).logits, vit_classifier(pixel_values).logits)
 

@@ -31,6 +31,22 @@ from transformers.configuration_utils import SubConfigSpec
 
 PREDICTION_MODES = ("shapley_sum", "backbone_head")
 LOSS_NORMALIZATIONS = ("per_image", "none")
+
+#: What ``from_backbone`` sets for ``prediction_mode="backbone_head"`` (a fine-tuned classifier
+#: that keeps its own head) unless told otherwise: the recipe of benchmarks/results/recipe_v2.md.
+#: The classifier fine-tunes as a plain one would (cross-entropy only: no distillation, and the
+#: head's losses stay out of the backbone); the Shapley head, which sees the whole image through
+#: its own attention layer, learns to explain the classifier's own game by the regression on
+#: class-centred logits, weighted 10 (the signal per player of a kernel regression is weak:
+#: objective.py).
+EXPLAINER_DEFAULTS: dict[str, Any] = {
+    "detach_head_features": True,
+    "distill_loss_weight": 0.0,
+    "center_logits": True,
+    "shapley_loss_weight": 10.0,
+    "head_hidden_size": 256,
+    "head_num_layers": 1,
+}
 EXPLAINED_CLASSES = ("all", "label", "top")
 
 # Version of the hf-shapley code that wrote a config; written into every saved config.json
@@ -542,4 +558,10 @@ ShapleyConfig.__doc__ = ShapleyConfig.__doc__.replace(
     " " * 8 + "{objective_settings}", "\n".join(s.docstring() for s in OBJECTIVE_SETTINGS)
 )
 
-__all__ = ["OBJECTIVE_SETTINGS", "ObjectiveSetting", "ShapleyConfig", "objective_field"]
+__all__ = [
+    "EXPLAINER_DEFAULTS",
+    "OBJECTIVE_SETTINGS",
+    "ObjectiveSetting",
+    "ShapleyConfig",
+    "objective_field",
+]
