@@ -416,14 +416,20 @@ def confirmation_lines(groups: dict[tuple, list[dict]], final: dict[tuple, dict]
     return lines
 
 
+def regime(row: dict) -> str:
+    """Steps and the plain classifier's pretraining epochs: rows compare only within one."""
+    epochs = row.get("pretrained", "").rsplit("-", 2)[-2] if row.get("pretrained") else "?"
+    return f"{row.get('steps')} ({epochs} classifier)"
+
+
 def write_table(path: Path, jsonl: Path) -> str:
     rows = [json.loads(line) for line in jsonl.read_text().splitlines() if line.strip()]
     final: dict[tuple, dict] = {}
     curves: dict[tuple, list[dict]] = {}
     for r in rows:
-        key = (r["variant"], r["seed"], r.get("steps"))
+        key = (r["variant"], r["seed"], regime(r))
         curves.setdefault(key, []).append(r)
-        if r.get("diverged") or r.get("step") == r.get("steps"):
+        if r.get("step") == r.get("steps") or r.get("diverged"):
             final[key] = r
     lines = [
         "# Recipe study v2",
