@@ -1,8 +1,11 @@
 """Train a self-explaining image classifier: the main job of hf-shapley.
 
-With no arguments it trains a small ViT from scratch on the built-in shapes data set and
-writes a complete, loadable model directory (safetensors weights, config, image processor,
-model card, metrics, explanation pictures):
+With no arguments it trains a small plain ViT classifier on the built-in shapes data set,
+wraps it with ``ShapleyForImageClassification.from_backbone`` (the explainer recipe of
+``configuration_shapley.EXPLAINER_DEFAULTS``: the classifier keeps fine-tuning with
+cross-entropy while a Shapley head learns its own game), measures how faithful the explanation
+is, and writes a complete, loadable model directory (safetensors weights, config, image
+processor, model card, metrics, explanation pictures):
 
     accelerate launch examples/train.py
     python examples/train.py                                   # the same, one process
@@ -15,8 +18,8 @@ Other data and backbones:
 
 Every ``ShapleyTrainingArguments`` / ``TrainingArguments`` option works (``--num_train_epochs``,
 ``--shapley_loss_weight``, ``--push_to_hub``, ``--resume_from_checkpoint``...). ``--compare_plain``
-also trains the same model with lambda = alpha = 0 (a plain soft-voting classifier) for the same
-steps and reports both accuracies.
+also trains the same model with lambda = alpha = beta = 0 (its classifier fine-tuned with
+cross-entropy alone) for the same steps and reports both accuracies.
 """
 
 from __future__ import annotations
@@ -423,7 +426,6 @@ def main(argv: list[str] | None = None) -> dict:
         model_args.backbone = pretrain_builtin_classifier(
             model_args, training_args, data_args, id2label, train, image_column, label_column
         )
-        model_args.prediction_mode = model_args.prediction_mode or "shapley_sum"
     model, processor = build_model(model_args, id2label)
     logger.info(
         "Training %s (%s, players %s) on %d images, evaluating on %d.",
@@ -459,6 +461,7 @@ def main(argv: list[str] | None = None) -> dict:
                 "output_dir": str(out_dir / "plain"),
                 "shapley_loss_weight": 0.0,
                 "distill_loss_weight": 0.0,
+                "vote_consistency_weight": 0.0,
                 "push_to_hub": False,
                 "resume_from_checkpoint": None,
             }

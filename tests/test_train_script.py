@@ -254,7 +254,11 @@ def test_builtin_job_pretrains_a_classifier_then_wraps_it(
         "ViTForImageClassification"
     ]
     config = json.loads((out / "config.json").read_text())
-    assert config["prediction_mode"] == "shapley_sum" and config["players_grid"] == [2, 2]
+    # The explainer recipe: the classifier keeps its head, a Shapley head explains it.
+    assert config["prediction_mode"] == "backbone_head" and config["players_grid"] == [2, 2]
+    from hf_shapley.configuration_shapley import EXPLAINER_DEFAULTS
+
+    assert {k: config[k] for k in EXPLAINER_DEFAULTS} == EXPLAINER_DEFAULTS
     assert config["backbone_config"]["image_size"] == 32
     # The wrapped backbone starts from the pretrained classifier's weights, then moves on.
     from safetensors.torch import load_file
