@@ -82,3 +82,33 @@ def test_kernel_shap_truth_agrees_with_exact_truth(make_model, single_thread):
     assert sampled.method == "kernel_shap" and sampled.converged
     scale = exact.values.abs().amax()
     assert torch.allclose(sampled.values, exact.values, atol=0.02 * float(scale))
+
+
+def test_pooled_relative_error_against_a_hand_computation():
+    from hf_shapley.evaluation import centred_class_values, pooled_relative_error
+
+    truth = torch.tensor([[1.0, 2.0, 3.0], [0.0, 0.0, 4.0]], dtype=torch.float64)
+    estimate = torch.tensor([[1.0, 2.0, 4.0], [1.0, 0.0, 3.0]], dtype=torch.float64)
+    # sum |e - t|^2 = 1 + 2 = 3; spread: (1 + 0 + 1) + (16/9 + 16/9 + 64/9) = 2 + 96/9
+    expected = (3 / (2 + 96 / 9)) ** 0.5
+    assert pooled_relative_error(estimate, truth) == pytest.approx(expected)
+    assert pooled_relative_error(truth, truth) == 0
+    # A flat map at each image's mean scores exactly 1: the mean is free under efficiency.
+    flat = truth.mean(1, keepdim=True).expand_as(truth)
+    assert pooled_relative_error(flat, truth) == pytest.approx(1.0)
+    with pytest.raises(ValueError, match=r"\(B, P\) maps"):
+        pooled_relative_error(estimate[0], truth[0])
+
+    values = torch.tensor([[[1.0, 3.0], [2.0, 2.0]]])  # (B=1, P=2, K=2)
+    centred = centred_class_values(values, torch.tensor([1]))
+    assert centred.tolist() == [[1.0, 0.0]]  # class 1 minus the mean over classes
+
+
+def test_measure_agreement_refuses_what_cannot_be_measured(make_model, pixel_values):
+    from hf_shapley.evaluation import measure_agreement
+
+    model = make_model("vit", players_grid=(2, 2))
+    with pytest.raises(ValueError, match="at least 2 images"):
+        measure_agreement(model, pixel_values[:1])
+    with pytest.raises(ValueError, match="kernel_evaluations=4 is too few"):
+        measure_agreement(model, pixel_values, kernel_evaluations=4)
