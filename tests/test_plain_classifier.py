@@ -176,3 +176,14 @@ def test_faithfulness_plain_baseline_goes_through_the_function(tmp_path, monkeyp
     # Done once: a second call reuses the directory.
     faithfulness.ensure_plain_classifier(model_dir, tmp_path / "plain", train, args)
     assert len(calls) == 1
+
+
+def test_recipe_study_uses_the_main_jobs_settings():
+    from conftest import load_example_script
+
+    train_script = load_example_script("train")
+    recipe = _load_benchmark("recipe")
+    assert recipe.MAIN_JOB_BACKBONE == train_script.BUILTIN_BACKBONE
+    defaults = train_script.default_training_args()
+    assert {k: defaults[k] for k in recipe.MAIN_JOB_OPTIMIZER} == recipe.MAIN_JOB_OPTIMIZER
+    assert recipe.COMMON["loss_warmup_steps"] == defaults["loss_warmup_steps"]
