@@ -6,6 +6,9 @@ PY := $(VENV)/bin/python
 # The CPU build of torch: an unpinned torch pulls a multi-GB CUDA build. On a GPU machine
 # pass the torch you want, e.g. `make train TORCH=torch`.
 TORCH ?= torch==2.13.0
+# accelerate launch gives each process one CPU thread unless told otherwise (measured: the main
+# job ran single-threaded on a 2-core CPU); one process gets every core.
+THREADS ?= $(shell nproc 2>/dev/null || echo 1)
 
 .PHONY: install train test
 
@@ -19,7 +22,7 @@ $(VENV)/.installed: pyproject.toml
 install: $(VENV)/.installed
 
 train: install
-	$(VENV)/bin/accelerate launch examples/train.py $(ARGS)
+	$(VENV)/bin/accelerate launch --num_cpu_threads_per_process $(THREADS) examples/train.py $(ARGS)
 
 test: install
 	$(VENV)/bin/ruff check src tests examples benchmarks

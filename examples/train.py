@@ -96,7 +96,7 @@ class ModelArguments:
         },
     )
     pretrain_epochs: float = field(
-        default=5,
+        default=6,
         metadata={
             "help": "Without --backbone: first train a plain ViT classifier with cross-entropy for this many "
             "epochs, then wrap it and fine-tune with the joint objective (a soft-voting ViT trained from "
