@@ -235,17 +235,15 @@ def optimizer(model: torch.nn.Module, steps: int):
     return opt, get_cosine_schedule_with_warmup(opt, 30, steps)
 
 
-def centred_predicted(values: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
-    """(B, P, K) -> (B, P): the given class's values, centred over classes."""
-    values = values.double().cpu()
-    values = values - values.mean(-1, keepdim=True)
-    return values[torch.arange(len(classes)), :, classes.cpu()]
-
-
 @torch.no_grad()
 def measure(model, xte, yte, xtruth, shapley: bool) -> dict:
-    from hf_shapley.evaluation import model_shapley_truth, pearson_rows
-    from hf_shapley.evaluation.stats import rank_with_ties
+    from hf_shapley.evaluation import (
+        centred_class_values,
+        model_shapley_truth,
+        pearson_rows,
+        pooled_relative_error,
+        rank_with_ties,
+    )
 
     model.eval()
     logits = torch.cat([model(xte[i : i + 500]).logits for i in range(0, len(xte), 500)])
@@ -259,14 +257,14 @@ def measure(model, xte, yte, xtruth, shapley: bool) -> dict:
         truth = model_shapley_truth(
             model, xtruth, max_exact_players=0, tolerance=0.0, max_evaluations=TRUTH_EVALUATIONS
         ).values
-        phi, t = centred_predicted(out.shapley_values, classes), centred_predicted(truth, classes)
-        spread = (t - t.mean(1, keepdim=True)).pow(2).sum()
+        phi = centred_class_values(out.shapley_values, classes)
+        t = centred_class_values(truth, classes)
         r = pearson_rows(phi, t)
         result.update(
             pearson=float(r.nanmean()),
             pearson_per_image=[round(float(v), 4) for v in r],
             spearman=float(pearson_rows(rank_with_ties(phi), rank_with_ties(t)).nanmean()),
-            pooled_relative_error=float(((phi - t).pow(2).sum() / spread).sqrt()),
+            pooled_relative_error=pooled_relative_error(phi, t),
             raw_pearson=float(
                 pearson_rows(
                     out.shapley_values.double()[torch.arange(len(classes)), :, classes],

@@ -23,18 +23,13 @@ from pathlib import Path
 import torch
 from common import builtin_test_images
 
-from hf_shapley.evaluation import exact_model_shapley_values, model_shapley_truth, pearson_rows
-
-
-def centred_predicted(values: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
-    """(B, P, K) -> (B, P): the predicted class's values, centred over classes."""
-    values = values.double() - values.double().mean(-1, keepdim=True)
-    return values[torch.arange(len(classes)), :, classes]
-
-
-def pooled_relative_error(estimate: torch.Tensor, truth: torch.Tensor) -> float:
-    spread = truth - truth.mean(1, keepdim=True)
-    return float((estimate - truth).pow(2).sum().sqrt() / spread.pow(2).sum().sqrt())
+from hf_shapley.evaluation import (
+    centred_class_values,
+    exact_model_shapley_values,
+    model_shapley_truth,
+    pearson_rows,
+    pooled_relative_error,
+)
 
 
 def main() -> None:
@@ -59,8 +54,8 @@ def main() -> None:
     start = time.perf_counter()
     exact = exact_model_shapley_values(model, x, progress=True)
     exact_seconds = time.perf_counter() - start
-    truth = centred_predicted(exact, classes)
-    phi = centred_predicted(out.shapley_values, classes)
+    truth = centred_class_values(exact, classes)
+    phi = centred_class_values(out.shapley_values, classes)
     rows = [
         {
             "estimate": "exact",
@@ -80,7 +75,7 @@ def main() -> None:
         result = model_shapley_truth(
             model, x, max_exact_players=0, tolerance=0.0, max_evaluations=budget
         )
-        estimate = centred_predicted(result.values, classes)
+        estimate = centred_class_values(result.values, classes)
         rows.append(
             {
                 "estimate": f"KernelSHAP {budget}",
