@@ -67,98 +67,49 @@ MAIN_JOB_OPTIMIZER = dict(
 TRUTH_EVALUATIONS = 1024
 
 # Each variant: ShapleyConfig overrides on top of the library defaults ("plain": the stock
-# classifier with cross-entropy). Names say what differs from "default".
+# classifier with cross-entropy). Names say what differs from "default"; the dicts are built
+# from shared parts, so that a name's settings are the sum of its parts.
+CENTRED = dict(center_logits=True)
+CENTRED_LAMBDA10 = dict(CENTRED, shapley_loss_weight=10.0)
+# The wrapped classifier predicts (cross-entropy on its own head) and a separate Shapley head
+# explains: cross-entropy no longer pushes every player's value equally towards the label, and
+# no player casts votes another caused.
+DECOUPLED = dict(prediction_mode="backbone_head")
+FROZEN = dict(DECOUPLED, train_backbone=False, **CENTRED_LAMBDA10)
+# The classifier fine-tunes with cross-entropy alone, as the plain arm does; the head learns to
+# explain it from detached features (an amortized explainer of a moving game).
+DETACHED = dict(DECOUPLED, detach_head_features=True, distill_loss_weight=0.0, **CENTRED_LAMBDA10)
+MLP = dict(head_hidden_size=256)
+ATTENTION = dict(MLP, head_num_layers=1)
+
 VARIANTS: dict[str, dict] = {
     "plain": {},
     "default": {},
-    "centred": dict(center_logits=True),
-    "centred_lambda10": dict(center_logits=True, shapley_loss_weight=10.0),
-    "centred_lambda10_m16": dict(
-        center_logits=True, shapley_loss_weight=10.0, num_shapley_coalitions=16
-    ),
-    "centred_consistency": dict(center_logits=True, vote_consistency_weight=1.0),
-    "centred_lambda10_consistency": dict(
-        center_logits=True, shapley_loss_weight=10.0, vote_consistency_weight=1.0
-    ),
-    "centred_lambda10_consistency10": dict(
-        center_logits=True, shapley_loss_weight=10.0, vote_consistency_weight=10.0
-    ),
-    "centred_consistency10": dict(center_logits=True, vote_consistency_weight=10.0),
-    # The wrapped classifier predicts (cross-entropy on its own head) and a separate Shapley
-    # head explains: cross-entropy no longer pushes every player's value equally towards the
-    # label, and no player casts votes another caused.
-    "decoupled_centred": dict(prediction_mode="backbone_head", center_logits=True),
-    "decoupled_centred_lambda10": dict(
-        prediction_mode="backbone_head", center_logits=True, shapley_loss_weight=10.0
-    ),
-    "decoupled_frozen_centred_lambda10": dict(
-        prediction_mode="backbone_head",
-        train_backbone=False,
-        center_logits=True,
-        shapley_loss_weight=10.0,
-    ),
-    "decoupled_frozen_centred_lambda10_mlp": dict(
-        prediction_mode="backbone_head",
-        train_backbone=False,
-        center_logits=True,
-        shapley_loss_weight=10.0,
-        head_hidden_size=256,
-    ),
-    "decoupled_alpha0_centred_lambda10": dict(
-        prediction_mode="backbone_head",
-        center_logits=True,
-        shapley_loss_weight=10.0,
-        distill_loss_weight=0.0,
-    ),
-    # The classifier fine-tunes with cross-entropy alone, as the plain arm does; the head
-    # learns to explain it from detached features (an amortized explainer of a moving game).
-    "decoupled_detached_centred_lambda10": dict(
-        prediction_mode="backbone_head",
-        detach_head_features=True,
-        distill_loss_weight=0.0,
-        center_logits=True,
-        shapley_loss_weight=10.0,
-    ),
-    "decoupled_detached_centred_lambda10_mlp": dict(
-        prediction_mode="backbone_head",
-        detach_head_features=True,
-        distill_loss_weight=0.0,
-        center_logits=True,
-        shapley_loss_weight=10.0,
-        head_hidden_size=256,
-    ),
-    "decoupled_detached_centred_lambda10_attn": dict(
-        prediction_mode="backbone_head",
-        detach_head_features=True,
-        distill_loss_weight=0.0,
-        center_logits=True,
-        shapley_loss_weight=10.0,
-        head_hidden_size=256,
-        head_num_layers=1,
-    ),
-    "decoupled_frozen_centred_lambda10_attn": dict(
-        prediction_mode="backbone_head",
-        train_backbone=False,
-        center_logits=True,
-        shapley_loss_weight=10.0,
-        head_hidden_size=256,
-        head_num_layers=1,
-    ),
+    "centred": CENTRED,
+    "centred_lambda10": CENTRED_LAMBDA10,
+    "centred_lambda10_m16": dict(CENTRED_LAMBDA10, num_shapley_coalitions=16),
+    "centred_consistency": dict(CENTRED, vote_consistency_weight=1.0),
+    "centred_lambda10_consistency": dict(CENTRED_LAMBDA10, vote_consistency_weight=1.0),
+    "centred_lambda10_consistency10": dict(CENTRED_LAMBDA10, vote_consistency_weight=10.0),
+    "centred_consistency10": dict(CENTRED, vote_consistency_weight=10.0),
     "centred_lambda3_consistency": dict(
-        center_logits=True, shapley_loss_weight=3.0, vote_consistency_weight=1.0
+        CENTRED, shapley_loss_weight=3.0, vote_consistency_weight=1.0
     ),
+    "decoupled_centred": dict(DECOUPLED, **CENTRED),
+    "decoupled_centred_lambda10": dict(DECOUPLED, **CENTRED_LAMBDA10),
+    "decoupled_alpha0_centred_lambda10": dict(
+        DECOUPLED, distill_loss_weight=0.0, **CENTRED_LAMBDA10
+    ),
+    "decoupled_frozen_centred_lambda10": FROZEN,
+    "decoupled_frozen_centred_lambda10_mlp": dict(FROZEN, **MLP),
+    "decoupled_frozen_centred_lambda10_attn": dict(FROZEN, **ATTENTION),
+    "decoupled_detached_centred_lambda10": DETACHED,
+    "decoupled_detached_centred_lambda10_mlp": dict(DETACHED, **MLP),
+    "decoupled_detached_centred_lambda10_attn": dict(DETACHED, **ATTENTION),
 }
-# The recipe from_backbone now gives a wrapped classifier (configuration_shapley.EXPLAINER_DEFAULTS),
-# spelled out: the same settings as decoupled_detached_centred_lambda10_attn.
-VARIANTS["explainer_recipe"] = dict(
-    prediction_mode="backbone_head",
-    detach_head_features=True,
-    distill_loss_weight=0.0,
-    center_logits=True,
-    shapley_loss_weight=10.0,
-    head_hidden_size=256,
-    head_num_layers=1,
-)
+# The recipe from_backbone now gives a wrapped classifier (configuration_shapley.EXPLAINER_DEFAULTS,
+# which tests/test_plain_classifier.py checks against it).
+VARIANTS["explainer_recipe"] = VARIANTS["decoupled_detached_centred_lambda10_attn"]
 # backbone_head arms state what they change from these, the settings every screen row ran with
 # before from_backbone took the recipe for that mode.
 BACKBONE_HEAD_BASE = dict(

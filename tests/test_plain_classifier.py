@@ -187,3 +187,8 @@ def test_recipe_study_uses_the_main_jobs_settings():
     defaults = train_script.default_training_args()
     assert {k: defaults[k] for k in recipe.MAIN_JOB_OPTIMIZER} == recipe.MAIN_JOB_OPTIMIZER
     assert recipe.COMMON["loss_warmup_steps"] == defaults["loss_warmup_steps"]
+    # The study's recipe arm is what from_backbone gives a classifier.
+    from hf_shapley.configuration_shapley import EXPLAINER_DEFAULTS
+
+    arm = dict(recipe.VARIANTS["explainer_recipe"])
+    assert arm.pop("prediction_mode") == "backbone_head" and arm == EXPLAINER_DEFAULTS
