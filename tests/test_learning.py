@@ -84,16 +84,22 @@ class Score:
         )
 
 
+# The tiny backbones of every test here: wrapped from scratch (build, build_resnet) or as stock
+# classifiers (trained_classifier).
+TINY_VIT = dict(
+    image_size=12,
+    patch_size=4,
+    hidden_size=32,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    intermediate_size=64,
+)
+TINY_RESNET = dict(embedding_size=16, hidden_sizes=[16, 32], depths=[1, 1], layer_type="basic")
+
+
 def build(seed: int, **overrides) -> ShapleyForImageClassification:
     torch.manual_seed(seed)
-    backbone = ViTConfig(
-        image_size=12,
-        patch_size=4,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        intermediate_size=64,
-    )
+    backbone = ViTConfig(**TINY_VIT)
     config = ShapleyConfig(
         backbone_config=backbone,
         num_labels=4,
@@ -181,9 +187,7 @@ RESNET_MAX_RELATIVE_L2 = 0.75
 
 def build_resnet(seed: int, **overrides) -> ShapleyForImageClassification:
     torch.manual_seed(seed)
-    backbone = ResNetConfig(
-        embedding_size=16, hidden_sizes=[16, 32], depths=[1, 1], layer_type="basic"
-    )
+    backbone = ResNetConfig(**TINY_RESNET)
     config = ShapleyConfig(
         backbone_config=backbone,
         num_labels=4,
@@ -237,19 +241,10 @@ RECIPE_MIN_PEARSON = 0.95
 RECIPE_MAX_POOLED_ERROR = 0.25
 
 
-def trained_classifier(x, y, seed: int, steps: int) -> ViTForImageClassification:
-    """The tiny ViT of :func:`build` as a stock classifier, trained with cross-entropy."""
+def trained_classifier(classifier_class, config, x, y, seed: int, steps: int):
+    """A stock classifier of ``config``, trained with cross-entropy for ``steps`` steps."""
     torch.manual_seed(seed)
-    config = ViTConfig(
-        image_size=12,
-        patch_size=4,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        intermediate_size=64,
-        num_labels=4,
-    )
-    classifier = ViTForImageClassification(config)
+    classifier = classifier_class(config)
     optimizer = torch.optim.AdamW(classifier.parameters(), lr=3e-3)
     for step in range(steps):
         g = torch.Generator().manual_seed(10_000 + step)
@@ -259,6 +254,12 @@ def trained_classifier(x, y, seed: int, steps: int) -> ViTForImageClassification
         loss.backward()
         optimizer.step()
     return classifier
+
+
+def tiny_vit_classifier(x, y, seed: int, steps: int) -> ViTForImageClassification:
+    """The tiny ViT of :func:`build` as a stock classifier."""
+    config = ViTConfig(**TINY_VIT, num_labels=4)
+    return trained_classifier(ViTForImageClassification, config, x, y, seed, steps)
 
 
 def centred_score(model, images, labels, truth_images: int = 64) -> tuple[float, float, float]:
@@ -276,7 +277,7 @@ def centred_score(model, images, labels, truth_images: int = 64) -> tuple[float,
 
 def test_explainer_recipe_is_accurate_and_faithful_and_the_regression_is_why(data):
     (x, y), (x_test, y_test) = data
-    classifier = trained_classifier(x, y, seed=0, steps=200)
+    classifier = tiny_vit_classifier(x, y, seed=0, steps=200)
     recipe = ShapleyForImageClassification.from_backbone(
         classifier, players_grid=(3, 3), coalition_seed=0
     )
@@ -300,7 +301,7 @@ def test_explainer_recipe_on_a_chance_level_classifier_fails_by_accuracy(data):
     # The head can explain any game, also that of an untrained classifier (frozen here): the
     # accuracy clause is what fails.
     (x, y), (x_test, y_test) = data
-    untrained = trained_classifier(x, y, seed=0, steps=0)
+    untrained = tiny_vit_classifier(x, y, seed=0, steps=0)
     model = ShapleyForImageClassification.from_backbone(
         untrained, players_grid=(3, 3), coalition_seed=0, train_backbone=False
     )
@@ -316,25 +317,8 @@ def test_explainer_recipe_on_a_pixel_baseline_family(resnet_data):
     from transformers import ResNetForImageClassification
 
     (x, y), (x_test, y_test) = resnet_data
-    torch.manual_seed(0)
-    classifier = ResNetForImageClassification(
-        ResNetConfig(
-            embedding_size=16,
-            hidden_sizes=[16, 32],
-            depths=[1, 1],
-            layer_type="basic",
-            num_labels=4,
-        )
-    )
-    optimizer = torch.optim.AdamW(classifier.parameters(), lr=3e-3)
-    for step in range(200):
-        index = torch.randint(
-            0, len(x), (32,), generator=torch.Generator().manual_seed(10_000 + step)
-        )
-        loss = F.cross_entropy(classifier(x[index]).logits, y[index])
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
+    config = ResNetConfig(**TINY_RESNET, num_labels=4)
+    classifier = trained_classifier(ResNetForImageClassification, config, x, y, seed=0, steps=200)
     model = ShapleyForImageClassification.from_backbone(
         classifier, players_grid=(3, 3), coalition_seed=0, image_size=24
     )
