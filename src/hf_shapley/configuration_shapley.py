@@ -450,6 +450,17 @@ class ShapleyConfig(PreTrainedConfig):
         minimum=1,
         needed_if=("explained_classes", tuple(c for c in EXPLAINED_CLASSES if c != "all")),
     )
+    reuse_shapley_coalitions: bool = objective_field(
+        False,
+        help="Draw each image's Shapley coalitions once and keep their values, so that later "
+        "epochs train the head without masked passes.",
+        details="Needs a frozen classifier (``prediction_mode='backbone_head'``, "
+        "``train_backbone=False``), whose game does not change while the head learns it, and "
+        "the examples' data set indices (``ShapleyTrainer`` passes them; without them nothing "
+        "is kept). The values live in memory (images x m x K floats), are not saved and are "
+        "recomputed after a resume. Measured: ``benchmarks/results/explainer_study.md``.",
+        label="Coalition values kept across epochs",
+    )
     coalition_batch_size: int = objective_field(
         64,
         help="Packed sequences (one per pair of complementary coalitions) per backbone call when "
@@ -527,6 +538,16 @@ class ShapleyConfig(PreTrainedConfig):
                 f"head_num_layers={self.head_num_layers} needs prediction_mode='backbone_head': with "
                 "soft voting the head votes per token on packed coalitions, where attention across "
                 "tokens would mix a coalition with its complement. Set head_num_layers=0."
+            )
+        if self.reuse_shapley_coalitions and not (
+            self.prediction_mode == "backbone_head" and not self.train_backbone
+        ):
+            raise ValueError(
+                "reuse_shapley_coalitions=True keeps the game's values across epochs, which is "
+                "only right for a game that does not train: it needs prediction_mode="
+                f"'backbone_head' and train_backbone=False (got {self.prediction_mode!r}, "
+                f"train_backbone={self.train_backbone}). Freeze the classifier or set "
+                "reuse_shapley_coalitions=False."
             )
         if self.vote_consistency_weight > 0:
             if self.prediction_mode != "shapley_sum":

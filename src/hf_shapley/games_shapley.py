@@ -95,6 +95,38 @@ class PlayerView:
     classifier_features: Callable[[], torch.Tensor]
 
 
+class CoalitionValueCache:
+    """The values ``v_x(S)`` of a game that does not train, kept per data set example.
+
+    With a frozen classifier the game is a fixed function and each image's coalitions are a pure
+    function of its index (``coalitions.py``), so the masked passes of the first epoch serve every
+    later one: the head then trains at the cost of one unmasked forward pass per image
+    (``reuse_shapley_coalitions``). Entries are ``(M, K)`` fp32 tensors on the values' device.
+    """
+
+    def __init__(self) -> None:
+        self._values: dict[int, torch.Tensor] = {}
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+    def clear(self) -> None:
+        self._values.clear()
+
+    def get(self, example_index: torch.Tensor, num_coalitions: int) -> torch.Tensor | None:
+        """(B, M, K) for the examples ``example_index`` (B,), or ``None`` unless all are kept
+        with ``num_coalitions`` values each."""
+        rows = [self._values.get(int(i)) for i in example_index]
+        if any(row is None or row.shape[0] != num_coalitions for row in rows):
+            return None
+        return torch.stack(rows)
+
+    def put(self, example_index: torch.Tensor, values: torch.Tensor) -> None:
+        """Keep (B, M, K) ``values`` of the examples ``example_index`` (B,)."""
+        for i, row in zip(example_index.tolist(), values.detach().float(), strict=True):
+            self._values[int(i)] = row.clone()
+
+
 @dataclass
 class GameExplanation:
     """The full prediction with its explanation, all fp32.

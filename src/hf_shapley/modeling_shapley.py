@@ -40,7 +40,13 @@ from .coalitions import (
     sample_uniform_size_coalitions,
 )
 from .configuration_shapley import CUSTOM_PIPELINES, PIPELINE_MODULE, ShapleyConfig
-from .games_shapley import GameExplanation, PlayerView, ShapleyGame, build_game
+from .games_shapley import (
+    CoalitionValueCache,
+    GameExplanation,
+    PlayerView,
+    ShapleyGame,
+    build_game,
+)
 from .objective import explained_class_indices, joint_objective, loss_weights
 
 
@@ -330,6 +336,8 @@ class ShapleyForImageClassification(ShapleyPreTrainedModel):
         # Forward calls in training mode: the warm-up step and coalition keys of a plain loop
         # that passes neither global_step nor example_index.
         self._training_calls = 0
+        # reuse_shapley_coalitions: the frozen game's values per training example.
+        self.coalition_value_cache = CoalitionValueCache()
         self.post_init()
         self._apply_train_backbone()
 
@@ -414,6 +422,7 @@ class ShapleyForImageClassification(ShapleyPreTrainedModel):
         place while the model stays in eval mode (``train()``, ``eval()``, weight loading and
         device or dtype moves do it)."""
         self.game.clear_cache()
+        self.coalition_value_cache.clear()
 
     def save_pretrained(self, save_directory: str | os.PathLike, *args, **kwargs) -> None:
         """Save weights, config, code and image processor: a directory that loads everywhere.
@@ -573,11 +582,15 @@ class ShapleyForImageClassification(ShapleyPreTrainedModel):
         step = global_step if global_step is not None else self._training_calls
         self._training_calls += 1
         alpha, lam, beta = loss_weights(config, step)
+        indices_given = example_index is not None
         if example_index is None:
             example_index = torch.arange(B) + self._training_calls * B
         example_index = example_index.detach().cpu()
         epoch = int(epoch or 0)
         device = pixel_values.device
+        # A frozen game's values are kept per example; its coalitions must then not change with
+        # the epoch. Counter indices (no example_index given) are no key to keep values under.
+        reuse = config.reuse_shapley_coalitions and indices_given
 
         context = game.prepare(pixel_values)
         out = game.explain(context, readout)
@@ -615,18 +628,24 @@ class ShapleyForImageClassification(ShapleyPreTrainedModel):
                 P,
                 m,
                 seed=config.coalition_seed + 1,
-                epoch=epoch,
+                epoch=0 if reuse else epoch,
                 example_indices=example_index,
                 device=device,
             )
             grad_targets = not config.shapley_stop_gradient
-            with torch.set_grad_enabled(grad_targets):
-                values = game.values(
-                    context if grad_targets else context.detach(),
-                    coalitions,
-                    readout,
-                    dropout=False,
-                )
+            values = self.coalition_value_cache.get(example_index, m) if reuse else None
+            if values is not None:
+                values = values.to(device)
+            else:
+                with torch.set_grad_enabled(grad_targets):
+                    values = game.values(
+                        context if grad_targets else context.detach(),
+                        coalitions,
+                        readout,
+                        dropout=False,
+                    )
+                if reuse:
+                    self.coalition_value_cache.put(example_index, values)
             generator = torch.Generator().manual_seed(
                 int(config.coalition_seed * 1_000_003 + epoch * 7_919 + int(example_index[0]))
             )

@@ -1,0 +1,325 @@
+"""Explainer study: what limits the agreement of the one-pass explanation with its own game?
+
+In the explainer recipe (``configuration_shapley.EXPLAINER_DEFAULTS``) the classifier trains as
+a plain fine-tune and the Shapley head reads detached features: the head is an amortized
+explainer of a (slowly moving) game. Recipe study v2 (``recipe.py``) found that head capacity
+is what moves agreement (linear 0.72 -> MLP 0.82 -> attention 0.86, centred r) and that the
+curve still rises at the main job's 250 steps; freezing the classifier changed little.
+
+This study freezes the game (a trained model: the main job's by default) and caches, once,
+what any head needs:
+
+* every training image's hidden states at every depth of the backbone (with the special
+  tokens), the full logits and ``v(empty)``;
+* the game's values on ``M`` kernel-sampled complementary pairs of coalitions per image (the
+  same sampler and packed passes as training);
+* on held-out test images, a KernelSHAP truth with 4,096 paired evaluations (pooled error about
+  0.05 against exact enumeration on this kind of model: ``results/truth_check_recipe_main_job.json``).
+
+Head variants then train on the cache (minutes, not hours) side by side, with the recipe's loss
+(centred, per-image normalized Shapley regression, efficiency imposed as in the model):
+
+* ``attention-L``: the library's ``ShapleyHead`` (L self-attention layers + a 256 MLP) on the
+  final features, as the model uses it (``attention-1`` is the recipe's head);
+* ``branch-k``: a copy of the classifier's own top ``k`` encoder blocks and final norm,
+  initialized from its weights, reading the hidden states that enter them, then the 256 MLP
+  (``branch-4`` on this 4-layer ViT is a full explainer network, as in ViT-Shapley);
+* steps, learning rate and coalitions per step.
+
+Results: ``results/explainer_study.{md,jsonl}`` (one row per variant and checkpoint, kept).
+
+    python benchmarks/explainer_study.py --model outputs/shapley-vit-shapes
+    python benchmarks/explainer_study.py --variants attention-1 branch-2 --steps 250 1000
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import time
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "benchmarks" / "results"
+CACHE = REPO / "outputs" / "explainer-study"
+TRUTH_EVALUATIONS = 4096
+HEAD_HIDDEN = 256
+
+# name -> (kind, depth): "attention" = ShapleyHead with `depth` attention layers on the final
+# features; "branch" = copies of the top `depth` encoder blocks (0: the final features + MLP).
+VARIANTS: dict[str, tuple[str, int]] = {
+    "mlp": ("attention", 0),
+    "attention-1": ("attention", 1),
+    "attention-2": ("attention", 2),
+    "attention-3": ("attention", 3),
+    "branch-1": ("branch", 1),
+    "branch-2": ("branch", 2),
+    "branch-4": ("branch", 4),
+}
+
+
+def load_model(path: str):
+    import hf_shapley  # noqa: F401  (registers the auto classes)
+    from hf_shapley import ShapleyForImageClassification
+
+    model = ShapleyForImageClassification.from_pretrained(path).eval()
+    if model.config.prediction_mode != "backbone_head" or model.adapter.removal != "token_removal":
+        raise SystemExit(
+            f"--model {path}: this study needs a wrapped token-removal classifier "
+            f"(prediction_mode='backbone_head', ViT/DeiT/DINOv2); got "
+            f"{model.config.prediction_mode!r} with {model.adapter.removal}."
+        )
+    return model
+
+
+def tensors(num: int, split: str, image_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Built-in data v2 as the main job's image processor gives it: [-1, 1]."""
+    from hf_shapley.data import generate_shapes
+
+    arrays = generate_shapes(
+        num, image_size=image_size, split=split, seed=0, distractors="independent"
+    )
+    x = torch.from_numpy(arrays.images).permute(0, 3, 1, 2).float() / 255
+    return (x - 0.5) / 0.5, torch.from_numpy(arrays.labels).long()
+
+
+@torch.no_grad()
+def hidden_states(model, x: torch.Tensor) -> torch.Tensor:
+    """(B, L + 1, s + N, D): the embeddings, then the output of every encoder block."""
+    game = model.game
+    states = [game.prepare(x)]
+    for layer in model.adapter.layers(model.backbone):
+        states.append(layer(states[-1], attention_mask=None))
+    return torch.stack(states, dim=1)
+
+
+@torch.no_grad()
+def build_cache(model, args: argparse.Namespace) -> dict:
+    """Hidden states, full logits, v(empty) and M coalition values per training image; the truth
+    on the test images. Written once per (model, sizes) and reused."""
+    from tqdm.auto import tqdm
+
+    from hf_shapley.coalitions import sample_shapley_kernel_coalitions
+    from hf_shapley.evaluation import model_shapley_truth
+
+    name = f"{Path(args.model).name}-n{args.num_train}-m{args.cached_coalitions}-t{args.truth_images}.pt"
+    path = CACHE / name
+    if path.is_file():
+        return torch.load(path)
+    image_size = model.image_size[0]
+    xtr, _ = tensors(args.num_train, "train", image_size)
+    xte, yte = tensors(args.truth_images, "test", image_size)
+    P = model.num_players
+    states, logits, empty, coalitions, values = [], [], [], [], []
+    for start in tqdm(range(0, len(xtr), 64), desc="caching the game"):
+        x = xtr[start : start + 64]
+        index = torch.arange(start, start + len(x))
+        out = model(x)
+        masks = sample_shapley_kernel_coalitions(
+            P, args.cached_coalitions, seed=0, epoch=0, example_indices=index
+        )
+        states.append(hidden_states(model, x).half())
+        logits.append(out.logits)
+        empty.append(out.base_values)
+        coalitions.append(masks)
+        values.append(model(x, coalition=masks).logits)
+    start = time.perf_counter()
+    truth = model_shapley_truth(
+        model, xte, max_exact_players=0, tolerance=0.0, max_evaluations=TRUTH_EVALUATIONS
+    ).values
+    out = model(xte)
+    cache = dict(
+        states=torch.cat(states),
+        logits=torch.cat(logits),
+        empty=torch.cat(empty),
+        coalitions=torch.cat(coalitions),
+        values=torch.cat(values),
+        test_states=hidden_states(model, xte).half(),
+        test_logits=out.logits,
+        test_empty=out.base_values,
+        test_labels=yte,
+        recipe_phi=out.shapley_values,  # the model's own head, for reference
+        truth=truth,
+        truth_seconds=time.perf_counter() - start,
+    )
+    CACHE.mkdir(parents=True, exist_ok=True)
+    torch.save(cache, path)
+    return cache
+
+
+class Explainer(nn.Module):
+    """A head on cached hidden states: (B, L + 1, s + N, D) -> per-token (B, N, K)."""
+
+    def __init__(self, model, kind: str, depth: int):
+        super().__init__()
+        from hf_shapley.modeling_shapley import ShapleyHead
+
+        backbone, adapter = model.backbone, model.adapter
+        layers = adapter.layers(backbone)
+        self.num_special = model.game.num_special_tokens
+        self.num_layers = len(layers)
+        self.norm = copy.deepcopy(backbone.layernorm).requires_grad_(kind == "branch")
+        hidden = adapter.hidden_size(model.config.backbone_config)
+        K = model.num_labels
+        if kind == "attention":
+            self.start = self.num_layers
+            self.blocks = nn.ModuleList()
+            self.head = ShapleyHead(hidden, K, HEAD_HIDDEN, 0.0, depth)
+        else:
+            if not 0 <= depth <= self.num_layers:
+                raise SystemExit(f"branch-{depth}: the backbone has {self.num_layers} blocks.")
+            self.start = self.num_layers - depth
+            self.blocks = nn.ModuleList(copy.deepcopy(layer) for layer in layers[self.start :])
+            self.blocks.requires_grad_(True)
+            self.head = ShapleyHead(hidden, K, HEAD_HIDDEN, 0.0, 0)
+
+    def forward(self, states: torch.Tensor) -> torch.Tensor:
+        h = states[:, self.start].float()
+        for block in self.blocks:
+            h = block(h, attention_mask=None)
+        return self.head(self.norm(h)[:, self.num_special :])
+
+
+def explain(explainer: Explainer, game, states, logits, empty) -> torch.Tensor:
+    """phi (B, P, K): the head's per-player sums, efficiency imposed as the model does."""
+    from hf_shapley.modeling_shapley import additive_efficiency
+
+    r = game.player_sum(explainer(states))
+    return additive_efficiency(r, (logits - empty) - r.sum(1))
+
+
+def agreement(phi: torch.Tensor, truth: torch.Tensor, logits: torch.Tensor) -> dict:
+    from hf_shapley.evaluation import (
+        centred_class_values,
+        pearson_rows,
+        pooled_relative_error,
+        rank_with_ties,
+    )
+
+    classes = logits.argmax(-1)
+    p, t = centred_class_values(phi, classes), centred_class_values(truth, classes)
+    return dict(
+        pearson=float(pearson_rows(p, t).nanmean()),
+        spearman=float(pearson_rows(rank_with_ties(p), rank_with_ties(t)).nanmean()),
+        pooled_relative_error=pooled_relative_error(p, t),
+    )
+
+
+def run(variant: str, steps: int, cache: dict, model, args: argparse.Namespace) -> list[dict]:
+    from transformers import get_cosine_schedule_with_warmup
+
+    from hf_shapley.objective import shapley_regression_loss
+
+    kind, depth = VARIANTS[variant]
+    torch.manual_seed(args.seed)
+    explainer = Explainer(model, kind, depth)
+    params = [p for p in explainer.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.05)
+    schedule = get_cosine_schedule_with_warmup(optimizer, 30, steps)
+    N, M = cache["coalitions"].shape[:2]
+    M = min(M, args.pool)  # the first `pool` cached coalitions of each image (pairs stay whole)
+    pairs = args.coalitions // 2
+    generator = torch.Generator().manual_seed(args.seed)
+    rows, start, checkpoints = [], time.perf_counter(), set(args.checkpoints) | {steps}
+
+    def record(step: int) -> None:
+        explainer.eval()
+        with torch.no_grad():
+            phi = explain(
+                explainer,
+                model.game,
+                cache["test_states"],
+                cache["test_logits"],
+                cache["test_empty"],
+            )
+        explainer.train()
+        row = dict(
+            variant=variant,
+            steps=steps,
+            step=step,
+            lr=args.lr,
+            coalitions=args.coalitions,
+            pool=min(args.pool, cache["coalitions"].shape[1]),
+            model=Path(args.model).name,
+            seconds=round(time.perf_counter() - start, 1),
+            **agreement(phi, cache["truth"], cache["test_logits"]),
+        )
+        rows.append(row)
+        with open(args.jsonl, "a") as f:
+            f.write(json.dumps(row) + "\n")
+        print(json.dumps(row), flush=True)
+
+    for step in range(steps):
+        index = torch.randint(N, (args.batch_size,), generator=generator)
+        # Random pairs of the cached coalitions (pairs stay together: antithetic sampling).
+        pair = torch.rand(args.batch_size, M // 2, generator=generator).argsort(1)[:, :pairs]
+        chosen = torch.stack([2 * pair, 2 * pair + 1], dim=2).reshape(args.batch_size, -1)
+        masks = cache["coalitions"][index[:, None], chosen]
+        targets = cache["values"][index[:, None], chosen] - cache["empty"][index][:, None]
+        phi = explain(
+            explainer,
+            model.game,
+            cache["states"][index],
+            cache["logits"][index],
+            cache["empty"][index],
+        )
+        loss = shapley_regression_loss(phi, masks, targets, center=True)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        schedule.step()
+        if not math.isfinite(float(loss.detach())):
+            raise RuntimeError(f"{variant}: loss diverged at step {step}")
+        if step + 1 in checkpoints:
+            record(step + 1)
+    return rows
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--model", default="outputs/shapley-vit-shapes")
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS))
+    parser.add_argument("--steps", nargs="+", type=int, default=[250, 1000])
+    parser.add_argument("--checkpoints", nargs="*", type=int, default=[125, 250, 500])
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--coalitions", type=int, default=32, help="per image and step")
+    parser.add_argument("--cached-coalitions", type=int, default=64)
+    parser.add_argument(
+        "--pool", type=int, default=64, help="cached coalitions per image the head may train on"
+    )
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--num-train", type=int, default=8000)
+    parser.add_argument("--truth-images", type=int, default=32)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--jsonl", type=Path, default=RESULTS / "explainer_study.jsonl")
+    args = parser.parse_args(argv)
+    unknown = [v for v in args.variants if v not in VARIANTS]
+    if unknown:
+        parser.error(f"unknown variants {unknown}; known: {sorted(VARIANTS)}")
+    if args.coalitions % 2 or not 2 <= args.coalitions <= min(args.pool, args.cached_coalitions):
+        parser.error("--coalitions must be even and at most --pool and --cached-coalitions.")
+    if args.pool % 2:
+        parser.error("--pool must be even (coalitions come in complementary pairs).")
+    if args.truth_images < 2:
+        parser.error("--truth-images must be >= 2 (r needs images).")
+    torch.set_num_threads(args.threads)
+    model = load_model(args.model)
+    cache = build_cache(model, args)
+    reference = agreement(cache["recipe_phi"], cache["truth"], cache["test_logits"])
+    print(json.dumps({"model's own head": reference}), flush=True)
+    for steps in args.steps:
+        for variant in args.variants:
+            run(variant, steps, cache, model, args)
+
+
+if __name__ == "__main__":
+    main()

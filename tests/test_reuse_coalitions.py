@@ -1,0 +1,112 @@
+"""``reuse_shapley_coalitions``: a frozen game's values are computed once per example.
+
+With a frozen classifier the head learns a fixed game, so the masked passes of the first epoch
+serve every later one. These tests check that a second visit makes no masked pass, that it
+gives the loss a fresh computation gives, that the Trainer's example indices fill the store,
+and that a game that trains refuses the option.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from conftest import NUM_LABELS
+from hf_shapley.configuration_shapley import ShapleyConfig
+from hf_shapley.trainer import ShapleyTrainer
+from test_trainer import make_args, make_dataset
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+GRID = (2, 2)
+FROZEN = dict(
+    prediction_mode="backbone_head",
+    train_backbone=False,
+    distill_loss_weight=0.0,
+    center_logits=True,
+    num_shapley_coalitions=6,
+    head_hidden_size=16,
+    head_num_layers=1,
+)
+
+
+def count_encoder_rows(model) -> list[int]:
+    """Rows through the backbone's first encoder block, per call (a forward hook)."""
+    rows: list[int] = []
+    first = model.adapter.layers(model.backbone)[0]
+    first.register_forward_hook(lambda module, args, output: rows.append(args[0].shape[0]))
+    return rows
+
+
+def joint_loss(model, x, y, index, epoch):
+    return model.train()(
+        x, labels=y, example_index=index, epoch=epoch, global_step=100
+    ).shapley_loss.detach()
+
+
+def test_second_visit_makes_no_masked_pass_and_gives_the_fresh_loss(make_model):
+    torch.manual_seed(0)
+    reused = make_model("vit", players_grid=GRID, reuse_shapley_coalitions=True, **FROZEN)
+    fresh = make_model("vit", players_grid=GRID, **FROZEN)
+    fresh.load_state_dict(reused.state_dict())
+    x, y, index = torch.randn(3, 3, 32, 32), torch.tensor([0, 1, 2]), torch.tensor([5, 9, 11])
+
+    rows = count_encoder_rows(reused)
+    first = joint_loss(reused, x, y, index, epoch=0)
+    first_rows = sum(rows)
+    assert len(reused.coalition_value_cache) == 3
+    rows.clear()
+    second = joint_loss(reused, x, y, index, epoch=3)  # a later epoch: the same coalitions
+    # Only the full images (and the special tokens alone, for v(empty)) pass the encoder now:
+    # no packed pair of coalitions.
+    assert sum(rows) <= 2 * len(x) < first_rows
+    torch.testing.assert_close(second, first)
+    # The kept values are the game's: a model that recomputes them at epoch 0 agrees.
+    torch.testing.assert_close(joint_loss(fresh, x, y, index, epoch=0), first)
+    # Without reuse, a later epoch draws other coalitions: another loss.
+    assert not torch.allclose(joint_loss(fresh, x, y, index, epoch=3), first)
+
+
+def test_partly_known_batch_recomputes_and_counter_indices_keep_nothing(make_model):
+    model = make_model("vit", players_grid=GRID, reuse_shapley_coalitions=True, **FROZEN)
+    x, y = torch.randn(2, 3, 32, 32), torch.tensor([0, 1])
+    joint_loss(model, x[:1], y[:1], torch.tensor([0]), epoch=0)
+    rows = count_encoder_rows(model)
+    joint_loss(model, x, y, torch.tensor([0, 1]), epoch=1)  # example 1 is new
+    assert sum(rows) > 2 * len(x) and len(model.coalition_value_cache) == 2
+    model.coalition_value_cache.clear()
+    model.train()(x, labels=y)  # no example_index: nothing to key values by
+    assert len(model.coalition_value_cache) == 0
+
+
+def test_game_that_trains_refuses_reuse(make_backbone_config):
+    backbone = make_backbone_config("vit")
+    with pytest.raises(ValueError, match="train_backbone=False"):
+        ShapleyConfig(
+            backbone_config=backbone,
+            num_labels=NUM_LABELS,
+            prediction_mode="backbone_head",
+            reuse_shapley_coalitions=True,
+        )
+    with pytest.raises(ValueError, match="backbone_head"):
+        ShapleyConfig(
+            backbone_config=backbone,
+            num_labels=NUM_LABELS,
+            train_backbone=False,
+            reuse_shapley_coalitions=True,
+        )
+
+
+def test_trainer_fills_the_store_in_the_first_epoch_and_reuses_it(tmp_path, make_model):
+    model = make_model("vit", players_grid=GRID, reuse_shapley_coalitions=True, **FROZEN)
+    train = make_dataset(12)
+    rows = count_encoder_rows(model)
+    args = make_args(tmp_path, num_train_epochs=1, per_device_train_batch_size=4)
+    ShapleyTrainer(model, args, train_dataset=train).train()
+    assert len(model.coalition_value_cache) == 12
+    first_epoch = sum(rows)
+    rows.clear()
+    args = make_args(tmp_path, "again", num_train_epochs=1, per_device_train_batch_size=4)
+    ShapleyTrainer(model, args, train_dataset=train).train()
+    assert sum(rows) * 2 < first_epoch  # full images only, no masked passes
+    assert len(model.coalition_value_cache) == 12
