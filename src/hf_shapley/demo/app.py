@@ -38,6 +38,14 @@ ELEMENT_IDS = {
     "efficiency": "hf-shapley-efficiency",
     "metrics": "hf-shapley-metrics",
 }
+# Heatmaps of small images (the built-in data set's are 64 px) are scaled up for display,
+# pixels kept sharp; the served file keeps the image's own size.
+PAGE_CSS = f"""
+#{ELEMENT_IDS["heatmap"]} img {{
+    width: 100%; height: 100%; max-height: 480px; object-fit: contain;
+    image-rendering: pixelated;
+}}
+"""
 NO_MODEL_PASS_NOTE = (
     "Switching class costs no extra model pass: the one pass that classified the image "
     "explained every class, and the page keeps all of them."
@@ -239,6 +247,7 @@ class ShapleyDemo:
                     heatmap = gr.Image(
                         type="pil",
                         format="png",
+                        height=400,
                         label="Heatmap over the image (original size)",
                         interactive=False,
                         elem_id=ELEMENT_IDS["heatmap"],
@@ -278,8 +287,13 @@ def build_demo(model: Any, **kwargs: Any) -> Any:
 
 
 def launch_options(demo: ShapleyDemo | None = None) -> dict[str, Any]:
-    """The ``Blocks.launch`` options the demo needs (example files served, no SSR, size cap)."""
-    options: dict[str, Any] = {"ssr_mode": False, "max_file_size": MAX_UPLOAD_SIZE}
+    """The ``Blocks.launch`` options of the demo: example files served, no server-side
+    rendering (no Node.js needed), the upload size cap and the page's CSS."""
+    options: dict[str, Any] = {
+        "ssr_mode": False,
+        "max_file_size": MAX_UPLOAD_SIZE,
+        "css": PAGE_CSS,
+    }
     if demo is not None and demo.examples:
         options["allowed_paths"] = sorted({os.path.dirname(p) for p in demo.examples})
     return options
