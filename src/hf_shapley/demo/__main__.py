@@ -30,6 +30,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--port", type=int, default=None, help="Port (default 7860 or free).")
     parser.add_argument("--device", default=None, help="Device for the model, e.g. cuda.")
     parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="CPU threads for torch (default: torch's). One is fastest for small models on a "
+        "busy CPU (benchmarks/results/demo_latency_cpu_*.md).",
+    )
+    parser.add_argument(
         "--examples",
         nargs="*",
         default=None,
@@ -42,6 +49,11 @@ def main(argv: list[str] | None = None) -> int:
     """Launch the demo (blocks until interrupted); 1 with a message without Gradio."""
     args = parse_args(argv)
     from .app import launch_demo
+
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
 
     try:
         launch_demo(
