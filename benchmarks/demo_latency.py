@@ -13,7 +13,7 @@ Two measurements on the same built-in test images (written at the model's input 
     another class until its heatmap has loaded. Medians over the images.
 
     python benchmarks/demo_latency.py --model outputs/shapley-vit-shapes \\
-        --out benchmarks/results/demo_latency_cpu.md --screenshot docs/demo.png
+        --threads 1 --out benchmarks/results/demo_latency_cpu_1thread.md --screenshot docs/demo.png
 
 A report of latencies and ratios, not a timed test. The CPU may be shared: the load average
 is printed with the results.
