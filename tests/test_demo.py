@@ -347,7 +347,7 @@ def test_space_folder_contents_and_metadata(tmp_path):
         if line and not line.startswith("#")
     ]
     assert lines == [requirement]
-    assert "'my-org/vit-shapley'" in (tmp_path / "app.py").read_text()
+    assert '"my-org/vit-shapley"' in (tmp_path / "app.py").read_text()
 
 
 def test_written_app_builds_the_demo_against_a_local_model(model_dir, tmp_path, monkeypatch):
@@ -415,7 +415,7 @@ def test_push_to_hub_publishes_the_space(make_model, monkeypatch):
     assert RecordingHfApi.calls[2][2]["repo_type"] == "space"
     assert RecordingHfApi.calls[2][2]["space_sdk"] == "gradio"
     assert RecordingHfApi.calls[3][3] == ["README.md", "app.py", "requirements.txt"]
-    assert "'my-org/tiny'" in RecordingHfApi.calls[4][1]
+    assert '"my-org/tiny"' in RecordingHfApi.calls[4][1]
 
 
 def test_push_with_a_space_fails_at_once_when_offline(make_model, monkeypatch):

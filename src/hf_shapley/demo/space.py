@@ -17,6 +17,7 @@ space_repo_id=...)`` publishes it as a Space.
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from collections.abc import Sequence
@@ -39,18 +40,18 @@ SPACE_FILES = ("app.py", "requirements.txt", "README.md")
 # installed in the process writing the folder.
 TESTED_GRADIO_VERSION = "6.31.0"
 
-_APP_TEMPLATE = '''"""Gradio Space: explain images with the self-explaining model {model_id!r}.
+_APP_TEMPLATE = '''"""Gradio Space: explain images with the self-explaining model {model_id}.
 
-Written by hf_shapley.demo.space.write_space; the same app as
-`python -m hf_shapley.demo --model {model_id}`. Set {env}=<Hub id or directory> to run it
-against another model.
+Written by hf_shapley.demo.space.write_space: the same app as
+`python -m hf_shapley.demo --model {model_id}`.
+Set {env}=<Hub id or directory> to run it against another model.
 """
 
 import os
 
 from hf_shapley.demo import ShapleyDemo, launch_options
 
-MODEL_ID = os.environ.get({env!r}, {model_id!r})
+MODEL_ID = os.environ.get({env_literal}, {model_literal})
 
 app = ShapleyDemo(MODEL_ID)
 demo = app.build()
@@ -131,7 +132,14 @@ def write_space(
     os.makedirs(directory, exist_ok=True)
     title = title or _space_title(model_id)
     with open(os.path.join(directory, "app.py"), "w", encoding="utf-8") as f:
-        f.write(_APP_TEMPLATE.format(model_id=model_id, env=MODEL_ENV_VARIABLE))
+        f.write(
+            _APP_TEMPLATE.format(
+                model_id=model_id,
+                env=MODEL_ENV_VARIABLE,
+                env_literal=json.dumps(MODEL_ENV_VARIABLE),
+                model_literal=json.dumps(model_id),
+            )
+        )
     lines = [requirement.strip(), *(r.strip() for r in extra_requirements if r.strip())]
     with open(os.path.join(directory, "requirements.txt"), "w", encoding="utf-8") as f:
         f.write(_REQUIREMENTS_TEMPLATE.format(requirement="\n".join(lines)))
