@@ -270,6 +270,13 @@ def test_bad_input_gives_a_message_and_the_app_goes_on(demo, reference, image_pa
     assert phrase in out.status
     assert os.path.basename(path) in out.status and str(tmp_path) not in out.status
     assert out.explanation is None and out.heatmap is None and out.probabilities is None
+    assert out.values.empty and list(out.values.columns) == [
+        "row",
+        "col 1",
+        "col 2",
+        "col 3",
+        "col 4",
+    ]
     # ... and a valid upload right after is explained.
     assert demo.on_upload(image_path).chosen_class == reference(image_path, top_k=1)[0]["label"]
 

@@ -369,6 +369,34 @@ def test_choosing_another_class_shows_its_explanation(browser, reference, workdi
     screenshot(browser, "browser_04_other_class.png")
 
 
+def test_picking_an_example_explains_it(browser, reference, workdir):
+    from selenium.webdriver.common.by import By
+
+    # The server wrote the same built-in test images (same seed and size) as write_examples here.
+    examples = write_examples(
+        workdir / "examples", reference.model.config, reference.image_processor
+    )
+    path = examples[-1]
+    name = os.path.basename(path)
+    buttons = [
+        b for b in browser.find_elements(By.CSS_SELECTOR, "button.gallery-item") if b.text == name
+    ]
+    assert buttons, f"no example button {name!r} on the page"
+    previous = heatmap_src(browser)
+    buttons[0].click()
+    wait_for(
+        browser,
+        lambda d: (
+            f"Explained {name}" in by_id(d, "status").text
+            and heatmap_src(d) not in (None, previous)
+        ),
+        f"the explanation of the example {name}",
+    )
+    expected = reference(path, top_k=1)[0]
+    assert shown_top_label(browser) == expected["label"]
+    assert np.array_equal(download(heatmap_src(browser)), np.asarray(expected["heatmap"]))
+
+
 def test_artifacts_directory_is_ignored_by_git():
     root = Path(__file__).resolve().parents[1]
     if shutil.which("git") is None or not (root / ".git").exists():

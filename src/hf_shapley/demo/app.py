@@ -17,7 +17,7 @@ from typing import Any, NamedTuple
 
 from .dependencies import require_gradio
 from .examples import write_examples
-from .explainer import ClassView, DemoExplainer, DemoInputError, ImageExplanation
+from .explainer import DemoExplainer, DemoInputError, ImageExplanation
 from .faithfulness import ModelMetrics, load_model_metrics
 
 __all__ = ["ClassOutputs", "ShapleyDemo", "UploadOutputs", "build_demo", "launch_demo"]
@@ -72,11 +72,10 @@ class ClassOutputs(NamedTuple):
     efficiency: str
 
 
-def _values_frame(view: ClassView) -> Any:
+def _values_frame(table: list[list[str]], width: int) -> Any:
+    """The values table: a "row" column, then one column per column of patches."""
     import pandas as pd
 
-    table = view.table()
-    width = len(table[0]) if table else 0
     columns = ["row"] + [f"col {j + 1}" for j in range(width)]
     return pd.DataFrame(
         [[f"row {i + 1}", *row] for i, row in enumerate(table)], columns=columns, dtype=object
@@ -158,7 +157,12 @@ class ShapleyDemo:
     def render_class(self, explanation: ImageExplanation, label: str | int | None) -> ClassOutputs:
         """The chosen class's heatmap, values table and efficiency check (no model pass)."""
         view = self.explainer.view(explanation, label)
-        return ClassOutputs(view.heatmap, _values_frame(view), view.efficiency_markdown())
+        values = _values_frame(view.table(), self.explainer.players_grid[1])
+        return ClassOutputs(view.heatmap, values, view.efficiency_markdown())
+
+    def empty_values(self) -> Any:
+        """The values table with its headers and no rows (no image yet, or a bad file)."""
+        return _values_frame([], self.explainer.players_grid[1])
 
     def on_upload(self, path: str | None) -> UploadOutputs:
         """Explain an uploaded file (one model pass, every class) and show its top class.
@@ -167,16 +171,26 @@ class ShapleyDemo:
         """
         if not path:
             return UploadOutputs(
-                "Drop an image file or pick an example.", None, None, None, None, "", None
+                "Drop an image file or pick an example.",
+                None,
+                None,
+                None,
+                self.empty_values(),
+                "",
+                None,
             )
         start = time.perf_counter()
         try:
             explanation = self.explainer.explain(path)
         except DemoInputError as error:
-            return UploadOutputs(_error_box(str(error)), None, None, None, None, "", None)
+            return UploadOutputs(
+                _error_box(str(error)), None, None, None, self.empty_values(), "", None
+            )
         except Exception as error:  # keep serving whatever the model or a file does
             message = f"Unexpected error ({type(error).__name__}: {error})."
-            return UploadOutputs(_error_box(message), None, None, None, None, "", None)
+            return UploadOutputs(
+                _error_box(message), None, None, None, self.empty_values(), "", None
+            )
         seconds = time.perf_counter() - start
         width, height = explanation.image.size
         top = explanation.top_label
@@ -201,7 +215,7 @@ class ShapleyDemo:
     def on_class(self, label: str | None, explanation: ImageExplanation | None) -> ClassOutputs:
         """Show another class of the current image from the cache (no model pass)."""
         if explanation is None or not label:
-            return ClassOutputs(None, None, "")
+            return ClassOutputs(None, self.empty_values(), "")
         return self.render_class(explanation, label)
 
     # ------------------------------------------------------------------ layout
@@ -254,6 +268,7 @@ class ShapleyDemo:
                     )
                     efficiency = gr.Markdown(elem_id=ELEMENT_IDS["efficiency"])
                     values = gr.Dataframe(
+                        value=self.empty_values(),
                         label=f"Per-patch values ({h} x {w}, laid out as the patches)",
                         interactive=False,
                         elem_id=ELEMENT_IDS["table"],
