@@ -461,3 +461,28 @@ def test_without_gradio_the_demo_says_what_to_install(model_dir, monkeypatch, ca
         build_demo(str(model_dir))
     assert main(["--model", str(model_dir)]) == 1
     assert 'pip install "hf-shapley[demo]"' in capsys.readouterr().err
+
+
+def test_train_script_writes_the_space_folder(tmp_path, single_thread):
+    """examples/train.py --space_dir: the main job's route (a tiny backbone, a few steps)."""
+    from huggingface_hub import SpaceCard
+    from transformers import ViTModel
+
+    from conftest import load_example_script, tiny_backbone_config
+
+    backbone = tmp_path / "backbone"
+    ViTModel(tiny_backbone_config("vit"), add_pooling_layer=False).save_pretrained(backbone)
+    ViTImageProcessorPil(size={"height": 32, "width": 32}).save_pretrained(backbone)
+    out, space = tmp_path / "out", tmp_path / "space"
+    load_example_script("train").main(
+        [
+            "--backbone", str(backbone), "--players_grid", "2", "2",
+            "--num_train", "32", "--num_test", "8", "--max_steps", "1",
+            "--per_device_train_batch_size", "16", "--per_device_eval_batch_size", "16",
+            "--output_dir", str(out), "--num_truth_images", "0", "--num_explained_images", "1",
+            "--save_strategy", "no", "--space_dir", str(space),
+        ]
+    )  # fmt: skip
+    assert SpaceCard.load(space / "README.md").data.models == ["out"]
+    assert '"out"' in (space / "app.py").read_text()
+    assert (out / "model.safetensors").exists()
