@@ -164,33 +164,24 @@ class ShapleyDemo:
         """The values table with its headers and no rows (no image yet, or a bad file)."""
         return _values_frame([], self.explainer.players_grid[1])
 
+    def _cleared(self, status: str) -> UploadOutputs:
+        """A page with only a status: no classes, heatmap, values or cached explanation."""
+        return UploadOutputs(status, None, None, None, self.empty_values(), "", None)
+
     def on_upload(self, path: str | None) -> UploadOutputs:
         """Explain an uploaded file (one model pass, every class) and show its top class.
 
         Never raises for a bad file: the message goes to the status box and the app goes on.
         """
         if not path:
-            return UploadOutputs(
-                "Drop an image file or pick an example.",
-                None,
-                None,
-                None,
-                self.empty_values(),
-                "",
-                None,
-            )
+            return self._cleared("Drop an image file or pick an example.")
         start = time.perf_counter()
         try:
             explanation = self.explainer.explain(path)
         except DemoInputError as error:
-            return UploadOutputs(
-                _error_box(str(error)), None, None, None, self.empty_values(), "", None
-            )
+            return self._cleared(_error_box(str(error)))
         except Exception as error:  # keep serving whatever the model or a file does
-            message = f"Unexpected error ({type(error).__name__}: {error})."
-            return UploadOutputs(
-                _error_box(message), None, None, None, self.empty_values(), "", None
-            )
+            return self._cleared(_error_box(f"Unexpected error ({type(error).__name__}: {error})."))
         seconds = time.perf_counter() - start
         width, height = explanation.image.size
         top = explanation.top_label
