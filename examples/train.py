@@ -168,6 +168,13 @@ class ReportArguments:
             "keep the main job within 10 minutes on a 2-core CPU."
         },
     )
+    space_dir: str | None = field(
+        default=None,
+        metadata={
+            "help": "Also write a Gradio Space folder of the demo (app.py, requirements.txt, "
+            "README.md) for the model's Hub id here (hf_shapley.demo.space.write_space)."
+        },
+    )
     num_exact_images: int = field(
         default=2,
         metadata={
@@ -532,7 +539,11 @@ def main(argv: list[str] | None = None) -> dict:
         # wrote (weights, config with auto_map and custom_pipelines, code, processor): a
         # complete Hub repository, what hub.save_for_hub writes.
         hub.write_model_card(
-            model, out_dir, repo_id=training_args.hub_model_id or out_dir.name, **publication
+            model,
+            out_dir,
+            repo_id=training_args.hub_model_id or out_dir.name,
+            space_directory=report_args.space_dir,
+            **publication,
         )
         logger.info(
             "Wrote %s (%d explanation pictures): accuracy %.3f %s",

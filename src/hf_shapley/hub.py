@@ -15,7 +15,9 @@ code, transformers' generic card, no example). ``Trainer.push_to_hub`` (``--push
 uploads the Trainer's output folder with the Trainer's own generic model card. To publish a training run, train and save it, then call
 :func:`push_to_hub` (``examples/train.py`` does so).
 
-:func:`save_for_hub` writes the same complete folder locally (for ``hf upload`` later);
+:func:`save_for_hub` writes the same complete folder locally (for ``hf upload`` later), and
+with ``space_directory=`` the folder of a Gradio Space that runs the demo (``hf_shapley.demo``)
+against the model; ``push_to_hub(..., space_repo_id=...)`` publishes that Space too;
 :func:`write_model_card` completes a directory ``model.save_pretrained`` or
 ``Trainer.save_model`` already wrote. :func:`render_model_card` fills the package's model card
 template (``hf_shapley/templates/shapley_model_card.md``) from a model's config and, optionally,
@@ -501,6 +503,8 @@ def save_for_hub(
     example_image: Any = None,
     example_top_k: int = 3,
     repo_id: str | None = None,
+    space_directory: str | os.PathLike | None = None,
+    space_requirement: str | None = None,
     **card_kwargs: Any,
 ) -> str:
     """Write a complete, loadable Hub repository folder for a self-explaining model.
@@ -519,6 +523,11 @@ def save_for_hub(
         example_image: An input image (path, URL or ``PIL.Image``) to explain in the card.
         example_top_k: Labels shown in the example picture.
         repo_id: The Hub id the folder is meant for (shown in the card's usage snippet).
+        space_directory: Also write a Gradio Space folder there (``app.py``,
+            ``requirements.txt``, ``README.md``: :func:`hf_shapley.demo.space.write_space`),
+            running the demo against ``repo_id`` (default: the folder's name).
+        space_requirement: The Space's requirement line for the package (see
+            ``write_space``; default ``hf-shapley[demo]``).
         **card_kwargs: Passed to :func:`render_model_card` (``metrics``, ``dataset_name``,
             ``base_model``, ``license``, ``training_hyperparameters``, ...).
 
@@ -543,6 +552,8 @@ def save_for_hub(
         example_image=example_image,
         example_top_k=example_top_k,
         repo_id=repo_id,
+        space_directory=space_directory,
+        space_requirement=space_requirement,
         **card_kwargs,
     )
 
@@ -554,25 +565,37 @@ def write_model_card(
     example_image: Any = None,
     example_top_k: int = 3,
     repo_id: str | None = None,
+    space_directory: str | os.PathLike | None = None,
+    space_requirement: str | None = None,
     **card_kwargs: Any,
 ) -> str:
     """Write ``README.md`` (and, given ``example_image``, its picture) into a model directory.
 
     The part of :func:`save_for_hub` after the model itself is saved: for a directory that
-    ``model.save_pretrained`` (or ``Trainer.save_model``) already wrote. Arguments as there.
+    ``model.save_pretrained`` (or ``Trainer.save_model``) already wrote. Arguments as there
+    (``space_directory`` also writes the Space folder of the demo).
     """
     directory = os.fspath(directory)
     figure = None
     if example_image is not None:
         figure = _write_example_figure(model, example_image, directory, example_top_k)
-    card = render_model_card(
-        model,
-        repo_id=repo_id or os.path.basename(os.path.normpath(directory)),
-        example_image=figure,
-        **card_kwargs,
-    )
+    model_id = repo_id or os.path.basename(os.path.normpath(directory))
+    card = render_model_card(model, repo_id=model_id, example_image=figure, **card_kwargs)
     card.save(os.path.join(directory, "README.md"))
+    if space_directory is not None:
+        _write_space(space_directory, model_id, space_requirement, card_kwargs.get("license"))
     return directory
+
+
+def _write_space(
+    directory: str | os.PathLike, model_id: str, requirement: str | None, license: str | None
+) -> str:
+    """The demo's Space folder for ``model_id`` (needs no Gradio)."""
+    from .demo.space import DEFAULT_REQUIREMENT, write_space
+
+    return write_space(
+        directory, model_id, requirement=requirement or DEFAULT_REQUIREMENT, license=license
+    )
 
 
 def push_to_hub(
@@ -584,6 +607,8 @@ def push_to_hub(
     revision: str | None = None,
     commit_message: str | None = None,
     create_pr: bool = False,
+    space_repo_id: str | None = None,
+    space_requirement: str | None = None,
     **save_kwargs: Any,
 ) -> Any:
     """Publish model, image processor, pipeline and model card to the Hub in one commit.
@@ -593,25 +618,44 @@ def push_to_hub(
     ``metrics``, ``dataset_name``, ...) to a temporary directory, creates the repository if
     needed and uploads the folder.
 
+    Given ``space_repo_id``, it then also publishes the demo as a Gradio Space there (the
+    folder of :func:`hf_shapley.demo.space.write_space`, running against ``repo_id``;
+    ``space_requirement`` is its requirement line for the package).
+
     Raises:
         HubOfflineError: At once, before writing anything, when ``HF_HUB_OFFLINE=1``.
 
     Returns:
-        The ``huggingface_hub.CommitInfo`` of the upload.
+        The ``huggingface_hub.CommitInfo`` of the model's upload.
     """
     import tempfile
 
     from huggingface_hub import HfApi
 
     check_online(repo_id)
+    if space_repo_id is not None:
+        check_online(space_repo_id)
     api = HfApi(token=token)
     repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
     with tempfile.TemporaryDirectory() as tmp:
         save_for_hub(model, tmp, repo_id=repo_id, **save_kwargs)
-        return api.upload_folder(
+        info = api.upload_folder(
             folder_path=tmp,
             repo_id=repo_id,
             revision=revision,
             commit_message=commit_message or "Upload self-explaining model (hf-shapley)",
             create_pr=create_pr,
         )
+    if space_repo_id is not None:
+        space_repo_id = api.create_repo(
+            space_repo_id, repo_type="space", space_sdk="gradio", private=private, exist_ok=True
+        ).repo_id
+        with tempfile.TemporaryDirectory() as tmp:
+            _write_space(tmp, repo_id, space_requirement, save_kwargs.get("license"))
+            api.upload_folder(
+                folder_path=tmp,
+                repo_id=space_repo_id,
+                repo_type="space",
+                commit_message=f"Demo of {repo_id} (hf-shapley)",
+            )
+    return info
