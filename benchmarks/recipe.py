@@ -81,6 +81,8 @@ FROZEN = dict(DECOUPLED, train_backbone=False, **CENTRED_LAMBDA10)
 DETACHED = dict(DECOUPLED, detach_head_features=True, distill_loss_weight=0.0, **CENTRED_LAMBDA10)
 MLP = dict(head_hidden_size=256)
 ATTENTION = dict(MLP, head_num_layers=1)
+# Three attention layers: the explainer study's choice (explainer_study.py).
+ATTENTION3 = dict(MLP, head_num_layers=3)
 
 VARIANTS: dict[str, dict] = {
     "plain": {},
@@ -106,10 +108,11 @@ VARIANTS: dict[str, dict] = {
     "decoupled_detached_centred_lambda10": DETACHED,
     "decoupled_detached_centred_lambda10_mlp": dict(DETACHED, **MLP),
     "decoupled_detached_centred_lambda10_attn": dict(DETACHED, **ATTENTION),
+    "decoupled_detached_centred_lambda10_attn3": dict(DETACHED, **ATTENTION3),
 }
 # The recipe from_backbone now gives a wrapped classifier (configuration_shapley.EXPLAINER_DEFAULTS,
 # which tests/test_plain_classifier.py checks against it).
-VARIANTS["explainer_recipe"] = VARIANTS["decoupled_detached_centred_lambda10_attn"]
+VARIANTS["explainer_recipe"] = VARIANTS["decoupled_detached_centred_lambda10_attn3"]
 # backbone_head arms state what they change from these, the settings every screen row ran with
 # before from_backbone took the recipe for that mode.
 BACKBONE_HEAD_BASE = dict(

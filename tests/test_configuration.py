@@ -34,6 +34,7 @@ DEFAULTS = {
     "center_logits": False,
     "explained_classes": "all",
     "num_explained_classes": None,
+    "reuse_shapley_coalitions": False,  # added later, off by default: old configs train as before
     "coalition_batch_size": 64,
     "coalition_seed": 0,
 }

@@ -38,6 +38,7 @@ import torch.nn.functional as F
 from transformers import ResNetConfig, ViTConfig, ViTForImageClassification
 
 from hf_shapley import ShapleyConfig, ShapleyForImageClassification
+from hf_shapley.configuration_shapley import EXPLAINER_DEFAULTS
 from hf_shapley.evaluation import (
     centred_class_values,
     exact_model_shapley_values,
@@ -281,7 +282,8 @@ def test_explainer_recipe_is_accurate_and_faithful_and_the_regression_is_why(dat
     recipe = ShapleyForImageClassification.from_backbone(
         classifier, players_grid=(3, 3), coalition_seed=0
     )
-    assert recipe.config.detach_head_features and recipe.config.head_num_layers == 1
+    assert recipe.config.detach_head_features
+    assert recipe.config.head_num_layers == EXPLAINER_DEFAULTS["head_num_layers"]
     train(recipe, x, y)
     accuracy, pearson, error = centred_score(recipe, x_test, y_test)
     assert accuracy >= MIN_ACCURACY, (accuracy, pearson, error)
@@ -295,6 +297,30 @@ def test_explainer_recipe_is_accurate_and_faithful_and_the_regression_is_why(dat
     c_accuracy, c_pearson, c_error = centred_score(control, x_test, y_test)
     assert c_accuracy >= MIN_ACCURACY  # the classifier learns either way...
     assert c_pearson < RECIPE_MIN_PEARSON and c_error > RECIPE_MAX_POOLED_ERROR  # ...not the head
+
+
+def test_explainer_of_a_frozen_classifier_with_kept_coalition_values(data):
+    """The main job's form of the recipe: the classifier is trained to the end first, then the
+    head learns its fixed game, each image's coalition values computed once and kept
+    (``reuse_shapley_coalitions``). The classifier's logits stay the plain classifier's."""
+    (x, y), (x_test, y_test) = data
+    classifier = tiny_vit_classifier(x, y, seed=0, steps=200)
+    model = ShapleyForImageClassification.from_backbone(
+        classifier,
+        players_grid=(3, 3),
+        coalition_seed=0,
+        train_backbone=False,
+        reuse_shapley_coalitions=True,
+    )
+    train(model, x, y)
+    assert len(model.coalition_value_cache) > 0  # the plain loop passes example indices
+    accuracy, pearson, error = centred_score(model, x_test, y_test)
+    with torch.no_grad():
+        classifier.eval()
+        torch.testing.assert_close(model(x_test).logits, classifier(x_test).logits)
+    assert accuracy >= MIN_ACCURACY, (accuracy, pearson, error)
+    assert pearson >= RECIPE_MIN_PEARSON, (accuracy, pearson, error)
+    assert error <= RECIPE_MAX_POOLED_ERROR, (accuracy, pearson, error)
 
 
 def test_explainer_recipe_on_a_chance_level_classifier_fails_by_accuracy(data):

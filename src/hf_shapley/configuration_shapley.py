@@ -45,7 +45,7 @@ EXPLAINER_DEFAULTS: dict[str, Any] = {
     "center_logits": True,
     "shapley_loss_weight": 10.0,
     "head_hidden_size": 256,
-    "head_num_layers": 1,
+    "head_num_layers": 3,
 }
 EXPLAINED_CLASSES = ("all", "label", "top")
 
