@@ -281,6 +281,31 @@ def run(variant: str, steps: int, cache: dict, model, args: argparse.Namespace) 
     return rows
 
 
+def write_table(jsonl: Path, path: Path) -> str:
+    """Every row of ``jsonl`` as a markdown table (curves: one line per checkpoint)."""
+    rows = [json.loads(line) for line in jsonl.read_text().splitlines() if line.strip()]
+    lines = [
+        "# Explainer study: head variants on a frozen game",
+        "",
+        "Written by `benchmarks/explainer_study.py` (see its docstring). Agreement on the "
+        "predicted class's logit centred over classes, 32 held-out test images, against "
+        f"KernelSHAP with {TRUTH_EVALUATIONS} paired evaluations of the frozen model's game.",
+        "",
+        "| model | variant | steps | step | coalitions per step / pool | lr | head seconds | r | "
+        "Spearman | pooled rel. error |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['model']} | {r['variant']} | {r['steps']} | {r['step']} | "
+            f"{r['coalitions']} / {r.get('pool', 64)} | {r['lr']:g} | {r['seconds']} | "
+            f"{r['pearson']:.3f} | {r['spearman']:.3f} | {r['pooled_relative_error']:.3f} |"
+        )
+    text = "\n".join(lines) + "\n"
+    path.write_text(text)
+    return text
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -301,6 +326,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--jsonl", type=Path, default=RESULTS / "explainer_study.jsonl")
+    parser.add_argument("--table", type=Path, default=RESULTS / "explainer_study.md")
+    parser.add_argument("--reuse", action="store_true", help="only rebuild the table")
     args = parser.parse_args(argv)
     unknown = [v for v in args.variants if v not in VARIANTS]
     if unknown:
@@ -311,6 +338,9 @@ def main(argv: list[str] | None = None) -> None:
         parser.error("--pool must be even (coalitions come in complementary pairs).")
     if args.truth_images < 2:
         parser.error("--truth-images must be >= 2 (r needs images).")
+    if args.reuse:
+        print(write_table(args.jsonl, args.table))
+        return
     torch.set_num_threads(args.threads)
     model = load_model(args.model)
     cache = build_cache(model, args)
@@ -319,6 +349,7 @@ def main(argv: list[str] | None = None) -> None:
     for steps in args.steps:
         for variant in args.variants:
             run(variant, steps, cache, model, args)
+    write_table(args.jsonl, args.table)
 
 
 if __name__ == "__main__":

@@ -311,6 +311,7 @@ def test_explainer_of_a_frozen_classifier_with_kept_coalition_values(data):
         coalition_seed=0,
         train_backbone=False,
         reuse_shapley_coalitions=True,
+        num_shapley_coalitions=32,  # as the main job (examples/train.py)
     )
     train(model, x, y)
     assert len(model.coalition_value_cache) > 0  # the plain loop passes example indices

@@ -264,6 +264,7 @@ def test_builtin_job_pretrains_a_classifier_then_wraps_it(
     # (frozen, its coalition values kept across epochs): the saved classifier IS the pretrained
     # one.
     assert config["train_backbone"] is False and config["reuse_shapley_coalitions"] is True
+    assert config["num_shapley_coalitions"] == train_script.FROZEN_GAME_COALITIONS
     from safetensors.torch import load_file
 
     before = load_file(pretrained / "model.safetensors")
