@@ -243,6 +243,7 @@ def test_argument_parser_sees_the_generated_fields(tmp_path):
         "center_logits": ("true", True),
         "explained_classes": ("label", "label"),
         "num_explained_classes": ("2", 2),
+        "reuse_shapley_coalitions": ("true", True),
         "coalition_batch_size": ("8", 8),
         "coalition_seed": ("7", 7),
     }
