@@ -247,9 +247,9 @@ def score_model(model_name: str, model, x, masks, truth, args) -> tuple[list[dic
     objects = mask_to_players(masks, model.players_grid) if masks is not None else None
     num_truth = truth.values.shape[0]
     rows, curves = [], {}
-    for explainer in build_explainers(
-        model, args, with_phi=model.config.prediction_mode == "shapley_sum"
-    ):
+    # phi is the Shapley model's one-pass explanation in either prediction mode (soft voting, or
+    # a wrapped classifier's trained Shapley head); the plain wrapper's head never trained.
+    for explainer in build_explainers(model, args, with_phi=model_name == "Shapley"):
         start = time.perf_counter()
         all_classes = None
         if explainer.all_classes:
