@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import hashlib
 import json
 import math
 import time
@@ -107,7 +108,10 @@ def build_cache(model, args: argparse.Namespace) -> dict:
     from hf_shapley.coalitions import sample_shapley_kernel_coalitions
     from hf_shapley.evaluation import model_shapley_truth
 
-    name = f"{Path(args.model).name}-n{args.num_train}-m{args.cached_coalitions}-t{args.truth_images}.pt"
+    # Keyed by the weights, not the directory's name: a retrained model in the same directory
+    # must not reuse another model's hidden states and values.
+    weights = hashlib.sha1((Path(args.model) / "model.safetensors").read_bytes()).hexdigest()[:12]
+    name = f"{weights}-n{args.num_train}-m{args.cached_coalitions}-t{args.truth_images}.pt"
     path = CACHE / name
     if path.is_file():
         return torch.load(path)
