@@ -44,6 +44,7 @@ from pathlib import Path
 
 import torch
 import torch.nn as nn
+from recipe import tensors
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
@@ -78,17 +79,6 @@ def load_model(path: str):
     return model
 
 
-def tensors(num: int, split: str, image_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Built-in data v2 as the main job's image processor gives it: [-1, 1]."""
-    from hf_shapley.data import generate_shapes
-
-    arrays = generate_shapes(
-        num, image_size=image_size, split=split, seed=0, distractors="independent"
-    )
-    x = torch.from_numpy(arrays.images).permute(0, 3, 1, 2).float() / 255
-    return (x - 0.5) / 0.5, torch.from_numpy(arrays.labels).long()
-
-
 @torch.no_grad()
 def hidden_states(model, x: torch.Tensor) -> torch.Tensor:
     """(B, L + 1, s + N, D): the embeddings, then the output of every encoder block."""
@@ -116,8 +106,8 @@ def build_cache(model, args: argparse.Namespace) -> dict:
     if path.is_file():
         return torch.load(path)
     image_size = model.image_size[0]
-    xtr, _ = tensors(args.num_train, "train", image_size)
-    xte, yte = tensors(args.truth_images, "test", image_size)
+    xtr, _ = tensors(args.num_train, "train", image_size=image_size)
+    xte, yte = tensors(args.truth_images, "test", image_size=image_size)
     P = model.num_players
     states, logits, empty, coalitions, values = [], [], [], [], []
     for start in tqdm(range(0, len(xtr), 64), desc="caching the game"):

@@ -27,22 +27,11 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from recipe import hierarchical_interval
+from recipe import hierarchical_interval, tensors
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
 TRUTH_EVALUATIONS = 4096
-
-
-def test_images(num: int, image_size: int, offset: int = 0):
-    """Built-in data v2 test images as the main job's processor gives them ([-1, 1])."""
-    from hf_shapley.data import generate_shapes
-
-    arrays = generate_shapes(
-        num + offset, image_size=image_size, split="test", seed=0, distractors="independent"
-    )
-    x = torch.from_numpy(arrays.images[offset:]).permute(0, 3, 1, 2).float() / 255
-    return (x - 0.5) / 0.5, torch.from_numpy(arrays.labels[offset:]).long()
 
 
 @torch.no_grad()
@@ -68,10 +57,10 @@ def measure_seed(directory: Path, args: argparse.Namespace) -> dict:
     plain_dir = directory / metrics["pretrained_classifier"]
     plain = AutoModelForImageClassification.from_pretrained(plain_dir).eval()
     size = model.image_size[0]
-    x, y = test_images(args.num_test, size)
+    x, y = tensors(args.num_test, "test", image_size=size)
     shapley_logits, plain_logits = logits_of(model, x), logits_of(plain, x)
     # Agreement on images after the accuracy set: held out from everything.
-    xt, _ = test_images(args.truth_images, size, offset=args.num_test)
+    xt = tensors(args.num_test + args.truth_images, "test", image_size=size)[0][args.num_test :]
     with torch.no_grad():
         out = model(xt)
     classes = out.logits.argmax(-1)

@@ -163,12 +163,15 @@ def pretrained_dir(seed: int, epochs: int, num_train: int) -> Path:
     return path
 
 
-def tensors(num: int, split: str, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """Built-in data v2 as the main job's image processor gives it: [-1, 1], (N, 3, 64, 64)."""
+def tensors(
+    num: int, split: str, seed: int = 0, image_size: int = IMAGE_SIZE
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Built-in data v2 as the main job's image processor gives it: [-1, 1], (N, 3, S, S).
+    Also used by ``explainer_study.py`` and ``main_job_seeds.py``."""
     from hf_shapley.data import generate_shapes
 
     arrays = generate_shapes(
-        num, image_size=IMAGE_SIZE, split=split, seed=seed, distractors="independent"
+        num, image_size=image_size, split=split, seed=seed, distractors="independent"
     )
     x = torch.from_numpy(arrays.images).permute(0, 3, 1, 2).float() / 255
     return (x - 0.5) / 0.5, torch.from_numpy(arrays.labels).long()
