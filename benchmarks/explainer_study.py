@@ -21,6 +21,8 @@ Head variants then train on the cache (minutes, not hours) side by side, with th
 
 * ``attention-L``: the library's ``ShapleyHead`` (L self-attention layers + a 256 MLP) on the
   final features, as the model uses it (``attention-1`` is the recipe's head);
+* ``players-attention-L``: the same head on player features (each player's tokens averaged
+  first): attention over P players instead of N tokens, so a step costs about P / N as much;
 * ``branch-k``: a copy of the classifier's own top ``k`` encoder blocks and final norm,
   initialized from its weights, reading the hidden states that enter them, then the 256 MLP
   (``branch-4`` on this 4-layer ViT is a full explainer network, as in ViT-Shapley);
@@ -59,6 +61,9 @@ VARIANTS: dict[str, tuple[str, int]] = {
     "attention-1": ("attention", 1),
     "attention-2": ("attention", 2),
     "attention-3": ("attention", 3),
+    "players-attention-2": ("players-attention", 2),
+    "players-attention-3": ("players-attention", 3),
+    "players-attention-4": ("players-attention", 4),
     "branch-1": ("branch", 1),
     "branch-2": ("branch", 2),
     "branch-4": ("branch", 4),
@@ -147,7 +152,8 @@ def build_cache(model, args: argparse.Namespace) -> dict:
 
 
 class Explainer(nn.Module):
-    """A head on cached hidden states: (B, L + 1, s + N, D) -> per-token (B, N, K)."""
+    """A head on cached hidden states: (B, L + 1, s + N, D) -> per-token (B, N, K), or
+    per-player (B, P, K) for ``players-attention``."""
 
     def __init__(self, model, kind: str, depth: int):
         super().__init__()
@@ -160,6 +166,11 @@ class Explainer(nn.Module):
         self.norm = copy.deepcopy(backbone.layernorm).requires_grad_(kind == "branch")
         hidden = adapter.hidden_size(model.config.backbone_config)
         K = model.num_labels
+        self.player_mean = None
+        if kind == "players-attention":
+            game = model.game
+            self.player_mean = lambda h: game.player_sum(h) / game.tokens_per_player
+            kind = "attention"
         if kind == "attention":
             self.start = self.num_layers
             self.blocks = nn.ModuleList()
@@ -176,14 +187,19 @@ class Explainer(nn.Module):
         h = states[:, self.start].float()
         for block in self.blocks:
             h = block(h, attention_mask=None)
-        return self.head(self.norm(h)[:, self.num_special :])
+        h = self.norm(h)[:, self.num_special :]
+        if self.player_mean is not None:
+            h = self.player_mean(h)
+        return self.head(h)
 
 
 def explain(explainer: Explainer, game, states, logits, empty) -> torch.Tensor:
     """phi (B, P, K): the head's per-player sums, efficiency imposed as the model does."""
     from hf_shapley.modeling_shapley import additive_efficiency
 
-    r = game.player_sum(explainer(states))
+    r = explainer(states)
+    if explainer.player_mean is None:  # per-token votes: each player's sum
+        r = game.player_sum(r)
     return additive_efficiency(r, (logits - empty) - r.sum(1))
 
 

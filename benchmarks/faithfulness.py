@@ -68,6 +68,7 @@ from hf_shapley.evaluation import (  # noqa: E402
     area_under_curve,
     bootstrap_mean_interval,
     coalition_cost,
+    interaction_share,
     map_agreement,
     mask_auroc,
     mask_to_players,
@@ -77,6 +78,8 @@ from hf_shapley.evaluation import (  # noqa: E402
     pixel_curve,
     player_curve,
     pointing_game,
+    random_order_auc,
+    ranking_share,
     removal_drops,
     sample_removal_subsets,
     sensitivity_n_from_drops,
@@ -232,8 +235,11 @@ def mean_ci(values: torch.Tensor) -> tuple[float, float, float]:
     return float(values.nanmean()), lo, hi
 
 
-def score_model(model_name: str, model, x, masks, truth, args) -> tuple[list[dict], dict]:
-    """Every explainer on one model: a list of result rows and the mean curves for the plots."""
+def score_model(
+    model_name: str, model, x, masks, truth, args
+) -> tuple[list[dict], dict, dict | None]:
+    """Every explainer on one model: a list of result rows, the mean curves for the plots, and
+    (for the Shapley model) the ranking comparison of :func:`ranking_section`."""
     B = x.shape[0]
     with torch.no_grad():
         out = model(x)
@@ -246,7 +252,7 @@ def score_model(model_name: str, model, x, masks, truth, args) -> tuple[list[dic
     drops = removal_drops(values, removed, predicted, output="logit")
     objects = mask_to_players(masks, model.players_grid) if masks is not None else None
     num_truth = truth.values.shape[0]
-    rows, curves = [], {}
+    rows, curves, areas = [], {}, {}
     # phi is the Shapley model's one-pass explanation in either prediction mode (soft voting, or
     # a wrapped classifier's trained Shapley head); the plain wrapper's head never trained.
     for explainer in build_explainers(model, args, with_phi=model_name == "Shapley"):
@@ -296,13 +302,77 @@ def score_model(model_name: str, model, x, masks, truth, args) -> tuple[list[dic
             row["mask_auroc"] = mean_ci(mask_auroc(maps, objects))
         rows.append(row)
         curves[explainer.name] = (ins.mean(0).tolist(), dele.mean(0).tolist())
+        areas[explainer.name] = (area_under_curve(ins), area_under_curve(dele), explainer.cost)
         print(
             f"  {model_name:>16} | {explainer.name:<28} cost {explainer.cost:7.1f} | ins "
             f"{row['insertion_auc'][0]:.3f} del {row['deletion_auc'][0]:.3f} | r "
             f"{row['truth_pearson'][0]:.3f}",
             flush=True,
         )
-    return rows, curves
+    phi_name = next((name for name in areas if name.startswith("phi")), None)
+    if phi_name is None:
+        return rows, curves, None
+    truth_values = model_coalition_values(model, x[:num_truth], chunk_size=args.coalition_chunk)
+    return rows, curves, ranking_section(phi_name, areas, truth_values, predicted, truth, args)
+
+
+def ranking_section(phi_name: str, areas: dict, truth_values, predicted, truth, args) -> dict:
+    """Issue 13's ranking targets for phi:
+
+    * against every other explainer, the per-image AUC differences (phi better: insertion
+      ``phi - other``, deletion ``other - phi``) with paired bootstrap intervals over images;
+    * on the exact-truth images, each map's ranking share (:func:`ranking_share`): how much of
+      the way from a random order (16 orders averaged) to the order of the exact values its
+      curve goes, on images where the two differ by >= 0.05 AUC;
+    * the game's interaction share (1 - R^2 of the Shapley-kernel additive fit) on those images.
+    """
+    num_truth = truth.values.shape[0]
+    phi_ins, phi_del, _ = areas[phi_name]
+    paired = []
+    for name, (ins, dele, cost) in areas.items():
+        if name == phi_name:
+            continue
+        paired.append(
+            {
+                "explainer": name,
+                "cost_forward_equivalents": cost,
+                "insertion_gain": mean_ci(phi_ins - ins),
+                "deletion_gain": mean_ci(dele - phi_del),
+            }
+        )
+    out: dict = {"phi": phi_name, "paired": paired, "num_images": int(phi_ins.shape[0])}
+    if truth.method != "exact":
+        return out
+    head = predicted[:num_truth]
+    truth_maps = truth.values[torch.arange(num_truth), :, head]
+    P = truth_maps.shape[1]
+    shares = {}
+    for mode, index in (("insertion", 0), ("deletion", 1)):
+        truth_auc = area_under_curve(player_curve(truth_values, truth_maps, head, mode=mode))
+        random_auc = random_order_auc(
+            truth_values, head, P, mode=mode, num_orders=16, seed=args.seed + 2
+        )
+        shares[mode] = {
+            "truth_auc": mean_ci(truth_auc),
+            "random_auc": mean_ci(random_auc),
+            "explainers": {
+                name: _share_summary(ranking_share(aucs[index][:num_truth], random_auc, truth_auc))
+                for name, aucs in areas.items()
+            },
+        }
+    out["truth_order"] = shares
+    out["num_truth_images"] = num_truth
+    if truth.table is not None:
+        out["interaction_share"] = mean_ci(interaction_share(truth.table, truth.values, head))
+    return out
+
+
+def _share_summary(share: torch.Tensor) -> dict:
+    kept = share[~torch.isnan(share)]
+    if kept.numel() == 0:
+        return {"share": (float("nan"),) * 3, "num_images": 0}
+    mean = mean_ci(kept) if kept.numel() > 1 else (float(kept[0]),) * 3
+    return {"share": mean, "num_images": int(kept.numel())}
 
 
 def model_forward(model):
@@ -444,6 +514,12 @@ def parse_args(argv=None):
     )
     parser.add_argument("--p49-model-dir", default=str(REPO / "outputs" / "shapley-vit-shapes-p49"))
     parser.add_argument("--skip-p49", action="store_true")
+    parser.add_argument(
+        "--skip-plain",
+        action="store_true",
+        help="explain only the Shapley model (its accuracy is still compared): for a frozen "
+        "classifier the plain model's game is the Shapley model's own",
+    )
     parser.add_argument("--dataset_name", default=None)
     parser.add_argument("--dataset_config_name", default=None)
     parser.add_argument("--train_dir", default=None)
@@ -511,16 +587,20 @@ def main(argv=None) -> dict:
         )
         if masks.shape[-2:] != x.shape[-2:]:
             print("Object masks and model inputs differ in size; fractions are taken per mask.")
-    rows, curves, budgets = [], {}, []
+    rows, curves, budgets, ranking = [], {}, [], None
     timings: dict[str, float] = {}
     timings["setup, plain classifier, accuracy"] = time.perf_counter() - started
     for name, model in models.items():
+        if name == "plain" and args.skip_plain:
+            continue
         start = time.perf_counter()
         truth = model_shapley_truth(model, x[: args.num_truth_images], progress=True)
         timings[f"{name}: exact truth"] = time.perf_counter() - start
         print(f"{name}: truth ({truth.method}) in {timings[f'{name}: exact truth']:.0f} s")
         start = time.perf_counter()
-        model_rows, curves[name] = score_model(name, model, x, masks, truth, args)
+        model_rows, curves[name], model_ranking = score_model(name, model, x, masks, truth, args)
+        if model_ranking is not None:
+            ranking = model_ranking
         timings[f"{name}: explainers and metrics"] = time.perf_counter() - start
         rows += model_rows
         if name == "Shapley":
@@ -575,6 +655,7 @@ def main(argv=None) -> dict:
         "accuracy": accuracy,
         "rows": rows,
         "budgets": budgets,
+        "ranking": ranking,
         "budget_step": args.budget_step,
         "num_images": x.shape[0],
         "num_truth_images": min(args.num_truth_images, x.shape[0]),

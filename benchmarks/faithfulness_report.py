@@ -224,16 +224,107 @@ def render(report: dict, link_prefix: str = "") -> str:
         f"the truth's) read off every {report['budget_step']} evaluations; the curve of r against "
         f"the budget is `{link_prefix}kernelshap_budget.png`.",
         "",
-        "## Targets (issue 8)",
-        "",
     ]
+    lines += ranking_lines(report.get("ranking"), link_prefix)
+    lines += ["## Targets (issues 8 and 13)", ""]
     lines += [f"- {line}" for line in check_targets(report)]
     lines += ["", "Plots: " + ", ".join(f"`{link_prefix}{p}`" for p in plot_names(report)), ""]
     return "\n".join(lines)
 
 
+def ranking_lines(ranking: dict | None, link_prefix: str = "") -> list[str]:
+    """The ranking section: phi against every other explainer (paired), and each map's share of
+    the way from a random order to the exact values' order."""
+    if not ranking:
+        return []
+    lines = [
+        "## Ranking: phi against each explainer, and against the truth's order",
+        "",
+        f"Gain of phi over each explainer on the same {ranking['num_images']} images (insertion: "
+        "phi - other; deletion: other - phi; > 0 = phi ranks better), with paired bootstrap 95% "
+        "intervals over images.",
+    ]
+    order = ranking.get("truth_order")
+    if order:
+        lines[-1] += (
+            f" Share: per image, (AUC - AUC_random) / (AUC_truth - AUC_random) on the "
+            f"{ranking['num_truth_images']} exact-truth images, where AUC_truth ranks by the exact "
+            "Shapley values and AUC_random averages 16 random orders; images where the two differ "
+            "by < 0.05 are left out (n = images kept)."
+        )
+    lines.append("")
+    header = ["explainer", "cost (fwd)", "insertion gain [95%]", "deletion gain [95%]"]
+    if order:
+        header += ["ins share (n)", "del share (n)"]
+    rows = []
+    names = [ranking["phi"]] + [p["explainer"] for p in ranking["paired"]]
+    paired = {p["explainer"]: p for p in ranking["paired"]}
+    for name in names:
+        p = paired.get(name)
+        row = [
+            name,
+            f"{p['cost_forward_equivalents']:g}" if p else "1",
+            fmt(p["insertion_gain"]) if p else "-",
+            fmt(p["deletion_gain"]) if p else "-",
+        ]
+        if order:
+            for mode in ("insertion", "deletion"):
+                share = order[mode]["explainers"].get(name)
+                row.append(f"{short(share['share'], 2)} ({share['num_images']})" if share else "-")
+        rows.append(row)
+    lines += [markdown_table(header, rows), ""]
+    if order:
+        lines.append(
+            "Truth's order: insertion AUC "
+            f"{fmt(order['insertion']['truth_auc'])} against random "
+            f"{fmt(order['insertion']['random_auc'])}; deletion AUC "
+            f"{fmt(order['deletion']['truth_auc'])} against random "
+            f"{fmt(order['deletion']['random_auc'])}."
+        )
+    if "interaction_share" in ranking:
+        lines.append(
+            "Interaction share of the game (1 - R^2 of the Shapley-kernel additive fit of the "
+            "centred predicted-class logit, exact-truth images): "
+            f"{fmt(ranking['interaction_share'])}: the part no additive explanation can carry."
+        )
+    return lines + [""]
+
+
+def check_ranking(ranking: dict | None) -> list[str]:
+    """Issue 13's ranking targets: phi beats random, attention rollout, Grad-CAM and KernelSHAP
+    at 20 evaluations with paired intervals that exclude 0, and goes >= 0.9 of the way from a
+    random order to the truth's."""
+    if not ranking:
+        return []
+    wanted = ("random", "attention rollout", "Grad-CAM", "KernelSHAP (20 evals)")
+    compared = [p for p in ranking["paired"] if p["explainer"] in wanted]
+    short_of = [
+        p["explainer"]
+        for p in compared
+        if p["insertion_gain"][1] <= 0 or p["deletion_gain"][1] <= 0
+    ]
+    out = [
+        "phi's insertion and deletion AUC better than "
+        f"{', '.join(p['explainer'] for p in compared)} with paired 95% intervals excluding 0: "
+        f"**{'met' if compared and not short_of else 'missed'}**"
+        + (f" (not excluded for {short_of})" if short_of else "")
+        + "."
+    ]
+    order = ranking.get("truth_order")
+    if order:
+        shares = [order[m]["explainers"][ranking["phi"]] for m in ("insertion", "deletion")]
+        ok = all(s["num_images"] and s["share"][0] >= 0.9 for s in shares)
+        out.append(
+            "phi's share of the way from a random order to the exact values' order >= 0.9: "
+            f"**{'met' if ok else 'missed'}** (insertion {short(shares[0]['share'], 2)} on "
+            f"{shares[0]['num_images']} images, deletion {short(shares[1]['share'], 2)} on "
+            f"{shares[1]['num_images']})."
+        )
+    return out
+
+
 def check_targets(report: dict) -> list[str]:
-    out = []
+    out = check_ranking(report.get("ranking"))
     rows = [r for r in report["rows"] if r["model"] == "Shapley"]
     phi = next((r for r in rows if r["explainer"].startswith("phi")), None)
     if phi is not None:

@@ -112,3 +112,72 @@ def test_measure_agreement_refuses_what_cannot_be_measured(make_model, pixel_val
         measure_agreement(model, pixel_values[:1])
     with pytest.raises(ValueError, match="kernel_evaluations=4 is too few"):
         measure_agreement(model, pixel_values, kernel_evaluations=4)
+
+
+def _permutation_shapley(value, players: int) -> list[float]:
+    """Shapley values of a set function by averaging marginal contributions over all orders."""
+    import itertools
+    import math
+
+    phi = [0.0] * players
+    for order in itertools.permutations(range(players)):
+        present: set[int] = set()
+        for i in order:
+            before = value(frozenset(present))
+            present.add(i)
+            phi[i] += value(frozenset(present)) - before
+    return [p / math.factorial(players) for p in phi]
+
+
+def test_interaction_share_against_a_direct_computation():
+    import math
+
+    from hf_shapley.coalitions import all_coalitions
+    from hf_shapley.evaluation import interaction_share, shapley_values_from_table
+
+    P, K = 4, 3
+    masks = all_coalitions(P).double()  # row c = code c
+    g = torch.Generator().manual_seed(0)
+    weights = torch.randn(2, P, K, generator=g, dtype=torch.float64)
+    weights[1, :, 0] = 0.5 * weights[1, :, 0].abs()  # image 1: same-signed, beside the pair
+    additive = masks @ weights  # (B, 2**P, K)
+    # A class-common term that is far from additive: softmax cannot see it, the centred
+    # explained quantity removes it.
+    common = (masks.sum(1) % 2 * 5.0)[None, :, None]
+    pair = (masks[:, 0] * masks[:, 1])[None, :, None] * torch.tensor([0.0, 3.0])[:, None, None]
+    table = (additive + common + pair * torch.tensor([1.0, 0.0, 0.0])).transpose(0, 1)
+    phi = shapley_values_from_table(table)
+    classes = torch.tensor([0, 0])
+    share = interaction_share(table, phi, classes)
+    assert share[0].item() == pytest.approx(0.0, abs=1e-12)  # additive once centred
+    # Image 1: the pair term on class 0. Direct computation on the centred class-0 value.
+    centred = table[:, 1] - table[:, 1].mean(-1, keepdim=True)
+
+    def value(S: frozenset) -> float:
+        return float(centred[sum(2**i for i in S), 0])
+
+    shapley = _permutation_shapley(value, P)
+    assert phi[1, :, 0] - phi[1].mean(-1) == pytest.approx(
+        torch.tensor(shapley, dtype=torch.float64)
+    )
+    residual = total = 0.0
+    for code in range(1, 2**P - 1):
+        S = frozenset(i for i in range(P) if code >> i & 1)
+        w = (P - 1) / (math.comb(P, len(S)) * len(S) * (P - len(S)))
+        y = value(S) - value(frozenset())
+        residual += w * (y - sum(shapley[i] for i in S)) ** 2
+        total += w * y**2
+    assert 0.05 < share[1].item() < 1
+    assert share[1].item() == pytest.approx(residual / total)
+
+
+def test_exact_truth_keeps_its_table(make_model, single_thread):
+    from hf_shapley.coalitions import all_coalitions
+
+    model = make_model("vit", players_grid=(2, 2))
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(4))
+    truth = model_shapley_truth(model, x)
+    with torch.no_grad():
+        direct = model(x, coalition=all_coalitions(4)[None].expand(2, -1, -1)).logits
+    assert truth.table.shape == (16, 2, model.num_labels)
+    assert torch.allclose(truth.table, direct.transpose(0, 1).double(), atol=1e-5)

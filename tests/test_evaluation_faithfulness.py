@@ -19,6 +19,8 @@ from hf_shapley.evaluation import (
     pixel_curve,
     player_curve,
     player_pixel_index,
+    random_order_auc,
+    ranking_share,
     sensitivity_n,
 )
 
@@ -205,3 +207,36 @@ def test_bad_input_is_refused():
             [0, 0],
             (3, 3),
         )
+
+
+def test_random_order_auc_is_exact_for_a_size_only_game_and_unbiased_for_an_additive_one():
+    # v(S) = f(|S|): every order gives the same curve, so the average is that one curve.
+    def size_game(masks: torch.Tensor) -> torch.Tensor:
+        size = masks.double().sum(-1, keepdim=True)
+        return torch.cat([size**2, -size], dim=-1)  # (B, M, 2)
+
+    targets = torch.tensor([0, 1])
+    expected = area_under_curve(player_curve(size_game, torch.randn(2, 5), targets, output="logit"))
+    got = random_order_auc(size_game, targets, 5, output="logit", num_orders=3)
+    assert torch.allclose(got, expected)
+    # Additive game: at step k a random order holds k/P of the total on average, so the
+    # expected insertion AUC is b + sum(w) / 2 and the deletion AUC the same.
+    game = AdditiveGame(batch=2, players=6, classes=2, seed=3)
+    for mode in ("insertion", "deletion"):
+        got = random_order_auc(game, targets, 6, mode=mode, output="logit", num_orders=4000)
+        w = game.weights[torch.arange(2), :, targets].sum(1)
+        assert torch.allclose(got, game.base[torch.arange(2), targets] + w / 2, atol=0.03)
+
+
+def test_ranking_share_runs_from_random_to_the_truth():
+    random_auc = torch.tensor([0.6, 0.6, 0.5, 0.6])
+    truth_auc = torch.tensor([0.9, 0.2, 0.52, 0.9])  # insertion, deletion, flat game, insertion
+    auc = torch.tensor([0.75, 0.3, 0.9, 0.9])
+    share = ranking_share(auc, random_auc, truth_auc)
+    assert share[0].item() == pytest.approx(0.5)  # half way up
+    assert share[1].item() == pytest.approx(0.75)  # deletion: 0.3 is 3/4 of the way to 0.2
+    assert torch.isnan(share[2])  # |0.52 - 0.5| < 0.05: the ranking barely matters
+    assert share[3].item() == pytest.approx(1.0)
+    assert ranking_share(random_auc, random_auc, truth_auc)[[0, 1, 3]].eq(0).all()
+    with pytest.raises(ValueError, match="same shape"):
+        ranking_share(auc, random_auc[:2], truth_auc)

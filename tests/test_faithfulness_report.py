@@ -155,3 +155,58 @@ def test_write_report_renders_from_the_json_file(report_module, tmp_path):
     text = report_module.main(["--results", str(out_dir / "faithfulness.json")])
     assert (out_dir / "faithfulness.md").read_text() == text
     assert "the budget is `kernelshap_budget.png`" in text
+
+
+def _ranking(gain_lower: float) -> dict:
+    def paired(name: str, cost: float) -> dict:
+        return {
+            "explainer": name,
+            "cost_forward_equivalents": cost,
+            "insertion_gain": [0.2, gain_lower, 0.3],
+            "deletion_gain": [0.1, 0.05, 0.15],
+        }
+
+    def share(value: float, n: int) -> dict:
+        return {"share": [value, value - 0.1, value + 0.1], "num_images": n}
+
+    names = ["phi (one pass)", "random", "attention rollout", "Grad-CAM", "KernelSHAP (20 evals)"]
+    return {
+        "phi": "phi (one pass)",
+        "num_images": 4,
+        "num_truth_images": 2,
+        "paired": [paired(n, c) for n, c in zip(names[1:], [0, 1, 3, 10])],
+        "truth_order": {
+            mode: {
+                "truth_auc": [0.9, 0.85, 0.95],
+                "random_auc": [0.6, 0.55, 0.65],
+                "explainers": {n: share(0.95 if n.startswith("phi") else 0.4, 2) for n in names},
+            }
+            for mode in ("insertion", "deletion")
+        },
+        "interaction_share": [0.12, 0.08, 0.16],
+    }
+
+
+def test_ranking_section_and_its_targets(report_module):
+    results = _results()
+    results["ranking"] = _ranking(gain_lower=0.1)
+    text = report_module.render(results)
+    assert (
+        "| Grad-CAM | 3 | 0.200 [0.100, 0.300] | 0.100 [0.050, 0.150] | 0.40 (2) | 0.40 (2) |"
+        in (text)
+    )
+    assert "| phi (one pass) | 1 | - | - | 0.95 (2) | 0.95 (2) |" in text
+    assert "Interaction share of the game" in text and "0.120 [0.080, 0.160]" in text
+    assert "KernelSHAP (20 evals) with paired 95% intervals excluding 0: **met**." in text
+    assert "random order to the exact values' order >= 0.9: **met** (insertion 0.95" in text
+    # An interval that reaches 0 misses the target and says against whom.
+    results["ranking"] = _ranking(gain_lower=-0.01)
+    results["ranking"]["truth_order"]["deletion"]["explainers"]["phi (one pass)"]["share"][0] = 0.8
+    text = report_module.render(results)
+    assert "excluding 0: **missed** (not excluded for ['random', 'attention rollout'," in text
+    assert (
+        "the exact values' order >= 0.9: **missed** (insertion 0.95 on 2 images, deletion 0.80"
+        in (text)
+    )
+    # Without a ranking (older JSON files) the section is left out.
+    assert "## Ranking" not in report_module.render(_results())

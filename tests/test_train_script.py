@@ -273,3 +273,7 @@ def test_builtin_job_pretrains_a_classifier_then_wraps_it(
         key = next(k for k in after if k.endswith(name) and "shapley" not in k)
         assert torch.equal(before[f"vit.{name}" if "embeddings" in name else name], after[key])
     assert any(k.startswith("shapley_head.") for k in after)
+    # Only the head trains, at its own learning rate; the pretraining kept --learning_rate.
+    head_lr = train_script.ModelArguments().explainer_learning_rate
+    assert head_lr != calls[0]["learning_rate"]
+    assert json.loads((out / "training_args.json").read_text())["learning_rate"] == head_lr

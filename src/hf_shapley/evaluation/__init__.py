@@ -2,12 +2,14 @@
 
 * :mod:`.truth`: the true Shapley values of a model's own game (exact for ``P <= 16``, converged
   KernelSHAP above) and agreement with them (per-image Pearson and Spearman r with bootstrap
-  intervals, relative L2; the predicted class and the others).
+  intervals, relative L2; the predicted class and the others), and how far the game is from
+  additive (:func:`interaction_share`).
 * :mod:`.agreement`: the report of the faithfulness targets: agreement on the predicted
   class's centred logit (per-image Pearson and Spearman r, pooled relative error) against a
   KernelSHAP truth on many images and exact enumeration on a few.
 * :mod:`.faithfulness`: insertion and deletion curves and AUCs at player level (through the
-  value function) and at pixel level (baseline replacement, RISE), AOPC, sensitivity-n.
+  value function) and at pixel level (baseline replacement, RISE), AOPC, sensitivity-n, and
+  how much of the way from a random order to the truth's order a map goes (:func:`ranking_share`).
 * :mod:`.localization`: pointing game and AUROC against object masks.
 * :mod:`.explainers`: baseline explainers with one interface, returning player-level maps.
 * :mod:`.stats`: the statistics: one row-wise Pearson r (:func:`pearson_rows`), tie ranks, the
@@ -46,6 +48,8 @@ from .faithfulness import (
     pixel_curve,
     player_curve,
     player_pixel_index,
+    random_order_auc,
+    ranking_share,
     removal_drops,
     sample_removal_subsets,
     sensitivity_n,
@@ -58,10 +62,12 @@ from .truth import (
     ModelTruth,
     ShapleyAgreement,
     exact_model_shapley_values,
+    interaction_share,
     map_agreement,
     model_shapley_truth,
     other_classes_agreement,
     shapley_agreement,
+    shapley_values_from_table,
     tabulate_game,
 )
 
@@ -91,6 +97,7 @@ __all__ = [
     "coalition_cost",
     "curve_masks",
     "exact_model_shapley_values",
+    "interaction_share",
     "map_agreement",
     "mask_auroc",
     "mask_to_players",
@@ -101,6 +108,8 @@ __all__ = [
     "pixel_curve",
     "player_curve",
     "player_pixel_index",
+    "random_order_auc",
+    "ranking_share",
     "pointing_game",
     "pool_to_players",
     "rank_with_ties",
@@ -109,6 +118,7 @@ __all__ = [
     "sensitivity_n",
     "sensitivity_n_from_drops",
     "shapley_agreement",
+    "shapley_values_from_table",
     "tabulate_game",
     "vote_influence",
     "wilson_interval",

@@ -36,6 +36,8 @@ __all__ = [
     "pixel_curve",
     "player_curve",
     "player_pixel_index",
+    "random_order_auc",
+    "ranking_share",
     "removal_drops",
     "sample_removal_subsets",
     "sensitivity_n",
@@ -242,6 +244,61 @@ def area_under_curve(curve: torch.Tensor) -> torch.Tensor:
         raise ValueError(f"curve must have shape (B, L + 1) with L >= 1; got {tuple(curve.shape)}.")
     curve = curve.double()
     return ((curve[:, 1:] + curve[:, :-1]) / 2).mean(dim=1)
+
+
+def random_order_auc(
+    coalition_values: CoalitionValues,
+    targets: torch.Tensor | Sequence[int],
+    num_players: int,
+    *,
+    mode: str = "insertion",
+    output: str = "probability",
+    num_orders: int = 16,
+    seed: int = 0,
+) -> torch.Tensor:
+    """Area under the curve of a random player order, averaged over ``num_orders`` orders per
+    image: ``(B,)`` float64 (the "random" end of :func:`ranking_share`; one order alone is a
+    noisy reference for one image)."""
+    targets = torch.as_tensor(targets)
+    generator = torch.Generator().manual_seed(seed)
+    areas = [
+        area_under_curve(
+            player_curve(
+                coalition_values,
+                torch.rand(targets.shape[0], num_players, generator=generator),
+                targets,
+                mode=mode,
+                output=output,
+            )
+        )
+        for _ in range(num_orders)
+    ]
+    return torch.stack(areas).mean(0)
+
+
+def ranking_share(
+    auc: torch.Tensor,
+    random_auc: torch.Tensor,
+    truth_auc: torch.Tensor,
+    *,
+    min_gap: float = 0.05,
+) -> torch.Tensor:
+    """How much of the way from a random order to the truth's order a map's curve goes, per
+    image: ``(AUC - AUC_random) / (AUC_truth - AUC_random)``: ``(B,)`` float64.
+
+    The same formula serves insertion (higher is better) and deletion (lower is better): 1 is
+    the truth's ranking, 0 a random one. NaN where ``|AUC_truth - AUC_random| < min_gap`` (a
+    game whose ranking barely matters says nothing about the map).
+    """
+    auc, random_auc, truth_auc = (torch.as_tensor(a).double() for a in (auc, random_auc, truth_auc))
+    if not auc.shape == random_auc.shape == truth_auc.shape:
+        raise ValueError(
+            "auc, random_auc and truth_auc must have the same shape (B,); got "
+            f"{tuple(auc.shape)}, {tuple(random_auc.shape)}, {tuple(truth_auc.shape)}."
+        )
+    gap = truth_auc - random_auc
+    share = (auc - random_auc) / gap
+    return torch.where(gap.abs() >= min_gap, share, torch.full_like(share, float("nan")))
 
 
 def aopc(deletion_curve: torch.Tensor) -> torch.Tensor:

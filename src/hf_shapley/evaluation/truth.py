@@ -83,8 +83,12 @@ def exact_model_shapley_values(
     model, pixel_values: torch.Tensor, *, progress: bool = False
 ) -> torch.Tensor:
     """Exact Shapley values of the model's game for each image: (B, P, K) float64."""
-    P = model.num_players
-    table = tabulate_game(model, pixel_values, progress=progress)
+    return shapley_values_from_table(tabulate_game(model, pixel_values, progress=progress))
+
+
+def shapley_values_from_table(table: torch.Tensor) -> torch.Tensor:
+    """Exact Shapley values of a tabulated game: (2**P, B, K) -> (B, P, K) float64."""
+    P = _players_of_table(table)
     weights = 2 ** torch.arange(P, dtype=torch.int64)
 
     def lookup(masks: torch.Tensor) -> torch.Tensor:
@@ -92,6 +96,64 @@ def exact_model_shapley_values(
 
     values = exact_shapley_values(lookup, P)  # (P, B, K)
     return values.permute(1, 0, 2).contiguous()
+
+
+def _players_of_table(table: torch.Tensor) -> int:
+    P = int(table.shape[0]).bit_length() - 1
+    if table.ndim != 3 or table.shape[0] != 2**P or P < 1:
+        raise ValueError(
+            f"A game table has shape (2**P, B, K) (tabulate_game); got {tuple(table.shape)}."
+        )
+    return P
+
+
+def interaction_share(
+    table: torch.Tensor, shapley_values: torch.Tensor, classes: torch.Tensor
+) -> torch.Tensor:
+    """How far each image's game is from additive: ``1 - R^2`` of its Shapley-kernel fit.
+
+    The Shapley values are the solution of the kernel-weighted least-squares fit of
+    ``y(S) = v(S) - v(empty)`` by ``sum_{i in S} phi_i`` under efficiency (Lundberg and Lee 2017).
+    The fit has no free intercept (it is 0 at the empty coalition), so ``R^2`` is taken as for a
+    regression through the origin: the share is ``sum_S w(S) (y(S) - fit(S))^2 / sum_S w(S)
+    y(S)^2`` over all coalitions but the empty and the full one (matched exactly), with the
+    Shapley kernel ``w(S)``. 0 for an additive game; near 1 when what the players do together
+    dominates (it can pass 1 only where efficiency forces a fit worse than no change at all).
+
+    Measured on the explained quantity of the agreement targets: the class logit centred over
+    classes (``centred_class_values``).
+
+    Args:
+        table: ``(2**P, B, K)`` all coalition values (:func:`tabulate_game`).
+        shapley_values: ``(B, P, K)`` the exact Shapley values of that table.
+        classes: ``(B,)`` the explained class of each image.
+
+    Returns:
+        ``(B,)`` float64; NaN for an image whose game is constant over coalitions.
+    """
+    P = _players_of_table(table)
+    B = table.shape[1]
+    if shapley_values.shape[:2] != (B, P):
+        raise ValueError(
+            f"shapley_values must have shape ({B}, {P}, K) for this table; got "
+            f"{tuple(shapley_values.shape)}."
+        )
+    index = torch.as_tensor(classes).long().cpu()
+    table = table.double().cpu()
+    centred = (table - table.mean(-1, keepdim=True))[:, torch.arange(B), index]  # (2**P, B)
+    phi = shapley_values.double().cpu()
+    phi = (phi - phi.mean(-1, keepdim=True))[torch.arange(B), :, index]  # (B, P)
+    masks = all_coalitions(P).double()
+    y = centred - centred[:1]
+    fit = masks @ phi.T  # (2**P, B)
+    size = masks.sum(1)
+    inner = (size > 0) & (size < P)
+    s = size[inner]
+    kernel = (P - 1) / (torch.tensor([math.comb(P, int(k)) for k in s]) * s * (P - s))
+    y, fit = y[inner], fit[inner]
+    residual = (kernel[:, None] * (y - fit) ** 2).sum(0)
+    total = (kernel[:, None] * y**2).sum(0)
+    return torch.where(total > 0, residual / total, torch.full_like(total, float("nan")))
 
 
 @dataclass
@@ -233,6 +295,8 @@ class ModelTruth:
         evaluations: coalition evaluations per image.
         converged: KernelSHAP met its stopping rule (always True for exact).
         convergence_ratio: KernelSHAP's final ``max std / range`` (0 for exact).
+        table: ``(2**P, B, K)`` every coalition's value, for exact truths (``None`` otherwise):
+            what :func:`interaction_share` and curves in the truth's order read.
     """
 
     values: torch.Tensor
@@ -240,6 +304,7 @@ class ModelTruth:
     evaluations: int
     converged: bool = True
     convergence_ratio: float = 0.0
+    table: torch.Tensor | None = None
 
 
 def model_shapley_truth(
@@ -264,8 +329,13 @@ def model_shapley_truth(
         raise ValueError("pixel_values is an empty batch (B = 0).")
     num_players = model.num_players
     if num_players <= max_exact_players:
-        values = exact_model_shapley_values(model, pixel_values, progress=progress)
-        return ModelTruth(values=values, method="exact", evaluations=2**num_players)
+        table = tabulate_game(model, pixel_values, progress=progress)
+        return ModelTruth(
+            values=shapley_values_from_table(table),
+            method="exact",
+            evaluations=2**num_players,
+            table=table,
+        )
     from ..estimators import kernel_shap
 
     was_training = model.training
