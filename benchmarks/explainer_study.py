@@ -253,6 +253,7 @@ def run(variant: str, steps: int, cache: dict, model, args: argparse.Namespace) 
             steps=steps,
             step=step,
             lr=args.lr,
+            normalization=args.normalization,
             coalitions=args.coalitions,
             pool=min(args.pool, cache["coalitions"].shape[1]),
             model=Path(args.model).name,
@@ -278,7 +279,9 @@ def run(variant: str, steps: int, cache: dict, model, args: argparse.Namespace) 
             cache["logits"][index],
             cache["empty"][index],
         )
-        loss = shapley_regression_loss(phi, masks, targets, center=True)
+        loss = shapley_regression_loss(
+            phi, masks, targets, center=True, normalization=args.normalization
+        )
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -331,6 +334,12 @@ def main(argv: list[str] | None = None) -> None:
         "--pool", type=int, default=64, help="cached coalitions per image the head may train on"
     )
     parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument(
+        "--normalization",
+        choices=["per_image", "none"],
+        default="per_image",
+        help="the regression's normalization (shapley_loss_normalization)",
+    )
     parser.add_argument("--num-train", type=int, default=8000)
     parser.add_argument("--truth-images", type=int, default=32)
     parser.add_argument("--seed", type=int, default=0)

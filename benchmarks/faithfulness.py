@@ -432,7 +432,7 @@ def p49_section(args, device) -> dict | None:
     model_dir = Path(args.p49_model_dir)
     ensure_main_model(
         model_dir,
-        ["--image_size", "112", "--players_grid", "7", "7", "--num_exact_images", "0"],
+        ["--image_size", "56", "--players_grid", "7", "7", "--num_exact_images", "0"],
     )
     from transformers import AutoImageProcessor
 

@@ -31,7 +31,38 @@ from recipe import hierarchical_interval, tensors
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
+TRUTH_CACHE = REPO / "outputs" / "main-job-seeds-truth"
 TRUTH_EVALUATIONS = 4096
+
+
+def game_key(model, num_images: int) -> str:
+    """What the truth depends on: every weight but the Shapley head's (the head explains the
+    game, it does not play it), the players and the images. Two explainers of one frozen
+    classifier share a truth."""
+    import hashlib
+
+    digest = hashlib.sha1()
+    for name, tensor in sorted(model.state_dict().items()):
+        if not name.startswith("shapley_head."):
+            digest.update(name.encode())
+            digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    digest.update(repr((tuple(model.players_grid), num_images, TRUTH_EVALUATIONS)).encode())
+    return digest.hexdigest()[:16]
+
+
+def cached_truth(model, x: torch.Tensor, num_test: int) -> torch.Tensor:
+    """KernelSHAP-4096 values of the model's own game on ``x``, computed once per game."""
+    from hf_shapley.evaluation import model_shapley_truth
+
+    path = TRUTH_CACHE / f"{game_key(model, len(x))}-after{num_test}.pt"
+    if path.is_file():
+        return torch.load(path)
+    truth = model_shapley_truth(
+        model, x, max_exact_players=0, tolerance=0.0, max_evaluations=TRUTH_EVALUATIONS
+    ).values
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(truth, path)
+    return truth
 
 
 @torch.no_grad()
@@ -46,7 +77,6 @@ def measure_seed(directory: Path, args: argparse.Namespace) -> dict:
     from hf_shapley import ShapleyForImageClassification
     from hf_shapley.evaluation import (
         centred_class_values,
-        model_shapley_truth,
         pearson_rows,
         pooled_relative_error,
         rank_with_ties,
@@ -64,9 +94,7 @@ def measure_seed(directory: Path, args: argparse.Namespace) -> dict:
     with torch.no_grad():
         out = model(xt)
     classes = out.logits.argmax(-1)
-    truth = model_shapley_truth(
-        model, xt, max_exact_players=0, tolerance=0.0, max_evaluations=TRUTH_EVALUATIONS
-    ).values
+    truth = cached_truth(model, xt, args.num_test)
     phi, t = centred_class_values(out.shapley_values, classes), centred_class_values(truth, classes)
     r = pearson_rows(phi, t)
     return dict(

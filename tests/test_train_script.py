@@ -265,6 +265,7 @@ def test_builtin_job_pretrains_a_classifier_then_wraps_it(
     # one.
     assert config["train_backbone"] is False and config["reuse_shapley_coalitions"] is True
     assert config["num_shapley_coalitions"] == train_script.FROZEN_GAME_COALITIONS
+    assert config["shapley_loss_normalization"] == "none"  # fixed targets: no collapse
     from safetensors.torch import load_file
 
     before = load_file(pretrained / "model.safetensors")
