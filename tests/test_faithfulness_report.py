@@ -174,7 +174,7 @@ def _ranking(gain_lower: float) -> dict:
         "phi": "phi (one pass)",
         "num_images": 4,
         "num_truth_images": 2,
-        "paired": [paired(n, c) for n, c in zip(names[1:], [0, 1, 3, 10])],
+        "paired": [paired(n, c) for n, c in zip(names[1:], [0, 1, 3, 10], strict=True)],
         "truth_order": {
             mode: {
                 "truth_auc": [0.9, 0.85, 0.95],
