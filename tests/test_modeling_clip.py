@@ -404,3 +404,93 @@ def test_auto_registration_after_import():
 
     assert MODEL_FOR_ZERO_SHOT_IMAGE_CLASSIFICATION_MAPPING[ShapleyCLIPConfig] is ShapleyCLIPModel
     assert hf_shapley.ShapleyCLIPModel is ShapleyCLIPModel
+
+
+CHILD = r"""
+import json
+
+import torch
+from transformers import AutoModel, AutoModelForZeroShotImageClassification
+
+torch.set_num_threads(1)
+io_dir = sys.argv[2]
+inputs = torch.load(os.path.join(io_dir, "inputs.pt"))
+model_dir = sys.argv[1]
+model = AutoModelForZeroShotImageClassification.from_pretrained(model_dir, trust_remote_code=True)
+plain = AutoModel.from_pretrained(model_dir, trust_remote_code=True)
+model.eval()
+with torch.no_grad():
+    out = model(inputs["pixel_values"], input_ids=inputs["input_ids"],
+                attention_mask=inputs["attention_mask"])
+    values = model(inputs["pixel_values"], input_ids=inputs["input_ids"],
+                   attention_mask=inputs["attention_mask"], coalition=inputs["coalition"])
+model.train()
+step = model(inputs["pixel_values"], input_ids=inputs["input_ids"],
+             attention_mask=inputs["attention_mask"], return_loss=True,
+             example_index=torch.tensor([0, 1, 2]))
+step.loss.backward()
+results = {
+    "logits_per_image": out.logits_per_image,
+    "shapley_values": out.shapley_values,
+    "base_values": out.base_values,
+    "coalition_values": values.logits_per_image,
+    "loss": step.loss.detach(),
+}
+info = {
+    "blocked": BLOCKED,
+    "model_module": type(model).__module__,
+    "same_class": type(plain) is type(model),
+    "hf_shapley_modules": loaded_hf_shapley_modules(),
+    "src_on_path": src_on_path(),
+}
+torch.save(results, os.path.join(io_dir, "child_outputs.pt"))
+with open(os.path.join(io_dir, "child_info.json"), "w") as f:
+    json.dump(info, f)
+"""
+
+
+def test_loads_with_trust_remote_code_without_the_package(tmp_path):
+    from _without_package import run_without_package
+
+    model, _ = tiny_shapley_clip(players_grid=(2, 2))
+    model_dir = tmp_path / "model"
+    model.save_pretrained(model_dir)
+    ids, mask = random_texts(3, seed=13)
+    gen = torch.Generator().manual_seed(14)
+    inputs = {
+        "pixel_values": torch.randn(3, 3, 32, 32, generator=gen),
+        "input_ids": ids,
+        "attention_mask": mask,
+        "coalition": torch.rand(3, 5, 4, generator=gen) > 0.5,
+    }
+    io_dir = tmp_path / "io"
+    io_dir.mkdir()
+    torch.save(inputs, io_dir / "inputs.pt")
+    proc = run_without_package(CHILD, [str(model_dir), str(io_dir)], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    info = json.loads((io_dir / "child_info.json").read_text())
+    assert info["blocked"] and info["hf_shapley_modules"] == [] and not info["src_on_path"]
+    assert info["model_module"].startswith("transformers_modules"), info
+    assert info["same_class"]
+    child = torch.load(io_dir / "child_outputs.pt")
+    with torch.no_grad():
+        out = model(inputs["pixel_values"], input_ids=ids, attention_mask=mask)
+        values = model(
+            inputs["pixel_values"],
+            input_ids=ids,
+            attention_mask=mask,
+            coalition=inputs["coalition"],
+        ).logits_per_image
+    for key in ("logits_per_image", "shapley_values", "base_values"):
+        assert torch.equal(child[key], getattr(out, key)), key
+    assert torch.equal(child["coalition_values"], values)
+    model.train()
+    loss = model(
+        inputs["pixel_values"],
+        input_ids=ids,
+        attention_mask=mask,
+        return_loss=True,
+        example_index=torch.tensor([0, 1, 2]),
+    ).loss
+    model.eval()
+    assert torch.isfinite(child["loss"]) and torch.equal(child["loss"], loss.detach())
