@@ -5,7 +5,8 @@ the transformers auto classes, so ``AutoModelForImageClassification.from_pretrai
 saved model without ``trust_remote_code``, and ``ShapleyCLIPConfig`` / ``ShapleyCLIPModel`` (the
 self-explaining dual encoder) with ``AutoModel`` and ``AutoModelForZeroShotImageClassification``;
 saved directories also carry the model code, so a process without the package loads them with
-``trust_remote_code=True``. It also registers the ``image-shapley-explanation`` pipeline task.
+``trust_remote_code=True``. It also registers the ``image-shapley-explanation`` and
+``zero-shot-image-shapley-explanation`` pipeline tasks.
 """
 
 from transformers import (
@@ -28,6 +29,11 @@ from .modeling_shapley_clip import (
     ShapleyCLIPOutput,
 )
 from .pipeline_shapley import PIPELINE_TASK, ImageShapleyExplanationPipeline, register_pipeline
+from .pipeline_shapley_clip import (
+    ZERO_SHOT_PIPELINE_TASK,
+    ZeroShotImageShapleyExplanationPipeline,
+    register_zero_shot_pipeline,
+)
 
 __version__ = HF_SHAPLEY_VERSION
 
@@ -47,6 +53,8 @@ ShapleyCLIPConfig.register_for_auto_class()
 ShapleyCLIPModel.register_for_auto_class("AutoModelForZeroShotImageClassification")
 # pipeline("image-shapley-explanation", model=...)
 register_pipeline()
+# pipeline("zero-shot-image-shapley-explanation", model=..., candidate_labels=[...])
+register_zero_shot_pipeline()
 
 # The trainer imports transformers.Trainer (and accelerate): load it on first use only.
 _LAZY = {"ShapleyTrainer": ".trainer", "ShapleyTrainingArguments": ".trainer"}
@@ -73,5 +81,7 @@ __all__ = [
     "ShapleyPreTrainedModel",
     "ShapleyTrainer",
     "ShapleyTrainingArguments",
+    "ZERO_SHOT_PIPELINE_TASK",
+    "ZeroShotImageShapleyExplanationPipeline",
     "__version__",
 ]
