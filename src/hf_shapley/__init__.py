@@ -57,7 +57,11 @@ register_pipeline()
 register_zero_shot_pipeline()
 
 # The trainer imports transformers.Trainer (and accelerate): load it on first use only.
-_LAZY = {"ShapleyTrainer": ".trainer", "ShapleyTrainingArguments": ".trainer"}
+_LAZY = {
+    "ShapleyTrainer": ".trainer",
+    "ShapleyTrainingArguments": ".trainer",
+    "ShapleyCLIPTrainer": ".trainer_clip",
+}
 
 
 def __getattr__(name: str):
@@ -75,6 +79,7 @@ __all__ = [
     "ShapleyCLIPImageExplanation",
     "ShapleyCLIPModel",
     "ShapleyCLIPOutput",
+    "ShapleyCLIPTrainer",
     "ShapleyConfig",
     "ShapleyForImageClassification",
     "ShapleyImageClassifierOutput",
