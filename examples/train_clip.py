@@ -57,8 +57,12 @@ class PairArguments:
     num_layers: int = field(default=4, metadata={"help": "Layers of each tower."})
     projection_dim: int = field(default=32, metadata={"help": "Embedding dimension D."})
     explainer_epochs: float = field(
-        default=2.0,
+        default=10.0,
         metadata={"help": "Epochs of head-only training on the frozen CLIP afterwards (0: none)."},
+    )
+    explainer_learning_rate: float = field(
+        default=3e-3,
+        metadata={"help": "Learning rate of the head-only phase (the explainer study's 3e-3)."},
     )
     head_hidden_size: int = field(default=128, metadata={"help": "Shapley head width."})
     head_num_layers: int = field(default=2, metadata={"help": "Shapley head attention layers."})
@@ -167,6 +171,7 @@ def main(argv: list[str] | None = None) -> dict:
         model.config.train_clip = False
         model._apply_train_clip()
         args.num_train_epochs = pairs.explainer_epochs
+        args.learning_rate = pairs.explainer_learning_rate
         trainer = ShapleyCLIPTrainer(
             model, args, train_dataset=train, eval_dataset=test, data_collator=collator
         )

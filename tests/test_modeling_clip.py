@@ -494,3 +494,24 @@ def test_loads_with_trust_remote_code_without_the_package(tmp_path):
     ).loss
     model.eval()
     assert torch.isfinite(child["loss"]) and torch.equal(child["loss"], loss.detach())
+
+
+def test_from_clip_directory_and_config(models, images, tmp_path):
+    from transformers import ViTConfig, ViTModel
+
+    model, clip = models[(2, 2)]
+    clip.save_pretrained(tmp_path / "clip")
+    loaded = ShapleyCLIPModel.from_clip(tmp_path / "clip", players_grid=(2, 2)).eval()
+    ids, mask = random_texts(2, seed=15)
+    with torch.no_grad():
+        a = loaded(images, input_ids=ids, attention_mask=mask).logits_per_image
+        b = clip(input_ids=ids, pixel_values=images, attention_mask=mask).logits_per_image
+    assert torch.equal(a, b)
+    fresh = ShapleyCLIPModel.from_clip(tiny_clip_config(), players_grid=(4, 4))
+    assert fresh.num_players == 16 and fresh.token_grid == (4, 4)
+    ViTModel(ViTConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
+                       intermediate_size=64, image_size=32, patch_size=8)).save_pretrained(
+        tmp_path / "vit"
+    )  # fmt: skip
+    with pytest.raises(ValueError, match="'vit'.*cannot drop tokens"):
+        ShapleyCLIPModel.from_clip(tmp_path / "vit")

@@ -337,9 +337,9 @@ class ShapleyCLIPModel(ShapleyCLIPPreTrainedModel):
         return result
 
     def _apply_train_clip(self) -> None:
+        # Every CLIP parameter takes part in the contrastive loss when CLIP trains (DDP needs
+        # no find_unused_parameters); frozen, none requires grad.
         self.clip.requires_grad_(self.config.train_clip)
-        # The text pooler and the projections are used; CLIP has no unused parameter except
-        # when frozen, where nothing of it trains.
 
     def train(self, mode: bool = True):
         """A frozen CLIP (``train_clip=False``) stays in eval mode, so its scores never change."""
