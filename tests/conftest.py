@@ -191,3 +191,62 @@ def get_model(make_model):
         return cache[key]
 
     return get
+
+
+# --------------------------------------------------------------------------------------
+# Tiny CLIP dual encoders (ShapleyCLIPModel)
+# --------------------------------------------------------------------------------------
+
+CLIP_VOCAB = 64
+CLIP_CONTEXT = 12  # the text encoder's max_position_embeddings
+CLIP_EOS = CLIP_VOCAB - 1
+
+
+def tiny_clip_config(**overrides):
+    """A real CLIPConfig: 32 px images in 8 px patches (a 4 x 4 token grid), width 32, 2 layers
+    per tower, 16-dim embeddings; a 64-token vocabulary whose last id is the end of text."""
+    from transformers import CLIPConfig
+
+    tower = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64)
+    text = dict(
+        tower,
+        vocab_size=CLIP_VOCAB,
+        max_position_embeddings=CLIP_CONTEXT,
+        eos_token_id=CLIP_EOS,
+        bos_token_id=CLIP_EOS - 1,
+        pad_token_id=0,
+    )
+    vision = dict(tower, image_size=32, patch_size=8, initializer_range=INIT_RANGE)
+    return CLIPConfig(text_config=text, vision_config=vision, projection_dim=16, **overrides)
+
+
+def random_texts(num_texts: int, seed: int, max_length: int = 8):
+    """(T, L) token ids and attention mask of random texts of random lengths (2..max_length),
+    each ending in the end-of-text token, right-padded with 0."""
+    gen = torch.Generator().manual_seed(seed)
+    lengths = torch.randint(2, max_length + 1, (num_texts,), generator=gen)
+    width = int(lengths.max())
+    ids = torch.zeros(num_texts, width, dtype=torch.long)
+    mask = torch.zeros(num_texts, width, dtype=torch.long)
+    for t, n in enumerate(lengths.tolist()):
+        ids[t, : n - 1] = torch.randint(1, CLIP_EOS - 1, (n - 1,), generator=gen)
+        ids[t, n - 1] = CLIP_EOS
+        mask[t, :n] = 1
+    return ids, mask
+
+
+def tiny_shapley_clip(players_grid=(4, 4), seed: int = 0, **config_kwargs):
+    """A ShapleyCLIPModel around a fresh tiny CLIPModel, in eval mode, with a small head whose
+    weights are O(1) (``initializer_range`` of the conftest)."""
+    from transformers import CLIPModel
+
+    torch.manual_seed(seed)
+    clip = CLIPModel(tiny_clip_config()).eval()
+    config_kwargs = {
+        "head_hidden_size": 32,
+        "head_num_layers": 1,
+        "initializer_range": INIT_RANGE,
+        **config_kwargs,
+    }
+    model = hf_shapley.ShapleyCLIPModel.from_clip(clip, players_grid=players_grid, **config_kwargs)
+    return model.eval(), clip

@@ -132,6 +132,34 @@ class TokenRemovalAdapter:
 
 
 @dataclass(frozen=True)
+class CLIPVisionAdapter(TokenRemovalAdapter):
+    """Token removal in a CLIP vision tower (``CLIPVisionModel``, the image side of ``CLIPModel``).
+
+    CLIP normalizes the embeddings (``pre_layrnorm``, per token, so before dropping tokens is the
+    same as after) and pools the CLS token through ``post_layernorm``; the encoder's output is
+    returned without a final norm, so that the CLS state is what ``CLIPVisionModel`` pools.
+    Not in :data:`ADAPTERS`: the dual encoder (``modeling_shapley_clip.py``) builds it itself.
+    """
+
+    def embed(self, backbone: nn.Module, pixel_values: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) -> (B, 1 + N, D): CLS then patch tokens, positions added, pre-normed."""
+        return backbone.pre_layrnorm(backbone.embeddings(pixel_values))
+
+    def encode_tokens(
+        self, backbone: nn.Module, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None
+    ) -> torch.Tensor:
+        """Run every encoder block (``attention_mask`` additive, 4D); no final norm."""
+        for layer in self.layers(backbone):
+            hidden_states = layer(hidden_states, attention_mask)
+        return hidden_states
+
+
+CLIP_VISION_ADAPTER = CLIPVisionAdapter(
+    "CLIP", ("clip_vision_model",), "vision_model", "encoder.layers", has_pooler=False
+)
+
+
+@dataclass(frozen=True)
 class PixelBaselineAdapter:
     """Adapter for a backbone that cannot drop tokens (ResNet, ConvNeXt, Swin).
 
@@ -583,6 +611,8 @@ def _check_image_processor_size(processor, image_size: tuple[int, int]) -> None:
 
 
 __all__ = [
+    "CLIP_VISION_ADAPTER",
+    "CLIPVisionAdapter",
     "LoadedBackbone",
     "PixelBaselineAdapter",
     "TokenRemovalAdapter",

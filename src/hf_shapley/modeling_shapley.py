@@ -456,36 +456,8 @@ class ShapleyForImageClassification(ShapleyPreTrainedModel):
 
     # ------------------------------------------------------------------ validation
     def _check_pixel_values(self, pixel_values: torch.Tensor) -> None:
-        if not isinstance(pixel_values, torch.Tensor):
-            raise TypeError(
-                f"pixel_values must be a torch.Tensor of shape (B, C, H, W); got {type(pixel_values).__name__}. "
-                "Use the model's image processor: processor(images, return_tensors='pt')."
-            )
-        cfg = self.config.backbone_config
-        channels = getattr(cfg, "num_channels", 3)
-        height, width = self.image_size
-        expected = f"(B, {channels}, {height}, {width})"
-        if pixel_values.ndim != 4:
-            raise ValueError(
-                f"pixel_values must be 4D {expected}; got shape {tuple(pixel_values.shape)}."
-            )
-        if pixel_values.shape[0] == 0:
-            raise ValueError("pixel_values is an empty batch (B = 0); pass at least one image.")
-        if pixel_values.shape[1] != channels:
-            raise ValueError(
-                f"pixel_values has {pixel_values.shape[1]} channels but the backbone expects {channels} "
-                f"{expected}. Convert images to RGB (PIL: image.convert('RGB')) before the image processor."
-            )
-        if tuple(pixel_values.shape[2:]) != (height, width):
-            raise ValueError(
-                f"pixel_values has size {tuple(pixel_values.shape[2:])} but the backbone was built for "
-                f"{height} x {width} {expected}. Resize with the model's image processor, or build the "
-                "backbone with a matching image_size."
-            )
-        if not torch.isfinite(pixel_values).all():
-            raise ValueError(
-                "pixel_values contains NaN or infinite values; check the image loading and normalization."
-            )
+        channels = getattr(self.config.backbone_config, "num_channels", 3)
+        check_pixel_values(pixel_values, channels, self.image_size)
 
     def _check_coalition(self, coalition: torch.Tensor, batch_size: int) -> torch.Tensor:
         """Return the coalition as bool (B, M, P); raise a clear error for a wrong one."""
@@ -713,6 +685,41 @@ class ShapleyForImageClassification(ShapleyPreTrainedModel):
         kwargs = {"use_reentrant": False, **(activation_checkpointing_kwargs or {})}
         self.backbone.activation_checkpointing_enable(
             activation_checkpointing_kwargs=kwargs, every_n_layers=every_n_layers, offload=offload
+        )
+
+
+def check_pixel_values(
+    pixel_values: torch.Tensor, channels: int, image_size: tuple[int, int]
+) -> None:
+    """Raise a clear error unless ``pixel_values`` is a finite (B >= 1, channels, H, W) tensor
+    of the backbone's ``image_size``."""
+    if not isinstance(pixel_values, torch.Tensor):
+        raise TypeError(
+            f"pixel_values must be a torch.Tensor of shape (B, C, H, W); got {type(pixel_values).__name__}. "
+            "Use the model's image processor: processor(images, return_tensors='pt')."
+        )
+    height, width = image_size
+    expected = f"(B, {channels}, {height}, {width})"
+    if pixel_values.ndim != 4:
+        raise ValueError(
+            f"pixel_values must be 4D {expected}; got shape {tuple(pixel_values.shape)}."
+        )
+    if pixel_values.shape[0] == 0:
+        raise ValueError("pixel_values is an empty batch (B = 0); pass at least one image.")
+    if pixel_values.shape[1] != channels:
+        raise ValueError(
+            f"pixel_values has {pixel_values.shape[1]} channels but the backbone expects {channels} "
+            f"{expected}. Convert images to RGB (PIL: image.convert('RGB')) before the image processor."
+        )
+    if tuple(pixel_values.shape[2:]) != (height, width):
+        raise ValueError(
+            f"pixel_values has size {tuple(pixel_values.shape[2:])} but the backbone was built for "
+            f"{height} x {width} {expected}. Resize with the model's image processor, or build the "
+            "backbone with a matching image_size."
+        )
+    if not torch.isfinite(pixel_values).all():
+        raise ValueError(
+            "pixel_values contains NaN or infinite values; check the image loading and normalization."
         )
 
 

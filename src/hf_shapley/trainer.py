@@ -431,6 +431,11 @@ class ShapleyTrainer(Trainer):
     one recomputed from the checkpoint's global step), so it is identical on resume.
     """
 
+    #: Loss components the model returns in training mode, logged next to ``loss``.
+    loss_components: tuple[str, ...] = LOSS_COMPONENTS
+    #: The config's objective settings, recorded in ``shapley_training_args.json``.
+    objective_fields: tuple[str, ...] = OBJECTIVE_FIELDS
+
     def __init__(
         self, model: nn.Module | None = None, args: TrainingArguments | None = None, *a, **kw
     ):
@@ -542,13 +547,13 @@ class ShapleyTrainer(Trainer):
     def _store_loss_components(self, outputs: Any) -> None:
         values = [
             (outputs.get(name) if isinstance(outputs, Mapping) else None)
-            for name in LOSS_COMPONENTS
+            for name in self.loss_components
         ]
         if any(v is None for v in values):
             return
         # Summed on the device (no sync per step); averaged across processes in log().
         store = self._metrics["train"]
-        for name, value in zip(LOSS_COMPONENTS, values, strict=True):
+        for name, value in zip(self.loss_components, values, strict=True):
             store[name] = store[name] + value.detach().float().reshape(())
         store["count"] += 1
 
@@ -567,9 +572,9 @@ class ShapleyTrainer(Trainer):
 
     def _flush_train_metrics(self) -> dict[str, float]:
         store = self._metrics["train"]
-        sums = torch.zeros(len(LOSS_COMPONENTS) + 1, device=self.args.device)
+        sums = torch.zeros(len(self.loss_components) + 1, device=self.args.device)
         if store["count"]:
-            sums[:-1] = torch.stack([store[name].to(sums.device) for name in LOSS_COMPONENTS])
+            sums[:-1] = torch.stack([store[name].to(sums.device) for name in self.loss_components])
         sums[-1] = store["count"]
         # Every process gathers, also one that ran no micro-batch in this window.
         totals = self.accelerator.gather(sums[None]).sum(0).cpu()
@@ -579,7 +584,7 @@ class ShapleyTrainer(Trainer):
             return {}
         return {
             name: total / total_count
-            for name, total in zip(LOSS_COMPONENTS, totals[:-1].tolist(), strict=True)
+            for name, total in zip(self.loss_components, totals[:-1].tolist(), strict=True)
         }
 
     # ------------------------------------------------------------------ evaluation
@@ -639,7 +644,7 @@ class ShapleyTrainer(Trainer):
             ignore_keys = list(getattr(config, "keys_to_ignore_at_inference", None) or [])
         # The eval-mode forward also returns cls_loss (= loss); a 0-d tensor must not join the
         # gathered predictions, which then are the (N, K) logits alone.
-        ignore_keys = list(dict.fromkeys([*ignore_keys, *LOSS_COMPONENTS]))
+        ignore_keys = list(dict.fromkeys([*ignore_keys, *self.loss_components]))
         return super().prediction_step(model, inputs, prediction_loss_only, ignore_keys=ignore_keys)
 
     @torch.no_grad()
@@ -753,7 +758,7 @@ class ShapleyTrainer(Trainer):
                 if isinstance(self.args, ShapleyTrainingArguments)
                 else {}
             ),
-            "objective": {name: getattr(config, name) for name in OBJECTIVE_FIELDS},
+            "objective": {name: getattr(config, name) for name in self.objective_fields},
             "eval_num_shapley_coalitions": getattr(self.args, "eval_num_shapley_coalitions", None),
             "eval_coalition_seed": getattr(self.args, "eval_coalition_seed", None),
             "hf_shapley_version": getattr(config, "hf_shapley_version", None),

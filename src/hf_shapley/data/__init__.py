@@ -1,5 +1,11 @@
-"""Built-in data set: generated coloured shapes with known class-object masks."""
+"""Built-in data set: generated coloured shapes with known class-object masks (and captions)."""
 
+from .captions import (
+    load_shapes_caption_dataset,
+    shapes_caption_tokenizer,
+    shapes_captions,
+    shapes_class_prompts,
+)
 from .shapes import (
     COLOR_NAMES,
     MAX_OCCLUDED_FRACTION,
@@ -24,6 +30,10 @@ __all__ = [
     "ShapesArrays",
     "generate_shapes",
     "load_image_splits",
+    "load_shapes_caption_dataset",
     "load_shapes_dataset",
+    "shapes_caption_tokenizer",
+    "shapes_captions",
+    "shapes_class_prompts",
     "shapes_label_names",
 ]
