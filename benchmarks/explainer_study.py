@@ -304,14 +304,15 @@ def write_table(jsonl: Path, path: Path) -> str:
         "predicted class's logit centred over classes, 32 held-out test images, against "
         f"KernelSHAP with {TRUTH_EVALUATIONS} paired evaluations of the frozen model's game.",
         "",
-        "| model | variant | steps | step | coalitions per step / pool | lr | head seconds | r | "
-        "Spearman | pooled rel. error |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| model | variant | steps | step | coalitions per step / pool | lr | loss | head seconds | "
+        "r | Spearman | pooled rel. error |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
             f"| {r['model']} | {r['variant']} | {r['steps']} | {r['step']} | "
-            f"{r['coalitions']} / {r.get('pool', 64)} | {r['lr']:g} | {r['seconds']} | "
+            f"{r['coalitions']} / {r.get('pool', 64)} | {r['lr']:g} | "
+            f"{r.get('normalization', 'per_image')} | {r['seconds']} | "
             f"{r['pearson']:.3f} | {r['spearman']:.3f} | {r['pooled_relative_error']:.3f} |"
         )
     text = "\n".join(lines) + "\n"
