@@ -361,7 +361,7 @@ def main(argv: list[str] | None = None) -> dict:
         "retrieval": retrieval_results,
         "seconds": time.perf_counter() - _T0,
     }
-    text = render(result, args)
+    text = render(result)
     print(text)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -370,7 +370,8 @@ def main(argv: list[str] | None = None) -> dict:
     return result
 
 
-def render(result: dict, args) -> str:
+def render(result: dict) -> str:
+    """The markdown report of a result (the JSON written next to it renders the same)."""
     methods, N, P = result["methods"], result["num_images"], result["num_players"]
     ks = result["ks"]
     order = sorted(methods, key=lambda name: (name == EXACT, methods[name]["cost"]))
@@ -556,6 +557,9 @@ def render(result: dict, args) -> str:
         failed = [k for k, ok in checks.items() if not ok]
         if failed:
             lines.append(f"- not better than {name} on: {', '.join(failed)}")
+        unsure = [k for k in checks if not paired[name][k]["significant"] and k not in failed]
+        if unsure:
+            lines.append(f"- better than {name}, but the interval includes 0: {', '.join(unsure)}")
     if result["retrieval"]:
         lines += [
             "",
