@@ -11,6 +11,8 @@
   value function) and at pixel level (baseline replacement, RISE), AOPC, sensitivity-n, and
   how much of the way from a random order to the truth's order a map goes (:func:`ranking_share`).
 * :mod:`.localization`: pointing game and AUROC against object masks.
+* :mod:`.retrieval`: image-text R@1 and the deletion R@1 protocol of a dual encoder, and
+  :class:`CLIPTextScores`, which lets every tool above explain CLIP scores (a text per "class").
 * :mod:`.explainers`: baseline explainers with one interface, returning player-level maps.
 * :mod:`.stats`: the statistics: one row-wise Pearson r (:func:`pearson_rows`), tie ranks, the
   bootstrap interval of a mean and the Wilson interval of an accuracy (:func:`wilson_interval`);
@@ -57,6 +59,14 @@ from .faithfulness import (
 )
 from .influence import VoteInfluence, vote_influence
 from .localization import mask_auroc, mask_to_players, pointing_game
+from .retrieval import (
+    CLIPTextScoreOutput,
+    CLIPTextScores,
+    DeletionRecall,
+    RetrievalHits,
+    deletion_recall_at_1,
+    retrieval_hits,
+)
 from .stats import bootstrap_mean_interval, pearson_rows, rank_with_ties, wilson_interval
 from .truth import (
     ModelTruth,
@@ -81,6 +91,9 @@ __all__ = [
     "measure_agreement",
     "pooled_relative_error",
     "AttentionRolloutExplainer",
+    "CLIPTextScoreOutput",
+    "CLIPTextScores",
+    "DeletionRecall",
     "Explainer",
     "GradCamExplainer",
     "IntegratedGradientsExplainer",
@@ -88,6 +101,7 @@ __all__ = [
     "LeaveOneOutExplainer",
     "ModelTruth",
     "RandomExplainer",
+    "RetrievalHits",
     "ShapleyAgreement",
     "ShapleyValuesExplainer",
     "VoteInfluence",
@@ -96,6 +110,7 @@ __all__ = [
     "bootstrap_mean_interval",
     "coalition_cost",
     "curve_masks",
+    "deletion_recall_at_1",
     "exact_model_shapley_values",
     "interaction_share",
     "map_agreement",
@@ -114,6 +129,7 @@ __all__ = [
     "pool_to_players",
     "rank_with_ties",
     "removal_drops",
+    "retrieval_hits",
     "sample_removal_subsets",
     "sensitivity_n",
     "sensitivity_n_from_drops",
