@@ -5,6 +5,9 @@
 >>> explainer = pipeline("zero-shot-image-shapley-explanation", model="path/to/shapley-clip")
 >>> explainer("cat.jpg", candidate_labels=["cat", "dog"])[0]["heatmap"].save("cat.png")
 
+Without the package, ``pipeline("zero-shot-image-shapley-explanation", model=dir,
+trust_remote_code=True)`` loads this file from the saved model directory.
+
 A :class:`~hf_shapley.ShapleyCLIPModel` explains an image once (its per-player vectors) and each
 candidate label with a dot product, so explaining every label costs about what zero-shot
 classification costs. The output has the format of the ``image-shapley-explanation`` pipeline
