@@ -8,6 +8,7 @@ install's finder refuses ``hf_shapley``, and the ``src`` directory is removed fr
 
 from __future__ import annotations
 
+import ast
 import os
 import subprocess
 import sys
@@ -74,3 +75,14 @@ def run_without_package(
         text=True,
         timeout=timeout,
     )
+
+
+def absolute_package_imports(path: Path) -> list[str]:
+    """The ``hf_shapley`` modules a code file imports absolutely (a shipped file must not)."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found += [a.name for a in node.names if a.name.split(".")[0] == "hf_shapley"]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0:
+            found += [node.module] if (node.module or "").split(".")[0] == "hf_shapley" else []
+    return found

@@ -11,6 +11,11 @@ batch); DDP kept their weights identical; the result equals the one-process run 
 gradients and every loss term is a mean of per-image terms, with coalitions keyed by example
 index, not by rank); the logged loss components are averaged across processes; and the
 evaluation metrics drop the duplicates that pad the last eval batch across processes.
+
+``tests/_ddp_clip_script.py`` does the same for the self-explaining CLIP and
+``ShapleyCLIPTrainer``, in the two phases of ``examples/train_clip.py`` (joint, then explainer
+with CLIP frozen, a second trainer on the same model), with ``ddp_find_unused_parameters=False``
+(test_two_process_ddp_matches_one_process_clip).
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ import torch
 from safetensors.torch import load_file
 
 SCRIPT = Path(__file__).with_name("_ddp_script.py")
+CLIP_SCRIPT = Path(__file__).with_name("_ddp_clip_script.py")
 TIMEOUT_S = 120
 # A gloo run has been seen to hang at exit (after writing all its outputs) about once in ten
 # launches; a hung launch is killed and started again once, from scratch.
@@ -88,30 +94,31 @@ def _train_logs(record: dict) -> list[dict]:
     return [log for log in record["log_history"] if "loss" in log]
 
 
+def _launch_two_processes(script: Path, *args: str) -> list[str]:
+    """``accelerate launch`` of ``script`` as two CPU processes (gloo)."""
+    return [
+        _accelerate(),
+        "launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "--main_process_port",
+        "0",
+        str(script),
+        *args,
+    ]
+
+
 def test_two_process_ddp_matches_one_process(tmp_path):
     single, double = tmp_path / "single", tmp_path / "ddp"
     _run([sys.executable, str(SCRIPT), str(single), "8"], tmp_path / "single.log")
-    _run(
-        [
-            _accelerate(),
-            "launch",
-            "--multi_gpu",
-            "--num_processes",
-            "2",
-            "--num_machines",
-            "1",
-            "--mixed_precision",
-            "no",
-            "--dynamo_backend",
-            "no",
-            "--main_process_port",
-            "0",
-            str(SCRIPT),
-            str(double),
-            "4",
-        ],
-        tmp_path / "ddp.log",
-    )
+    _run(_launch_two_processes(SCRIPT, str(double), "4"), tmp_path / "ddp.log")
 
     # Two processes really ran, in one process group.
     ranks = [_record(double, r) for r in (0, 1)]
@@ -155,3 +162,91 @@ def test_two_process_ddp_matches_one_process(tmp_path):
     for name in ("eval_accuracy", "eval_shapley_regression_proxy"):
         assert ranks[0]["eval"][name] == pytest.approx(one["eval"][name], rel=1e-5), name
         assert ranks[1]["eval"][name] == ranks[0]["eval"][name]
+
+
+def _max_difference(a: dict, b: dict, keys=None) -> float:
+    return max((a[k] - b[k]).abs().max().item() for k in (a if keys is None else keys))
+
+
+def test_two_process_ddp_matches_one_process_clip(tmp_path):
+    """ShapleyCLIPTrainer under DDP: two processes with batch 4 against one process with the
+    same global batch of 8 per optimizer step.
+
+    The joint phase's contrastive and distillation terms are in-batch (over the texts of the
+    batch the model sees), so under DDP each process computes them over its own micro-batch of
+    4, exactly as a process accumulating two micro-batches of 4 does: the joint reference is one
+    process with ``gradient_accumulation_steps=2``. The explainer phase's Shapley regression is
+    a mean of per-image terms, so there two processes also equal one process with one batch of
+    8 (started from the same weights).
+    """
+    accumulated, double, single = tmp_path / "accumulated", tmp_path / "ddp", tmp_path / "single"
+    script = str(CLIP_SCRIPT)
+    _run([sys.executable, script, str(accumulated), "4", "2"], tmp_path / "accumulated.log")
+    _run(_launch_two_processes(CLIP_SCRIPT, str(double), "4", "1"), tmp_path / "ddp.log")
+    joint_weights = str(accumulated / "rank0_joint.safetensors")
+    _run(
+        [sys.executable, script, str(single), "8", "1", "explainer", joint_weights],
+        tmp_path / "single.log",
+    )
+
+    ranks = [_record(double, r) for r in (0, 1)]
+    assert [r["rank"] for r in ranks] == [0, 1]
+    assert all(r["world_size"] == 2 and r["dist_world_size"] == 2 for r in ranks)
+    one = _record(accumulated, 0)
+    assert one["world_size"] == 1 and not one["torch_distributed"]
+    assert _record(single, 0)["seen"].keys() == {"explainer"}
+
+    for phase in ("joint", "explainer"):
+        # Rank r's micro-batch of each step is the one-process run's micro-batch r of that step.
+        micro = one["seen"][phase]
+        assert [step for step, _ in micro] == [0, 0, 1, 1, 2, 2]
+        for rank, record in enumerate(ranks):
+            assert record["seen"][phase] == micro[rank::2]
+        for record in (one, *ranks):  # the model got the optimizer step and epoch
+            steps = [[s, 0] for s in range(3) for _ in range(2 if record is one else 1)]
+            assert record["forwards"][phase] == steps
+
+    initial = load_file(accumulated / "initial.safetensors")
+    reference = {
+        p: load_file(accumulated / f"rank0_{p}.safetensors") for p in ("joint", "explainer")
+    }
+    for phase in ("joint", "explainer"):
+        w0 = load_file(double / f"rank0_{phase}.safetensors")
+        w1 = load_file(double / f"rank1_{phase}.safetensors")
+        assert w0.keys() == w1.keys() == reference[phase].keys()
+        assert all(torch.equal(w0[k], w1[k]) for k in w0), phase  # DDP kept replicas equal
+        assert _max_difference(w0, reference[phase]) <= 1e-5, phase
+    # Both phases trained: CLIP and the head in the joint phase, the head alone afterwards.
+    clip_keys = [k for k in initial if k.startswith("clip.")]
+    head_keys = [k for k in initial if k.startswith("shapley_head.")]
+    assert clip_keys and head_keys
+    assert _max_difference(reference["joint"], initial, clip_keys) > 1e-3
+    assert _max_difference(reference["joint"], initial, head_keys) > 1e-3
+    assert _max_difference(reference["explainer"], reference["joint"], head_keys) > 1e-3
+    assert _max_difference(reference["explainer"], reference["joint"], clip_keys) == 0
+    # The explainer phase with one batch of 8 from the same weights: the same result.
+    batch8 = load_file(single / "rank0_explainer.safetensors")
+    assert _max_difference(batch8, reference["explainer"]) <= 1e-5
+
+    # Loss components averaged across processes: the numbers of the one-process run.
+    for phase in ("joint", "explainer"):
+        logs_one, logs_ddp = _train_logs_of(one, phase), _train_logs_of(ranks[0], phase)
+        assert [log["step"] for log in logs_one] == [log["step"] for log in logs_ddp] == [1, 2, 3]
+        for a, b in zip(logs_one, logs_ddp, strict=True):
+            for name in ("loss", "contrastive_loss", "distill_loss", "shapley_loss"):
+                assert b[name] == pytest.approx(a[name], rel=1e-5, abs=1e-7), (phase, name)
+        if phase == "joint":
+            assert all(log["contrastive_loss"] > 0 for log in logs_ddp)
+        else:
+            assert all(log["contrastive_loss"] == 0 for log in logs_ddp)
+        # The per-image proxy drops the duplicates that pad the last eval batch (10 images,
+        # batches of 4 on 2 ranks). (eval_loss and recall@1 are in-batch: a padded batch holds
+        # other images than the one-process run's last batch.)
+        name = "eval_shapley_regression_proxy"
+        assert ranks[0]["eval"][phase][name] == pytest.approx(one["eval"][phase][name], rel=1e-5)
+        for key in (name, "eval_recall_at_1", "eval_loss"):
+            assert ranks[1]["eval"][phase][key] == ranks[0]["eval"][phase][key], (phase, key)
+
+
+def _train_logs_of(record: dict, phase: str) -> list[dict]:
+    return [log for log in record["log_history"][phase] if "loss" in log]

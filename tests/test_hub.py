@@ -148,6 +148,21 @@ def test_bad_metrics_and_inputs_are_clear_errors(tiny_model):
         render_model_card(object())
 
 
+def test_clip_models_get_a_clear_error_and_nothing_written(tmp_path):
+    from conftest import tiny_shapley_clip
+
+    model, _ = tiny_shapley_clip(players_grid=(2, 2))
+    for publish in (
+        lambda: render_model_card(model),
+        lambda: render_model_card(model.config),
+        lambda: hf_shapley.hub.write_model_card(model, tmp_path / "card"),
+        lambda: hf_shapley.hub.save_for_hub(model, tmp_path / "hub"),
+    ):
+        with pytest.raises(TypeError, match="ShapleyCLIPModel|ShapleyForImageClassification"):
+            publish()
+    assert not (tmp_path / "card").exists() and not (tmp_path / "hub").exists()
+
+
 def test_custom_template(tiny_model, tmp_path, no_network):
     template = tmp_path / "t.md"
     template.write_text(

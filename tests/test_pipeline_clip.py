@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -9,6 +11,7 @@ from PIL import Image
 from transformers import CLIPImageProcessor, CLIPModel, pipeline
 
 import hf_shapley
+from _without_package import absolute_package_imports, run_without_package
 from conftest import tiny_clip_config
 from hf_shapley.data import generate_shapes, shapes_caption_tokenizer
 
@@ -145,3 +148,125 @@ def test_bad_input_errors(explainer, images):
             tokenizer=explainer.tokenizer,
             image_processor=explainer.image_processor,
         )
+
+
+# --------------------------------------------------------------------------------------
+# The saved directory carries the pipeline as remote code
+# --------------------------------------------------------------------------------------
+
+# The pipeline's file and what it imports, beside the model's own code files.
+PIPELINE_CODE_FILES = (
+    "pipeline_shapley_clip.py",
+    "configuration_shapley_clip.py",
+    "pipeline_shapley.py",
+    "configuration_shapley.py",
+    "image_loading.py",
+    "visualization.py",
+)
+CUSTOM_PIPELINE_ENTRY = {
+    "impl": "pipeline_shapley_clip.ZeroShotImageShapleyExplanationPipeline",
+    "pt": ["AutoModelForZeroShotImageClassification"],
+    "type": "multimodal",
+}
+
+REMOTE_CHILD = r"""
+import json
+
+import numpy as np
+import torch
+from transformers import pipeline
+
+torch.set_num_threads(1)
+model_dir, io_dir = sys.argv[1], sys.argv[2]
+request = json.loads(open(os.path.join(io_dir, "request.json")).read())
+info = {"blocked": BLOCKED}
+try:
+    pipeline("zero-shot-image-shapley-explanation", model=model_dir)
+    info["without_trust"] = "loaded"
+except ValueError as error:
+    info["without_trust"] = str(error)
+explainer = pipeline(
+    "zero-shot-image-shapley-explanation", model=model_dir, trust_remote_code=True
+)
+results = []
+for path in request["images"]:
+    entries = explainer(
+        path, candidate_labels=request["labels"], hypothesis_template=request["template"]
+    )
+    for entry in entries:
+        heatmap = entry.pop("heatmap")
+        np.save(os.path.join(io_dir, f"heatmap_{len(results)}_{entry['label_id']}.npy"),
+                np.asarray(heatmap))
+    results.append(entries)
+info["pipeline_module"] = type(explainer).__module__
+info["model_module"] = type(explainer.model).__module__
+info["hf_shapley_modules"] = loaded_hf_shapley_modules()
+info["src_on_path"] = src_on_path()
+with open(os.path.join(io_dir, "child.json"), "w") as f:
+    json.dump({"info": info, "results": results}, f)
+"""
+
+
+@pytest.fixture(scope="module")
+def saved_dir(explainer, tmp_path_factory):
+    """The explainer's model saved as examples/train_clip.py saves one: model, tokenizer and
+    image processor in one directory."""
+    path = tmp_path_factory.mktemp("zero_shot_remote") / "model"
+    explainer.model.save_pretrained(path)
+    explainer.tokenizer.save_pretrained(path)
+    explainer.image_processor.save_pretrained(path)
+    return path
+
+
+def test_saved_directory_carries_the_zero_shot_pipeline(saved_dir):
+    config = json.loads((saved_dir / "config.json").read_text())
+    assert config["custom_pipelines"] == {
+        "zero-shot-image-shapley-explanation": CUSTOM_PIPELINE_ENTRY
+    }
+    for file in PIPELINE_CODE_FILES:
+        assert (saved_dir / file).is_file(), file
+        assert absolute_package_imports(saved_dir / file) == [], file
+    # In this process the installed pipeline serves the task (no trust_remote_code needed),
+    # and the loaded config forgets the entry, which saving writes again.
+    loaded = pipeline("zero-shot-image-shapley-explanation", model=str(saved_dir))
+    assert type(loaded) is hf_shapley.ZeroShotImageShapleyExplanationPipeline
+    assert getattr(loaded.model.config, "custom_pipelines", None) is None
+    loaded.model.save_pretrained(saved_dir.parent / "again")
+    again = json.loads((saved_dir.parent / "again" / "config.json").read_text())
+    assert again["custom_pipelines"] == config["custom_pipelines"]
+    assert (saved_dir.parent / "again" / "pipeline_shapley_clip.py").is_file()
+
+
+def test_pipeline_runs_as_remote_code_without_the_package(saved_dir, images, tmp_path):
+    io_dir = tmp_path / "io"
+    io_dir.mkdir()
+    paths = []
+    for i, image in enumerate(images[:2]):
+        paths.append(str(io_dir / f"image{i}.png"))
+        image.save(paths[-1])
+    request = {"images": paths, "labels": LABELS, "template": TEMPLATE}
+    (io_dir / "request.json").write_text(json.dumps(request))
+    proc = run_without_package(REMOTE_CHILD, [str(saved_dir), str(io_dir)], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    child = json.loads((io_dir / "child.json").read_text())
+    info = child["info"]
+    assert info["blocked"], "the child could import hf_shapley: the block is not effective"
+    assert info["hf_shapley_modules"] == [] and not info["src_on_path"]
+    assert "trust_remote_code=True" in info["without_trust"]
+    assert info["pipeline_module"].startswith("transformers_modules"), info
+    assert info["model_module"].startswith("transformers_modules"), info
+
+    # The expected values: the installed pipeline on the same saved directory and image files.
+    expected = pipeline("zero-shot-image-shapley-explanation", model=str(saved_dir))
+    assert len(child["results"]) == len(paths)
+    for i, (path, entries) in enumerate(zip(paths, child["results"], strict=True)):
+        reference = expected(path, candidate_labels=LABELS, hypothesis_template=TEMPLATE)
+        assert [e["label_id"] for e in entries] == [e["label_id"] for e in reference]
+        for entry, ref in zip(entries, reference, strict=True):
+            heatmap = np.asarray(ref.pop("heatmap"))
+            assert entry == ref, (i, entry["label"])  # scores, logits, attributions: exact
+            child_heatmap = np.load(io_dir / f"heatmap_{i}_{entry['label_id']}.npy")
+            np.testing.assert_array_equal(child_heatmap, heatmap)
+    # The explanations are not trivial: the labels' attributions differ.
+    grids = [np.array(e["attributions"]) for e in child["results"][0]]
+    assert max(np.abs(g - grids[0]).max() for g in grids) > 1e-4

@@ -10,16 +10,14 @@ files alone, offline, with its own module cache, and writes its outputs to a fil
 
 from __future__ import annotations
 
-import ast
 import json
-from pathlib import Path
 
 import pytest
 import torch
 from transformers import AutoConfig, AutoModel, AutoModelForImageClassification
 
 import hf_shapley
-from _without_package import run_without_package
+from _without_package import absolute_package_imports, run_without_package
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -110,16 +108,6 @@ def test_saved_directory_holds_code_and_auto_map(saved_models):
         # The shipped files use relative imports only (no `hf_shapley` import).
         for file in CODE_FILES:
             assert absolute_package_imports(path / file) == [], file
-
-
-def absolute_package_imports(path: Path) -> list[str]:
-    found = []
-    for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.Import):
-            found += [a.name for a in node.names if a.name.split(".")[0] == "hf_shapley"]
-        elif isinstance(node, ast.ImportFrom) and node.level == 0:
-            found += [node.module] if (node.module or "").split(".")[0] == "hf_shapley" else []
-    return found
 
 
 def test_auto_classes_resolve_in_process(saved_models):

@@ -21,6 +21,7 @@ from .configuration_shapley import (
     HF_SHAPLEY_VERSION,
     LOSS_NORMALIZATIONS,
     ObjectiveSetting,
+    _drop_locally_registered_pipelines,
     _objective_settings,
     objective_field,
 )
@@ -29,6 +30,21 @@ from .configuration_shapley import (
 #: and survives alone (the empty coalition). SigLIP pools with an attention probe over the patch
 #: tokens, which is undefined when every patch token is removed.
 SUPPORTED_DUAL_ENCODERS = ("clip",)
+
+# The zero-shot explanation pipeline every saved dual encoder carries as remote code
+# (config.json's "custom_pipelines"; the file is copied beside the model files by
+# ShapleyCLIPModel.save_pretrained), as CUSTOM_PIPELINES in configuration_shapley.py.
+ZERO_SHOT_PIPELINE_TASK = "zero-shot-image-shapley-explanation"
+ZERO_SHOT_PIPELINE_MODULE = "pipeline_shapley_clip"
+ZERO_SHOT_PIPELINE_CLASS = "ZeroShotImageShapleyExplanationPipeline"
+CLIP_CUSTOM_PIPELINES = {
+    ZERO_SHOT_PIPELINE_TASK: {
+        "impl": f"{ZERO_SHOT_PIPELINE_MODULE}.{ZERO_SHOT_PIPELINE_CLASS}",
+        # `pt` must name a class transformers itself has (it is looked up there on load).
+        "pt": ["AutoModelForZeroShotImageClassification"],
+        "type": "multimodal",
+    }
+}
 
 
 class ShapleyCLIPConfig(PreTrainedConfig):
@@ -164,6 +180,9 @@ class ShapleyCLIPConfig(PreTrainedConfig):
     hf_shapley_version: str = HF_SHAPLEY_VERSION
 
     def __post_init__(self, **kwargs: Any):
+        # Where `import hf_shapley` registered the zero-shot task, the installed pipeline serves
+        # it (configuration_shapley._drop_locally_registered_pipelines).
+        _drop_locally_registered_pipelines(kwargs)
         super().__post_init__(**kwargs)
         if self.players_grid is not None:
             self.players_grid = [int(s) for s in self.players_grid]
@@ -224,4 +243,10 @@ ShapleyCLIPConfig.__doc__ = ShapleyCLIPConfig.__doc__.replace(
     " " * 8 + "{objective_settings}", "\n".join(s.docstring() for s in CLIP_OBJECTIVE_SETTINGS)
 )
 
-__all__ = ["CLIP_OBJECTIVE_SETTINGS", "SUPPORTED_DUAL_ENCODERS", "ShapleyCLIPConfig"]
+__all__ = [
+    "CLIP_CUSTOM_PIPELINES",
+    "CLIP_OBJECTIVE_SETTINGS",
+    "SUPPORTED_DUAL_ENCODERS",
+    "ZERO_SHOT_PIPELINE_TASK",
+    "ShapleyCLIPConfig",
+]

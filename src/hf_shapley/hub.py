@@ -105,8 +105,18 @@ def _template_text(template_path: str | os.PathLike | None) -> str:
 
 
 def _config_of(model_or_config: Any) -> Any:
+    """The ``ShapleyConfig`` of a classifier (or the config itself); ``TypeError`` for anything
+    else, the self-explaining CLIP included: the card and its template describe a classifier."""
     config = getattr(model_or_config, "config", model_or_config)
-    if getattr(config, "backbone_config", None) is None:
+    model_type = getattr(config, "model_type", None)
+    if model_type == "shapley_clip":
+        raise TypeError(
+            "The model cards of hf_shapley.hub describe ShapleyForImageClassification models; "
+            "a ShapleyCLIPModel (a dual encoder) has none yet. Save it with "
+            "model.save_pretrained(directory) (weights, config, model and zero-shot pipeline "
+            "code) and write its README yourself."
+        )
+    if model_type != "shapley" or getattr(config, "backbone_config", None) is None:
         raise TypeError(
             "render_model_card needs a ShapleyForImageClassification or a ShapleyConfig with a "
             f"backbone_config; got {type(model_or_config).__name__}."
@@ -575,6 +585,7 @@ def write_model_card(
     ``model.save_pretrained`` (or ``Trainer.save_model``) already wrote. Arguments as there
     (``space_directory`` also writes the Space folder of the demo).
     """
+    _config_of(model)  # a clear error before anything is written
     directory = os.fspath(directory)
     figure = None
     if example_image is not None:

@@ -741,19 +741,22 @@ def _config_entries(config: PreTrainedConfig, entries: dict[str, Any]) -> Iterat
                 setattr(config, name, value)
 
 
-def _pipeline_class() -> type | None:
-    """The explanation pipeline's class from the file beside this one (the installed package,
+def _pipeline_class(
+    module_name: str = PIPELINE_MODULE, class_name: str = "ImageShapleyExplanationPipeline"
+) -> type | None:
+    """A pipeline's class from the file ``module_name`` beside this one (the installed package,
     or the remote-code folder of a model loaded with trust_remote_code); ``None`` where that
-    file is absent: the model then saves without the ``custom_pipelines`` entry."""
+    file is absent: the model then saves without the ``custom_pipelines`` entry. Defaults: the
+    ``image-shapley-explanation`` pipeline; ``ShapleyCLIPModel`` asks for its zero-shot one."""
     import importlib
 
     # importlib, not an import statement: the pipeline imports the Pipeline machinery, which
     # loading the model alone does not need, and a remote-code folder may lack the file.
     try:
-        module = importlib.import_module(f"{__package__}.{PIPELINE_MODULE}")
+        module = importlib.import_module(f"{__package__}.{module_name}")
     except ImportError:
         return None
-    return module.ImageShapleyExplanationPipeline
+    return getattr(module, class_name)
 
 
 __all__ = [

@@ -58,11 +58,17 @@ from .coalitions import (
     sample_shapley_kernel_coalitions,
     sample_uniform_size_coalitions,
 )
-from .configuration_shapley_clip import ShapleyCLIPConfig
+from .configuration_shapley_clip import (
+    CLIP_CUSTOM_PIPELINES,
+    ZERO_SHOT_PIPELINE_CLASS,
+    ZERO_SHOT_PIPELINE_MODULE,
+    ShapleyCLIPConfig,
+)
 from .games_shapley import GameExplanation, PlayerView, ShapleyGame, TokenRemovalGame
 from .modeling_shapley import (
     ShapleyHead,
     _config_entries,
+    _pipeline_class,
     additive_efficiency,
     check_pixel_values,
 )
@@ -353,15 +359,30 @@ class ShapleyCLIPModel(ShapleyCLIPPreTrainedModel):
 
         Besides what transformers writes, the config's ``auto_map`` gets an ``AutoModel`` entry
         (transformers writes only the saved class), so that ``AutoModel.from_pretrained(dir,
-        trust_remote_code=True)`` works without hf-shapley.
+        trust_remote_code=True)`` works without hf-shapley, and a ``custom_pipelines`` entry
+        for the ``zero-shot-image-shapley-explanation`` pipeline, whose code
+        ``custom_object_save`` copies beside the model code, so that
+        ``pipeline("zero-shot-image-shapley-explanation", model=dir, trust_remote_code=True)``
+        works there too (with a tokenizer and image processor saved in the directory), as
+        ``ShapleyForImageClassification.save_pretrained`` does for its pipeline.
         """
+        from transformers.dynamic_module_utils import custom_object_save
+
+        pipeline_class = _pipeline_class(ZERO_SHOT_PIPELINE_MODULE, ZERO_SHOT_PIPELINE_CLASS)
         entries = {}
         if self._auto_class is not None:
             model_ref = f"{type(self).__module__.split('.')[-1]}.{type(self).__name__}"
             entries["auto_map"] = {**(getattr(self.config, "auto_map", None) or {})}
             entries["auto_map"]["AutoModel"] = model_ref
+        if pipeline_class is not None:
+            entries["custom_pipelines"] = {
+                **(getattr(self.config, "custom_pipelines", None) or {}),
+                **CLIP_CUSTOM_PIPELINES,
+            }
         with _config_entries(self.config, entries):
             super().save_pretrained(save_directory, *args, **kwargs)
+        if pipeline_class is not None:
+            custom_object_save(pipeline_class, save_directory)
         if self.processor is not None:
             self.processor.save_pretrained(save_directory)
 

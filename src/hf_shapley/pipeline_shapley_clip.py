@@ -5,12 +5,16 @@
 >>> explainer = pipeline("zero-shot-image-shapley-explanation", model="path/to/shapley-clip")
 >>> explainer("cat.jpg", candidate_labels=["cat", "dog"])[0]["heatmap"].save("cat.png")
 
+Without the package, ``pipeline("zero-shot-image-shapley-explanation", model=dir,
+trust_remote_code=True)`` loads this file from the saved model directory.
+
 A :class:`~hf_shapley.ShapleyCLIPModel` explains an image once (its per-player vectors) and each
 candidate label with a dot product, so explaining every label costs about what zero-shot
 classification costs. The output has the format of the ``image-shapley-explanation`` pipeline
 (``pipeline_shapley.py``), one entry per candidate label, most probable first.
 
-This file imports no training code and only relative package imports.
+This file is shipped as remote code (``ShapleyCLIPModel.save_pretrained`` copies it beside the
+model, with what it imports): relative imports only, and no training code.
 """
 
 from __future__ import annotations
@@ -21,11 +25,11 @@ from typing import Any
 import numpy as np
 from transformers import Pipeline
 
+from .configuration_shapley_clip import ZERO_SHOT_PIPELINE_TASK
 from .image_loading import load_rgb_image
 from .pipeline_shapley import _softmax
 from .visualization import overlay_heatmap
 
-ZERO_SHOT_PIPELINE_TASK = "zero-shot-image-shapley-explanation"
 DEFAULT_HYPOTHESIS_TEMPLATE = "This is a photo of {}."
 
 __all__ = [

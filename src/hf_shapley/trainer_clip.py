@@ -16,7 +16,17 @@ Data: examples with an image, a caption and an ``example_index`` column
 ``pixel_values``, ``input_ids``, ``attention_mask``, ``example_index`` and ``return_loss=True``
 (text i matches image i).
 
-Launch as for the classifier (``trainer.py``): ``accelerate launch script.py``.
+Launch as for the classifier (``trainer.py``): ``accelerate launch script.py``. The coalitions
+are keyed by ``example_index``, not by process, and the Shapley regression is a mean of
+per-image terms, as for the classifier. The pair objective's in-batch terms (the contrastive
+loss, the distillation of the similarity distribution over the batch's texts, the text-game
+regression) and the in-batch evaluation metrics (``eval_loss``, ``recall_at_1``) are computed
+over each process's own micro-batch: no embeddings are gathered across processes. A step of N
+processes with batch b therefore equals one process accumulating N micro-batches of b
+(``gradient_accumulation_steps=N``), not one process with batch N * b, and the contrastive
+loss sees b - 1 negatives per image, not N * b - 1 (tests/test_distributed.py checks both
+phases of ``examples/train_clip.py`` against such runs). ``per_device_eval_batch_size`` and
+the padding of the last evaluation batch across processes change ``recall_at_1``.
 """
 
 from __future__ import annotations
