@@ -110,12 +110,19 @@ def render(report: dict, link_prefix: str = "") -> str:
         + ", ".join(f"{k} {v:.0f} s" for k, v in report["timings"].items())
         + ".",
         "",
-        f"Models: **Shapley** = `{report['model_dir']}` (the main job); **plain** = the same "
-        f"pretrained ViT classifier continued with cross-entropy for the same "
-        f"{report['train_steps']} steps (`{report['plain_dir']}`), explained through "
-        "`from_backbone(..., prediction_mode='backbone_head', train_backbone=False)` (its value "
-        "function removes tokens from a classifier never trained on masked inputs, so its curves "
-        "are context, not a like-for-like comparison). One training seed per model.",
+        f"Models: **Shapley** = `{report['model_dir']}` (the main job); **plain** = "
+        + (
+            f"`{report['plain_dir']}`, whose accuracy is compared but which is not explained "
+            "(--skip-plain: the Shapley model's classifier is this one, frozen, so their games "
+            "are the same)."
+            if not any(row["model"] == "plain" for row in report["rows"])
+            else f"the same pretrained ViT classifier continued with cross-entropy for the same "
+            f"{report['train_steps']} steps (`{report['plain_dir']}`), explained through "
+            "`from_backbone(..., prediction_mode='backbone_head', train_backbone=False)` (its "
+            "value function removes tokens from a classifier never trained on masked inputs, so "
+            "its curves are context, not a like-for-like comparison)."
+        )
+        + " One training seed per model.",
         "",
         "## Accuracy (equal optimizer steps)",
         "",

@@ -210,3 +210,12 @@ def test_ranking_section_and_its_targets(report_module):
     )
     # Without a ranking (older JSON files) the section is left out.
     assert "## Ranking" not in report_module.render(_results())
+
+
+def test_header_says_when_the_plain_model_was_not_explained(report_module):
+    results = _results()
+    assert "explained through `from_backbone(" in report_module.render(results)
+    results["rows"] = [row for row in results["rows"] if row["model"] == "Shapley"]
+    text = report_module.render(results)
+    assert "which is not explained (--skip-plain" in text
+    assert "explained through `from_backbone(" not in text
