@@ -64,6 +64,14 @@ class PairArguments:
         default=3e-3,
         metadata={"help": "Learning rate of the head-only phase (the explainer study's 3e-3)."},
     )
+    num_truth_images: int = field(
+        default=4,
+        metadata={
+            "help": "Test pairs on which phi is compared with the exact Shapley values of the "
+            "model's own game (all 2**P coalitions; P <= 16) for each image's caption and the "
+            "other images' captions; written to metrics.json under 'faithfulness'. 0 skips it."
+        },
+    )
     head_hidden_size: int = field(default=128, metadata={"help": "Shapley head width."})
     head_num_layers: int = field(default=2, metadata={"help": "Shapley head attention layers."})
 
@@ -132,6 +140,28 @@ def zero_shot_accuracy(model, dataset, processor, tokenizer, batch_size: int = 6
     return correct / len(dataset)
 
 
+def faithfulness(model, dataset, processor, tokenizer, pairs: PairArguments) -> dict | None:
+    """Agreement of phi with the exact Shapley values of the model's own games on the first test
+    pairs (``hf_shapley.evaluation.measure_clip_agreement``), or None above 16 players."""
+    from hf_shapley.evaluation import measure_clip_agreement
+
+    if model.num_players > 16:
+        logger.warning("P = %d > 16: no exact faithfulness check.", model.num_players)
+        return None
+    rows = dataset[: pairs.num_truth_images]
+    device = next(model.parameters()).device
+    pixels = processor([to_rgb(i) for i in rows["image"]], return_tensors="pt").pixel_values
+    texts = tokenizer(rows["caption"], padding=True, return_tensors="pt")
+    logger.info("Measuring faithfulness on %d test pairs (exact enumeration).", len(pixels))
+    return measure_clip_agreement(
+        model,
+        pixels.to(device),
+        texts.input_ids.to(device),
+        texts.attention_mask.to(device),
+        progress=True,
+    )
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = HfArgumentParser((PairArguments, ShapleyTrainingArguments))
     argv = sys.argv[1:] if argv is None else argv
@@ -179,6 +209,8 @@ def main(argv: list[str] | None = None) -> dict:
         metrics.update({f"explainer_{k}": v for k, v in trainer.evaluate().items()})
 
     metrics["zero_shot_accuracy"] = zero_shot_accuracy(model, test, processor, tokenizer)
+    if pairs.num_truth_images >= 2 and trainer.is_world_process_zero():
+        metrics["faithfulness"] = faithfulness(model, test, processor, tokenizer, pairs)
     output = Path(args.output_dir)
     if trainer.is_world_process_zero():
         model.save_pretrained(output)

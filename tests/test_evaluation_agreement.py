@@ -181,3 +181,42 @@ def test_exact_truth_keeps_its_table(make_model, single_thread):
         direct = model(x, coalition=all_coalitions(4)[None].expand(2, -1, -1)).logits
     assert truth.table.shape == (16, 2, model.num_labels)
     assert torch.allclose(truth.table, direct.transpose(0, 1).double(), atol=1e-5)
+
+
+def test_measure_clip_agreement_against_a_direct_computation(single_thread):
+    """Each pair's exact values come from enumerating the public coalition= scores of that
+    image-text game and averaging marginal contributions over all player orders."""
+    from conftest import random_texts, tiny_shapley_clip
+    from hf_shapley.coalitions import all_coalitions
+    from hf_shapley.evaluation import measure_clip_agreement
+
+    model, _ = tiny_shapley_clip(players_grid=(2, 2), seed=3)
+    x = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(5))
+    ids, mask = random_texts(3, seed=6)
+    report = measure_clip_agreement(model, x, ids, mask)
+    with torch.no_grad():
+        out = model(x, input_ids=ids, attention_mask=mask)
+        masks = all_coalitions(4)[None].expand(3, -1, -1)
+        scores = model(x, input_ids=ids, attention_mask=mask, coalition=masks).logits_per_image
+
+    def truth(b: int, t: int) -> list[float]:
+        def value(S: frozenset) -> float:
+            return float(scores[b, sum(2**i for i in S), t])
+
+        return _permutation_shapley(value, 4)
+
+    phi = out.shapley_values.double()
+    match = [(phi[b, :, b].numpy(), np.array(truth(b, b))) for b in range(3)]
+    other = [
+        (phi[b, :, t].numpy(), np.array(truth(b, t))) for b in range(3) for t in range(3) if t != b
+    ]
+    for pairs, prefix in ((match, ""), (other, "other_texts_")):
+        r = np.mean([np.corrcoef(p, t)[0, 1] for p, t in pairs])
+        assert report[f"{prefix}pearson_r"] == pytest.approx(r, abs=1e-6)
+        residual = sum(((p - t) ** 2).sum() for p, t in pairs)
+        spread = sum(((t - t.mean()) ** 2).sum() for _, t in pairs)
+        assert report[f"{prefix}pooled_relative_error"] == pytest.approx(
+            np.sqrt(residual / spread), rel=1e-5
+        )
+    with pytest.raises(ValueError, match="one text per image"):
+        measure_clip_agreement(model, x, ids[:2], mask[:2])

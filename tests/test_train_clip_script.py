@@ -41,7 +41,16 @@ def test_script_writes_a_loadable_directory(run):
                  "tokenizer.json", "metrics.json", "modeling_shapley_clip.py"):  # fmt: skip
         assert (out / name).is_file(), name
     saved = json.loads((out / "metrics.json").read_text())
-    assert saved == pytest.approx(metrics)
+    faithfulness = saved.pop("faithfulness")
+    assert saved == pytest.approx({k: v for k, v in metrics.items() if k != "faithfulness"})
+    # The explanation's faithfulness is reported: exact truth on the first 4 test pairs, for
+    # each image's caption and for the other images' captions.
+    assert faithfulness["num_images"] == 4 and faithfulness["truth"].startswith("exact")
+    for key in ("pearson_r", "other_texts_pearson_r"):
+        assert -1 <= faithfulness[key] <= 1
+        low, high = faithfulness[f"{key}_ci95"]
+        assert low <= faithfulness[key] <= high
+    assert faithfulness["pooled_relative_error"] >= 0
     for phase in ("joint", "explainer"):
         assert 0 <= metrics[f"{phase}_eval_recall_at_1"] <= 1
         assert 0 < metrics[f"{phase}_eval_shapley_regression_proxy"] < 10

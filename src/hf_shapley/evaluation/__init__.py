@@ -28,6 +28,7 @@ from .agreement import (
     centred_class_values,
     map_summary,
     measure_agreement,
+    measure_clip_agreement,
     pooled_relative_error,
 )
 from .explainers import (
@@ -89,6 +90,7 @@ __all__ = [
     "centred_class_values",
     "map_summary",
     "measure_agreement",
+    "measure_clip_agreement",
     "pooled_relative_error",
     "AttentionRolloutExplainer",
     "CLIPTextScoreOutput",

@@ -147,3 +147,64 @@ __all__ = [
     "measure_agreement",
     "pooled_relative_error",
 ]
+
+
+@torch.no_grad()
+def measure_clip_agreement(
+    model,
+    pixel_values: torch.Tensor,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor | None = None,
+    *,
+    progress: bool = False,
+) -> dict:
+    """Agreement of a ``ShapleyCLIPModel``'s one-pass values with the exact Shapley values of its
+    own image-text games, on pairs: image ``b`` with text ``b`` (its caption), and with every
+    other text of the batch (texts it does not match).
+
+    The truth enumerates all ``2**P`` coalitions of each image's vector game ``u(x_S)`` once and
+    projects it on each text's embedding (Shapley values are linear in the game). The explained
+    quantity is the score itself: a shift shared by every player does not move per-image r, and
+    the pooled error measures spread around each image's mean.
+
+    Args:
+        model: a ``ShapleyCLIPModel`` with ``P <= 16`` players.
+        pixel_values: (B, C, H, W) held-out images, B >= 2.
+        input_ids, attention_mask: (B, L) one text per image, text ``b`` matching image ``b``.
+
+    Returns:
+        ``pearson_r``, ``spearman_r`` (with ``_ci95``) and ``pooled_relative_error`` on the
+        matching pairs; the same with the ``other_texts_`` prefix on the B * (B - 1)
+        non-matching pairs; ``truth`` and ``num_images``.
+    """
+    B = pixel_values.shape[0]
+    if B < 2 or input_ids.shape[0] != B:
+        raise ValueError(
+            "measure_clip_agreement needs B >= 2 images and one text per image (text b matches "
+            f"image b); got {B} images and {input_ids.shape[0]} texts."
+        )
+    if model.num_players > MAX_EXACT_PLAYERS:
+        raise ValueError(
+            f"measure_clip_agreement enumerates all 2**P coalitions: P = {model.num_players} is "
+            f"above {MAX_EXACT_PLAYERS}; use a coarser players_grid for the check."
+        )
+    was_training = model.training
+    model.eval()
+    try:
+        out = model(pixel_values, input_ids=input_ids, attention_mask=attention_mask)
+        vectors = exact_model_shapley_values(model, pixel_values, progress=progress)  # (B, P, D)
+    finally:
+        model.train(was_training)
+    truth = torch.einsum("bpd,td->bpt", vectors, out.text_embeds.detach().double().cpu())
+    phi = out.shapley_values.detach().double().cpu()  # (B, P, T)
+    match = torch.arange(B)
+    other = ~torch.eye(B, dtype=torch.bool)
+    # (B * (B - 1), P) maps of the non-matching pairs, image-major.
+    other_phi = phi.permute(0, 2, 1)[other]
+    other_truth = truth.permute(0, 2, 1)[other]
+    return {
+        **map_summary(phi[match, :, match], truth[match, :, match]),
+        **map_summary(other_phi, other_truth, prefix="other_texts_"),
+        "truth": f"exact (all 2^{model.num_players} coalitions of the vector game)",
+        "num_images": B,
+    }
