@@ -90,6 +90,7 @@ def default_training_args() -> dict:
         "report_to": [],
         "seed": 0,
         "dataloader_num_workers": 0,
+        "dataloader_pin_memory": torch.cuda.is_available(),
     }
 
 
