@@ -45,6 +45,58 @@ def _sigmoid(logits: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-logits))
 
 
+def first_explanation(model_outputs: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The one image's ``(logits (K,), shapley_values (P, K), base_values (K,))`` in float64."""
+    return tuple(
+        model_outputs[key][0].detach().float().numpy().astype(np.float64)
+        for key in ("logits", "shapley_values", "base_values")
+    )
+
+
+def explanation_entries(
+    image: Any,
+    logits: np.ndarray,
+    phi: np.ndarray,
+    base: np.ndarray,
+    scores: np.ndarray,
+    label_ids: Sequence[int],
+    label_names: Sequence[str],
+    players_grid: Sequence[int],
+    image_processor: Any,
+    *,
+    centered: bool,
+    heatmap: bool,
+    colormap: Any,
+    opacity: float,
+) -> list[dict[str, Any]]:
+    """One result entry per label id (the format of both explanation pipelines): ``logits``
+    (K,), ``phi`` (P, K), ``base`` (K,), ``scores`` (K,) of one image."""
+    if centered:  # linear in the logits: the efficiency identity still holds
+        logits = logits - logits.mean()
+        base = base - base.mean()
+        phi = phi - phi.mean(axis=1, keepdims=True)
+    h, w = players_grid
+    results = []
+    for k in label_ids:
+        grid = phi[:, k].reshape(h, w)
+        entry = {
+            "label": label_names[k],
+            "label_id": k,
+            "score": float(scores[k]),
+            "explained": "centered_logit" if centered else "logit",
+            "logit": float(logits[k]),
+            "base_value": float(base[k]),
+            "attributions": grid.tolist(),
+            "efficiency_residual": float(logits[k] - base[k] - phi[:, k].sum()),
+        }
+        if heatmap:
+            entry["heatmap"] = overlay_heatmap(
+                image, grid, image_processor, cmap=colormap, alpha=opacity
+            )
+        results.append(entry)
+    return results
+
+
 class ImageShapleyExplanationPipeline(Pipeline):
     r"""Classify images and explain each predicted label by per-player Shapley values.
 
@@ -236,50 +288,35 @@ class ImageShapleyExplanationPipeline(Pipeline):
         opacity: float = 0.5,
         centered: bool | None = None,
     ) -> list[dict[str, Any]]:
-        logits = model_outputs["logits"][0].detach().float().numpy().astype(np.float64)
-        phi = (
-            model_outputs["shapley_values"][0].detach().float().numpy().astype(np.float64)
-        )  # (P, K)
-        base = model_outputs["base_values"][0].detach().float().numpy().astype(np.float64)
+        logits, phi, base = first_explanation(model_outputs)
         image = model_outputs["image"]
         while isinstance(image, list):  # one image per example, un-batched or not
             image = image[0]
         scores = self._scores(logits)
         if centered is None:
             centered = not self._multi_label()
-        if centered:  # linear in the logits: the efficiency identity still holds
-            logits = logits - logits.mean()
-            base = base - base.mean()
-            phi = phi - phi.mean(axis=1, keepdims=True)
         if targets is None:
             k = min(top_k or DEFAULT_TOP_K, len(logits))
             # Stable sort: equal scores keep label order, so batched and single runs agree.
             label_ids = [int(i) for i in np.argsort(-scores, kind="stable")[:k]]
         else:
             label_ids = list(targets)
-
-        h, w = self.players_grid
         id2label = self.model.config.id2label
-        results = []
-        for k in label_ids:
-            grid = phi[:, k].reshape(h, w)
-            residual = logits[k] - base[k] - phi[:, k].sum()
-            entry = {
-                "label": str(id2label[k]),
-                "label_id": k,
-                "score": float(scores[k]),
-                "explained": "centered_logit" if centered else "logit",
-                "logit": float(logits[k]),
-                "base_value": float(base[k]),
-                "attributions": grid.tolist(),
-                "efficiency_residual": float(residual),
-            }
-            if heatmap:
-                entry["heatmap"] = overlay_heatmap(
-                    image, grid, self.image_processor, cmap=colormap, alpha=opacity
-                )
-            results.append(entry)
-        return results
+        return explanation_entries(
+            image,
+            logits,
+            phi,
+            base,
+            scores,
+            label_ids,
+            [str(id2label[k]) for k in range(len(logits))],
+            self.players_grid,
+            self.image_processor,
+            centered=centered,
+            heatmap=heatmap,
+            colormap=colormap,
+            opacity=opacity,
+        )
 
 
 def register_pipeline() -> None:

@@ -27,8 +27,7 @@ from transformers import Pipeline
 
 from .configuration_shapley_clip import ZERO_SHOT_PIPELINE_TASK
 from .image_loading import load_rgb_image
-from .pipeline_shapley import _softmax
-from .visualization import overlay_heatmap
+from .pipeline_shapley import _softmax, explanation_entries, first_explanation
 
 DEFAULT_HYPOTHESIS_TEMPLATE = "This is a photo of {}."
 
@@ -210,42 +209,31 @@ class ZeroShotImageShapleyExplanationPipeline(Pipeline):
         opacity: float = 0.5,
         centered: bool = True,
     ) -> list[dict[str, Any]]:
-        logits = model_outputs["logits"][0].detach().float().numpy().astype(np.float64)
-        phi = model_outputs["shapley_values"][0].detach().float().numpy().astype(np.float64)
-        base = model_outputs["base_values"][0].detach().float().numpy().astype(np.float64)
+        logits, phi, base = first_explanation(model_outputs)
         labels, image = model_outputs["candidate_labels"], model_outputs["image"]
         while isinstance(labels[0], list):
             labels = labels[0]
         while isinstance(image, list):
             image = image[0]
         scores = _softmax(logits)
-        if centered:  # linear in the scores: the efficiency identity still holds
-            logits = logits - logits.mean()
-            base = base - base.mean()
-            phi = phi - phi.mean(axis=1, keepdims=True)
         order = [int(i) for i in np.argsort(-scores, kind="stable")]
         if top_k is not None:
             order = order[:top_k]
-        h, w = self.players_grid
-        results = []
-        for k in order:
-            grid = phi[:, k].reshape(h, w)
-            entry = {
-                "label": labels[k],
-                "label_id": k,
-                "score": float(scores[k]),
-                "explained": "centered_logit" if centered else "logit",
-                "logit": float(logits[k]),
-                "base_value": float(base[k]),
-                "attributions": grid.tolist(),
-                "efficiency_residual": float(logits[k] - base[k] - phi[:, k].sum()),
-            }
-            if heatmap:
-                entry["heatmap"] = overlay_heatmap(
-                    image, grid, self.image_processor, cmap=colormap, alpha=opacity
-                )
-            results.append(entry)
-        return results
+        return explanation_entries(
+            image,
+            logits,
+            phi,
+            base,
+            scores,
+            order,
+            labels,
+            self.players_grid,
+            self.image_processor,
+            centered=centered,
+            heatmap=heatmap,
+            colormap=colormap,
+            opacity=opacity,
+        )
 
 
 def register_zero_shot_pipeline() -> None:
