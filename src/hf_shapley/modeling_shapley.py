@@ -433,26 +433,15 @@ class ShapleyForImageClassification(ShapleyPreTrainedModel):
         ``pipeline("image-shapley-explanation", model=dir, trust_remote_code=True)`` works in
         a process without hf-shapley.
         """
-        from transformers.dynamic_module_utils import custom_object_save
-
-        pipeline_class = _pipeline_class()
-        entries = {}
-        if self._auto_class is not None:
-            # transformers writes only the saved class into auto_map; AutoModel must load it too.
-            model_ref = f"{type(self).__module__.split('.')[-1]}.{type(self).__name__}"
-            entries["auto_map"] = {**(getattr(self.config, "auto_map", None) or {})}
-            entries["auto_map"]["AutoModel"] = model_ref
-        if pipeline_class is not None:
-            entries["custom_pipelines"] = {
-                **(getattr(self.config, "custom_pipelines", None) or {}),
-                **CUSTOM_PIPELINES,
-            }
-        with _config_entries(self.config, entries):
-            super().save_pretrained(save_directory, *args, **kwargs)
-        if pipeline_class is not None:
-            custom_object_save(pipeline_class, save_directory)
-        if self.image_processor is not None:
-            self.image_processor.save_pretrained(save_directory)
+        parent_save = super().save_pretrained
+        save_with_remote_code(
+            self,
+            save_directory,
+            lambda directory: parent_save(directory, *args, **kwargs),
+            _pipeline_class(),
+            CUSTOM_PIPELINES,
+            self.image_processor,
+        )
 
     # ------------------------------------------------------------------ validation
     def _check_pixel_values(self, pixel_values: torch.Tensor) -> None:
@@ -721,6 +710,42 @@ def check_pixel_values(
         raise ValueError(
             "pixel_values contains NaN or infinite values; check the image loading and normalization."
         )
+
+
+def save_with_remote_code(
+    model: PreTrainedModel,
+    save_directory: str | os.PathLike,
+    save: Callable[[str | os.PathLike], None],
+    pipeline_class: type | None,
+    custom_pipelines: dict[str, Any],
+    processor: Any,
+) -> None:
+    """What the package's models add to ``save_pretrained`` (``save``: transformers' own).
+
+    transformers writes only the saved class into ``auto_map``: an ``AutoModel`` entry is added
+    so that ``AutoModel`` loads it too. With the pipeline's code importable, the config gets
+    ``custom_pipelines`` and ``custom_object_save`` copies the pipeline's code beside the model
+    code, so that ``pipeline(task, model=dir, trust_remote_code=True)`` works without the
+    package. The processor (image processor, or CLIP processor) is saved beside them.
+    """
+    from transformers.dynamic_module_utils import custom_object_save
+
+    entries = {}
+    if model._auto_class is not None:
+        model_ref = f"{type(model).__module__.split('.')[-1]}.{type(model).__name__}"
+        entries["auto_map"] = {**(getattr(model.config, "auto_map", None) or {})}
+        entries["auto_map"]["AutoModel"] = model_ref
+    if pipeline_class is not None:
+        entries["custom_pipelines"] = {
+            **(getattr(model.config, "custom_pipelines", None) or {}),
+            **custom_pipelines,
+        }
+    with _config_entries(model.config, entries):
+        save(save_directory)
+    if pipeline_class is not None:
+        custom_object_save(pipeline_class, save_directory)
+    if processor is not None:
+        processor.save_pretrained(save_directory)
 
 
 @contextlib.contextmanager

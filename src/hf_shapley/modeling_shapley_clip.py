@@ -67,10 +67,10 @@ from .configuration_shapley_clip import (
 from .games_shapley import GameExplanation, PlayerView, ShapleyGame, TokenRemovalGame
 from .modeling_shapley import (
     ShapleyHead,
-    _config_entries,
     _pipeline_class,
     additive_efficiency,
     check_pixel_values,
+    save_with_remote_code,
 )
 from .objective import loss_weight_schedule
 from .objective_clip import clip_joint_objective, image_text_contrastive_loss
@@ -366,25 +366,15 @@ class ShapleyCLIPModel(ShapleyCLIPPreTrainedModel):
         works there too (with a tokenizer and image processor saved in the directory), as
         ``ShapleyForImageClassification.save_pretrained`` does for its pipeline.
         """
-        from transformers.dynamic_module_utils import custom_object_save
-
-        pipeline_class = _pipeline_class(ZERO_SHOT_PIPELINE_MODULE, ZERO_SHOT_PIPELINE_CLASS)
-        entries = {}
-        if self._auto_class is not None:
-            model_ref = f"{type(self).__module__.split('.')[-1]}.{type(self).__name__}"
-            entries["auto_map"] = {**(getattr(self.config, "auto_map", None) or {})}
-            entries["auto_map"]["AutoModel"] = model_ref
-        if pipeline_class is not None:
-            entries["custom_pipelines"] = {
-                **(getattr(self.config, "custom_pipelines", None) or {}),
-                **CLIP_CUSTOM_PIPELINES,
-            }
-        with _config_entries(self.config, entries):
-            super().save_pretrained(save_directory, *args, **kwargs)
-        if pipeline_class is not None:
-            custom_object_save(pipeline_class, save_directory)
-        if self.processor is not None:
-            self.processor.save_pretrained(save_directory)
+        parent_save = super().save_pretrained
+        save_with_remote_code(
+            self,
+            save_directory,
+            lambda directory: parent_save(directory, *args, **kwargs),
+            _pipeline_class(ZERO_SHOT_PIPELINE_MODULE, ZERO_SHOT_PIPELINE_CLASS),
+            CLIP_CUSTOM_PIPELINES,
+            self.processor,
+        )
 
     # ------------------------------------------------------------------ validation
     def _check_pixel_values(self, pixel_values: torch.Tensor) -> None:
