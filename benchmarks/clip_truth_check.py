@@ -27,14 +27,13 @@ from common import markdown_table, report  # noqa: E402
 
 from hf_shapley import ShapleyCLIPModel  # noqa: E402
 from hf_shapley.data import generate_shapes, shapes_captions, shapes_class_prompts  # noqa: E402
-from hf_shapley.evaluation import bootstrap_mean_interval  # noqa: E402
+from hf_shapley.evaluation import bootstrap_mean_interval, pearson_rows  # noqa: E402
 from hf_shapley.evaluation.truth import exact_model_shapley_values  # noqa: E402
 from hf_shapley.image_loading import to_rgb  # noqa: E402
 
 
 def pearson(a: torch.Tensor, b: torch.Tensor) -> float:
-    a, b = a.double() - a.double().mean(), b.double() - b.double().mean()
-    return float((a * b).sum() / (a.norm() * b.norm()))
+    return float(pearson_rows(a, b))
 
 
 def relative_error(estimate: torch.Tensor, truth: torch.Tensor) -> float:
