@@ -232,16 +232,27 @@ def run(variant: str, steps: int, cache: dict, model, args: argparse.Namespace) 
     optimizer = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.05)
     schedule = get_cosine_schedule_with_warmup(optimizer, 30, steps)
     N, M = cache["coalitions"].shape[:2]
+    N = min(N, args.images or N)  # the first `images` training images (fewer, more coalitions)
     M = min(M, args.pool)  # the first `pool` cached coalitions of each image (pairs stay whole)
     pairs = args.coalitions // 2
     generator = torch.Generator().manual_seed(args.seed)
     rows, start, checkpoints = [], time.perf_counter(), set(args.checkpoints) | {steps}
 
+    # Polyak averaging of the head's weights (--ema > 0): the targets are noisy (32 coalitions
+    # an image), and an average of the iterates is the cheapest denoiser there is.
+    averaged = (
+        torch.optim.swa_utils.AveragedModel(
+            explainer, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(args.ema)
+        )
+        if args.ema > 0
+        else None
+    )
+
     def record(step: int) -> None:
         explainer.eval()
         with torch.no_grad():
             phi = explain(
-                explainer,
+                averaged.module if averaged is not None else explainer,
                 model.game,
                 cache["test_states"],
                 cache["test_logits"],
@@ -254,6 +265,9 @@ def run(variant: str, steps: int, cache: dict, model, args: argparse.Namespace) 
             step=step,
             lr=args.lr,
             normalization=args.normalization,
+            ema=args.ema,
+            images=N,
+            batch_size=args.batch_size,
             coalitions=args.coalitions,
             pool=min(args.pool, cache["coalitions"].shape[1]),
             model=Path(args.model).name,
@@ -287,6 +301,8 @@ def run(variant: str, steps: int, cache: dict, model, args: argparse.Namespace) 
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
         schedule.step()
+        if averaged is not None:
+            averaged.update_parameters(explainer)
         if not math.isfinite(float(loss.detach())):
             raise RuntimeError(f"{variant}: loss diverged at step {step}")
         if step + 1 in checkpoints:
@@ -304,15 +320,16 @@ def write_table(jsonl: Path, path: Path) -> str:
         "predicted class's logit centred over classes, 32 held-out test images, against "
         f"KernelSHAP with {TRUTH_EVALUATIONS} paired evaluations of the frozen model's game.",
         "",
-        "| model | variant | steps | step | coalitions per step / pool | lr | loss | head seconds | "
-        "r | Spearman | pooled rel. error |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| model | variant | steps | step | images / batch | coalitions per step / pool | lr | "
+        "loss | EMA | head seconds | r | Spearman | pooled rel. error |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
             f"| {r['model']} | {r['variant']} | {r['steps']} | {r['step']} | "
+            f"{r.get('images', 8000)} / {r.get('batch_size', 64)} | "
             f"{r['coalitions']} / {r.get('pool', 64)} | {r['lr']:g} | "
-            f"{r.get('normalization', 'per_image')} | {r['seconds']} | "
+            f"{r.get('normalization', 'per_image')} | {r.get('ema') or '-'} | {r['seconds']} | "
             f"{r['pearson']:.3f} | {r['spearman']:.3f} | {r['pooled_relative_error']:.3f} |"
         )
     text = "\n".join(lines) + "\n"
@@ -341,7 +358,13 @@ def main(argv: list[str] | None = None) -> None:
         default="per_image",
         help="the regression's normalization (shapley_loss_normalization)",
     )
+    parser.add_argument(
+        "--ema", type=float, default=0.0, help="decay of an average of the head's weights (0: off)"
+    )
     parser.add_argument("--num-train", type=int, default=8000)
+    parser.add_argument(
+        "--images", type=int, default=None, help="train on the first n cached images (default all)"
+    )
     parser.add_argument("--truth-images", type=int, default=32)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)

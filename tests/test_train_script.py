@@ -275,6 +275,33 @@ def test_builtin_job_pretrains_a_classifier_then_wraps_it(
         assert torch.equal(before[f"vit.{name}" if "embeddings" in name else name], after[key])
     assert any(k.startswith("shapley_head.") for k in after)
     # Only the head trains, at its own learning rate; the pretraining kept --learning_rate.
-    head_lr = train_script.ModelArguments().explainer_learning_rate
+    defaults = train_script.ModelArguments()
+    head_lr = defaults.explainer_learning_rate
     assert head_lr != calls[0]["learning_rate"]
-    assert json.loads((out / "training_args.json").read_text())["learning_rate"] == head_lr
+    saved_args = json.loads((out / "training_args.json").read_text())
+    assert saved_args["learning_rate"] == head_lr
+    # ... and its own batch size and images: all 64 here (fewer than the default 4,000), 32 a
+    # step, one epoch.
+    assert saved_args["per_device_train_batch_size"] == defaults.explainer_batch_size == 32
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["train_steps"] == 64 // 32
+
+    # Fewer images for the head: the classifier is reused (not pretrained again) and the head
+    # takes ceil(24 / 8) steps an epoch.
+    train_script.main(
+        ["--image_size", "32", "--players_grid", "2", "2", "--num_train", "64", "--num_test",
+         "16", "--pretrain_epochs", "1", "--num_train_epochs", "1",
+         "--per_device_train_batch_size", "16", "--num_exact_images", "0",
+         "--num_explained_images", "0", "--explainer_train_samples", "24",
+         "--explainer_batch_size", "8", "--output_dir", str(out)]
+    )  # fmt: skip
+    assert len(calls) == 1
+    assert json.loads((out / "metrics.json").read_text())["train_steps"] == 3
+    assert json.loads((out / "training_args.json").read_text())["per_device_train_batch_size"] == 8
+
+
+@pytest.mark.parametrize("option", ["--explainer_train_samples", "--explainer_batch_size"])
+def test_explainer_sizes_below_one_are_refused_before_training(train_script, tmp_path, option):
+    with pytest.raises(SystemExit, match=f"{option} must be at least 1"):
+        train_script.main([option, "0", "--output_dir", str(tmp_path / "o")])
+    assert not (tmp_path / "o").exists()
