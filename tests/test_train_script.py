@@ -280,11 +280,12 @@ def test_builtin_job_pretrains_a_classifier_then_wraps_it(
     assert head_lr != calls[0]["learning_rate"]
     saved_args = json.loads((out / "training_args.json").read_text())
     assert saved_args["learning_rate"] == head_lr
-    # ... and its own batch size and images: all 64 here (fewer than the default 4,000), 32 a
+    # By default the head trains on every image with the job's batch size: 64 images, 16 a
     # step, one epoch.
-    assert saved_args["per_device_train_batch_size"] == defaults.explainer_batch_size == 32
+    assert defaults.explainer_batch_size is None and defaults.explainer_train_samples is None
+    assert saved_args["per_device_train_batch_size"] == 16
     metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["train_steps"] == 64 // 32
+    assert metrics["train_steps"] == 64 // 16
 
     # Fewer images for the head: the classifier is reused (not pretrained again) and the head
     # takes ceil(24 / 8) steps an epoch.
