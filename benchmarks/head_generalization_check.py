@@ -17,12 +17,8 @@ import json
 from pathlib import Path
 
 import torch
-from main_job_seeds import TRUTH_EVALUATIONS, game_key
+from main_job_seeds import RESULTS, cached_truth
 from recipe import tensors
-
-REPO = Path(__file__).resolve().parents[1]
-RESULTS = REPO / "benchmarks" / "results"
-TRUTH_CACHE = REPO / "outputs" / "main-job-seeds-truth"
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -38,26 +34,14 @@ def main(argv: list[str] | None = None) -> None:
         parser.error("--images must be >= 2 (r needs images).")
     import hf_shapley  # noqa: F401  (registers the auto classes)
     from hf_shapley import ShapleyForImageClassification
-    from hf_shapley.evaluation import (
-        centred_class_values,
-        model_shapley_truth,
-        pearson_rows,
-        pooled_relative_error,
-    )
+    from hf_shapley.evaluation import centred_class_values, pearson_rows, pooled_relative_error
 
     torch.set_num_threads(args.threads)
     rows = []
     for directory in args.directories:
         model = ShapleyForImageClassification.from_pretrained(directory).eval()
         x = tensors(args.images, "train", image_size=model.image_size[0])[0]
-        path = TRUTH_CACHE / f"{game_key(model, len(x))}-train.pt"
-        if not path.is_file():
-            truth = model_shapley_truth(
-                model, x, max_exact_players=0, tolerance=0.0, max_evaluations=TRUTH_EVALUATIONS
-            ).values
-            path.parent.mkdir(parents=True, exist_ok=True)
-            torch.save(truth, path)
-        truth = torch.load(path)
+        truth = cached_truth(model, x, "train")
         with torch.no_grad():
             out = model(x)
         classes = out.logits.argmax(-1)

@@ -54,19 +54,27 @@ def game_key(model, num_images: int) -> str:
     return digest.hexdigest()[:16]
 
 
-def cached_truth(model, x: torch.Tensor, num_test: int) -> torch.Tensor:
-    """KernelSHAP-4096 values of the model's own game on ``x``, computed once per game."""
+def cached(path: Path, compute) -> torch.Tensor:
+    """``compute()``'s tensor, saved at ``path`` the first time and loaded from it after."""
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(compute(), path)
+    return torch.load(path)
+
+
+def cached_truth(model, x: torch.Tensor, name: str) -> torch.Tensor:
+    """KernelSHAP-4096 values of the model's own game on ``x``, computed once per game and
+    image set (``name`` tells image sets of one size apart: ``after10000``, ``train``)."""
     from hf_shapley.evaluation import model_shapley_truth
 
-    path = TRUTH_CACHE / f"{game_key(model, len(x))}-after{num_test}.pt"
-    if path.is_file():
-        return torch.load(path)
-    truth = model_shapley_truth(
-        model, x, max_exact_players=0, tolerance=0.0, max_evaluations=TRUTH_EVALUATIONS
-    ).values
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(truth, path)
-    return truth
+    return cached(
+        TRUTH_CACHE / f"{game_key(model, len(x))}-{name}.pt",
+        lambda: (
+            model_shapley_truth(
+                model, x, max_exact_players=0, tolerance=0.0, max_evaluations=TRUTH_EVALUATIONS
+            ).values
+        ),
+    )
 
 
 def cached_exact_truth(model, x: torch.Tensor, num_test: int, chunk: int = 8) -> torch.Tensor:
@@ -77,15 +85,16 @@ def cached_exact_truth(model, x: torch.Tensor, num_test: int, chunk: int = 8) ->
     parts = []
     for start in range(0, len(x), chunk):
         part = x[start : start + chunk]
-        key = game_key(model, len(part))
-        path = TRUTH_CACHE / f"{key}-exact-after{num_test + start}.pt"
-        if not path.is_file():
-            values = model_shapley_truth(
-                model, part, max_exact_players=model.num_players, progress=True
-            ).values
-            path.parent.mkdir(parents=True, exist_ok=True)
-            torch.save(values, path)
-        parts.append(torch.load(path))
+        parts.append(
+            cached(
+                TRUTH_CACHE / f"{game_key(model, len(part))}-exact-after{num_test + start}.pt",
+                lambda part=part: (
+                    model_shapley_truth(
+                        model, part, max_exact_players=model.num_players, progress=True
+                    ).values
+                ),
+            )
+        )
     return torch.cat(parts)
 
 
@@ -118,7 +127,7 @@ def measure_seed(directory: Path, args: argparse.Namespace) -> dict:
     with torch.no_grad():
         out = model(xt)
     classes = out.logits.argmax(-1)
-    truth = cached_truth(model, xt, args.num_test)
+    truth = cached_truth(model, xt, f"after{args.num_test}")
     phi, t = centred_class_values(out.shapley_values, classes), centred_class_values(truth, classes)
     r = pearson_rows(phi, t)
     exact = {}
