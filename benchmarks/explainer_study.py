@@ -23,6 +23,11 @@ Head variants then train on the cache (minutes, not hours) side by side, with th
   final features, as the model uses it (``attention-1`` is the recipe's head);
 * ``players-attention-L``: the same head on player features (each player's tokens averaged
   first): attention over P players instead of N tokens, so a step costs about P / N as much;
+* ``mix-attention-L``: ``attention-L`` on every depth's states at once (each layer-normed,
+  concatenated per token, projected back to the width): the early layers keep what each patch
+  shows, the late ones what the classifier made of it; nearly free (one linear map);
+* ``mix2-attention-L``: the same on two depths only, the embeddings and the final states;
+* ``wide-attention-L``: ``attention-L`` with a 4x (not 2x) feed-forward width;
 * ``branch-k``: a copy of the classifier's own top ``k`` encoder blocks and final norm,
   initialized from its weights, reading the hidden states that enter them, then the 256 MLP
   (``branch-4`` on this 4-layer ViT is a full explainer network, as in ViT-Shapley);
@@ -61,6 +66,10 @@ VARIANTS: dict[str, tuple[str, int]] = {
     "attention-1": ("attention", 1),
     "attention-2": ("attention", 2),
     "attention-3": ("attention", 3),
+    "attention-4": ("attention", 4),
+    "mix-attention-3": ("mix-attention", 3),
+    "mix2-attention-3": ("mix2-attention", 3),
+    "wide-attention-3": ("wide-attention", 3),
     "players-attention-2": ("players-attention", 2),
     "players-attention-3": ("players-attention", 3),
     "players-attention-4": ("players-attention", 4),
@@ -166,15 +175,30 @@ class Explainer(nn.Module):
         self.norm = copy.deepcopy(backbone.layernorm).requires_grad_(kind == "branch")
         hidden = adapter.hidden_size(model.config.backbone_config)
         K = model.num_labels
-        self.player_mean = None
+        self.player_mean = self.mix = None
+        self.depths = None  # all of them
+        if kind in ("mix-attention", "mix2-attention"):
+            if kind == "mix2-attention":
+                self.depths = [0, self.num_layers]
+                kind = "mix-attention"
+            depths = len(self.depths or range(self.num_layers + 1))
+            self.mix = nn.Sequential(
+                nn.LayerNorm(hidden, elementwise_affine=False),
+                nn.Flatten(-2),
+                nn.Linear(depths * hidden, hidden),
+            )
         if kind == "players-attention":
             game = model.game
             self.player_mean = lambda h: game.player_sum(h) / game.tokens_per_player
             kind = "attention"
-        if kind == "attention":
+        if kind in ("attention", "mix-attention", "wide-attention"):
             self.start = self.num_layers
             self.blocks = nn.ModuleList()
             self.head = ShapleyHead(hidden, K, HEAD_HIDDEN, 0.0, depth)
+            if kind == "wide-attention":
+                for layer in self.head.mixer.layers:
+                    layer.linear1 = nn.Linear(hidden, 4 * hidden)
+                    layer.linear2 = nn.Linear(4 * hidden, hidden)
         else:
             if not 0 <= depth <= self.num_layers:
                 raise SystemExit(f"branch-{depth}: the backbone has {self.num_layers} blocks.")
@@ -184,6 +208,10 @@ class Explainer(nn.Module):
             self.head = ShapleyHead(hidden, K, HEAD_HIDDEN, 0.0, 0)
 
     def forward(self, states: torch.Tensor) -> torch.Tensor:
+        if self.mix is not None:  # (B, L + 1, T, D) -> (B, T, L + 1, D) -> (B, T, D)
+            if self.depths is not None:
+                states = states[:, self.depths]
+            return self.head(self.mix(states.float().transpose(1, 2))[:, self.num_special :])
         h = states[:, self.start].float()
         for block in self.blocks:
             h = block(h, attention_mask=None)
@@ -266,6 +294,7 @@ def run(variant: str, steps: int, cache: dict, model, args: argparse.Namespace) 
             lr=args.lr,
             normalization=args.normalization,
             ema=args.ema,
+            seed=args.seed,  # the head's initialization and data order
             images=N,
             batch_size=args.batch_size,
             coalitions=args.coalitions,
@@ -320,13 +349,14 @@ def write_table(jsonl: Path, path: Path) -> str:
         "predicted class's logit centred over classes, 32 held-out test images, against "
         f"KernelSHAP with {TRUTH_EVALUATIONS} paired evaluations of the frozen model's game.",
         "",
-        "| model | variant | steps | step | images / batch | coalitions per step / pool | lr | "
-        "loss | EMA | head seconds | r | Spearman | pooled rel. error |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| model | variant | head seed | steps | step | images / batch | "
+        "coalitions per step / pool | lr | loss | EMA | head seconds | r | Spearman | "
+        "pooled rel. error |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
-            f"| {r['model']} | {r['variant']} | {r['steps']} | {r['step']} | "
+            f"| {r['model']} | {r['variant']} | {r.get('seed', 0)} | {r['steps']} | {r['step']} | "
             f"{r.get('images', 8000)} / {r.get('batch_size', 64)} | "
             f"{r['coalitions']} / {r.get('pool', 64)} | {r['lr']:g} | "
             f"{r.get('normalization', 'per_image')} | {r.get('ema') or '-'} | {r['seconds']} | "

@@ -105,6 +105,14 @@ class ModelArguments:
             "coalition values it keeps across epochs), trained otherwise."
         },
     )
+    head_reads_hidden_states: bool | None = field(
+        default=None,
+        metadata={
+            "help": "backbone_head mode, ViT-like backbones: the Shapley head reads every depth of "
+            "the backbone, not only its final features (ShapleyConfig.head_reads_hidden_states). "
+            "None: the explainer recipe's default for the family."
+        },
+    )
     explainer_learning_rate: float | None = field(
         default=3e-3,
         metadata={
@@ -351,6 +359,8 @@ def build_model(
         kwargs["shapley_loss_normalization"] = "none"
     if args.prediction_mode:
         kwargs["prediction_mode"] = args.prediction_mode
+    if args.head_reads_hidden_states is not None:
+        kwargs["head_reads_hidden_states"] = args.head_reads_hidden_states
     model = ShapleyForImageClassification.from_backbone(
         args.backbone, id2label=id2label, label2id={v: k for k, v in id2label.items()}, **kwargs
     )

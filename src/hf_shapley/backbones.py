@@ -95,11 +95,23 @@ class TokenRemovalAdapter:
         return backbone.embeddings(pixel_values)
 
     def encode_tokens(
-        self, backbone: nn.Module, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None
+        self,
+        backbone: nn.Module,
+        hidden_states: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        all_hidden_states: list[torch.Tensor] | None = None,
     ) -> torch.Tensor:
-        """Run every encoder block and the final norm. ``attention_mask`` is additive, 4D."""
+        """Run every encoder block and the final norm. ``attention_mask`` is additive, 4D.
+
+        ``all_hidden_states``, when given, receives the input and every block's output (L + 1
+        tensors shaped like ``hidden_states``, as ``output_hidden_states=True`` returns them):
+        what a head that reads every depth needs, at no extra pass."""
+        if all_hidden_states is not None:
+            all_hidden_states.append(hidden_states)
         for layer in self.layers(backbone):
             hidden_states = layer(hidden_states, attention_mask=attention_mask)
+            if all_hidden_states is not None:
+                all_hidden_states.append(hidden_states)
         return backbone.layernorm(hidden_states)
 
     def classifier_features(
@@ -146,11 +158,20 @@ class CLIPVisionAdapter(TokenRemovalAdapter):
         return backbone.pre_layrnorm(backbone.embeddings(pixel_values))
 
     def encode_tokens(
-        self, backbone: nn.Module, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None
+        self,
+        backbone: nn.Module,
+        hidden_states: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        all_hidden_states: list[torch.Tensor] | None = None,
     ) -> torch.Tensor:
-        """Run every encoder block (``attention_mask`` additive, 4D); no final norm."""
+        """Run every encoder block (``attention_mask`` additive, 4D); no final norm.
+        ``all_hidden_states`` as in :meth:`TokenRemovalAdapter.encode_tokens`."""
+        if all_hidden_states is not None:
+            all_hidden_states.append(hidden_states)
         for layer in self.layers(backbone):
             hidden_states = layer(hidden_states, attention_mask)
+            if all_hidden_states is not None:
+                all_hidden_states.append(hidden_states)
         return hidden_states
 
 

@@ -318,6 +318,13 @@ class ShapleyConfig(PreTrainedConfig):
             ``prediction_mode="backbone_head"`` only: transformer layers (self-attention over
             the image's tokens, pre-norm) in the Shapley head before its per-token projection,
             so that the explainer sees the whole image (benchmarks/results/recipe_v2.md).
+        head_reads_hidden_states (`bool`, *optional*, defaults to `False`):
+            ``prediction_mode="backbone_head"`` with a token-removal family (ViT, DeiT, DINOv2)
+            only: the Shapley head reads each patch token at every depth of the backbone (the
+            embeddings and every block's output, each normalized, mixed by one linear map)
+            instead of the final features alone. The early depths keep what a patch shows,
+            which a player's value depends on and the final features of a classifier blur
+            (benchmarks/results/explainer_study.md). Costs one (L + 1) D x D matrix.
         prediction_mode (`str`, *optional*, defaults to `"shapley_sum"`):
             ``"shapley_sum"``: logits are the base value plus the sum of the players' values
             (soft voting). ``"backbone_head"``: the wrapped classifier's own head gives the
@@ -358,6 +365,7 @@ class ShapleyConfig(PreTrainedConfig):
     head_hidden_size: int = 0
     head_dropout: float = 0.0
     head_num_layers: int = 0
+    head_reads_hidden_states: bool = False
     prediction_mode: str = "shapley_sum"
     train_backbone: bool = True
     detach_head_features: bool = False
@@ -538,6 +546,12 @@ class ShapleyConfig(PreTrainedConfig):
                 f"head_num_layers={self.head_num_layers} needs prediction_mode='backbone_head': with "
                 "soft voting the head votes per token on packed coalitions, where attention across "
                 "tokens would mix a coalition with its complement. Set head_num_layers=0."
+            )
+        if self.head_reads_hidden_states and self.prediction_mode != "backbone_head":
+            raise ValueError(
+                "head_reads_hidden_states=True needs prediction_mode='backbone_head': with "
+                "soft voting the head votes on every masked pass, where only the final "
+                "features are at hand. Set head_reads_hidden_states=False."
             )
         if self.reuse_shapley_coalitions and not (
             self.prediction_mode == "backbone_head" and not self.train_backbone

@@ -88,11 +88,15 @@ class PlayerView:
         classifier_features: () -> (n, D'), what a wrapped classifier head reads for each row
             (computed on demand: soft voting never needs it); a tuple of G of them for G
             coalitions.
+        hidden_states: () -> (n, N, L + 1, D), the same tokens at every depth of the backbone
+            (the embeddings, then each block's output, as ``output_hidden_states`` orders
+            them); the full view of a token-removal game only, ``None`` elsewhere.
     """
 
     tokens: torch.Tensor
     voting: torch.Tensor | None
     classifier_features: Callable[[], torch.Tensor]
+    hidden_states: Callable[[], torch.Tensor] | None = None
 
 
 class CoalitionValueCache:
@@ -301,7 +305,8 @@ class TokenRemovalGame(ShapleyGame):
 
     def full(self, context: torch.Tensor) -> PlayerView:
         s = self.num_special_tokens
-        states = self.adapter.encode_tokens(self.backbone, context, None)
+        depths: list[torch.Tensor] = []  # every block's output, for a head that reads them
+        states = self.adapter.encode_tokens(self.backbone, context, None, depths)
         patch_states = states[:, s:]
         # patch_weights=None: the classifier's own feature computation, so that a wrapped
         # classifier's predictions stay bit-identical (a weighted mean differs in the last bit).
@@ -309,6 +314,7 @@ class TokenRemovalGame(ShapleyGame):
             patch_states,
             None,
             lambda: self.adapter.classifier_features(states[:, :s], patch_states, None),
+            lambda: torch.stack(depths, dim=2)[:, s:],
         )
 
     def empty_view(self, context: torch.Tensor) -> PlayerView:

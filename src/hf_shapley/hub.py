@@ -262,6 +262,15 @@ def _objective_rows(config: Any) -> list[tuple[str, str]]:
             continue
         rows.append((setting.label, setting.card_value(value)))
     if get("prediction_mode") == "backbone_head":
+        rows.append(("Shapley head attention layers", get("head_num_layers")))
+        rows.append(
+            (
+                "Shapley head reads",
+                "every depth of the backbone"
+                if get("head_reads_hidden_states")
+                else "the backbone's final features",
+            )
+        )
         rows.append(("Backbone trained", get("train_backbone")))
     if get("hf_shapley_version"):
         rows.append(("hf-shapley version", get("hf_shapley_version")))

@@ -92,8 +92,20 @@ class ShapleyHead(nn.Module):
         head_hidden_size: int = 0,
         dropout: float = 0.0,
         num_layers: int = 0,
+        num_hidden_states: int = 1,
     ):
         super().__init__()
+        # num_hidden_states > 1: each token arrives at every depth of the backbone, (..., L + 1,
+        # D). Each depth is normalized, then one linear map mixes them back to D: the early
+        # depths keep what the patch shows, the late ones what the classifier made of it
+        # (explainer study: pooled error 0.257 -> 0.227 on one game, for one matrix).
+        self.hidden_states_mix = None
+        if num_hidden_states > 1:
+            self.hidden_states_mix = nn.Sequential(
+                nn.LayerNorm(hidden_size, elementwise_affine=False),
+                nn.Flatten(-2),
+                nn.Linear(num_hidden_states * hidden_size, hidden_size),
+            )
         self.dropout = nn.Dropout(dropout)
         # Optional self-attention over the tokens before the per-token projection (backbone_head
         # mode only: the explainer sees the full image, never a packed pair of coalitions). A
@@ -121,8 +133,13 @@ class ShapleyHead(nn.Module):
             self.out_proj = nn.Linear(hidden_size, num_labels)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
+        """(..., D) token features, or (..., L + 1, D) with ``num_hidden_states = L + 1`` ->
+        (..., K) fp32 contributions."""
         with torch.autocast(device_type=features.device.type, enabled=False):
-            x = self.dropout(features.to(self.out_proj.weight.dtype))
+            x = features.to(self.out_proj.weight.dtype)
+            if self.hidden_states_mix is not None:
+                x = self.hidden_states_mix(x)
+            x = self.dropout(x)
             if self.mixer is not None:
                 x = self.mixer(x)
             if self.dense is not None:
@@ -247,13 +264,14 @@ class ClassifierReadout:
         logits = self.value(full)
         with empty_statistics():
             empty = self.value(empty)
+        features = full.tokens if self.head.hidden_states_mix is None else full.hidden_states()
         if self.head_gradients:
-            r = player_sum(self.head(full.tokens))
+            r = player_sum(self.head(features))
             gap = (logits - empty) - r.sum(1)
         else:
             # The head's losses reach the head alone: not the backbone through the features,
             # nor the classifier through the efficiency gap.
-            r = player_sum(self.head(full.tokens.detach()))
+            r = player_sum(self.head(features.detach()))
             gap = (logits - empty).detach() - r.sum(1)
         phi = additive_efficiency(r, gap)
         return GameExplanation(logits, phi, empty.expand_as(logits))
@@ -315,12 +333,19 @@ class ShapleyForImageClassification(ShapleyPreTrainedModel):
             else adapter.removal == "pixel_baseline"
         )
         self.num_labels = config.num_labels
+        if config.head_reads_hidden_states and adapter.removal != "token_removal":
+            raise ValueError(
+                f"head_reads_hidden_states=True needs a token-removal backbone (ViT, DeiT, "
+                f"DINOv2); the {adapter.family} backbone's stages have different resolutions. "
+                "Set head_reads_hidden_states=False."
+            )
         self.shapley_head = ShapleyHead(
             adapter.hidden_size(backbone_config),
             config.num_labels,
             config.head_hidden_size,
             config.head_dropout,
             config.head_num_layers,
+            len(adapter.layers(self.backbone)) + 1 if config.head_reads_hidden_states else 1,
         )
         # b: the prediction of the empty coalition in soft-voting mode.
         self.shapley_bias = nn.Parameter(torch.zeros(config.num_labels))

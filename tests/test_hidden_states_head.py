@@ -1,0 +1,108 @@
+"""The Shapley head that reads every depth of the backbone (``head_reads_hidden_states``).
+
+Checked against transformers' own ``output_hidden_states=True``: the head must see exactly the
+hidden states the backbone computes, at no extra pass, and must depend on the early ones.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import hf_shapley
+from conftest import FAMILIES
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_the_full_view_carries_the_backbones_own_hidden_states(make_model, pixel_values, family):
+    model = make_model(family, players_grid=(2, 2), prediction_mode="backbone_head")
+    game = model.game
+    with torch.no_grad():
+        view = game.full(game.prepare(pixel_values))
+        ours = view.hidden_states()
+        reference = model.backbone(pixel_values, output_hidden_states=True).hidden_states
+    s = game.num_special_tokens
+    expected = torch.stack([h[:, s:] for h in reference], dim=2)
+    assert (
+        ours.shape
+        == expected.shape
+        == (
+            3,
+            game.adapter.token_grid(model.config.backbone_config)[0] ** 2,
+            len(reference),
+            ours.shape[-1],
+        )
+    )
+    torch.testing.assert_close(ours, expected)
+
+
+def test_hidden_states_head_explains_with_efficiency_reads_the_embeddings_and_reloads(
+    make_model, pixel_values, tmp_path
+):
+    model = make_model(
+        "vit",
+        players_grid=(2, 2),
+        prediction_mode="backbone_head",
+        head_num_layers=1,
+        head_reads_hidden_states=True,
+    )
+    plain = make_model("vit", players_grid=(2, 2), prediction_mode="backbone_head")
+    mix = model.shapley_head.hidden_states_mix[-1]
+    depths = model.config.backbone_config.num_hidden_layers + 1
+    assert mix.in_features == depths * mix.out_features
+    model.backbone.load_state_dict(plain.backbone.state_dict())
+    model.classifier.load_state_dict(plain.classifier.state_dict())
+    with torch.no_grad():
+        out = model(pixel_values)
+        # Same backbone, same classifier: the logits do not depend on what the head reads.
+        torch.testing.assert_close(out.logits, plain(pixel_values).logits, rtol=0, atol=0)
+    torch.testing.assert_close(out.logits, out.base_values + out.shapley_values.sum(1))
+
+    # The embeddings' block of the mixing matrix reaches the values (depth 0 is read).
+    # (A random change: a constant one vanishes, the normalized features sum to 0.)
+    change = torch.randn(
+        mix.out_features, mix.out_features, generator=torch.Generator().manual_seed(0)
+    )
+    with torch.no_grad():
+        weight = mix.weight.clone()
+        mix.weight[:, : mix.out_features].add_(change)
+        moved = model(pixel_values).shapley_values
+        mix.weight.copy_(weight)
+    assert (moved - out.shapley_values).abs().max() > 1e-3
+
+    model.save_pretrained(tmp_path)
+    again = hf_shapley.ShapleyForImageClassification.from_pretrained(tmp_path).eval()
+    assert again.config.head_reads_hidden_states is True
+    with torch.no_grad():
+        torch.testing.assert_close(
+            again(pixel_values).shapley_values, out.shapley_values, rtol=0, atol=0
+        )
+
+
+def test_hidden_states_head_needs_the_backbone_head_mode(make_backbone_config):
+    with pytest.raises(ValueError, match="head_reads_hidden_states=True needs prediction_mode"):
+        hf_shapley.ShapleyConfig(
+            backbone_config=make_backbone_config("vit"), head_reads_hidden_states=True
+        )
+
+
+def test_hidden_states_head_needs_a_token_removal_family(make_model):
+    with pytest.raises(ValueError, match="needs a token-removal backbone .* ResNet"):
+        make_model(
+            "resnet",
+            players_grid=(2, 2),
+            prediction_mode="backbone_head",
+            head_reads_hidden_states=True,
+        )
+
+
+@pytest.mark.parametrize("reads", [True, False])
+def test_card_states_what_the_head_reads(make_model, reads):
+    from hf_shapley.hub import render_model_card
+
+    model = make_model(
+        "vit", players_grid=(2, 2), prediction_mode="backbone_head", head_reads_hidden_states=reads
+    )
+    card = str(render_model_card(model))
+    row = "every depth of the backbone" if reads else "the backbone's final features"
+    assert f"| Shapley head reads | {row} |" in card
