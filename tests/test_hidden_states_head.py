@@ -106,3 +106,32 @@ def test_card_states_what_the_head_reads(make_model, reads):
     card = str(render_model_card(model))
     row = "every depth of the backbone" if reads else "the backbone's final features"
     assert f"| Shapley head reads | {row} |" in card
+
+
+@pytest.mark.parametrize(
+    ("family", "classifier_class", "expected"),
+    [
+        ("vit", "ViTForImageClassification", True),
+        ("dinov2", "Dinov2ForImageClassification", True),
+        ("resnet", "ResNetForImageClassification", False),
+    ],
+)
+def test_the_explainer_recipe_reads_every_depth_of_vit_like_classifiers(
+    make_backbone_config, family, classifier_class, expected
+):
+    import transformers
+
+    config = make_backbone_config(family, num_labels=3)
+    classifier = getattr(transformers, classifier_class)(config)
+    kwargs = {"image_size": 32} if family == "resnet" else {}
+    model = hf_shapley.ShapleyForImageClassification.from_backbone(
+        classifier, players_grid=(2, 2), **kwargs
+    )
+    assert model.config.prediction_mode == "backbone_head"
+    assert model.config.head_reads_hidden_states is expected
+    assert (model.shapley_head.hidden_states_mix is not None) is expected
+    # What the caller passes wins over the recipe.
+    off = hf_shapley.ShapleyForImageClassification.from_backbone(
+        classifier, players_grid=(2, 2), head_reads_hidden_states=False, **kwargs
+    )
+    assert off.config.head_reads_hidden_states is False

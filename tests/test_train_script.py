@@ -259,6 +259,7 @@ def test_builtin_job_pretrains_a_classifier_then_wraps_it(
     from hf_shapley.configuration_shapley import EXPLAINER_DEFAULTS
 
     assert {k: config[k] for k in EXPLAINER_DEFAULTS} == EXPLAINER_DEFAULTS
+    assert config["head_reads_hidden_states"] is True  # the ViT-like families' recipe
     assert config["backbone_config"]["image_size"] == 32
     # The classifier pretrained here is trained to the end: the explainer learns its fixed game
     # (frozen, its coalition values kept across epochs): the saved classifier IS the pretrained

@@ -504,15 +504,20 @@ def wrap_backbone(
             CLS-token head cannot become soft voting) and ``"shapley_sum"`` otherwise. A
             ResNet or Swin classifier (average pool + linear) wrapped with ``"shapley_sum"``
             starts from soft voting that reproduces its logits. ``"backbone_head"`` takes the
-            explainer recipe ``configuration_shapley.EXPLAINER_DEFAULTS`` for every setting
-            not given in ``config_kwargs``.
+            explainer recipe ``configuration_shapley.EXPLAINER_DEFAULTS`` (and, for the
+            ViT-like families, ``EXPLAINER_TOKEN_REMOVAL_DEFAULTS``) for every setting not
+            given in ``config_kwargs``.
         train_backbone: In ``backbone_head`` mode, ``False`` freezes the classifier so its
             predictions stay bit-identical.
         load_image_processor: For a path or Hub id, also load the image processor and
             check its size against the backbone's image size.
         config_kwargs: Any other ``ShapleyConfig`` field (objective settings...).
     """
-    from .configuration_shapley import EXPLAINER_DEFAULTS, ShapleyConfig
+    from .configuration_shapley import (
+        EXPLAINER_DEFAULTS,
+        EXPLAINER_TOKEN_REMOVAL_DEFAULTS,
+        ShapleyConfig,
+    )
 
     loaded = load_backbone(backbone, load_image_processor=load_image_processor)
     backbone_config = loaded.model.config if loaded.model is not None else loaded.config
@@ -550,7 +555,10 @@ def wrap_backbone(
         )
     backbone_config = _strip_classifier_fields(backbone_config)
     if mode == "backbone_head":
-        config_kwargs = {**EXPLAINER_DEFAULTS, **config_kwargs}
+        family_defaults = (
+            EXPLAINER_TOKEN_REMOVAL_DEFAULTS if adapter.removal == "token_removal" else {}
+        )
+        config_kwargs = {**EXPLAINER_DEFAULTS, **family_defaults, **config_kwargs}
     config = ShapleyConfig(
         backbone_config=backbone_config,
         num_labels=num_labels,

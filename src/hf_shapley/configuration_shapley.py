@@ -47,6 +47,11 @@ EXPLAINER_DEFAULTS: dict[str, Any] = {
     "head_hidden_size": 256,
     "head_num_layers": 3,
 }
+#: Added to :data:`EXPLAINER_DEFAULTS` for the token-removal families (ViT, DeiT, DINOv2): the
+#: head reads every depth of the backbone. On three frozen main-job games it lowered the pooled
+#: error on each one (explainer study: mean 0.246 -> 0.229 at equal steps, about 2% more time);
+#: the pixel-baseline families' stages have other resolutions.
+EXPLAINER_TOKEN_REMOVAL_DEFAULTS: dict[str, Any] = {"head_reads_hidden_states": True}
 EXPLAINED_CLASSES = ("all", "label", "top")
 
 # Version of the hf-shapley code that wrote a config; written into every saved config.json
@@ -595,6 +600,7 @@ ShapleyConfig.__doc__ = ShapleyConfig.__doc__.replace(
 
 __all__ = [
     "EXPLAINER_DEFAULTS",
+    "EXPLAINER_TOKEN_REMOVAL_DEFAULTS",
     "OBJECTIVE_SETTINGS",
     "ObjectiveSetting",
     "ShapleyConfig",
