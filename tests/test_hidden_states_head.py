@@ -135,3 +135,13 @@ def test_the_explainer_recipe_reads_every_depth_of_vit_like_classifiers(
         classifier, players_grid=(2, 2), head_reads_hidden_states=False, **kwargs
     )
     assert off.config.head_reads_hidden_states is False
+
+
+def test_hidden_states_head_under_bf16_autocast_stays_fp32_and_efficient(make_model, pixel_values):
+    model = make_model(
+        "vit", players_grid=(2, 2), prediction_mode="backbone_head", head_reads_hidden_states=True
+    )
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(pixel_values)
+    assert out.shapley_values.dtype == torch.float32 and torch.isfinite(out.shapley_values).all()
+    torch.testing.assert_close(out.logits, out.base_values + out.shapley_values.sum(1))
