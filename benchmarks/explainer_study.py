@@ -23,10 +23,10 @@ Head variants then train on the cache (minutes, not hours) side by side, with th
   final features, as the model uses it (``attention-1`` is the recipe's head);
 * ``players-attention-L``: the same head on player features (each player's tokens averaged
   first): attention over P players instead of N tokens, so a step costs about P / N as much;
-* ``mix-attention-L``: ``attention-L`` on every depth's states at once (each layer-normed,
-  concatenated per token, projected back to the width): the early layers keep what each patch
-  shows, the late ones what the classifier made of it; nearly free (one linear map);
-* ``mix2-attention-L``: the same on two depths only, the embeddings and the final states;
+* ``mix-attention-L``: ``attention-L`` on every depth's states at once, the library's
+  ``ShapleyHead(num_hidden_states=L + 1)`` (``head_reads_hidden_states``: each depth
+  layer-normed, one linear map back to the width): the early layers keep what each patch
+  shows, the late ones what the classifier made of it; nearly free;
 * ``wide-attention-L``: ``attention-L`` with a 4x (not 2x) feed-forward width;
 * ``branch-k``: a copy of the classifier's own top ``k`` encoder blocks and final norm,
   initialized from its weights, reading the hidden states that enter them, then the 256 MLP
@@ -68,7 +68,6 @@ VARIANTS: dict[str, tuple[str, int]] = {
     "attention-3": ("attention", 3),
     "attention-4": ("attention", 4),
     "mix-attention-3": ("mix-attention", 3),
-    "mix2-attention-3": ("mix2-attention", 3),
     "wide-attention-3": ("wide-attention", 3),
     "players-attention-2": ("players-attention", 2),
     "players-attention-3": ("players-attention", 3),
@@ -175,18 +174,8 @@ class Explainer(nn.Module):
         self.norm = copy.deepcopy(backbone.layernorm).requires_grad_(kind == "branch")
         hidden = adapter.hidden_size(model.config.backbone_config)
         K = model.num_labels
-        self.player_mean = self.mix = None
-        self.depths = None  # all of them
-        if kind in ("mix-attention", "mix2-attention"):
-            if kind == "mix2-attention":
-                self.depths = [0, self.num_layers]
-                kind = "mix-attention"
-            depths = len(self.depths or range(self.num_layers + 1))
-            self.mix = nn.Sequential(
-                nn.LayerNorm(hidden, elementwise_affine=False),
-                nn.Flatten(-2),
-                nn.Linear(depths * hidden, hidden),
-            )
+        self.player_mean = None
+        self.reads_depths = kind == "mix-attention"
         if kind == "players-attention":
             game = model.game
             self.player_mean = lambda h: game.player_sum(h) / game.tokens_per_player
@@ -194,7 +183,8 @@ class Explainer(nn.Module):
         if kind in ("attention", "mix-attention", "wide-attention"):
             self.start = self.num_layers
             self.blocks = nn.ModuleList()
-            self.head = ShapleyHead(hidden, K, HEAD_HIDDEN, 0.0, depth)
+            depths = self.num_layers + 1 if self.reads_depths else 1
+            self.head = ShapleyHead(hidden, K, HEAD_HIDDEN, 0.0, depth, depths)
             if kind == "wide-attention":
                 for layer in self.head.mixer.layers:
                     layer.linear1 = nn.Linear(hidden, 4 * hidden)
@@ -208,10 +198,8 @@ class Explainer(nn.Module):
             self.head = ShapleyHead(hidden, K, HEAD_HIDDEN, 0.0, 0)
 
     def forward(self, states: torch.Tensor) -> torch.Tensor:
-        if self.mix is not None:  # (B, L + 1, T, D) -> (B, T, L + 1, D) -> (B, T, D)
-            if self.depths is not None:
-                states = states[:, self.depths]
-            return self.head(self.mix(states.float().transpose(1, 2))[:, self.num_special :])
+        if self.reads_depths:  # (B, L + 1, T, D) -> (B, N, L + 1, D), as the model's view
+            return self.head(states.float().transpose(1, 2)[:, self.num_special :])
         h = states[:, self.start].float()
         for block in self.blocks:
             h = block(h, attention_mask=None)

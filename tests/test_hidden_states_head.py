@@ -15,7 +15,9 @@ from conftest import FAMILIES
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_the_full_view_carries_the_backbones_own_hidden_states(make_model, pixel_values, family):
-    model = make_model(family, players_grid=(2, 2), prediction_mode="backbone_head")
+    model = make_model(
+        family, players_grid=(2, 2), prediction_mode="backbone_head", head_reads_hidden_states=True
+    )
     game = model.game
     with torch.no_grad():
         view = game.full(game.prepare(pixel_values))
@@ -34,6 +36,10 @@ def test_the_full_view_carries_the_backbones_own_hidden_states(make_model, pixel
         )
     )
     torch.testing.assert_close(ours, expected)
+    # A head that reads the final features alone keeps no other depth alive.
+    model.config.head_reads_hidden_states = False
+    with torch.no_grad():
+        assert game.full(game.prepare(pixel_values)).hidden_states is None
 
 
 def test_hidden_states_head_explains_with_efficiency_reads_the_embeddings_and_reloads(

@@ -112,6 +112,10 @@ class TokenRemovalAdapter:
             hidden_states = layer(hidden_states, attention_mask=attention_mask)
             if all_hidden_states is not None:
                 all_hidden_states.append(hidden_states)
+        return self.final_norm(backbone, hidden_states)
+
+    def final_norm(self, backbone: nn.Module, hidden_states: torch.Tensor) -> torch.Tensor:
+        """The norm after the last block (the base model's ``layernorm``)."""
         return backbone.layernorm(hidden_states)
 
     def classifier_features(
@@ -157,21 +161,8 @@ class CLIPVisionAdapter(TokenRemovalAdapter):
         """(B, C, H, W) -> (B, 1 + N, D): CLS then patch tokens, positions added, pre-normed."""
         return backbone.pre_layrnorm(backbone.embeddings(pixel_values))
 
-    def encode_tokens(
-        self,
-        backbone: nn.Module,
-        hidden_states: torch.Tensor,
-        attention_mask: torch.Tensor | None,
-        all_hidden_states: list[torch.Tensor] | None = None,
-    ) -> torch.Tensor:
-        """Run every encoder block (``attention_mask`` additive, 4D); no final norm.
-        ``all_hidden_states`` as in :meth:`TokenRemovalAdapter.encode_tokens`."""
-        if all_hidden_states is not None:
-            all_hidden_states.append(hidden_states)
-        for layer in self.layers(backbone):
-            hidden_states = layer(hidden_states, attention_mask)
-            if all_hidden_states is not None:
-                all_hidden_states.append(hidden_states)
+    def final_norm(self, backbone: nn.Module, hidden_states: torch.Tensor) -> torch.Tensor:
+        """None: the encoder's output is what ``post_layernorm`` pools."""
         return hidden_states
 
 

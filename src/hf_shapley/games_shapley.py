@@ -90,7 +90,8 @@ class PlayerView:
             coalitions.
         hidden_states: () -> (n, N, L + 1, D), the same tokens at every depth of the backbone
             (the embeddings, then each block's output, as ``output_hidden_states`` orders
-            them); the full view of a token-removal game only, ``None`` elsewhere.
+            them); the full view of a token-removal game whose config sets
+            ``head_reads_hidden_states`` only, ``None`` elsewhere.
     """
 
     tokens: torch.Tensor
@@ -305,7 +306,11 @@ class TokenRemovalGame(ShapleyGame):
 
     def full(self, context: torch.Tensor) -> PlayerView:
         s = self.num_special_tokens
-        depths: list[torch.Tensor] = []  # every block's output, for a head that reads them
+        # Every block's output, kept only for a head that reads them (holding them otherwise
+        # would keep every depth's activations alive through the readout). The dual encoder's
+        # config has no such head.
+        reads_depths = getattr(self.config, "head_reads_hidden_states", False)
+        depths: list[torch.Tensor] | None = [] if reads_depths else None
         states = self.adapter.encode_tokens(self.backbone, context, None, depths)
         patch_states = states[:, s:]
         # patch_weights=None: the classifier's own feature computation, so that a wrapped
@@ -314,7 +319,7 @@ class TokenRemovalGame(ShapleyGame):
             patch_states,
             None,
             lambda: self.adapter.classifier_features(states[:, :s], patch_states, None),
-            lambda: torch.stack(depths, dim=2)[:, s:],
+            None if depths is None else (lambda: torch.stack(depths, dim=2)[:, s:]),
         )
 
     def empty_view(self, context: torch.Tensor) -> PlayerView:
