@@ -578,8 +578,12 @@ class ShapleyForImageClassification(ShapleyPreTrainedModel):
         # the epoch. Counter indices (no example_index given) are no key to keep values under.
         reuse = config.reuse_shapley_coalitions and indices_given
 
-        context = game.prepare(pixel_values)
-        out = game.explain(context, readout)
+        # A frozen classifier's passes train nothing: with frozen_game_dtype="bfloat16" they
+        # run under autocast (the head keeps itself in fp32; see ShapleyHead).
+        game_precision = self._frozen_game_precision(device)
+        with game_precision:
+            context = game.prepare(pixel_values)
+            out = game.explain(context, readout)
 
         masked_logits = masked_votes = masks = full_votes = None
         g = config.num_distill_coalitions
@@ -623,7 +627,7 @@ class ShapleyForImageClassification(ShapleyPreTrainedModel):
             if values is not None:
                 values = values.to(device)
             else:
-                with torch.set_grad_enabled(grad_targets):
+                with torch.set_grad_enabled(grad_targets), game_precision:
                     values = game.values(
                         context if grad_targets else context.detach(),
                         coalitions,
@@ -672,6 +676,12 @@ class ShapleyForImageClassification(ShapleyPreTrainedModel):
             shapley_loss=losses.shapley_loss,
             consistency_loss=losses.consistency_loss,
         )
+
+    def _frozen_game_precision(self, device: torch.device) -> contextlib.AbstractContextManager:
+        """bf16 autocast for a frozen classifier's training passes when the config asks for it."""
+        if self.config.frozen_game_dtype == "float32" or not self._frozen_classifier():
+            return contextlib.nullcontext()
+        return torch.autocast(device.type, dtype=getattr(torch, self.config.frozen_game_dtype))
 
     def _check_labels(self, labels: torch.Tensor, batch_size: int) -> None:
         if labels.shape != (batch_size,):
