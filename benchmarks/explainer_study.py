@@ -28,6 +28,8 @@ Head variants then train on the cache (minutes, not hours) side by side, with th
   layer-normed, one linear map back to the width): the early layers keep what each patch
   shows, the late ones what the classifier made of it; nearly free;
 * ``wide-attention-L``: ``attention-L`` with a 4x (not 2x) feed-forward width;
+* ``mix-attention-L-wW``: ``mix-attention-L`` with the head's layers ``W`` wide instead of the
+  backbone's width (the depth mix maps to ``W``): about (W / D)^2 of a layer's cost;
 * ``branch-k``: a copy of the classifier's own top ``k`` encoder blocks and final norm,
   initialized from its weights, reading the hidden states that enter them, then the 256 MLP
   (``branch-4`` on this 4-layer ViT is a full explainer network, as in ViT-Shapley);
@@ -69,6 +71,8 @@ VARIANTS: dict[str, tuple[str, int]] = {
     "attention-4": ("attention", 4),
     "mix-attention-3": ("mix-attention", 3),
     "wide-attention-3": ("wide-attention", 3),
+    "mix-attention-3-w96": ("mix-attention", 3),
+    "mix-attention-3-w64": ("mix-attention", 3),
     "players-attention-2": ("players-attention", 2),
     "players-attention-3": ("players-attention", 3),
     "players-attention-4": ("players-attention", 4),
@@ -76,6 +80,10 @@ VARIANTS: dict[str, tuple[str, int]] = {
     "branch-2": ("branch", 2),
     "branch-4": ("branch", 4),
 }
+
+# Variants whose head runs narrower than the backbone (the depth mix maps (L + 1) D -> width):
+# a layer's cost goes with width^2, and the 4x FF width arm showed no gain from capacity.
+HEAD_WIDTHS: dict[str, int] = {"mix-attention-3-w96": 96, "mix-attention-3-w64": 64}
 
 
 def load_model(path: str):
@@ -163,7 +171,7 @@ class Explainer(nn.Module):
     """A head on cached hidden states: (B, L + 1, s + N, D) -> per-token (B, N, K), or
     per-player (B, P, K) for ``players-attention``."""
 
-    def __init__(self, model, kind: str, depth: int):
+    def __init__(self, model, kind: str, depth: int, width: int | None = None):
         super().__init__()
         from hf_shapley.modeling_shapley import ShapleyHead
 
@@ -185,6 +193,13 @@ class Explainer(nn.Module):
             self.blocks = nn.ModuleList()
             depths = self.num_layers + 1 if self.reads_depths else 1
             self.head = ShapleyHead(hidden, K, HEAD_HIDDEN, 0.0, depth, depths)
+            if width is not None:  # the same head at `width`, its depth mix mapping to it
+                self.head = ShapleyHead(width, K, HEAD_HIDDEN, 0.0, depth)
+                self.head.hidden_states_mix = nn.Sequential(
+                    nn.LayerNorm(hidden, elementwise_affine=False),
+                    nn.Flatten(-2),
+                    nn.Linear(depths * hidden, width),
+                )
             if kind == "wide-attention":
                 for layer in self.head.mixer.layers:
                     layer.linear1 = nn.Linear(hidden, 4 * hidden)
@@ -243,7 +258,7 @@ def run(variant: str, steps: int, cache: dict, model, args: argparse.Namespace) 
 
     kind, depth = VARIANTS[variant]
     torch.manual_seed(args.seed)
-    explainer = Explainer(model, kind, depth)
+    explainer = Explainer(model, kind, depth, HEAD_WIDTHS.get(variant))
     params = [p for p in explainer.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.05)
     schedule = get_cosine_schedule_with_warmup(optimizer, 30, steps)
