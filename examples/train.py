@@ -187,6 +187,15 @@ class DataArguments:
     max_train_samples: int | None = field(
         default=None, metadata={"help": "Truncate the training split."}
     )
+    preprocess_in_memory_gb: float = field(
+        default=2.0,
+        metadata={
+            "help": "Process each split's images once and keep the pixel values in memory when "
+            "they take at most this many GB (0: process every batch). Without augmentation "
+            "every epoch sees the same pixels; on the built-in data this saves the ~45 ms a "
+            "batch of 64 spends decoding and processing (about 90 s of the main job)."
+        },
+    )
     max_eval_samples: int | None = field(
         default=None, metadata={"help": "Truncate the evaluation split."}
     )
@@ -313,6 +322,43 @@ def check_images_decode(
             ) from error
 
 
+class InMemoryPixels(torch.utils.data.Dataset):
+    """A split whose images went through the image processor once: ``{"pixel_values": (C, H, W),
+    label_column: int}`` per item, what ``ShapleyImageCollator`` takes as it is."""
+
+    def __init__(self, pixel_values: torch.Tensor, labels: list[int], label_column: str):
+        self.pixel_values, self.labels, self.label_column = pixel_values, labels, label_column
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int) -> dict:
+        return {"pixel_values": self.pixel_values[index], self.label_column: self.labels[index]}
+
+
+def in_memory(
+    split: datasets.Dataset,
+    processor,
+    image_column: str,
+    label_column: str,
+    limit_gb: float,
+    batch_size: int = 256,
+):
+    """``split`` with its pixel values computed once (``InMemoryPixels``) when they fit in
+    ``limit_gb``; else ``split`` itself (the collator then processes every batch)."""
+    first = processor([to_rgb(split[0][image_column])], return_tensors="pt")["pixel_values"]
+    if first.numel() * first.element_size() * len(split) > limit_gb * 2**30:
+        return split
+    pixel_values = torch.empty((len(split), *first.shape[1:]), dtype=first.dtype)
+    for start in range(0, len(split), batch_size):
+        rows = split[start : start + batch_size]
+        images = [to_rgb(image) for image in rows[image_column]]
+        pixel_values[start : start + len(images)] = processor(images, return_tensors="pt")[
+            "pixel_values"
+        ]
+    return InMemoryPixels(pixel_values, [int(y) for y in split[label_column]], label_column)
+
+
 def label_names(split: datasets.Dataset, label_column: str) -> dict[int, str]:
     feature = split.features[label_column]
     if isinstance(feature, datasets.ClassLabel):
@@ -331,6 +377,15 @@ def builtin_image_processor(image_size: int) -> ViTImageProcessorPil:
     return ViTImageProcessorPil(
         size={"height": image_size, "width": image_size}, image_mean=[0.5] * 3, image_std=[0.5] * 3
     )
+
+
+def native_bfloat16() -> bool:
+    """Whether the training device computes bf16 natively: a bf16 GPU, or a CPU with AMX tiles
+    (measured here: masked passes 1.7x faster than fp32). Elsewhere a CPU emulates bf16, slower."""
+    if torch.cuda.is_available():
+        return torch.cuda.is_bf16_supported()
+    has_amx = getattr(torch.cpu, "_is_amx_tile_supported", None)
+    return bool(has_amx is not None and has_amx())
 
 
 def build_model(
@@ -357,6 +412,9 @@ def build_model(
         # image; unnormalized, it weighs images as the pooled error does (explainer study: lower
         # pooled error AND higher r than per-image normalization at equal steps).
         kwargs["shapley_loss_normalization"] = "none"
+        # The frozen classifier's passes train nothing: bf16 where the device computes it
+        # natively (the head stays fp32; --frozen_game_dtype float32 overrides).
+        kwargs["frozen_game_dtype"] = "bfloat16" if native_bfloat16() else "float32"
     if args.prediction_mode:
         kwargs["prediction_mode"] = args.prediction_mode
     if args.head_reads_hidden_states is not None:
@@ -401,10 +459,11 @@ def pretrain_builtin_classifier(
         "Pretraining a plain ViT classifier for %s epochs (cross-entropy only).",
         model_args.pretrain_epochs,
     )
+    processor = builtin_image_processor(model_args.image_size)
     train_plain_classifier(
         model,
-        train,
-        image_processor=builtin_image_processor(model_args.image_size),
+        in_memory(train, processor, image_column, label_column, data_args.preprocess_in_memory_gb),
+        image_processor=processor,
         output_dir=path,
         num_train_epochs=model_args.pretrain_epochs,
         per_device_train_batch_size=training_args.per_device_train_batch_size,
@@ -465,10 +524,21 @@ def write_pictures(
 
 # ----------------------------------------------------------------------------- main
 def train_and_evaluate(
-    model, processor, training_args, train, evaluation, image_column, label_column
+    model,
+    processor,
+    training_args,
+    train,
+    evaluation,
+    image_column,
+    label_column,
+    in_memory_gb: float = 0.0,
 ):
     collator = ShapleyImageCollator(
         image_processor=processor, image_column=image_column, label_column=label_column
+    )
+    train, evaluation = (
+        in_memory(split, processor, image_column, label_column, in_memory_gb)
+        for split in (train, evaluation)
     )
     trainer = ShapleyTrainer(
         model=model,
@@ -493,6 +563,11 @@ def main(argv: list[str] | None = None) -> dict:
     model_args, data_args, report_args, training_args = parser.parse_args_into_dataclasses(
         args=argv
     )
+    if data_args.preprocess_in_memory_gb < 0:
+        raise SystemExit(
+            f"--preprocess_in_memory_gb must be >= 0 (0: process every batch); got "
+            f"{data_args.preprocess_in_memory_gb}."
+        )
     for name in ("explainer_train_samples", "explainer_batch_size"):
         value = getattr(model_args, name)
         if value is not None and value < 1:
@@ -542,7 +617,14 @@ def main(argv: list[str] | None = None) -> dict:
         len(evaluation),
     )
     trainer, result, metrics, train_seconds = train_and_evaluate(
-        model, processor, training_args, train, evaluation, image_column, label_column
+        model,
+        processor,
+        training_args,
+        train,
+        evaluation,
+        image_column,
+        label_column,
+        data_args.preprocess_in_memory_gb,
     )
     out_dir = Path(training_args.output_dir)
     n_eval = len(evaluation)
@@ -580,7 +662,14 @@ def main(argv: list[str] | None = None) -> dict:
         set_seed(training_args.seed)
         plain_model, _ = build_model(model_args, id2label)
         _, _, plain_metrics, _ = train_and_evaluate(
-            plain_model, processor, plain_args, train, evaluation, image_column, label_column
+            plain_model,
+            processor,
+            plain_args,
+            train,
+            evaluation,
+            image_column,
+            label_column,
+            data_args.preprocess_in_memory_gb,
         )
         plain_accuracy = plain_metrics["eval_accuracy"]
         report["plain_accuracy"] = plain_accuracy
