@@ -35,6 +35,7 @@ DEFAULTS = {
     "explained_classes": "all",
     "num_explained_classes": None,
     "reuse_shapley_coalitions": False,  # added later, off by default: old configs train as before
+    "frozen_game_dtype": "float32",  # added later, fp32 by default: old configs train as before
     "coalition_batch_size": 64,
     "coalition_seed": 0,
 }
