@@ -6,20 +6,21 @@ plain fine-tune is only meaningful if the plain fine-tune would not be better wi
 head takes: the faithfulness benchmark's plain arm (the same classifier continued for the head's
 1,000 steps) reached 85.0% against the 8-epoch classifier's 75.1%.
 
-This script trains the main job's classifier exactly as ``examples/train.py`` does
-(``hf_shapley.plain_classifier.train_plain_classifier``, the main job's data, model and
-defaults) under several schedules side by side, and measures accuracy and NLL on the same
+This script trains the main job's classifier as ``examples/train.py`` does
+(``hf_shapley.plain_classifier.train_plain_classifier`` on the main job's data; the
+architecture and image processor of a classifier the main job wrote, ``--like``, trained afresh;
+the main job's batch size, weight decay, warm-up and schedule) under several schedules side by side, and measures accuracy and NLL on the same
 10,000 generated test images ``main_job_seeds.py`` uses, with the seconds each took. One row per
 (schedule, seed) in ``results/classifier_schedule.{jsonl,md}``; rows are kept.
 
-    python benchmarks/classifier_schedule.py --epochs 8 --learning-rates 1e-3 3e-3 --seeds 0
+    python benchmarks/classifier_schedule.py --epochs 8 --learning-rates 1e-3 3e-3 --seeds 0 \
+        --like outputs/shapley-vit-shapes/pretrained-classifier-64px-independent-8000-8ep-seed0
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
@@ -29,7 +30,8 @@ from recipe import tensors
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
-sys.path.insert(0, str(REPO / "examples"))
+# The main job's pretraining settings (examples/train.py default_training_args).
+MAIN_JOB = dict(per_device_train_batch_size=64, weight_decay=0.05, warmup_steps=30)
 
 
 def accuracy_and_nll(model, x: torch.Tensor, y: torch.Tensor, batch: int = 500) -> dict:
@@ -46,30 +48,31 @@ def accuracy_and_nll(model, x: torch.Tensor, y: torch.Tensor, batch: int = 500) 
 
 
 def run(epochs: float, lr: float, seed: int, args, train, test) -> dict:
-    from train import BUILTIN_BACKBONE, builtin_image_processor, default_training_args
-    from transformers import ViTConfig, ViTForImageClassification, set_seed
+    from transformers import (
+        AutoConfig,
+        AutoImageProcessor,
+        AutoModelForImageClassification,
+        set_seed,
+    )
 
     from hf_shapley.plain_classifier import train_plain_classifier
 
-    defaults = default_training_args()
     set_seed(seed)
-    config = ViTConfig(**BUILTIN_BACKBONE)
-    config.id2label = {i: str(i) for i in range(args.num_labels)}
-    config.label2id = {v: k for k, v in config.id2label.items()}
-    model = ViTForImageClassification(config)
+    model = AutoModelForImageClassification.from_config(AutoConfig.from_pretrained(args.like))
+    batch_size = args.batch_size or MAIN_JOB["per_device_train_batch_size"]
     out = REPO / "outputs" / "classifier-schedule" / f"{epochs:g}ep-lr{lr:g}-seed{seed}"
     start = time.perf_counter()
     _, metrics = train_plain_classifier(
         model,
         train,
-        image_processor=builtin_image_processor(BUILTIN_BACKBONE["image_size"]),
+        image_processor=AutoImageProcessor.from_pretrained(args.like),
         output_dir=out,
         num_train_epochs=epochs,
-        per_device_train_batch_size=args.batch_size or defaults["per_device_train_batch_size"],
+        per_device_train_batch_size=batch_size,
         learning_rate=lr,
-        weight_decay=defaults["weight_decay"],
-        warmup_steps=defaults["warmup_steps"],
-        lr_scheduler_type=defaults["lr_scheduler_type"],
+        weight_decay=MAIN_JOB["weight_decay"],
+        warmup_steps=MAIN_JOB["warmup_steps"],
+        lr_scheduler_type="cosine",
         seed=seed,
         logging_steps=50,
     )
@@ -77,7 +80,7 @@ def run(epochs: float, lr: float, seed: int, args, train, test) -> dict:
     row = dict(
         epochs=epochs,
         learning_rate=lr,
-        batch_size=args.batch_size or defaults["per_device_train_batch_size"],
+        batch_size=batch_size,
         seed=seed,
         steps=metrics["train_steps"],
         train_loss=metrics.get("train_loss"),
@@ -112,22 +115,30 @@ def write_table(jsonl: Path, path: Path) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument(
+        "--like",
+        required=True,
+        help="a classifier the main job wrote (outputs/.../pretrained-classifier-*): its "
+        "architecture and image processor",
+    )
     parser.add_argument("--epochs", type=float, nargs="+", default=[8])
     parser.add_argument("--learning-rates", type=float, nargs="+", default=[1e-3])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--batch-size", type=int, default=None)
     parser.add_argument("--num-train", type=int, default=8000)
     parser.add_argument("--num-test", type=int, default=10000)
-    parser.add_argument("--num-labels", type=int, default=4)
     parser.add_argument("--tag", default="classifier_schedule")
     args = parser.parse_args(argv)
     if min(args.epochs) <= 0 or min(args.learning_rates) <= 0:
         parser.error("--epochs and --learning-rates must be positive.")
 
+    from transformers import AutoConfig
+
     from hf_shapley.data import load_image_splits
 
-    train, _ = load_image_splits(num_train=args.num_train, num_test=1, image_size=64)
-    test = tensors(args.num_test, "test")
+    size = AutoConfig.from_pretrained(args.like).image_size
+    train, _ = load_image_splits(num_train=args.num_train, num_test=1, image_size=size)
+    test = tensors(args.num_test, "test", image_size=size)
     jsonl = RESULTS / f"{args.tag}.jsonl"
     for seed in args.seeds:
         for lr in args.learning_rates:

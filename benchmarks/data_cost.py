@@ -3,11 +3,12 @@
 The Trainer's data loader hands ``ShapleyImageCollator`` 64 examples a step; by default the
 collator decodes and processes their images every time, in the training process (the main job
 uses no loader workers: 2 cores). ``examples/train.py --preprocess_in_memory_gb`` processes each
-split once instead (``in_memory``). This script times both on the built-in training split, side
-by side in one process: the one-time processing, and one epoch of batches each way, through the
-same ``DataLoader`` and collator the Trainer builds.
+split once instead (``hf_shapley.data.process_in_memory``). This script times both on the
+built-in training split with a main-job model's image processor, side by side in one process:
+the one-time processing, and one epoch of batches each way, through the same ``DataLoader`` and
+collator the Trainer builds.
 
-    python benchmarks/data_cost.py
+    python benchmarks/data_cost.py --model outputs/shapley-vit-shapes
 """
 
 from __future__ import annotations
@@ -20,9 +21,7 @@ from pathlib import Path
 
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "examples"))
-sys.path.insert(0, str(REPO / "benchmarks"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import markdown_table, report  # noqa: E402
 
 
@@ -38,21 +37,23 @@ def epoch_seconds(dataset, collator, batch_size: int) -> float:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model", default="outputs/shapley-vit-shapes", help="its processor")
     parser.add_argument("--num-train", type=int, default=8000)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--epochs", type=int, default=16, help="the main job's, both phases")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
-    from train import builtin_image_processor, in_memory
+    from transformers import AutoImageProcessor
 
-    from hf_shapley.data import load_image_splits
+    from hf_shapley.data import load_image_splits, process_in_memory
     from hf_shapley.trainer import ShapleyImageCollator
 
-    train, _ = load_image_splits(num_train=args.num_train, num_test=1, image_size=64)
-    processor = builtin_image_processor(64)
+    processor = AutoImageProcessor.from_pretrained(args.model)
+    size = processor.size["height"]
+    train, _ = load_image_splits(num_train=args.num_train, num_test=1, image_size=size)
     collator = ShapleyImageCollator(image_processor=processor, image_column="image")
     start = time.perf_counter()
-    kept = in_memory(train, processor, "image", "label", 2.0)
+    kept = process_in_memory(train, processor, max_gb=2.0)
     once = time.perf_counter() - start
     every, memory = [], []
     for _ in range(2):  # interleaved

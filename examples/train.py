@@ -50,7 +50,7 @@ from hf_shapley import (
     ShapleyTrainer,
     ShapleyTrainingArguments,
 )
-from hf_shapley.data import load_image_splits
+from hf_shapley.data import load_image_splits, process_in_memory
 from hf_shapley.evaluation import wilson_interval
 from hf_shapley.image_loading import to_rgb
 from hf_shapley.trainer import ShapleyImageCollator, add_example_index
@@ -322,43 +322,6 @@ def check_images_decode(
             ) from error
 
 
-class InMemoryPixels(torch.utils.data.Dataset):
-    """A split whose images went through the image processor once: ``{"pixel_values": (C, H, W),
-    label_column: int}`` per item, what ``ShapleyImageCollator`` takes as it is."""
-
-    def __init__(self, pixel_values: torch.Tensor, labels: list[int], label_column: str):
-        self.pixel_values, self.labels, self.label_column = pixel_values, labels, label_column
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def __getitem__(self, index: int) -> dict:
-        return {"pixel_values": self.pixel_values[index], self.label_column: self.labels[index]}
-
-
-def in_memory(
-    split: datasets.Dataset,
-    processor,
-    image_column: str,
-    label_column: str,
-    limit_gb: float,
-    batch_size: int = 256,
-):
-    """``split`` with its pixel values computed once (``InMemoryPixels``) when they fit in
-    ``limit_gb``; else ``split`` itself (the collator then processes every batch)."""
-    first = processor([to_rgb(split[0][image_column])], return_tensors="pt")["pixel_values"]
-    if first.numel() * first.element_size() * len(split) > limit_gb * 2**30:
-        return split
-    pixel_values = torch.empty((len(split), *first.shape[1:]), dtype=first.dtype)
-    for start in range(0, len(split), batch_size):
-        rows = split[start : start + batch_size]
-        images = [to_rgb(image) for image in rows[image_column]]
-        pixel_values[start : start + len(images)] = processor(images, return_tensors="pt")[
-            "pixel_values"
-        ]
-    return InMemoryPixels(pixel_values, [int(y) for y in split[label_column]], label_column)
-
-
 def label_names(split: datasets.Dataset, label_column: str) -> dict[int, str]:
     feature = split.features[label_column]
     if isinstance(feature, datasets.ClassLabel):
@@ -462,7 +425,13 @@ def pretrain_builtin_classifier(
     processor = builtin_image_processor(model_args.image_size)
     train_plain_classifier(
         model,
-        in_memory(train, processor, image_column, label_column, data_args.preprocess_in_memory_gb),
+        process_in_memory(
+            train,
+            processor,
+            image_column=image_column,
+            label_column=label_column,
+            max_gb=data_args.preprocess_in_memory_gb,
+        ),
         image_processor=processor,
         output_dir=path,
         num_train_epochs=model_args.pretrain_epochs,
@@ -537,7 +506,13 @@ def train_and_evaluate(
         image_processor=processor, image_column=image_column, label_column=label_column
     )
     train, evaluation = (
-        in_memory(split, processor, image_column, label_column, in_memory_gb)
+        process_in_memory(
+            split,
+            processor,
+            image_column=image_column,
+            label_column=label_column,
+            max_gb=in_memory_gb,
+        )
         for split in (train, evaluation)
     )
     trainer = ShapleyTrainer(

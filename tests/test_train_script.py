@@ -250,7 +250,9 @@ def test_builtin_job_pretrains_a_classifier_then_wraps_it(
     assert calls[0]["num_train_epochs"] == 1 and calls[0]["output_dir"] == pretrained
     assert calls[0]["per_device_train_batch_size"] == 16 and calls[0]["learning_rate"] == 1e-3
     # The built-in images fit in memory: processed once, not in every batch.
-    assert isinstance(calls[0]["train_dataset"], train_script.InMemoryPixels)
+    from hf_shapley.data import InMemoryPixels
+
+    assert isinstance(calls[0]["train_dataset"], InMemoryPixels)
     assert len(calls[0]["train_dataset"]) == 64
     assert (pretrained / "model.safetensors").is_file()
     assert json.loads((pretrained / "config.json").read_text())["architectures"] == [
@@ -313,25 +315,6 @@ def test_explainer_sizes_below_one_are_refused_before_training(train_script, tmp
     with pytest.raises(SystemExit, match=f"{option} must be at least 1"):
         train_script.main([option, "0", "--output_dir", str(tmp_path / "o")])
     assert not (tmp_path / "o").exists()
-
-
-def test_in_memory_pixels_are_the_collators_bit_for_bit(train_script):
-    from hf_shapley.data import load_image_splits
-    from hf_shapley.trainer import ShapleyImageCollator
-
-    train, _ = load_image_splits(num_train=20, num_test=1, image_size=32)
-    processor = train_script.builtin_image_processor(32)
-    kept = train_script.in_memory(train, processor, "image", "label", 1.0, batch_size=8)
-    assert isinstance(kept, train_script.InMemoryPixels) and len(kept) == 20
-    collator = ShapleyImageCollator(image_processor=processor, image_column="image")
-    rows = [5, 17, 0]
-    from_images = collator([train[i] for i in rows])
-    from_memory = collator([kept[i] for i in rows])
-    assert torch.equal(from_memory["pixel_values"], from_images["pixel_values"])
-    assert torch.equal(from_memory["labels"], from_images["labels"])
-    # Over the limit (or 0): the split itself, processed batch by batch.
-    assert train_script.in_memory(train, processor, "image", "label", 1e-6) is train
-    assert train_script.in_memory(train, processor, "image", "label", 0.0) is train
 
 
 def test_negative_in_memory_limit_is_refused_before_training(train_script, tmp_path):

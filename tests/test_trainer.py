@@ -244,6 +244,7 @@ def test_argument_parser_sees_the_generated_fields(tmp_path):
         "explained_classes": ("label", "label"),
         "num_explained_classes": ("2", 2),
         "reuse_shapley_coalitions": ("true", True),
+        "frozen_game_dtype": ("bfloat16", "bfloat16"),
         "coalition_batch_size": ("8", 8),
         "coalition_seed": ("7", 7),
     }

@@ -6,6 +6,7 @@ from .captions import (
     shapes_captions,
     shapes_class_prompts,
 )
+from .in_memory import InMemoryPixels, process_in_memory
 from .shapes import (
     COLOR_NAMES,
     MAX_OCCLUDED_FRACTION,
@@ -22,6 +23,7 @@ from .splits import load_image_splits
 
 __all__ = [
     "COLOR_NAMES",
+    "InMemoryPixels",
     "MAX_OCCLUDED_FRACTION",
     "MIN_IMAGE_SIZE",
     "SHAPES_LABELS",
@@ -32,6 +34,7 @@ __all__ = [
     "load_image_splits",
     "load_shapes_caption_dataset",
     "load_shapes_dataset",
+    "process_in_memory",
     "shapes_caption_tokenizer",
     "shapes_captions",
     "shapes_class_prompts",
