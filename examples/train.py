@@ -238,7 +238,7 @@ class ReportArguments:
         default=2,
         metadata={
             "help": "Of those, images also checked against exact enumeration of all 2**P "
-            "coalitions (P <= 16; about 45 s an image at P = 16 on a 2-core CPU)."
+            "coalitions (P <= 16; about 40 s an image at P = 16 on a 2-core CPU)."
         },
     )
 
