@@ -493,27 +493,10 @@ def write_pictures(
 
 # ----------------------------------------------------------------------------- main
 def train_and_evaluate(
-    model,
-    processor,
-    training_args,
-    train,
-    evaluation,
-    image_column,
-    label_column,
-    in_memory_gb: float = 0.0,
+    model, processor, training_args, train, evaluation, image_column, label_column
 ):
     collator = ShapleyImageCollator(
         image_processor=processor, image_column=image_column, label_column=label_column
-    )
-    train, evaluation = (
-        process_in_memory(
-            split,
-            processor,
-            image_column=image_column,
-            label_column=label_column,
-            max_gb=in_memory_gb,
-        )
-        for split in (train, evaluation)
     )
     trainer = ShapleyTrainer(
         model=model,
@@ -591,15 +574,20 @@ def main(argv: list[str] | None = None) -> dict:
         len(train),
         len(evaluation),
     )
+    # Both splits processed once for every training below (the plain arm's too); `evaluation`
+    # stays the image split, for the pictures and the faithfulness check.
+    train_data, eval_data = (
+        process_in_memory(
+            split,
+            processor,
+            image_column=image_column,
+            label_column=label_column,
+            max_gb=data_args.preprocess_in_memory_gb,
+        )
+        for split in (train, evaluation)
+    )
     trainer, result, metrics, train_seconds = train_and_evaluate(
-        model,
-        processor,
-        training_args,
-        train,
-        evaluation,
-        image_column,
-        label_column,
-        data_args.preprocess_in_memory_gb,
+        model, processor, training_args, train_data, eval_data, image_column, label_column
     )
     out_dir = Path(training_args.output_dir)
     n_eval = len(evaluation)
@@ -637,14 +625,7 @@ def main(argv: list[str] | None = None) -> dict:
         set_seed(training_args.seed)
         plain_model, _ = build_model(model_args, id2label)
         _, _, plain_metrics, _ = train_and_evaluate(
-            plain_model,
-            processor,
-            plain_args,
-            train,
-            evaluation,
-            image_column,
-            label_column,
-            data_args.preprocess_in_memory_gb,
+            plain_model, processor, plain_args, train_data, eval_data, image_column, label_column
         )
         plain_accuracy = plain_metrics["eval_accuracy"]
         report["plain_accuracy"] = plain_accuracy
