@@ -73,6 +73,8 @@ VARIANTS: dict[str, tuple[str, int]] = {
     "wide-attention-3": ("wide-attention", 3),
     "mix-attention-3-w96": ("mix-attention", 3),
     "mix-attention-3-w64": ("mix-attention", 3),
+    "players-mix-attention-3": ("players-mix-attention", 3),
+    "players-mix-attention-3-w256": ("players-mix-attention", 3),
     "players-attention-2": ("players-attention", 2),
     "players-attention-3": ("players-attention", 3),
     "players-attention-4": ("players-attention", 4),
@@ -83,7 +85,11 @@ VARIANTS: dict[str, tuple[str, int]] = {
 
 # Variants whose head runs narrower than the backbone (the depth mix maps (L + 1) D -> width):
 # a layer's cost goes with width^2, and the 4x FF width arm showed no gain from capacity.
-HEAD_WIDTHS: dict[str, int] = {"mix-attention-3-w96": 96, "mix-attention-3-w64": 64}
+HEAD_WIDTHS: dict[str, int] = {
+    "mix-attention-3-w96": 96,
+    "mix-attention-3-w64": 64,
+    "players-mix-attention-3-w256": 256,
+}
 
 
 def load_model(path: str):
@@ -183,7 +189,16 @@ class Explainer(nn.Module):
         hidden = adapter.hidden_size(model.config.backbone_config)
         K = model.num_labels
         self.player_mean = None
-        self.reads_depths = kind == "mix-attention"
+        self.reads_depths = kind in ("mix-attention", "players-mix-attention")
+        self.player_tokens = None
+        depths = self.num_layers + 1
+        if kind == "players-mix-attention":
+            # Each player's tokens at every depth, concatenated (nothing averaged away), one
+            # linear map to the width, then attention over P players instead of N tokens.
+            order = torch.argsort(model.game.token_to_player, stable=True)
+            self.player_tokens = order.reshape(model.num_players, -1)
+            depths *= self.player_tokens.shape[1]
+            kind = "mix-attention"
         if kind == "players-attention":
             game = model.game
             self.player_mean = lambda h: game.player_sum(h) / game.tokens_per_player
@@ -191,7 +206,7 @@ class Explainer(nn.Module):
         if kind in ("attention", "mix-attention", "wide-attention"):
             self.start = self.num_layers
             self.blocks = nn.ModuleList()
-            depths = self.num_layers + 1 if self.reads_depths else 1
+            depths = depths if self.reads_depths else 1
             self.head = ShapleyHead(hidden, K, HEAD_HIDDEN, 0.0, depth, depths)
             if width is not None:  # the same head at `width`, its depth mix mapping to it
                 self.head = ShapleyHead(width, K, HEAD_HIDDEN, 0.0, depth)
@@ -214,7 +229,12 @@ class Explainer(nn.Module):
 
     def forward(self, states: torch.Tensor) -> torch.Tensor:
         if self.reads_depths:  # (B, L + 1, T, D) -> (B, N, L + 1, D), as the model's view
-            return self.head(states.float().transpose(1, 2)[:, self.num_special :])
+            h = states.float().transpose(1, 2)[:, self.num_special :]
+            if self.player_tokens is not None:  # -> (B, P, tokens per player * (L + 1), D)
+                B, _, depths, D = h.shape
+                P, T = self.player_tokens.shape
+                h = h[:, self.player_tokens.reshape(-1)].reshape(B, P, T * depths, D)
+            return self.head(h)
         h = states[:, self.start].float()
         for block in self.blocks:
             h = block(h, attention_mask=None)
@@ -229,7 +249,7 @@ def explain(explainer: Explainer, game, states, logits, empty) -> torch.Tensor:
     from hf_shapley.modeling_shapley import additive_efficiency
 
     r = explainer(states)
-    if explainer.player_mean is None:  # per-token votes: each player's sum
+    if explainer.player_mean is None and explainer.player_tokens is None:  # per-token votes
         r = game.player_sum(r)
     return additive_efficiency(r, (logits - empty) - r.sum(1))
 

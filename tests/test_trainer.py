@@ -190,6 +190,7 @@ def test_overrides_written_to_config_and_json(tmp_path, make_model):
         ({"shapley_loss_weight": float("nan")}, "shapley_loss_weight"),
         ({"coalition_batch_size": 0}, "coalition_batch_size"),
         ({"eval_num_shapley_coalitions": 5}, "eval_num_shapley_coalitions"),
+        ({"frozen_pass_cache_gb": -1.0}, "frozen_pass_cache_gb"),
         ({"label_smoothing_factor": 0.1}, "label_smoothing_factor"),
     ],
 )
@@ -214,6 +215,7 @@ def test_training_arguments_are_generated_from_the_config_table():
         *OBJECTIVE_FIELDS,
         "eval_num_shapley_coalitions",
         "eval_coalition_seed",
+        "frozen_pass_cache_gb",
     ]
     # The annotations: HfArgumentParser rewrites Field.type in place (it strips the None).
     hints = typing.get_type_hints(ShapleyTrainingArguments)

@@ -132,6 +132,75 @@ class CoalitionValueCache:
             self._values[int(i)] = row.clone()
 
 
+class FullPassCache:
+    """A frozen classifier's full-image pass, kept per data set example: what the Shapley head
+    reads, the logits and ``v(empty)``.
+
+    With a frozen classifier (``reuse_shapley_coalitions``) an image's full pass gives the same
+    result in every epoch, so after the first epoch the head trains on kept features without
+    running the backbone (about a fifth of a later epoch's step on the main job's CPU:
+    ``benchmarks/results/frozen_pass_cache_cpu.md``). Entries live in CPU memory as the pass
+    computed them (fp32). ``max_bytes`` bounds the whole store: the first entry that would
+    exceed it empties the store and turns it off for good (every epoch then recomputes, as
+    without it), since a store that holds only part of a shuffled data set serves almost no
+    batch. ``max_bytes=0`` (the default for a model outside ``ShapleyTrainer``) keeps nothing.
+    """
+
+    def __init__(self, max_bytes: int = 0) -> None:
+        self.max_bytes = int(max_bytes)
+        self.overflowed = False
+        self._entries: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+        self._bytes = 0
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held."""
+        return self._bytes
+
+    def clear(self) -> None:
+        """Forget every entry (the store may fill again)."""
+        self._entries.clear()
+        self._bytes = 0
+        self.overflowed = False
+
+    def get(
+        self, example_index: torch.Tensor, device: torch.device
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+        """``(features, logits, empty)`` stacked over the examples ``example_index`` (B,) and
+        moved to ``device``, or ``None`` unless every one of them is kept."""
+        rows = [self._entries.get(int(i)) for i in example_index]
+        if not rows or any(row is None for row in rows):
+            return None
+        return tuple(torch.stack(parts).to(device) for parts in zip(*rows, strict=True))
+
+    def put(
+        self,
+        example_index: torch.Tensor,
+        features: torch.Tensor,
+        logits: torch.Tensor,
+        empty: torch.Tensor,
+    ) -> None:
+        """Keep the (B, ...) ``features`` and the (B, K) ``logits`` and ``empty`` of the
+        examples ``example_index`` (B,), unless that would pass ``max_bytes``."""
+        if self.overflowed or self.max_bytes <= 0:
+            return
+        parts = [t.detach().to("cpu") for t in (features, logits, empty)]
+        for j, i in enumerate(example_index.tolist()):
+            if int(i) in self._entries:
+                continue
+            row = tuple(t[j].clone() for t in parts)
+            size = sum(t.numel() * t.element_size() for t in row)
+            if self._bytes + size > self.max_bytes:
+                self.clear()
+                self.overflowed = True
+                return
+            self._entries[int(i)] = row
+            self._bytes += size
+
+
 @dataclass
 class GameExplanation:
     """The full prediction with its explanation, all fp32.
@@ -140,11 +209,14 @@ class GameExplanation:
         logits: (B, K) ``v(all)``.
         shapley_values: (B, P, K), ``logits == base_values + shapley_values.sum(1)``.
         base_values: (B, K) ``v(empty)``.
+        head_features: what a Shapley head read to explain a wrapped classifier (``None``
+            for the other readouts): kept by a :class:`FullPassCache`.
     """
 
     logits: torch.Tensor
     shapley_values: torch.Tensor
     base_values: torch.Tensor
+    head_features: torch.Tensor | None = None
 
 
 class Readout(Protocol):

@@ -42,6 +42,7 @@ from .coalitions import (
 from .configuration_shapley import CUSTOM_PIPELINES, PIPELINE_MODULE, ShapleyConfig
 from .games_shapley import (
     CoalitionValueCache,
+    FullPassCache,
     GameExplanation,
     PlayerView,
     ShapleyGame,
@@ -265,6 +266,12 @@ class ClassifierReadout:
         with empty_statistics():
             empty = self.value(empty)
         features = full.tokens if self.head.hidden_states_mix is None else full.hidden_states()
+        return self.explain_features(features, logits, empty, player_sum)
+
+    def explain_features(self, features, logits, empty, player_sum) -> GameExplanation:
+        """The head's explanation from what it reads (``features``: (B, N, D), or (B, N, L + 1,
+        D) for a head that reads every depth) and the pass's (B, K) ``logits`` and ``empty``:
+        all that a kept full pass (``FullPassCache``) needs to give."""
         if self.head_gradients:
             r = player_sum(self.head(features))
             gap = (logits - empty) - r.sum(1)
@@ -274,7 +281,7 @@ class ClassifierReadout:
             r = player_sum(self.head(features.detach()))
             gap = (logits - empty).detach() - r.sum(1)
         phi = additive_efficiency(r, gap)
-        return GameExplanation(logits, phi, empty.expand_as(logits))
+        return GameExplanation(logits, phi, empty.expand_as(logits), features)
 
 
 class ShapleyPreTrainedModel(PreTrainedModel):
@@ -363,6 +370,9 @@ class ShapleyForImageClassification(ShapleyPreTrainedModel):
         self._training_calls = 0
         # reuse_shapley_coalitions: the frozen game's values per training example.
         self.coalition_value_cache = CoalitionValueCache()
+        # ... and its full passes, within a memory budget (ShapleyTrainer sets it from
+        # ShapleyTrainingArguments.frozen_pass_cache_gb; 0 keeps nothing).
+        self.full_pass_cache = FullPassCache()
         self.post_init()
         self._apply_train_backbone()
 
@@ -448,6 +458,7 @@ class ShapleyForImageClassification(ShapleyPreTrainedModel):
         device or dtype moves do it)."""
         self.game.clear_cache()
         self.coalition_value_cache.clear()
+        self.full_pass_cache.clear()
 
     def save_pretrained(self, save_directory: str | os.PathLike, *args, **kwargs) -> None:
         """Save weights, config, code and image processor: a directory that loads everywhere.
@@ -581,9 +592,22 @@ class ShapleyForImageClassification(ShapleyPreTrainedModel):
         # A frozen classifier's passes train nothing: with frozen_game_dtype="bfloat16" they
         # run under autocast (the head keeps itself in fp32; see ShapleyHead).
         game_precision = self._frozen_game_precision(device)
-        with game_precision:
-            context = game.prepare(pixel_values)
-            out = game.explain(context, readout)
+        # A frozen classifier's full pass is the same in every epoch: a kept one serves the
+        # head without the backbone (the coalition values below are kept alike).
+        kept_pass = None
+        if reuse and not readout.head_gradients:
+            kept_pass = self.full_pass_cache.get(example_index, device)
+        context = None
+        if kept_pass is not None:
+            out = readout.explain_features(*kept_pass, game.player_sum)
+        else:
+            with game_precision:
+                context = game.prepare(pixel_values)
+                out = game.explain(context, readout)
+            if reuse and out.head_features is not None and not readout.head_gradients:
+                self.full_pass_cache.put(
+                    example_index, out.head_features, out.logits, out.base_values
+                )
 
         masked_logits = masked_votes = masks = full_votes = None
         g = config.num_distill_coalitions
@@ -627,6 +651,9 @@ class ShapleyForImageClassification(ShapleyPreTrainedModel):
             if values is not None:
                 values = values.to(device)
             else:
+                if context is None:  # the full pass was kept, these values were not
+                    with game_precision:
+                        context = game.prepare(pixel_values)
                 with torch.set_grad_enabled(grad_targets), game_precision:
                     values = game.values(
                         context if grad_targets else context.detach(),

@@ -179,6 +179,15 @@ class ShapleyTrainingArguments(ShapleyObjectiveArguments, TrainingArguments):
     eval_coalition_seed: int = field(
         default=12345, metadata={"help": "Seed of the evaluation coalitions."}
     )
+    frozen_pass_cache_gb: float = field(
+        default=2.0,
+        metadata={
+            "help": "With reuse_shapley_coalitions (a frozen classifier): keep each training "
+            "image's full pass (what the head reads, logits, v(empty)) in CPU memory after the "
+            "first epoch, up to this many GB in all (the main job: 1.3 GB); past it nothing is "
+            "kept and every epoch recomputes. 0 turns it off."
+        },
+    )
 
     def __post_init__(self):
         super().__post_init__()
@@ -196,6 +205,12 @@ class ShapleyTrainingArguments(ShapleyObjectiveArguments, TrainingArguments):
             raise ValueError(
                 f"ShapleyTrainingArguments.eval_num_shapley_coalitions={m!r}: must be a "
                 "non-negative even int (0 = off)."
+            )
+        gb = self.frozen_pass_cache_gb
+        if not isinstance(gb, (int, float)) or isinstance(gb, bool) or not gb >= 0:
+            raise ValueError(
+                f"ShapleyTrainingArguments.frozen_pass_cache_gb={gb!r}: must be a number >= 0 "
+                "(GB of CPU memory; 0 = off)."
             )
         if self.label_smoothing_factor:
             raise ValueError(
@@ -482,7 +497,12 @@ class ShapleyTrainer(Trainer):
         return unwrapped
 
     def _apply_overrides(self, model: nn.Module) -> None:
-        config = self._shapley_model(model).config
+        shapley_model = self._shapley_model(model)
+        config = shapley_model.config
+        cache = getattr(shapley_model, "full_pass_cache", None)  # absent in older remote code
+        if cache is not None:
+            gb = getattr(self.args, "frozen_pass_cache_gb", 0.0)
+            cache.max_bytes = int(gb * 2**30)
         overrides = (
             self.args.shapley_overrides() if isinstance(self.args, ShapleyTrainingArguments) else {}
         )
