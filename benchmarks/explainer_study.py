@@ -23,6 +23,10 @@ Head variants then train on the cache (minutes, not hours) side by side, with th
   final features, as the model uses it (``attention-1`` is the recipe's head);
 * ``players-attention-L``: the same head on player features (each player's tokens averaged
   first): attention over P players instead of N tokens, so a step costs about P / N as much;
+* ``players-mix-attention-L`` (``-w256``): ``mix-attention-L`` per player, each player's
+  tokens at every depth concatenated before the linear map (nothing averaged away), then
+  attention over P players (at width 256 for ``-w256``); lost to the token-level head
+  (pooled error 0.266 / 0.281 against 0.220 at 1,000 steps; 0.305 at 2,000);
 * ``mix-attention-L``: ``attention-L`` on every depth's states at once, the library's
   ``ShapleyHead(num_hidden_states=L + 1)`` (``head_reads_hidden_states``: each depth
   layer-normed, one linear map back to the width): the early layers keep what each patch
