@@ -281,7 +281,7 @@ class ClassifierReadout:
             r = player_sum(self.head(features.detach()))
             gap = (logits - empty).detach() - r.sum(1)
         phi = additive_efficiency(r, gap)
-        return GameExplanation(logits, phi, empty.expand_as(logits), features)
+        return GameExplanation(logits, phi, empty.expand_as(logits), head_features=features)
 
 
 class ShapleyPreTrainedModel(PreTrainedModel):

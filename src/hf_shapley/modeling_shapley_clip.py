@@ -182,7 +182,7 @@ class ImageEmbeddingReadout:
         r = player_sum(self.head(self.post_layernorm(full.tokens).detach()))
         # The head's losses reach the head alone, not CLIP through the efficiency gap.
         phi = additive_efficiency(r, (u_all - u_empty).detach() - r.sum(1))
-        return _ImageGameExplanation(u_all, phi, u_empty.expand_as(u_all), embeds)
+        return _ImageGameExplanation(u_all, phi, u_empty.expand_as(u_all), image_embeds=embeds)
 
 
 class ShapleyCLIPPreTrainedModel(PreTrainedModel):
