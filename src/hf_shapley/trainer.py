@@ -160,6 +160,12 @@ class ShapleyTrainingArguments(ShapleyObjectiveArguments, TrainingArguments):
         eval_coalition_seed (`int`, defaults to 12345):
             Seed of those coalitions: fixed, so the proxy of two checkpoints is computed on the
             same coalitions.
+        frozen_pass_cache_gb (`float`, defaults to 2.0):
+            With ``reuse_shapley_coalitions`` (a frozen classifier), CPU memory for each
+            training image's full pass (``FullPassCache``: what the head reads, the logits,
+            ``v(empty)``), kept after the first epoch so that later epochs train the head
+            without the classifier. Past the budget nothing is kept; 0 turns it off. Not an
+            objective setting: the weights are the same either way.
     """
 
     remove_unused_columns: bool = field(
