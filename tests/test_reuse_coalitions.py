@@ -143,14 +143,16 @@ def test_kept_full_pass_serves_a_later_epoch_without_the_backbone(make_model, re
     torch.testing.assert_close(fresh.eval()(x).shapley_values, first.shapley_values)
 
 
-def test_full_pass_store_over_its_budget_keeps_nothing(make_model):
+def test_full_pass_store_over_its_budget_keeps_nothing(make_model, caplog):
     model = make_model("vit", players_grid=GRID, reuse_shapley_coalitions=True, **FROZEN)
     x, y, index = torch.randn(3, 3, 32, 32), torch.tensor([0, 1, 2]), torch.tensor([0, 1, 2])
     joint_loss(model, x, y, index, epoch=0)
     assert len(model.full_pass_cache) == 0  # max_bytes 0 outside the Trainer: off
     model.full_pass_cache.max_bytes = 1_000  # less than one image's features
-    joint_loss(model, x, y, index, epoch=1)
+    with caplog.at_level("WARNING", logger="hf_shapley.games_shapley"):
+        joint_loss(model, x, y, index, epoch=1)
     assert len(model.full_pass_cache) == 0 and model.full_pass_cache.overflowed
+    assert "frozen_pass_cache_gb" in caplog.text  # says what to raise
     rows = count_encoder_rows(model)
     joint_loss(model, x, y, index, epoch=2)
     assert 0 < sum(rows) <= 2 * len(x)  # the full images again (and the special tokens alone)

@@ -35,6 +35,7 @@ This file is shipped as remote code: relative imports only.
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -51,6 +52,8 @@ from .backbones import (
     player_index_of_pixels,
     player_index_of_tokens,
 )
+
+logger = logging.getLogger(__name__)
 
 
 @contextlib.contextmanager
@@ -194,6 +197,15 @@ class FullPassCache:
             row = tuple(t[j].clone() for t in parts)
             size = sum(t.numel() * t.element_size() for t in row)
             if self._bytes + size > self.max_bytes:
+                logger.warning(
+                    "The frozen classifier's full passes need more than the %.2f GB allowed "
+                    "(%d images kept, %.0f KiB each): none are kept, every epoch recomputes "
+                    "them. Raise frozen_pass_cache_gb to about (images x %.0f KiB) to keep them.",
+                    self.max_bytes / 2**30,
+                    len(self._entries),
+                    size / 1024,
+                    size / 1024,
+                )
                 self.clear()
                 self.overflowed = True
                 return
