@@ -6,6 +6,7 @@ same process, interleaved round by round, so that machine load and clock changes
 
 from __future__ import annotations
 
+import platform
 import statistics
 import time
 from collections.abc import Callable
@@ -30,6 +31,16 @@ def pick_device(name: str) -> torch.device:
 
 def device_name(device: torch.device) -> str:
     return torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
+
+
+def host_description(device: torch.device) -> str:
+    """The device, the CPU's architecture and AMX support, threads and torch: what a CPU
+    timing of bf16 work depends on."""
+    has_amx = getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)()
+    return (
+        f"{device_name(device)} ({platform.processor() or platform.machine()}, AMX: {has_amx}, "
+        f"{torch.get_num_threads()} torch threads), torch {torch.__version__}"
+    )
 
 
 def report(text: str, out=None) -> str:

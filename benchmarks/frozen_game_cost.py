@@ -15,7 +15,6 @@ kind for each precision on the same model, batch and coalitions, interleaved rou
 from __future__ import annotations
 
 import argparse
-import platform
 import sys
 from pathlib import Path
 
@@ -23,7 +22,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (  # noqa: E402
-    device_name,
+    host_description,
     interleaved_medians,
     markdown_table,
     pick_device,
@@ -80,15 +79,12 @@ def main(argv: list[str] | None = None) -> None:
     for kind in ("first epoch", "later epoch"):
         fp32, bf16 = times[(kind, "float32")], times[(kind, "bfloat16")]
         rows.append([kind, f"{fp32:.3f}", f"{bf16:.3f}", f"{fp32 / bf16:.2f}"])
-    has_amx = getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)()
     text = "\n".join(
         [
             "# Head training step: fp32 against a bf16 frozen game",
             "",
             f"Written by `benchmarks/frozen_game_cost.py`: {args.model}, batch {args.batch_size}, "
-            f"median of {args.rounds} interleaved rounds; {device_name(device)} "
-            f"({platform.processor() or platform.machine()}, AMX: {has_amx}, "
-            f"{torch.get_num_threads()} torch threads), torch {torch.__version__}.",
+            f"median of {args.rounds} interleaved rounds; {host_description(device)}.",
             "",
             markdown_table(
                 ["step", "fp32 s", "bf16 game s", "speed-up"],

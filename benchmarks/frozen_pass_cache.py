@@ -14,39 +14,21 @@ memory the store needs per image and for the main job's 8,000 images.
 from __future__ import annotations
 
 import argparse
-import platform
 import sys
 from pathlib import Path
 
-import torch
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (  # noqa: E402
-    device_name,
+    host_description,
     interleaved_medians,
     markdown_table,
     pick_device,
     report,
 )
+from frozen_game_cost import make_step  # noqa: E402
 from recipe import tensors  # noqa: E402
 
 MAIN_JOB_IMAGES = 8000
-
-
-def later_epoch_step(model, x, y):
-    """One optimizer step of a later epoch, after a first visit has filled the stores."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=1e-6)
-    index = torch.arange(len(x))
-    model(x, labels=y, example_index=index, epoch=0, global_step=10_000)  # the first visit
-
-    def step():
-        out = model(x, labels=y, example_index=index, epoch=1, global_step=10_000)
-        out.loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-
-    return step
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -70,20 +52,19 @@ def main(argv: list[str] | None = None) -> None:
     size = models["kept"].config.backbone_config.image_size
     x, y = tensors(args.batch_size, "train", image_size=size)
     x, y = x.to(device), y.to(device)
-    fns = {name: later_epoch_step(model, x, y) for name, model in models.items()}
-    per_image = models["kept"].full_pass_cache.nbytes / args.batch_size
+    # A later epoch's step: the warm-up calls fill the stores (coalition values, and for
+    # "kept" the full pass), every timed call then reads them.
+    fns = {name: make_step(model, x, y, first_epoch=False) for name, model in models.items()}
     times = interleaved_medians(fns, device=device, rounds=args.rounds)
+    per_image = models["kept"].full_pass_cache.nbytes / args.batch_size
     recomputed, kept = times["recomputed"], times["kept"]
-    has_amx = getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)()
     text = "\n".join(
         [
             "# A later epoch's head step: the frozen full pass recomputed or kept",
             "",
             f"Written by `benchmarks/frozen_pass_cache.py`: {args.model} (frozen game in "
             f"{models['kept'].config.frozen_game_dtype}), batch {args.batch_size}, median of "
-            f"{args.rounds} interleaved rounds; {device_name(device)} "
-            f"({platform.processor() or platform.machine()}, AMX: {has_amx}, "
-            f"{torch.get_num_threads()} torch threads), torch {torch.__version__}.",
+            f"{args.rounds} interleaved rounds; {host_description(device)}.",
             "",
             markdown_table(
                 ["full pass", "step s", "speed-up"],

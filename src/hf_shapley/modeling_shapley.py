@@ -594,9 +594,8 @@ class ShapleyForImageClassification(ShapleyPreTrainedModel):
         game_precision = self._frozen_game_precision(device)
         # A frozen classifier's full pass is the same in every epoch: a kept one serves the
         # head without the backbone (the coalition values below are kept alike).
-        kept_pass = None
-        if reuse and not readout.head_gradients:
-            kept_pass = self.full_pass_cache.get(example_index, device)
+        keep_pass = reuse and not readout.head_gradients
+        kept_pass = self.full_pass_cache.get(example_index, device) if keep_pass else None
         context = None
         if kept_pass is not None:
             out = readout.explain_features(*kept_pass, game.player_sum)
@@ -604,7 +603,7 @@ class ShapleyForImageClassification(ShapleyPreTrainedModel):
             with game_precision:
                 context = game.prepare(pixel_values)
                 out = game.explain(context, readout)
-            if reuse and out.head_features is not None and not readout.head_gradients:
+            if keep_pass:
                 self.full_pass_cache.put(
                     example_index, out.head_features, out.logits, out.base_values
                 )
