@@ -33,6 +33,96 @@ from transformers import PreTrainedConfig, PreTrainedModel
 
 
 @dataclass(frozen=True)
+class _BlockLayout:
+    """Where a pre-norm transformer block keeps its parts (attribute names)."""
+
+    norm_before: str
+    attention: str
+    out_proj: str
+    scale: str
+    attention_dropout: str  # the attention module's dropout probability
+    norm_after: str
+    hidden_dropout: str | None  # the block's dropout module after attention and MLP, if any
+
+
+# transformers 5.x: ViT and DeiT (ViTLayer / DeiTLayer), CLIP's vision tower (CLIPEncoderLayer).
+_BLOCK_LAYOUTS = (
+    _BlockLayout("layernorm_before", "attention", "o_proj", "scaling", "attention_dropout",
+                 "layernorm_after", "dropout"),
+    _BlockLayout("layer_norm1", "self_attn", "out_proj", "scale", "dropout", "layer_norm2", None),
+)  # fmt: skip
+
+
+def _layout_of(block: nn.Module) -> _BlockLayout | None:
+    for layout in _BLOCK_LAYOUTS:
+        attention = getattr(block, layout.attention, None)
+        if (
+            isinstance(getattr(block, layout.norm_before, None), nn.LayerNorm)
+            and isinstance(getattr(block, layout.norm_after, None), nn.LayerNorm)
+            and hasattr(block, "mlp")
+            and all(
+                isinstance(getattr(attention, name, None), nn.Linear)
+                for name in ("q_proj", "k_proj", "v_proj", layout.out_proj)
+            )
+            and hasattr(attention, "head_dim")
+        ):
+            return layout
+    return None
+
+
+def block_for_leading_tokens(
+    block: nn.Module,
+    hidden_states: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    num_outputs: int,
+) -> torch.Tensor:
+    """One pre-norm encoder block's output for the first ``num_outputs`` tokens only.
+
+    Every token still supplies keys and values, but queries, the attention output, the MLP and
+    the residual stream are computed for the leading tokens alone: a readout of the special
+    tokens after the last block needs nothing else. A block whose layout is not known runs
+    whole and is sliced (same values, full cost).
+
+    Args:
+        block: an encoder block (ViT, DeiT or CLIP layout; others run whole).
+        hidden_states: (n, L, D) the block's input.
+        attention_mask: additive (n, 1, L, L) mask, or ``None``.
+        num_outputs: how many leading tokens to compute.
+
+    Returns:
+        (n, num_outputs, D).
+    """
+    layout = _layout_of(block)
+    if layout is None:
+        return block(hidden_states, attention_mask=attention_mask)[:, :num_outputs]
+    attention = getattr(block, layout.attention)
+    n, length, _ = hidden_states.shape
+    head_dim = attention.head_dim
+    normed = getattr(block, layout.norm_before)(hidden_states)
+
+    def heads(states: torch.Tensor) -> torch.Tensor:  # (n, T, H * d) -> (n, H, T, d)
+        return states.view(n, states.shape[1], -1, head_dim).transpose(1, 2)
+
+    query = heads(attention.q_proj(normed[:, :num_outputs]))
+    key, value = heads(attention.k_proj(normed)), heads(attention.v_proj(normed))
+    mask = None if attention_mask is None else attention_mask[:, :, :num_outputs]
+    attended = F.scaled_dot_product_attention(
+        query,
+        key,
+        value,
+        attn_mask=mask,
+        dropout_p=getattr(attention, layout.attention_dropout) if attention.training else 0.0,
+        scale=getattr(attention, layout.scale),
+    )
+    attended = attended.transpose(1, 2).reshape(n, num_outputs, -1)
+    dropout = getattr(block, layout.hidden_dropout) if layout.hidden_dropout else nn.Identity()
+    residual = dropout(getattr(attention, layout.out_proj)(attended))
+    residual = residual + hidden_states[:, :num_outputs]
+    mlp = dropout(block.mlp(getattr(block, layout.norm_after)(residual)))
+    return mlp + residual
+
+
+@dataclass(frozen=True)
 class TokenRemovalAdapter:
     """Adapter for a ViT-like backbone whose patch tokens can be dropped.
 
@@ -100,16 +190,30 @@ class TokenRemovalAdapter:
         hidden_states: torch.Tensor,
         attention_mask: torch.Tensor | None,
         all_hidden_states: list[torch.Tensor] | None = None,
+        *,
+        num_outputs: int | None = None,
     ) -> torch.Tensor:
         """Run every encoder block and the final norm. ``attention_mask`` is additive, 4D.
 
         ``all_hidden_states``, when given, receives the input and every block's output (L + 1
         tensors shaped like ``hidden_states``, as ``output_hidden_states=True`` returns them):
-        what a head that reads every depth needs, at no extra pass."""
+        what a head that reads every depth needs, at no extra pass.
+
+        ``num_outputs``: only the first ``num_outputs`` tokens' final states are wanted (a
+        readout of the special tokens alone), returned as (n, num_outputs, D). The last block
+        then computes queries, attention output and MLP for those tokens only (keys and values
+        still for every token): the same arithmetic for them, at about 16% less cost per
+        packed pass of the main job (4 blocks, 66 tokens)."""
         if all_hidden_states is not None:
             all_hidden_states.append(hidden_states)
-        for layer in self.layers(backbone):
-            hidden_states = layer(hidden_states, attention_mask=attention_mask)
+        layers = self.layers(backbone)
+        for i, layer in enumerate(layers):
+            if num_outputs is not None and i == len(layers) - 1:
+                hidden_states = block_for_leading_tokens(
+                    layer, hidden_states, attention_mask, num_outputs
+                )
+            else:
+                hidden_states = layer(hidden_states, attention_mask=attention_mask)
             if all_hidden_states is not None:
                 all_hidden_states.append(hidden_states)
         return self.final_norm(backbone, hidden_states)
@@ -636,6 +740,7 @@ __all__ = [
     "LoadedBackbone",
     "PixelBaselineAdapter",
     "TokenRemovalAdapter",
+    "block_for_leading_tokens",
     "get_adapter",
     "load_backbone",
     "player_index_of_pixels",

@@ -84,7 +84,8 @@ class PlayerView:
 
     Attributes:
         tokens: (n, N, D) one feature vector per token that can vote (patch tokens after the
-            final norm, or final feature-map cells), row-major over the token grid.
+            final norm, or final feature-map cells), row-major over the token grid; ``None``
+            in a packed pass for a readout that reads none (``Readout.reads_tokens``).
         voting: (n, N) bool, the tokens that vote in each row; ``None``: all of them. Or
             (n, G, N) for G coalitions sharing one pass (a packed pair: G = 2), whose values
             a readout returns as (n, G, K).
@@ -97,7 +98,7 @@ class PlayerView:
             ``head_reads_hidden_states`` only, ``None`` elsewhere.
     """
 
-    tokens: torch.Tensor
+    tokens: torch.Tensor | None
     voting: torch.Tensor | None
     classifier_features: Callable[[], torch.Tensor]
     hidden_states: Callable[[], torch.Tensor] | None = None
@@ -233,6 +234,10 @@ class GameExplanation:
 
 class Readout(Protocol):
     """How present features become logits: the model's prediction mode (``modeling_shapley.py``)."""
+
+    #: Whether ``value`` reads the view's ``tokens`` (votes); ``False``: only
+    #: ``classifier_features``, so a token-removal pass may skip the patch tokens' last block.
+    reads_tokens: ClassVar[bool]
 
     def modules(self) -> tuple[nn.Module, ...]:
         """The modules the readout runs (for :func:`frozen_statistics`)."""
@@ -462,8 +467,15 @@ class TokenRemovalGame(ShapleyGame):
         same_group = group[:, :, None] == group[:, None, :]
         attention_mask = torch.zeros(same_group.shape, dtype=sequence.dtype, device=sequence.device)
         attention_mask.masked_fill_(~same_group, torch.finfo(sequence.dtype).min)
-        states = self.adapter.encode_tokens(self.backbone, sequence, attention_mask[:, None])
-        patch_states = states[:, 2 * s :]
+        # A readout of the special tokens alone needs no patch token after the last block.
+        specials_only = not (readout.reads_tokens or self.adapter.classifier_reads_patch_mean)
+        states = self.adapter.encode_tokens(
+            self.backbone,
+            sequence,
+            attention_mask[:, None],
+            num_outputs=2 * s if specials_only else None,
+        )
+        patch_states = None if specials_only else states[:, 2 * s :]
         classifier = self.adapter.classifier_features
         # One view for both coalitions: a readout computes the shared tokens' votes once.
         pair = PlayerView(

@@ -24,7 +24,7 @@ import contextlib
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -166,6 +166,8 @@ class SoftVotingReadout:
     """``prediction_mode="shapley_sum"``: a row's logits are ``b`` plus the votes of its voting
     tokens. Built by the model on every call (parameters are replaced when weights load)."""
 
+    reads_tokens: ClassVar[bool] = True
+
     head: ShapleyHead
     bias: nn.Parameter
     center_votes: bool
@@ -224,6 +226,8 @@ class PlayerVotesReadout:
     context, from the passes that give ``v(S)``.
     """
 
+    reads_tokens: ClassVar[bool] = True
+
     voting: SoftVotingReadout
     player_sum: Callable[[torch.Tensor], torch.Tensor]
 
@@ -247,6 +251,8 @@ class ClassifierReadout:
     head explains them, efficiency imposed by spreading ``v(all) - v(empty) - sum_i r_i``
     evenly over the players. With ``train_backbone=False`` (or ``detach_head_features``) the
     head reads detached features."""
+
+    reads_tokens: ClassVar[bool] = False
 
     classifier: nn.Linear
     head: ShapleyHead

@@ -44,7 +44,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -151,6 +151,8 @@ class ImageEmbeddingReadout:
     imposed on the vectors. The head reads the patch tokens through ``post_layernorm``,
     detached: its losses train the head alone. Built by the model on every call.
     """
+
+    reads_tokens: ClassVar[bool] = False
 
     post_layernorm: nn.LayerNorm
     visual_projection: nn.Linear

@@ -1,0 +1,103 @@
+"""The last encoder block computed for the special tokens only (``block_for_leading_tokens``).
+
+A packed coalition pass whose readout reads the special tokens alone (a wrapped classifier's
+CLS, CLIP's pooled CLS) needs no patch token after the last block. Checked here against the
+real transformers block run whole, for every layout the helper knows (ViT, DeiT, CLIP) and
+for one it does not (DINOv2, which then runs whole); and that the model's packed passes use
+it exactly where the readout allows it (the last block's MLP sees 2 x specials rows, not
+the whole sequence).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import CLIPVisionConfig, CLIPVisionModel
+
+from conftest import close, tiny_backbone_config, tiny_shapley_model
+from hf_shapley.backbones import block_for_leading_tokens, get_adapter
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+
+def encoder_block(family: str) -> torch.nn.Module:
+    """The last block of a tiny real backbone with O(1) weights."""
+    torch.manual_seed(0)
+    if family == "clip":
+        config = CLIPVisionConfig(
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            intermediate_size=64,
+            image_size=32,
+            patch_size=8,
+            initializer_range=0.2,
+        )
+        return CLIPVisionModel(config).encoder.layers[-1].eval()
+    config = tiny_backbone_config(family)
+    adapter = get_adapter(config)
+    backbone = adapter.build(config)
+    return adapter.layers(backbone)[-1].eval()
+
+
+def random_group_mask(n: int, length: int, seed: int) -> torch.Tensor:
+    """An additive (n, 1, L, L) mask of two token groups, as a packed pair uses."""
+    gen = torch.Generator().manual_seed(seed)
+    group = torch.rand(n, length, generator=gen) < 0.5
+    group[:, 0], group[:, 1] = True, False  # each leading token in its own group
+    same = group[:, :, None] == group[:, None, :]
+    mask = torch.zeros(n, length, length)
+    mask.masked_fill_(~same, torch.finfo(mask.dtype).min)
+    return mask[:, None]
+
+
+@pytest.mark.parametrize("family", ["vit", "deit", "clip", "dinov2"])
+@pytest.mark.parametrize("masked", [False, True])
+def test_leading_tokens_match_the_whole_block(family, masked):
+    block = encoder_block(family)
+    n, length, num_outputs = 5, 18, 2
+    hidden = torch.randn(n, length, 32, generator=torch.Generator().manual_seed(1))
+    mask = random_group_mask(n, length, seed=2) if masked else None
+    with torch.no_grad():
+        whole = block(hidden, attention_mask=mask)
+        leading = block_for_leading_tokens(block, hidden, mask, num_outputs)
+    assert leading.shape == (n, num_outputs, 32)
+    close(leading, whole[:, :num_outputs])
+    # The other tokens matter through keys and values: changing one changes the output.
+    changed = hidden.clone()
+    changed[:, -1] += 1.0
+    with torch.no_grad():
+        moved = block_for_leading_tokens(block, changed, None, num_outputs)
+    assert not torch.allclose(moved, block_for_leading_tokens(block, hidden, None, num_outputs))
+
+
+def last_mlp_rows(model) -> list[int]:
+    """Rows (tokens per sequence) the last encoder block's MLP sees, one entry per call."""
+    seen: list[int] = []
+    block = model.game.adapter.layers(model.backbone)[-1]
+    block.mlp.register_forward_hook(lambda module, args, out: seen.append(args[0].shape[1]))
+    return seen
+
+
+@pytest.mark.parametrize(
+    ("family", "mode", "specials_only"),
+    [
+        ("vit", "backbone_head", True),  # the wrapped classifier reads CLS alone
+        ("deit", "backbone_head", True),  # CLS and distillation token
+        ("vit", "shapley_sum", False),  # soft voting reads every patch token's vote
+        ("dinov2", "backbone_head", False),  # DINOv2's classifier reads the patch mean
+    ],
+)
+def test_packed_passes_skip_patch_tokens_only_where_the_readout_allows(
+    family, mode, specials_only, pixel_values
+):
+    model = tiny_shapley_model(family, prediction_mode=mode)
+    specials = model.game.num_special_tokens
+    B, P = pixel_values.shape[0], model.num_players
+    S = torch.rand(B, 2, P, generator=torch.Generator().manual_seed(5)) < 0.5
+    pairs = torch.stack([S, ~S], dim=2).reshape(B, -1, P)
+    seen = last_mlp_rows(model)
+    with torch.no_grad():
+        model(pixel_values, coalition=pairs)
+    full_sequence = 2 * specials + 16  # a packed pair: both groups' specials, every patch
+    assert seen == [2 * specials if specials_only else full_sequence]
