@@ -5,17 +5,19 @@ CLS, CLIP's pooled CLS) needs no patch token after the last block. Checked here 
 real transformers block run whole, for every layout the helper knows (ViT, DeiT, CLIP) and
 for one it does not (DINOv2, which then runs whole); and that the model's packed passes use
 it exactly where the readout allows it (the last block's MLP sees 2 x specials rows, not
-the whole sequence).
+the whole sequence); and that a stock classifier trained with ``classifier_tokens_only`` has
+the same loss and gradients as the stock forward.
 """
 
 from __future__ import annotations
 
 import pytest
 import torch
+import transformers
 from transformers import CLIPVisionConfig, CLIPVisionModel
 
 from conftest import close, tiny_backbone_config, tiny_shapley_model
-from hf_shapley.backbones import block_for_leading_tokens, get_adapter
+from hf_shapley.backbones import block_for_leading_tokens, classifier_tokens_only, get_adapter
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -101,3 +103,45 @@ def test_packed_passes_skip_patch_tokens_only_where_the_readout_allows(
         model(pixel_values, coalition=pairs)
     full_sequence = 2 * specials + 16  # a packed pair: both groups' specials, every patch
     assert seen == [2 * specials if specials_only else full_sequence]
+
+
+def stock_classifier(family: str):
+    """A stock transformers ``*ForImageClassification`` of a tiny config, in training mode."""
+    classes = {
+        "vit": transformers.ViTForImageClassification,
+        "deit": transformers.DeiTForImageClassification,
+        "dinov2": transformers.Dinov2ForImageClassification,
+    }
+    torch.manual_seed(0)
+    return classes[family](tiny_backbone_config(family, num_labels=3)).train()
+
+
+def loss_and_gradients(model, pixel_values, labels):
+    model.zero_grad()
+    loss = model(pixel_values=pixel_values, labels=labels).loss
+    loss.backward()
+    # Parameters no loss reaches (a mask token) keep no gradient either way.
+    return loss.detach(), {
+        n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None
+    }
+
+
+@pytest.mark.parametrize(("family", "applies"), [("vit", True), ("deit", True), ("dinov2", False)])
+def test_classifier_tokens_only_keeps_loss_and_gradients(family, applies, pixel_values):
+    model = stock_classifier(family)
+    labels = torch.tensor([0, 2, 1, 2])[: pixel_values.shape[0]]
+    block = get_adapter(model.config).layers(getattr(model, family))[-1]
+    loss, grads = loss_and_gradients(model, pixel_values, labels)
+    rows: list[int] = []
+    hook = block.mlp.register_forward_hook(lambda m, args, out: rows.append(args[0].shape[1]))
+    with classifier_tokens_only(model) as applied:
+        fast_loss, fast_grads = loss_and_gradients(model, pixel_values, labels)
+    hook.remove()
+    assert applied is applies
+    specials = get_adapter(model.config).num_special_tokens(model.config)
+    assert rows == [specials if applies else specials + 16]
+    close(fast_loss, loss)
+    assert fast_grads.keys() == grads.keys()
+    for name, grad in grads.items():
+        close(fast_grads[name], grad)
+    assert "forward" not in vars(block)  # restored on exit

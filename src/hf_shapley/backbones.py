@@ -21,8 +21,10 @@ This file is shipped as remote code: relative imports only.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -444,6 +446,45 @@ def get_adapter(config: PreTrainedConfig) -> Adapter:
     return ADAPTERS[model_type]
 
 
+@contextlib.contextmanager
+def classifier_tokens_only(model: PreTrainedModel) -> Iterator[bool]:
+    """While active, a plain token-removal classifier computes its last encoder block for the
+    special tokens only (:func:`block_for_leading_tokens`): its head reads the CLS token
+    (DeiT's also the distillation token), so the patch tokens' last block is wasted work (about
+    18% of a training step of the main job's ViT). The patch tokens leave that block unchanged
+    (their values are wrong, and read by nothing); the loss and its gradients are the same.
+
+    Meant for training a stock ``*ForImageClassification`` (``plain_classifier.py``); the
+    weights are untouched, so the saved model is an ordinary one. Yields whether it applied:
+    ``False`` (nothing changed) for families whose classifier reads the patch tokens (DINOv2),
+    pixel-baseline families and blocks of an unknown layout.
+    """
+    adapter = ADAPTERS.get(getattr(model.config, "model_type", None))
+    base = getattr(model, getattr(adapter, "model_attribute", ""), None)
+    if (
+        not isinstance(adapter, TokenRemovalAdapter)
+        or adapter.classifier_reads_patch_mean
+        or base is None
+    ):
+        yield False
+        return
+    block = adapter.layers(base)[-1]
+    if _layout_of(block) is None:
+        yield False
+        return
+    num_outputs = adapter.num_special_tokens(model.config)
+
+    def forward(hidden_states, attention_mask=None, **kwargs):
+        leading = block_for_leading_tokens(block, hidden_states, attention_mask, num_outputs)
+        return torch.cat([leading, hidden_states[:, num_outputs:]], dim=1)
+
+    block.forward = forward  # an instance attribute: nn.Module.__call__ finds it first
+    try:
+        yield True
+    finally:
+        del block.forward
+
+
 def _unique_adapters() -> list[Adapter]:
     seen: dict[int, Adapter] = {}
     for adapter in ADAPTERS.values():
@@ -741,6 +782,7 @@ __all__ = [
     "PixelBaselineAdapter",
     "TokenRemovalAdapter",
     "block_for_leading_tokens",
+    "classifier_tokens_only",
     "get_adapter",
     "load_backbone",
     "player_index_of_pixels",

@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from transformers import PreTrainedModel, Trainer, TrainingArguments
 
+from .backbones import classifier_tokens_only
 from .trainer import ShapleyImageCollator
 
 logger = logging.getLogger(__name__)
@@ -104,7 +105,9 @@ def train_plain_classifier(
         type(model).__name__,
         f"{max_steps} steps" if max_steps is not None else f"{num_train_epochs} epochs",
     )
-    result = trainer.train()
+    # The head reads the special tokens alone: the last block skips the patch tokens.
+    with classifier_tokens_only(trainer.model):
+        result = trainer.train()
     trainer.save_model(output_dir)
     if trainer.args.should_save:
         image_processor.save_pretrained(output_dir)
