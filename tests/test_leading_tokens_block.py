@@ -14,9 +14,9 @@ from __future__ import annotations
 import pytest
 import torch
 import transformers
-from transformers import CLIPVisionConfig, CLIPVisionModel
+from transformers import CLIPVisionModel
 
-from conftest import close, tiny_backbone_config, tiny_shapley_model
+from conftest import close, tiny_backbone_config, tiny_clip_config, tiny_shapley_model
 from hf_shapley.backbones import block_for_leading_tokens, classifier_tokens_only, get_adapter
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -26,16 +26,7 @@ def encoder_block(family: str) -> torch.nn.Module:
     """The last block of a tiny real backbone with O(1) weights."""
     torch.manual_seed(0)
     if family == "clip":
-        config = CLIPVisionConfig(
-            hidden_size=32,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            intermediate_size=64,
-            image_size=32,
-            patch_size=8,
-            initializer_range=0.2,
-        )
-        return CLIPVisionModel(config).encoder.layers[-1].eval()
+        return CLIPVisionModel(tiny_clip_config().vision_config).encoder.layers[-1].eval()
     config = tiny_backbone_config(family)
     adapter = get_adapter(config)
     backbone = adapter.build(config)
@@ -62,8 +53,13 @@ def test_leading_tokens_match_the_whole_block(family, masked):
     mask = random_group_mask(n, length, seed=2) if masked else None
     with torch.no_grad():
         whole = block(hidden, attention_mask=mask)
+        rows: list[int] = []
+        hook = block.mlp.register_forward_hook(lambda m, args, out: rows.append(args[0].shape[1]))
         leading = block_for_leading_tokens(block, hidden, mask, num_outputs)
+        hook.remove()
     assert leading.shape == (n, num_outputs, 32)
+    # A known layout computes the MLP for the leading tokens only; DINOv2 runs whole.
+    assert rows == [length if family == "dinov2" else num_outputs]
     close(leading, whole[:, :num_outputs])
     # The other tokens matter through keys and values: changing one changes the output.
     changed = hidden.clone()
