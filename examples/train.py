@@ -249,8 +249,8 @@ def default_training_args() -> dict:
         output_dir="outputs/shapley-vit-shapes",
         # The head's epochs (the classifier's are --pretrain_epochs). 750 steps fit the
         # 10-minute budget on a 2-core CPU; 1,000 take about a minute more for pooled error
-        # 0.250 against 0.254 over 3 seeds (0.248 both against exact enumeration:
-        # benchmarks/results/main_job_seeds_v9*.md).
+        # 0.250 against 0.254 over 3 seeds (exact enumeration, 32 images a seed: 0.259 against
+        # 0.267; benchmarks/results/main_job_head_variants.md).
         num_train_epochs=6,
         per_device_train_batch_size=64,
         per_device_eval_batch_size=128,
