@@ -113,6 +113,13 @@ class ModelArguments:
             "None: the explainer recipe's default for the family."
         },
     )
+    head_reads_attention: bool = field(
+        default=False,
+        metadata={
+            "help": "With the head reading every depth: it also reads the attention each patch "
+            "token received in every block and head (ShapleyConfig.head_reads_attention)."
+        },
+    )
     explainer_learning_rate: float | None = field(
         default=3e-3,
         metadata={
@@ -386,6 +393,8 @@ def build_model(
         kwargs["prediction_mode"] = args.prediction_mode
     if args.head_reads_hidden_states is not None:
         kwargs["head_reads_hidden_states"] = args.head_reads_hidden_states
+    if args.head_reads_attention:
+        kwargs["head_reads_attention"] = True
     model = ShapleyForImageClassification.from_backbone(
         args.backbone, id2label=id2label, label2id={v: k for k, v in id2label.items()}, **kwargs
     )

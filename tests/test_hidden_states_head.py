@@ -151,3 +151,96 @@ def test_hidden_states_head_under_bf16_autocast_stays_fp32_and_efficient(make_mo
         out = model(pixel_values)
     assert out.shapley_values.dtype == torch.float32 and torch.isfinite(out.shapley_values).all()
     torch.testing.assert_close(out.logits, out.base_values + out.shapley_values.sum(1))
+
+
+@pytest.mark.parametrize("family", ["vit", "deit"])
+def test_attention_features_are_the_backbones_own_attention(make_model, pixel_values, family):
+    """``head_reads_attention``: the extra slot holds, per patch token, the attention it
+    received in each block and head, checked against transformers' eager attention weights."""
+    model = make_model(
+        family,
+        players_grid=(2, 2),
+        prediction_mode="backbone_head",
+        head_reads_hidden_states=True,
+        head_reads_attention=True,
+    )
+    game = model.game
+    backbone = model.backbone
+    backbone.config._attn_implementation = "eager"
+    with torch.no_grad():
+        features = game.full(game.prepare(pixel_values)).hidden_states()
+        reference = backbone(pixel_values, output_attentions=True).attentions
+    s = game.num_special_tokens
+    depths = len(reference) + 1
+    assert features.shape[2] == depths + 1
+    parts = []
+    for weights in reference:  # (B, H, T, T)
+        received = weights[..., s:] * weights.shape[-1]
+        parts += [received[:, :, 0], received.mean(2)]
+    expected = torch.cat(parts, dim=1).transpose(1, 2)  # (B, N, 2 L H)
+    width = expected.shape[-1]
+    torch.testing.assert_close(features[:, :, depths, :width], expected)
+    assert (features[:, :, depths, width:] == 0).all()
+    torch.testing.assert_close(
+        features[:, :, :depths],
+        torch.stack(
+            [h[:, s:] for h in backbone(pixel_values, output_hidden_states=True).hidden_states], 2
+        ),
+    )
+
+
+def test_attention_head_reads_the_slot_keeps_efficiency_and_reloads(
+    make_model, pixel_values, tmp_path
+):
+    model = make_model(
+        "vit",
+        players_grid=(2, 2),
+        prediction_mode="backbone_head",
+        head_num_layers=1,
+        head_reads_hidden_states=True,
+        head_reads_attention=True,
+    )
+    mix = model.shapley_head.hidden_states_mix[-1]
+    depths = model.config.backbone_config.num_hidden_layers + 1
+    assert mix.in_features == (depths + 1) * mix.out_features
+    with torch.no_grad():
+        out = model(pixel_values)
+        weight = mix.weight.clone()
+        # A random change (a constant one vanishes: the normalized slot sums to 0).
+        mix.weight[:, depths * mix.out_features :].add_(
+            torch.randn(
+                mix.out_features, mix.out_features, generator=torch.Generator().manual_seed(0)
+            )
+        )
+        moved = model(pixel_values).shapley_values
+        mix.weight.copy_(weight)
+    torch.testing.assert_close(out.logits, out.base_values + out.shapley_values.sum(1))
+    assert (moved - out.shapley_values).abs().max() > 1e-3  # the attention slot is read
+    model.save_pretrained(tmp_path)
+    again = hf_shapley.ShapleyForImageClassification.from_pretrained(tmp_path).eval()
+    assert again.config.head_reads_attention is True
+    with torch.no_grad():
+        torch.testing.assert_close(
+            again(pixel_values).shapley_values, out.shapley_values, rtol=0, atol=0
+        )
+
+
+def test_attention_head_needs_hidden_states_and_a_known_block(make_backbone_config, make_model):
+    with pytest.raises(
+        ValueError, match="head_reads_attention=True needs head_reads_hidden_states"
+    ):
+        hf_shapley.ShapleyConfig(
+            backbone_config=make_backbone_config("vit"),
+            prediction_mode="backbone_head",
+            head_reads_attention=True,
+        )
+    with pytest.raises(
+        ValueError, match="head_reads_attention=True needs ViT- or DeiT-like .* DINOv2"
+    ):
+        make_model(
+            "dinov2",
+            players_grid=(2, 2),
+            prediction_mode="backbone_head",
+            head_reads_hidden_states=True,
+            head_reads_attention=True,
+        )

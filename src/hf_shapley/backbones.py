@@ -124,6 +124,48 @@ def block_for_leading_tokens(
     return mlp + residual
 
 
+def reads_attention(block: nn.Module) -> bool:
+    """Whether :func:`attention_received` knows this block's layout (ViT, DeiT, CLIP)."""
+    return _layout_of(block) is not None
+
+
+def attention_received(
+    block: nn.Module, hidden_states: torch.Tensor, num_special: int
+) -> torch.Tensor:
+    """How much attention each patch token receives in one pre-norm block, per head.
+
+    Recomputed from the block's input with its own query and key maps (the pass itself runs
+    a fused kernel that returns no probabilities). Scaled by the sequence length, so that
+    uniform attention reads 1.
+
+    Args:
+        block: an encoder block (ViT, DeiT or CLIP layout).
+        hidden_states: (n, T, D) the block's input, special tokens first.
+        num_special: the number s of special tokens (the first is the class token).
+
+    Returns:
+        (n, T - s, 2H): per head, the attention from the class token, then the mean over all
+        queries.
+    """
+    layout = _layout_of(block)
+    if layout is None:
+        raise ValueError(
+            f"head_reads_attention needs a ViT, DeiT or CLIP-like block; got {type(block).__name__}. "
+            "Set head_reads_attention=False."
+        )
+    attention = getattr(block, layout.attention)
+    n, length, _ = hidden_states.shape
+    head_dim = attention.head_dim
+    normed = getattr(block, layout.norm_before)(hidden_states)
+    query = attention.q_proj(normed).view(n, length, -1, head_dim).transpose(1, 2)
+    key = attention.k_proj(normed).view(n, length, -1, head_dim).transpose(1, 2)
+    scores = query @ key.transpose(-1, -2) * getattr(attention, layout.scale)
+    probabilities = scores.softmax(-1)[..., num_special:] * length  # (n, H, T, N)
+    from_class = probabilities[:, :, 0]  # (n, H, N)
+    mean = probabilities.mean(2)  # (n, H, N)
+    return torch.cat([from_class, mean], dim=1).transpose(1, 2)
+
+
 @dataclass(frozen=True)
 class TokenRemovalAdapter:
     """Adapter for a ViT-like backbone whose patch tokens can be dropped.

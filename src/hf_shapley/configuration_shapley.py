@@ -331,6 +331,11 @@ class ShapleyConfig(PreTrainedConfig):
             instead of the final features alone. The early depths keep what a patch shows,
             which a player's value depends on and the final features of a classifier blur
             (benchmarks/results/explainer_study.md). Costs one (L + 1) D x D matrix.
+        head_reads_attention (`bool`, *optional*, defaults to `False`):
+            With ``head_reads_hidden_states``: the head also reads, for each patch token, the
+            attention the backbone paid to it in every block and head (from the class token,
+            and on average over all tokens). A player's Shapley value includes its influence
+            on the other tokens through attention, which its own states do not show.
         prediction_mode (`str`, *optional*, defaults to `"shapley_sum"`):
             ``"shapley_sum"``: logits are the base value plus the sum of the players' values
             (soft voting). ``"backbone_head"``: the wrapped classifier's own head gives the
@@ -372,6 +377,7 @@ class ShapleyConfig(PreTrainedConfig):
     head_dropout: float = 0.0
     head_num_layers: int = 0
     head_reads_hidden_states: bool = False
+    head_reads_attention: bool = False
     prediction_mode: str = "shapley_sum"
     train_backbone: bool = True
     detach_head_features: bool = False
@@ -571,6 +577,11 @@ class ShapleyConfig(PreTrainedConfig):
                 "head_reads_hidden_states=True needs prediction_mode='backbone_head': with "
                 "soft voting the head votes on every masked pass, where only the final "
                 "features are at hand. Set head_reads_hidden_states=False."
+            )
+        if self.head_reads_attention and not self.head_reads_hidden_states:
+            raise ValueError(
+                "head_reads_attention=True needs head_reads_hidden_states=True: the attention "
+                "is read beside every depth's states. Set both, or head_reads_attention=False."
             )
         if self.reuse_shapley_coalitions and not (
             self.prediction_mode == "backbone_head" and not self.train_backbone

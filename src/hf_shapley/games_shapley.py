@@ -42,6 +42,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from transformers import PreTrainedConfig
 from transformers import initialization as init
@@ -49,6 +50,7 @@ from transformers import initialization as init
 from .backbones import (
     PixelBaselineAdapter,
     TokenRemovalAdapter,
+    attention_received,
     player_index_of_pixels,
     player_index_of_tokens,
 )
@@ -408,8 +410,30 @@ class TokenRemovalGame(ShapleyGame):
             patch_states,
             None,
             lambda: self.adapter.classifier_features(states[:, :s], patch_states, None),
-            None if depths is None else (lambda: torch.stack(depths, dim=2)[:, s:]),
+            None if depths is None else (lambda: self._depth_features(depths)),
         )
+
+    def _depth_features(self, depths: list[torch.Tensor]) -> torch.Tensor:
+        """(n, N, L + 1, D) every depth's patch tokens; with ``head_reads_attention`` one more
+        slot, (n, N, L + 2, D), holds the attention each token received (2 L H numbers,
+        zero-padded to D)."""
+        s = self.num_special_tokens
+        features = torch.stack(depths, dim=2)[:, s:]
+        if not getattr(self.config, "head_reads_attention", False):
+            return features
+        layers = self.adapter.layers(self.backbone)
+        received = torch.cat(
+            [attention_received(layer, x, s) for layer, x in zip(layers, depths, strict=False)],
+            dim=-1,
+        ).to(features.dtype)
+        width = features.shape[-1]
+        if received.shape[-1] > width:
+            raise ValueError(
+                f"head_reads_attention: {received.shape[-1]} attention features per token exceed "
+                f"the hidden size {width}. Set head_reads_attention=False."
+            )
+        slot = F.pad(received, (0, width - received.shape[-1]))
+        return torch.cat([features, slot[:, :, None]], dim=2)
 
     def empty_view(self, context: torch.Tensor) -> PlayerView:
         """No token votes; a wrapped classifier reads the special tokens encoded alone."""

@@ -266,9 +266,11 @@ def _objective_rows(config: Any) -> list[tuple[str, str]]:
         rows.append(
             (
                 "Shapley head reads",
-                "every depth of the backbone"
-                if get("head_reads_hidden_states")
-                else "the backbone's final features",
+                "the backbone's final features"
+                if not get("head_reads_hidden_states")
+                else "every depth of the backbone and the attention each token received"
+                if get("head_reads_attention")
+                else "every depth of the backbone",
             )
         )
         rows.append(("Backbone trained", get("train_backbone")))

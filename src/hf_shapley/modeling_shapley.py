@@ -33,7 +33,7 @@ from transformers import PreTrainedConfig, PreTrainedModel
 from transformers import initialization as init
 from transformers.utils import ModelOutput
 
-from .backbones import get_adapter, wrap_backbone
+from .backbones import get_adapter, reads_attention, wrap_backbone
 from .coalitions import (
     check_coalitions,
     sample_shapley_kernel_coalitions,
@@ -376,13 +376,22 @@ class ShapleyForImageClassification(ShapleyPreTrainedModel):
                 f"DINOv2); the {adapter.family} backbone's stages have different resolutions. "
                 "Set head_reads_hidden_states=False."
             )
+        if config.head_reads_attention and not all(
+            reads_attention(layer) for layer in adapter.layers(self.backbone)
+        ):
+            raise ValueError(
+                f"head_reads_attention=True needs ViT- or DeiT-like blocks (separate query and key "
+                f"maps); the {adapter.family} backbone's are not. Set head_reads_attention=False."
+            )
         self.shapley_head = ShapleyHead(
             adapter.hidden_size(backbone_config),
             config.num_labels,
             config.head_hidden_size,
             config.head_dropout,
             config.head_num_layers,
-            len(adapter.layers(self.backbone)) + 1 if config.head_reads_hidden_states else 1,
+            len(adapter.layers(self.backbone)) + 1 + int(config.head_reads_attention)
+            if config.head_reads_hidden_states
+            else 1,
         )
         # b: the prediction of the empty coalition in soft-voting mode.
         self.shapley_bias = nn.Parameter(torch.zeros(config.num_labels))
