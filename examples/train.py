@@ -113,11 +113,12 @@ class ModelArguments:
             "None: the explainer recipe's default for the family."
         },
     )
-    head_reads_attention: bool = field(
-        default=False,
+    head_reads_attention: bool | None = field(
+        default=None,
         metadata={
             "help": "With the head reading every depth: it also reads the attention each patch "
-            "token received in every block and head (ShapleyConfig.head_reads_attention)."
+            "token received in every block and head (ShapleyConfig.head_reads_attention). "
+            "None: the explainer recipe's default for the family (on for ViT and DeiT)."
         },
     )
     explainer_learning_rate: float | None = field(
@@ -393,8 +394,8 @@ def build_model(
         kwargs["prediction_mode"] = args.prediction_mode
     if args.head_reads_hidden_states is not None:
         kwargs["head_reads_hidden_states"] = args.head_reads_hidden_states
-    if args.head_reads_attention:
-        kwargs["head_reads_attention"] = True
+    if args.head_reads_attention is not None:
+        kwargs["head_reads_attention"] = args.head_reads_attention
     model = ShapleyForImageClassification.from_backbone(
         args.backbone, id2label=id2label, label2id={v: k for k, v in id2label.items()}, **kwargs
     )

@@ -136,11 +136,14 @@ def test_the_explainer_recipe_reads_every_depth_of_vit_like_classifiers(
     assert model.config.prediction_mode == "backbone_head"
     assert model.config.head_reads_hidden_states is expected
     assert (model.shapley_head.hidden_states_mix is not None) is expected
+    # The attention slot where the blocks' query and key maps can be read (not DINOv2's).
+    assert model.config.head_reads_attention is (family == "vit")
     # What the caller passes wins over the recipe.
     off = hf_shapley.ShapleyForImageClassification.from_backbone(
         classifier, players_grid=(2, 2), head_reads_hidden_states=False, **kwargs
     )
     assert off.config.head_reads_hidden_states is False
+    assert off.config.head_reads_attention is False
 
 
 def test_hidden_states_head_under_bf16_autocast_stays_fp32_and_efficient(make_model, pixel_values):

@@ -734,8 +734,16 @@ def wrap_backbone(
     backbone_config = _strip_classifier_fields(backbone_config)
     if mode == "backbone_head":
         family_defaults = (
-            EXPLAINER_TOKEN_REMOVAL_DEFAULTS if adapter.removal == "token_removal" else {}
+            dict(EXPLAINER_TOKEN_REMOVAL_DEFAULTS) if adapter.removal == "token_removal" else {}
         )
+        # The attention slot needs blocks whose query and key maps it can read (not DINOv2's),
+        # and rides on the every-depth head.
+        if "head_reads_attention" in family_defaults and (
+            loaded.model is None
+            or config_kwargs.get("head_reads_hidden_states") is False
+            or not all(reads_attention(layer) for layer in adapter.layers(loaded.model))
+        ):
+            family_defaults.pop("head_reads_attention", None)
         config_kwargs = {**EXPLAINER_DEFAULTS, **family_defaults, **config_kwargs}
     config = ShapleyConfig(
         backbone_config=backbone_config,

@@ -52,7 +52,14 @@ EXPLAINER_DEFAULTS: dict[str, Any] = {
 #: head reads every depth of the backbone. On three frozen main-job games it lowered the pooled
 #: error on each one (explainer study: mean 0.246 -> 0.229 at equal steps, about 2% more time);
 #: the pixel-baseline families' stages have other resolutions.
-EXPLAINER_TOKEN_REMOVAL_DEFAULTS: dict[str, Any] = {"head_reads_hidden_states": True}
+#: With blocks whose attention it can read (ViT, DeiT; not DINOv2) the head also reads the
+#: attention each patch token received: on the three main-job games of one machine it lowered
+#: the pooled error on each one (mean 0.262 -> 0.247 at equal steps and time,
+#: ``benchmarks/results/main_job_seeds_v10_head_attn.md``).
+EXPLAINER_TOKEN_REMOVAL_DEFAULTS: dict[str, Any] = {
+    "head_reads_hidden_states": True,
+    "head_reads_attention": True,
+}
 EXPLAINED_CLASSES = ("all", "label", "top")
 
 # Version of the hf-shapley code that wrote a config; written into every saved config.json
