@@ -13,6 +13,30 @@ import hf_shapley
 from conftest import FAMILIES
 
 
+def values_after_changing_mix_slot(model, pixel_values, slot: int) -> torch.Tensor:
+    """phi after a random change to the columns of the head's mixing matrix that read input
+    slot ``slot`` (a depth, or the attention): moved phi shows the slot is read. Random, since
+    a constant change vanishes (each slot is normalized, so its features sum to 0)."""
+    mix = model.shapley_head.hidden_states_mix[-1]
+    width = mix.out_features
+    change = torch.randn(width, width, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        weight = mix.weight.clone()
+        mix.weight[:, slot * width : (slot + 1) * width].add_(change)
+        moved = model(pixel_values).shapley_values
+        mix.weight.copy_(weight)
+    return moved
+
+
+def assert_reloads_identically(model, pixel_values, tmp_path, phi: torch.Tensor):
+    model.save_pretrained(tmp_path)
+    again = hf_shapley.ShapleyForImageClassification.from_pretrained(tmp_path).eval()
+    for option in ("head_reads_hidden_states", "head_reads_attention"):
+        assert getattr(again.config, option) == getattr(model.config, option)
+    with torch.no_grad():
+        torch.testing.assert_close(again(pixel_values).shapley_values, phi, rtol=0, atol=0)
+
+
 @pytest.mark.parametrize("family", FAMILIES)
 def test_the_full_view_carries_the_backbones_own_hidden_states(make_model, pixel_values, family):
     model = make_model(
@@ -65,24 +89,9 @@ def test_hidden_states_head_explains_with_efficiency_reads_the_embeddings_and_re
     torch.testing.assert_close(out.logits, out.base_values + out.shapley_values.sum(1))
 
     # The embeddings' block of the mixing matrix reaches the values (depth 0 is read).
-    # (A random change: a constant one vanishes, the normalized features sum to 0.)
-    change = torch.randn(
-        mix.out_features, mix.out_features, generator=torch.Generator().manual_seed(0)
-    )
-    with torch.no_grad():
-        weight = mix.weight.clone()
-        mix.weight[:, : mix.out_features].add_(change)
-        moved = model(pixel_values).shapley_values
-        mix.weight.copy_(weight)
+    moved = values_after_changing_mix_slot(model, pixel_values, 0)
     assert (moved - out.shapley_values).abs().max() > 1e-3
-
-    model.save_pretrained(tmp_path)
-    again = hf_shapley.ShapleyForImageClassification.from_pretrained(tmp_path).eval()
-    assert again.config.head_reads_hidden_states is True
-    with torch.no_grad():
-        torch.testing.assert_close(
-            again(pixel_values).shapley_values, out.shapley_values, rtol=0, atol=0
-        )
+    assert_reloads_identically(model, pixel_values, tmp_path, out.shapley_values)
 
 
 def test_hidden_states_head_needs_the_backbone_head_mode(make_backbone_config):
@@ -208,24 +217,10 @@ def test_attention_head_reads_the_slot_keeps_efficiency_and_reloads(
     assert mix.in_features == (depths + 1) * mix.out_features
     with torch.no_grad():
         out = model(pixel_values)
-        weight = mix.weight.clone()
-        # A random change (a constant one vanishes: the normalized slot sums to 0).
-        mix.weight[:, depths * mix.out_features :].add_(
-            torch.randn(
-                mix.out_features, mix.out_features, generator=torch.Generator().manual_seed(0)
-            )
-        )
-        moved = model(pixel_values).shapley_values
-        mix.weight.copy_(weight)
     torch.testing.assert_close(out.logits, out.base_values + out.shapley_values.sum(1))
-    assert (moved - out.shapley_values).abs().max() > 1e-3  # the attention slot is read
-    model.save_pretrained(tmp_path)
-    again = hf_shapley.ShapleyForImageClassification.from_pretrained(tmp_path).eval()
-    assert again.config.head_reads_attention is True
-    with torch.no_grad():
-        torch.testing.assert_close(
-            again(pixel_values).shapley_values, out.shapley_values, rtol=0, atol=0
-        )
+    moved = values_after_changing_mix_slot(model, pixel_values, depths)  # the attention slot
+    assert (moved - out.shapley_values).abs().max() > 1e-3
+    assert_reloads_identically(model, pixel_values, tmp_path, out.shapley_values)
 
 
 def test_attention_head_needs_hidden_states_and_a_known_block(make_backbone_config, make_model):
@@ -247,3 +242,17 @@ def test_attention_head_needs_hidden_states_and_a_known_block(make_backbone_conf
             head_reads_hidden_states=True,
             head_reads_attention=True,
         )
+
+
+def test_attention_head_needs_room_for_its_features_in_the_hidden_size(make_backbone_config):
+    # 2 blocks x 4 heads x 2 = 16 attention features per token, hidden size 8.
+    config = hf_shapley.ShapleyConfig(
+        backbone_config=make_backbone_config("vit", hidden_size=8, intermediate_size=16),
+        num_labels=3,
+        players_grid=(2, 2),
+        prediction_mode="backbone_head",
+        head_reads_hidden_states=True,
+        head_reads_attention=True,
+    )
+    with pytest.raises(ValueError, match="16 attention features per token .* hidden size 8"):
+        hf_shapley.ShapleyForImageClassification(config)

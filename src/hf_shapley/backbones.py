@@ -24,7 +24,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -98,15 +98,12 @@ def block_for_leading_tokens(
     if layout is None:
         return block(hidden_states, attention_mask=attention_mask)[:, :num_outputs]
     attention = getattr(block, layout.attention)
-    n, length, _ = hidden_states.shape
+    n = hidden_states.shape[0]
     head_dim = attention.head_dim
     normed = getattr(block, layout.norm_before)(hidden_states)
-
-    def heads(states: torch.Tensor) -> torch.Tensor:  # (n, T, H * d) -> (n, H, T, d)
-        return states.view(n, states.shape[1], -1, head_dim).transpose(1, 2)
-
-    query = heads(attention.q_proj(normed[:, :num_outputs]))
-    key, value = heads(attention.k_proj(normed)), heads(attention.v_proj(normed))
+    query = _split_heads(attention.q_proj(normed[:, :num_outputs]), head_dim)
+    key = _split_heads(attention.k_proj(normed), head_dim)
+    value = _split_heads(attention.v_proj(normed), head_dim)
     mask = None if attention_mask is None else attention_mask[:, :, :num_outputs]
     attended = F.scaled_dot_product_attention(
         query,
@@ -124,9 +121,23 @@ def block_for_leading_tokens(
     return mlp + residual
 
 
-def reads_attention(block: nn.Module) -> bool:
-    """Whether :func:`attention_received` knows this block's layout (ViT, DeiT, CLIP)."""
-    return _layout_of(block) is not None
+def _split_heads(states: torch.Tensor, head_dim: int) -> torch.Tensor:
+    """(n, T, H * d) -> (n, H, T, d)."""
+    return states.view(states.shape[0], states.shape[1], -1, head_dim).transpose(1, 2)
+
+
+def attention_features_per_token(blocks: Iterable[nn.Module]) -> int | None:
+    """How many numbers :func:`attention_received` gives per patch token over ``blocks``
+    (2 per block and head), or ``None`` when it cannot read one of them (not a ViT, DeiT or
+    CLIP layout: DINOv2's blocks, say)."""
+    count = 0
+    for block in blocks:
+        layout = _layout_of(block)
+        if layout is None:
+            return None
+        attention = getattr(block, layout.attention)
+        count += 2 * attention.q_proj.out_features // attention.head_dim
+    return count
 
 
 def attention_received(
@@ -154,11 +165,10 @@ def attention_received(
             "Set head_reads_attention=False."
         )
     attention = getattr(block, layout.attention)
-    n, length, _ = hidden_states.shape
-    head_dim = attention.head_dim
+    length = hidden_states.shape[1]
     normed = getattr(block, layout.norm_before)(hidden_states)
-    query = attention.q_proj(normed).view(n, length, -1, head_dim).transpose(1, 2)
-    key = attention.k_proj(normed).view(n, length, -1, head_dim).transpose(1, 2)
+    query = _split_heads(attention.q_proj(normed), attention.head_dim)
+    key = _split_heads(attention.k_proj(normed), attention.head_dim)
     scores = query @ key.transpose(-1, -2) * getattr(attention, layout.scale)
     probabilities = scores.softmax(-1)[..., num_special:] * length  # (n, H, T, N)
     from_class = probabilities[:, :, 0]  # (n, H, N)
@@ -741,9 +751,9 @@ def wrap_backbone(
         if "head_reads_attention" in family_defaults and (
             loaded.model is None
             or config_kwargs.get("head_reads_hidden_states") is False
-            or not all(reads_attention(layer) for layer in adapter.layers(loaded.model))
+            or attention_features_per_token(adapter.layers(loaded.model)) is None
         ):
-            family_defaults.pop("head_reads_attention", None)
+            del family_defaults["head_reads_attention"]
         config_kwargs = {**EXPLAINER_DEFAULTS, **family_defaults, **config_kwargs}
     config = ShapleyConfig(
         backbone_config=backbone_config,

@@ -426,13 +426,8 @@ class TokenRemovalGame(ShapleyGame):
             [attention_received(layer, x, s) for layer, x in zip(layers, depths, strict=False)],
             dim=-1,
         ).to(features.dtype)
-        width = features.shape[-1]
-        if received.shape[-1] > width:
-            raise ValueError(
-                f"head_reads_attention: {received.shape[-1]} attention features per token exceed "
-                f"the hidden size {width}. Set head_reads_attention=False."
-            )
-        slot = F.pad(received, (0, width - received.shape[-1]))
+        # At most D numbers: ShapleyForImageClassification checks it when it is built.
+        slot = F.pad(received, (0, features.shape[-1] - received.shape[-1]))
         return torch.cat([features, slot[:, :, None]], dim=2)
 
     def empty_view(self, context: torch.Tensor) -> PlayerView:

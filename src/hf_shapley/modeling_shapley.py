@@ -33,7 +33,7 @@ from transformers import PreTrainedConfig, PreTrainedModel
 from transformers import initialization as init
 from transformers.utils import ModelOutput
 
-from .backbones import get_adapter, reads_attention, wrap_backbone
+from .backbones import attention_features_per_token, get_adapter, wrap_backbone
 from .coalitions import (
     check_coalitions,
     sample_shapley_kernel_coalitions,
@@ -376,13 +376,21 @@ class ShapleyForImageClassification(ShapleyPreTrainedModel):
                 f"DINOv2); the {adapter.family} backbone's stages have different resolutions. "
                 "Set head_reads_hidden_states=False."
             )
-        if config.head_reads_attention and not all(
-            reads_attention(layer) for layer in adapter.layers(self.backbone)
-        ):
-            raise ValueError(
-                f"head_reads_attention=True needs ViT- or DeiT-like blocks (separate query and key "
-                f"maps); the {adapter.family} backbone's are not. Set head_reads_attention=False."
-            )
+        if config.head_reads_attention:
+            count = attention_features_per_token(adapter.layers(self.backbone))
+            if count is None:
+                raise ValueError(
+                    f"head_reads_attention=True needs ViT- or DeiT-like blocks (separate query and "
+                    f"key maps); the {adapter.family} backbone's are not. Set "
+                    "head_reads_attention=False."
+                )
+            # The attention rides in one more input slot of the head, zero-padded to D.
+            if count > adapter.hidden_size(backbone_config):
+                raise ValueError(
+                    f"head_reads_attention=True: {count} attention features per token (2 per block "
+                    f"and head) exceed the hidden size {adapter.hidden_size(backbone_config)}. Set "
+                    "head_reads_attention=False."
+                )
         self.shapley_head = ShapleyHead(
             adapter.hidden_size(backbone_config),
             config.num_labels,
