@@ -67,6 +67,7 @@ from hf_shapley.evaluation import (  # noqa: E402
     aopc,
     area_under_curve,
     bootstrap_mean_interval,
+    centred_class_values,
     coalition_cost,
     interaction_share,
     map_agreement,
@@ -75,9 +76,11 @@ from hf_shapley.evaluation import (  # noqa: E402
     model_coalition_values,
     model_shapley_truth,
     other_classes_agreement,
+    pearson_rows,
     pixel_curve,
     player_curve,
     pointing_game,
+    pooled_relative_error,
     random_order_auc,
     ranking_share,
     removal_drops,
@@ -297,6 +300,12 @@ def score_model(
                 all_classes[:num_truth].double(), truth.values, predicted[:num_truth]
             )
             row["truth_pearson_other_classes"] = (others.mean_pearson, *others.pearson_interval())
+            # The issue's explained quantity: the predicted class's logit centred over classes
+            # (the direction softmax cannot see removed from both sides).
+            centred = centred_class_values(all_classes[:num_truth], predicted[:num_truth])
+            centred_truth = centred_class_values(truth.values, predicted[:num_truth])
+            row["truth_centred_pooled_error"] = pooled_relative_error(centred, centred_truth)
+            row["truth_centred_pearson"] = mean_ci(pearson_rows(centred, centred_truth))
         if objects is not None:
             row["pointing_game"] = mean_ci(pointing_game(maps, objects))
             row["mask_auroc"] = mean_ci(mask_auroc(maps, objects))
@@ -328,6 +337,11 @@ def ranking_section(phi_name: str, areas: dict, truth_values, predicted, truth, 
     """
     num_truth = truth.values.shape[0]
     phi_ins, phi_del, _ = areas[phi_name]
+    # Per-image AUCs, so that runs on several seeds pool (benchmarks/faithfulness_seeds.py).
+    per_image = {
+        name: {"insertion": ins.tolist(), "deletion": dele.tolist()}
+        for name, (ins, dele, _) in areas.items()
+    }
     paired = []
     for name, (ins, dele, cost) in areas.items():
         if name == phi_name:
@@ -340,7 +354,12 @@ def ranking_section(phi_name: str, areas: dict, truth_values, predicted, truth, 
                 "deletion_gain": mean_ci(dele - phi_del),
             }
         )
-    out: dict = {"phi": phi_name, "paired": paired, "num_images": int(phi_ins.shape[0])}
+    out: dict = {
+        "phi": phi_name,
+        "paired": paired,
+        "num_images": int(phi_ins.shape[0]),
+        "per_image": per_image,
+    }
     if truth.method != "exact":
         return out
     head = predicted[:num_truth]
@@ -352,18 +371,25 @@ def ranking_section(phi_name: str, areas: dict, truth_values, predicted, truth, 
         random_auc = random_order_auc(
             truth_values, head, P, mode=mode, num_orders=16, seed=args.seed + 2
         )
+        per_explainer = {
+            name: ranking_share(aucs[index][:num_truth], random_auc, truth_auc)
+            for name, aucs in areas.items()
+        }
         shares[mode] = {
             "truth_auc": mean_ci(truth_auc),
             "random_auc": mean_ci(random_auc),
-            "explainers": {
-                name: _share_summary(ranking_share(aucs[index][:num_truth], random_auc, truth_auc))
-                for name, aucs in areas.items()
-            },
+            "truth_auc_per_image": truth_auc.tolist(),
+            "random_auc_per_image": random_auc.tolist(),
+            "explainers": {name: _share_summary(share) for name, share in per_explainer.items()},
+            # NaN where the truth's order and a random one differ by < 0.05 (left out).
+            "shares_per_image": {name: share.tolist() for name, share in per_explainer.items()},
         }
     out["truth_order"] = shares
     out["num_truth_images"] = num_truth
     if truth.table is not None:
-        out["interaction_share"] = mean_ci(interaction_share(truth.table, truth.values, head))
+        interactions = interaction_share(truth.table, truth.values, head)
+        out["interaction_share"] = mean_ci(interactions)
+        out["interaction_share_per_image"] = interactions.tolist()
     return out
 
 
@@ -385,15 +411,25 @@ def model_forward(model):
 
 # ----------------------------------------------------------------------------- budgets
 def kernel_shap_budget(model, x, truth_values, phi, predicted, *, max_evaluations, seed, step):
-    """The first KernelSHAP budget whose mean per-image r with the truth reaches phi's.
+    """The first KernelSHAP budgets that match phi's agreement with the truth: its mean
+    per-image r on the predicted class's values, and its pooled relative error on those values
+    centred over classes (the issue's explained quantity).
 
     One KernelSHAP run per batch with a fixed coalition stream (``seed``, different from the
-    truth's), read off every ``step`` evaluations.
+    truth's), read off every ``step`` evaluations. The trace keeps the pooled error's sums
+    (squared error, truth spread), so runs on several seeds pool exactly.
     """
     num = truth_values.shape[0]
     idx = torch.arange(num)
     truth_maps = truth_values[idx, :, predicted]
     target_r = map_agreement(phi[idx, :, predicted].double(), truth_maps).mean_pearson
+    centred_truth = centred_class_values(truth_values, predicted)
+    spread = float((centred_truth - centred_truth.mean(1, keepdim=True)).pow(2).sum())
+
+    def squared_error(estimate: torch.Tensor) -> float:
+        return float((centred_class_values(estimate, predicted) - centred_truth).pow(2).sum())
+
+    phi_squared_error = squared_error(phi)
     result = kernel_shap(
         model_game(model, x),
         model.num_players,
@@ -403,14 +439,18 @@ def kernel_shap_budget(model, x, truth_values, phi, predicted, *, max_evaluation
         seed=seed,
         return_details=True,
     )
-    trace = []
-    reached = None
+    trace, error_trace = [], []
+    reached = reached_error = None
     for state in result.trace:
-        estimate = state.values.permute(1, 0, 2).cpu()[idx, :, predicted].double()
-        r = map_agreement(estimate, truth_maps).mean_pearson
+        values = state.values.permute(1, 0, 2).cpu()
+        r = map_agreement(values[idx, :, predicted].double(), truth_maps).mean_pearson
+        error = squared_error(values)
         trace.append((state.num_evaluations, r))
+        error_trace.append((state.num_evaluations, error, spread))
         if reached is None and r >= target_r:
             reached = state.num_evaluations
+        if reached_error is None and error <= phi_squared_error:
+            reached_error = state.num_evaluations
     thresholds = {
         str(level): next((evals for evals, r in trace if r >= level), None)
         for level in (0.9, 0.95, 0.99)
@@ -421,8 +461,13 @@ def kernel_shap_budget(model, x, truth_values, phi, predicted, *, max_evaluation
         "evaluations_to_reach_r": thresholds,
         "reached_evaluations": reached,
         "reached_forward_equivalents": None if reached is None else reached * coalition_cost(model),
+        "phi_pooled_error": (phi_squared_error / spread) ** 0.5,
+        "phi_squared_error": phi_squared_error,
+        "reached_pooled_error_evaluations": reached_error,
         "max_evaluations": max_evaluations,
         "trace": trace,
+        # (evaluations, sum of squared errors, truth spread) of the centred values.
+        "pooled_error_trace": error_trace,
     }
 
 

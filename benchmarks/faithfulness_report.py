@@ -160,12 +160,15 @@ def render(report: dict, link_prefix: str = "") -> str:
         "object if it holds any object pixel); r/rho: mean per-image Pearson/Spearman with the "
         "truth [bootstrap 95%]; rel. L2 only means something for Shapley-scaled maps (phi, "
         "leave-one-out, KernelSHAP); r other: Pearson on the other classes (methods that give "
-        f"every class at once). Means; intervals in `{link_prefix}faithfulness.json`.",
+        "every class at once); centred err: the pooled relative error of the predicted class's "
+        "values centred over classes (the issue's agreement figure; methods that give every "
+        f"class at once). Means; intervals in `{link_prefix}faithfulness.json`.",
         "",
     ]
     header = [
         "model", "explainer", "cost (fwd)", "ins ↑", "del ↓", "pix ins ↑", "pix del ↓",
         "AOPC ↑", "sens-n ↑", "point ↑", "AUROC ↑", "r truth [95%]", "rho", "rel. L2", "r other",
+        "centred err",
     ]  # fmt: skip
     table = []
     for row in report["rows"]:
@@ -186,13 +189,13 @@ def render(report: dict, link_prefix: str = "") -> str:
                 short(row["truth_spearman"], 2),
                 short(row["truth_relative_l2"], 2),
                 short(row.get("truth_pearson_other_classes"), 2),
+                short(row.get("truth_centred_pooled_error")),
             ]
         )
     lines += [markdown_table(header, table), ""]
     lines += ["## KernelSHAP budget to match phi's agreement with the truth", ""]
     budget_rows = []
     for budget in report["budgets"]:
-        reached = budget["reached_evaluations"]
         budget_rows.append(
             [
                 budget["num_players"],
@@ -200,9 +203,11 @@ def render(report: dict, link_prefix: str = "") -> str:
                 budget["truth"],
                 budget["num_images"],
                 f"{budget['phi_pearson']:.3f}",
-                f"{reached:,} evals = {budget['reached_forward_equivalents']:,.0f} fwd"
-                if reached is not None
-                else f"not reached in {budget['max_evaluations']:,} evals",
+                budget_reached(budget, budget["reached_evaluations"]),
+                short(budget.get("phi_pooled_error")),
+                budget_reached(budget, budget.get("reached_pooled_error_evaluations"))
+                if "phi_pooled_error" in budget
+                else "-",
                 *[
                     "-"
                     if evals is None
@@ -220,6 +225,8 @@ def render(report: dict, link_prefix: str = "") -> str:
                 "images",
                 "phi: mean r",
                 "KernelSHAP budget reaching it",
+                "phi: pooled error (centred)",
+                "KernelSHAP budget reaching it",
                 "KS evals to r >= 0.9",
                 "r >= 0.95",
                 "r >= 0.99",
@@ -229,7 +236,10 @@ def render(report: dict, link_prefix: str = "") -> str:
         "",
         "KernelSHAP (paired sampling, regression estimator, a coalition stream independent of "
         f"the truth's) read off every {report['budget_step']} evaluations; the curve of r against "
-        f"the budget is `{link_prefix}kernelshap_budget.png`.",
+        f"the budget is `{link_prefix}kernelshap_budget.png`. Pooled error: "
+        "sqrt(sum |phi - t|^2 / sum |t - mean_P t|^2) over the images, on the predicted class's "
+        "values centred over classes (lower is better; KernelSHAP matches phi once its error is "
+        "at most phi's).",
         "",
     ]
     lines += ranking_lines(report.get("ranking"), link_prefix)
@@ -237,6 +247,13 @@ def render(report: dict, link_prefix: str = "") -> str:
     lines += [f"- {line}" for line in check_targets(report)]
     lines += ["", "Plots: " + ", ".join(f"`{link_prefix}{p}`" for p in plot_names(report)), ""]
     return "\n".join(lines)
+
+
+def budget_reached(budget: dict, evaluations: int | None) -> str:
+    """``"N evals = M fwd"``, or that the budget ran out first."""
+    if evaluations is None:
+        return f"not reached in {budget['max_evaluations']:,} evals"
+    return f"{evaluations:,} evals = {evaluations * budget['cost_per_evaluation']:,.0f} fwd"
 
 
 def ranking_lines(ranking: dict | None, link_prefix: str = "") -> list[str]:

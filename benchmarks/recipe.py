@@ -323,19 +323,23 @@ def fmt(values: list[float], digits: int = 3) -> str:
 def hierarchical_interval(
     per_seed: list[list[float]], *, resamples: int = 4000
 ) -> tuple[float, float]:
-    """95% bootstrap interval of the mean per-image r: resample seeds, then images within each."""
+    """95% bootstrap interval of the mean per-image r: resample seeds, then images within each.
+
+    Vectorized over resamples: for every seed slot of a resample, each seed's images are
+    resampled independently and the slot takes the mean of the seed it drew.
+    """
     g = torch.Generator().manual_seed(0)
-    means = []
-    for _ in range(resamples):
-        seeds = torch.randint(len(per_seed), (len(per_seed),), generator=g).tolist()
-        values = []
-        for s in seeds:
-            images = torch.tensor(per_seed[s], dtype=torch.float64)
-            values.append(images[torch.randint(len(images), (len(images),), generator=g)].mean())
-        means.append(torch.stack(values).mean())
-    low, high = torch.quantile(
-        torch.stack(means), torch.tensor([0.025, 0.975], dtype=torch.float64)
-    )
+    values = [torch.tensor(v, dtype=torch.float64) for v in per_seed]
+    num_seeds = len(values)
+    drawn = torch.randint(num_seeds, (resamples, num_seeds), generator=g)
+    slots = []
+    for slot in range(num_seeds):
+        means = torch.stack(
+            [v[torch.randint(len(v), (resamples, len(v)), generator=g)].mean(1) for v in values]
+        )  # (seeds, resamples): one image resample of every seed
+        slots.append(means.gather(0, drawn[:, slot][None])[0])
+    means = torch.stack(slots).mean(0)
+    low, high = torch.quantile(means, torch.tensor([0.025, 0.975], dtype=torch.float64))
     return float(low), float(high)
 
 
