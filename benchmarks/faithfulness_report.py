@@ -72,23 +72,33 @@ def write_plots(results: dict, out_dir: Path) -> list[str]:
         save_figure(fig, path, dpi=120)
         paths.append(path.name)
     if budgets:
-        fig = Figure(figsize=(6, 4.2), layout="constrained")
+        with_error = any("pooled_error_trace" in budget for budget in budgets)
+        fig = Figure(figsize=(11 if with_error else 6, 4.2), layout="constrained")
         FigureCanvasAgg(fig)
-        ax = fig.subplots()
-        for i, budget in enumerate(budgets):
+        axes = fig.subplots(1, 2 if with_error else 1, squeeze=False)[0]
+        for budget in budgets:
+            players = budget["num_players"]
             evals, rs = zip(*budget["trace"], strict=True)
-            line = ax.plot(evals, rs, label=f"KernelSHAP, P = {budget['num_players']}")[0]
-            ax.axhline(
-                budget["phi_pearson"],
-                color=line.get_color(),
-                ls="--",
-                label=f"phi, P = {budget['num_players']}",
+            line = axes[0].plot(evals, rs, label=f"KernelSHAP, P = {players}")[0]
+            color = line.get_color()
+            axes[0].axhline(
+                budget["phi_pearson"], color=color, ls="--", label=f"phi, P = {players}"
             )
-            del i
-        ax.set_xscale("log")
-        ax.set_xlabel("coalition evaluations per image")
-        ax.set_ylabel("mean per-image Pearson r with the truth")
-        ax.legend(fontsize="small")
+            if with_error and "pooled_error_trace" in budget:
+                evals, squared, spread = zip(*budget["pooled_error_trace"], strict=True)
+                errors = [(e / t) ** 0.5 for e, t in zip(squared, spread, strict=True)]
+                axes[1].plot(evals, errors, color=color, label=f"KernelSHAP, P = {players}")
+                axes[1].axhline(
+                    budget["phi_pooled_error"], color=color, ls="--", label=f"phi, P = {players}"
+                )
+        axes[0].set_ylabel("mean per-image Pearson r with the truth")
+        if with_error:
+            axes[1].set_yscale("log")
+            axes[1].set_ylabel("pooled relative error (centred predicted class)")
+        for ax in axes:
+            ax.set_xscale("log")
+            ax.set_xlabel("coalition evaluations per image")
+            ax.legend(fontsize="small")
         path = out_dir / "kernelshap_budget.png"
         fig.savefig(path, dpi=120)
         paths.append(path.name)

@@ -219,3 +219,27 @@ def test_header_says_when_the_plain_model_was_not_explained(report_module):
     text = report_module.render(results)
     assert "which is not explained (--skip-plain" in text
     assert "explained through `from_backbone(" not in text
+
+
+def test_budget_table_reports_the_pooled_error_budget(report_module, tmp_path):
+    results = _results()
+    # Older runs (no pooled error) keep their table, with "-" in the new columns.
+    assert "| 0.970 | 80 evals = 40 fwd | - | - |" in report_module.render(results)
+    results["budgets"][0].update(
+        phi_pooled_error=0.25,
+        phi_squared_error=1.0,
+        reached_pooled_error_evaluations=None,
+        pooled_error_trace=[[16, 8.0, 16.0], [32, 4.0, 16.0], [48, 2.0, 16.0]],
+    )
+    text = report_module.render(results)
+    assert "| 0.970 | 80 evals = 40 fwd | 0.250 | not reached in 128 evals |" in text
+    results["budgets"][0]["reached_pooled_error_evaluations"] = 48
+    assert "| 0.250 | 48 evals = 24 fwd |" in report_module.render(results)
+    # The plot gains a pooled-error panel: a wider figure than the r panel alone.
+    report_module.write_plots(results, tmp_path / "with")
+    del results["budgets"][0]["pooled_error_trace"]
+    report_module.write_plots(results, tmp_path / "without")
+    width = {
+        d: Image.open(tmp_path / d / "kernelshap_budget.png").size[0] for d in ("with", "without")
+    }
+    assert width["with"] > 1.5 * width["without"]
