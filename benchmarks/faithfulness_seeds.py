@@ -79,6 +79,18 @@ def pooled_mean(per_seed: list[list[float]]) -> tuple[float, float, float, int]:
     return sum(flat) / len(flat), low, high, len(flat)
 
 
+def mean_areas(runs: list[dict]) -> dict[str, dict[str, float]]:
+    """Each explainer's mean insertion and deletion AUC over every image of every run."""
+    names = runs[0]["ranking"]["per_image"]
+    out = {}
+    for name in names:
+        out[name] = {}
+        for mode in ("insertion", "deletion"):
+            values = [v for run in runs for v in run["ranking"]["per_image"][name][mode]]
+            out[name][mode] = sum(values) / len(values)
+    return out
+
+
 def paired_gains(runs: list[dict]) -> list[dict]:
     """phi's gain over every other explainer, pooled over seeds (images paired within a run)."""
     phi = runs[0]["ranking"]["phi"]
@@ -177,6 +189,7 @@ def summarize(runs: list[dict]) -> dict:
         "runs": [run["model_dir"] for run in runs],
         "accuracy": [run["accuracy"] for run in runs],
         "phi": phi_agreement(runs),
+        "areas": mean_areas(runs),
         "paired": paired_gains(runs),
         "shares": ranking_shares(runs),
         "interaction_share": pooled_mean(
@@ -288,7 +301,8 @@ def render(summary: dict, command: str) -> str:
         "",
         "## Ranking: phi against each explainer, and against the exact values' order",
         "",
-        "Gain: per image, insertion AUC of phi minus the explainer's, deletion AUC of the "
+        "AUC: mean area under the player-level insertion / deletion curve of the predicted "
+        "class's probability over every explained image. Gain: per image, insertion AUC of phi minus the explainer's, deletion AUC of the "
         "explainer minus phi's (> 0: phi ranks better), on every explained image of every run. "
         "Share: per exact-truth image, (AUC - AUC_random) / (AUC_truth - AUC_random), images "
         "whose truth and random orders differ by < 0.05 left out. Means with 95% intervals "
@@ -301,9 +315,12 @@ def render(summary: dict, command: str) -> str:
     for row in [{"explainer": phi_name}] + summary["paired"]:
         name = row["explainer"]
         share = shares.get(name, {})
+        areas = summary["areas"][name]
         table.append(
             [
                 name,
+                f"{areas['insertion']:.3f}",
+                f"{areas['deletion']:.3f}",
                 fmt(row["insertion_gain"]) if "insertion_gain" in row else "-",
                 fmt(row["deletion_gain"]) if "deletion_gain" in row else "-",
                 f"{fmt(share['insertion'], 2)} ({share['insertion'][3]})" if share else "-",
@@ -312,7 +329,15 @@ def render(summary: dict, command: str) -> str:
         )
     lines += [
         markdown_table(
-            ["explainer", "insertion gain [95%]", "deletion gain [95%]", "ins share", "del share"],
+            [
+                "explainer",
+                "ins AUC ↑",
+                "del AUC ↓",
+                "insertion gain [95%]",
+                "deletion gain [95%]",
+                "ins share",
+                "del share",
+            ],
             table,
         ),
         "",

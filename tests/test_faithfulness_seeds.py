@@ -138,6 +138,9 @@ def test_gains_and_shares_pool_images_and_leave_out_nan(seeds_module):
     assert gains["Grad-CAM"]["insertion_gain"][0] == pytest.approx(0.05)
     assert gains["Grad-CAM"]["deletion_gain"][0] == pytest.approx(0.05)
     assert gains["random"]["insertion_gain"][3] == 8
+    # Mean areas over all 8 images: phi's 0.875 on run 0, 0.775 for Grad-CAM's on run 1.
+    assert summary["areas"]["Grad-CAM"]["insertion"] == pytest.approx((0.875 + 0.775) / 2)
+    assert summary["areas"]["Grad-CAM"]["deletion"] == pytest.approx(1 - (0.875 + 0.775) / 2)
     share = summary["shares"][PHI]["insertion"]
     kept = [1.0, 0.9, 1.1, 0.8, 1.0, 0.95, 0.9]  # the NaN image is left out
     assert share[0] == pytest.approx(sum(kept) / len(kept)) and share[3] == 7
