@@ -24,6 +24,9 @@ recipe at 112 px, trained on first use; its truth is converged KernelSHAP).
     python benchmarks/faithfulness.py --dataset_name beans --image_column image --label_column labels \\
         --model-dir outputs/vit-beans --plain-dir outputs/vit-beans-plain --skip-p49
 
+One run explains one model (one training seed); run it once per seed and pool the runs with
+``benchmarks/faithfulness_seeds.py`` (the JSON keeps the per-image areas and shares for that).
+
 Writes the measurements to ``faithfulness.json`` (everything, the mean curves included) and
 ``faithfulness.jsonl`` (one line per row) in ``--out-dir`` (default
 ``benchmarks/results/faithfulness/``), then renders ``faithfulness.md`` and the PNG curves there
