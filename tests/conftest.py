@@ -157,14 +157,23 @@ def single_thread():
     torch.set_num_threads(previous)
 
 
-def load_example_script(name: str):
-    """Import ``examples/<name>.py`` as a module (the examples are scripts, not a package)."""
-    path = Path(__file__).resolve().parents[1] / "examples" / f"{name}.py"
-    spec = importlib.util.spec_from_file_location(f"hf_shapley_example_{name}", path)
+def _load_script(folder: str, module_name: str, name: str):
+    path = Path(__file__).resolve().parents[1] / folder / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(module_name, path)
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module
     spec.loader.exec_module(module)
     return module
+
+
+def load_example_script(name: str):
+    """Import ``examples/<name>.py`` as a module (the examples are scripts, not a package)."""
+    return _load_script("examples", f"hf_shapley_example_{name}", name)
+
+
+def load_benchmark_script(name: str):
+    """Import ``benchmarks/<name>.py`` as a module (the benchmarks are scripts, not a package)."""
+    return _load_script("benchmarks", f"hf_shapley_benchmark_{name}", name)
 
 
 # fp32 agreement of two computations of the same quantity, up to summation order.

@@ -5,15 +5,12 @@ paired differences against the per-method means), and bad options fail naming th
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
-from conftest import load_example_script
+from conftest import load_benchmark_script, load_example_script
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -26,15 +23,6 @@ TINY = [
 ]  # fmt: skip
 
 
-def load_benchmark():
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "clip_faithfulness.py"
-    spec = importlib.util.spec_from_file_location("hf_shapley_bench_clip_faithfulness", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     root = tmp_path_factory.mktemp("clip_faithfulness")
@@ -44,7 +32,7 @@ def run(tmp_path_factory):
         [*TINY, "--explainer_epochs", "0", "--distill_loss_weight", "0",
          "--shapley_loss_weight", "0", "--output_dir", str(root / "plain")]
     )  # fmt: skip
-    bench = load_benchmark()
+    bench = load_benchmark_script("clip_faithfulness")
     out = root / "report" / "clip_faithfulness"
     result = bench.main(
         [str(root / "model"), "--plain_model_dir", str(root / "plain"), "--num_images", "6",

@@ -3,26 +3,21 @@ that benchmarks/faithfulness.py writes) without measuring anything."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
-import sys
 from pathlib import Path
 
 import pytest
 from PIL import Image
+
+from conftest import load_benchmark_script
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
 def report_module():
-    path = REPO / "benchmarks" / "faithfulness_report.py"
-    spec = importlib.util.spec_from_file_location("hf_shapley_benchmark_faithfulness_report", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark_script("faithfulness_report")
 
 
 def _row(model: str, explainer: str, cost: float, ins: float, dele: float, r: float) -> dict:

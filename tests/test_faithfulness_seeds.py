@@ -4,13 +4,13 @@ targets are judged on the pooled intervals."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
-import sys
 from pathlib import Path
 
 import pytest
+
+from conftest import load_benchmark_script
 
 REPO = Path(__file__).resolve().parents[1]
 PHI = "phi (one pass)"
@@ -18,13 +18,7 @@ PHI = "phi (one pass)"
 
 @pytest.fixture(scope="module")
 def seeds_module():
-    sys.path.insert(0, str(REPO / "benchmarks"))
-    path = REPO / "benchmarks" / "faithfulness_seeds.py"
-    spec = importlib.util.spec_from_file_location("hf_shapley_benchmark_faithfulness_seeds", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark_script("faithfulness_seeds")
 
 
 def _run(

@@ -3,7 +3,6 @@ the callers that must go through it."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import re
@@ -23,6 +22,7 @@ from transformers import (
 )
 
 import hf_shapley.plain_classifier as plain_classifier
+from conftest import load_benchmark_script
 from hf_shapley.data import load_shapes_dataset
 from hf_shapley.plain_classifier import train_plain_classifier
 
@@ -122,15 +122,6 @@ def test_package_import_does_not_load_the_trainer_module():
 
 
 # ----------------------------------------------------------------------------- callers
-def _load_benchmark(name: str):
-    path = REPO / "benchmarks" / f"{name}.py"
-    spec = importlib.util.spec_from_file_location(f"hf_shapley_benchmark_{name}", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_no_benchmark_imports_the_example_script():
     for path in sorted((REPO / "benchmarks").glob("*.py")):
         text = path.read_text()
@@ -141,7 +132,7 @@ def test_no_benchmark_imports_the_example_script():
 def test_faithfulness_plain_baseline_goes_through_the_function(tmp_path, monkeypatch):
     """The faithfulness benchmark's equal-steps plain classifier is trained by
     train_plain_classifier, for the Shapley model's steps and with its optimizer settings."""
-    faithfulness = _load_benchmark("faithfulness")
+    faithfulness = load_benchmark_script("faithfulness")
     model_dir = tmp_path / "shapley"
     pretrained = model_dir / "pretrained-classifier-32px"
     torch.manual_seed(0)
@@ -182,7 +173,7 @@ def test_recipe_study_uses_the_main_jobs_settings():
     from conftest import load_example_script
 
     train_script = load_example_script("train")
-    recipe = _load_benchmark("recipe")
+    recipe = load_benchmark_script("recipe")
     assert recipe.MAIN_JOB_BACKBONE == train_script.BUILTIN_BACKBONE
     defaults = train_script.default_training_args()
     assert {k: defaults[k] for k in recipe.MAIN_JOB_OPTIMIZER} == recipe.MAIN_JOB_OPTIMIZER
