@@ -39,6 +39,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 from common import markdown_table  # noqa: E402
+from faithfulness_report import budget_reached  # noqa: E402
+from faithfulness_report import fmt as fmt_interval  # noqa: E402
 from recipe import hierarchical_interval  # noqa: E402
 
 #: The baselines issue 13 asks phi to beat with paired intervals that exclude 0.
@@ -187,6 +189,7 @@ def phi_agreement(runs: list[dict]) -> dict:
 def summarize(runs: list[dict]) -> dict:
     return {
         "runs": [run["model_dir"] for run in runs],
+        "phi_name": runs[0]["ranking"]["phi"],
         "accuracy": [run["accuracy"] for run in runs],
         "phi": phi_agreement(runs),
         "areas": mean_areas(runs),
@@ -200,10 +203,8 @@ def summarize(runs: list[dict]) -> dict:
 
 
 def fmt(values: tuple, digits: int = 3) -> str:
-    mean, low, high = values[:3]
-    if not math.isfinite(mean):
-        return "-"
-    return f"{mean:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
+    """``mean [low, high]`` of a :func:`pooled_mean` (its image count left out)."""
+    return fmt_interval(tuple(values[:3]), digits)
 
 
 def equal_steps_line(accuracies: list[dict]) -> str:
@@ -231,7 +232,7 @@ def signed(mean: float, interval: list[float]) -> str:
 
 def targets(summary: dict) -> list[str]:
     """Issue 13's ranking targets, judged on the pooled figures."""
-    phi = "phi (one pass)"
+    phi = summary["phi_name"]
     compared = [row for row in summary["paired"] if row["explainer"] in RANKING_BASELINES]
     short_of = [
         row["explainer"]
@@ -311,8 +312,7 @@ def render(summary: dict, command: str) -> str:
     ]
     shares = summary["shares"]
     table = []
-    phi_name = "phi (one pass)"
-    for row in [{"explainer": phi_name}] + summary["paired"]:
+    for row in [{"explainer": summary["phi_name"]}] + summary["paired"]:
         name = row["explainer"]
         share = shares.get(name, {})
         areas = summary["areas"][name]
@@ -355,10 +355,7 @@ def render(summary: dict, command: str) -> str:
             b["num_images"],
             b["truth"],
             f"{b['phi_pooled_error']:.3f}",
-            f"{b['reached_evaluations']:,} evals = "
-            f"{b['reached_evaluations'] * b['cost_per_evaluation']:,.0f} fwd"
-            if b["reached_evaluations"] is not None
-            else f"not reached in {b['max_evaluations']:,} evals",
+            budget_reached(b, b["reached_evaluations"]),
         ]
         for b in summary["budgets"]
     ]
