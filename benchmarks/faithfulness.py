@@ -419,8 +419,8 @@ def kernel_shap_budget(model, x, truth_values, phi, predicted, *, max_evaluation
     centred over classes (the issue's explained quantity).
 
     One KernelSHAP run per batch with a fixed coalition stream (``seed``, different from the
-    truth's), read off every ``step`` evaluations. The trace keeps the pooled error's sums
-    (squared error, truth spread), so runs on several seeds pool exactly.
+    truth's), read off every ``step`` evaluations. The pooled error is kept as its sums (squared
+    errors per step, the truth's spread once), so runs on several seeds pool exactly.
     """
     num = truth_values.shape[0]
     idx = torch.arange(num)
@@ -449,7 +449,7 @@ def kernel_shap_budget(model, x, truth_values, phi, predicted, *, max_evaluation
         r = map_agreement(values[idx, :, predicted].double(), truth_maps).mean_pearson
         error = squared_error(values)
         trace.append((state.num_evaluations, r))
-        error_trace.append((state.num_evaluations, error, spread))
+        error_trace.append((state.num_evaluations, error))
         if reached is None and r >= target_r:
             reached = state.num_evaluations
         if reached_error is None and error <= phi_squared_error:
@@ -466,10 +466,11 @@ def kernel_shap_budget(model, x, truth_values, phi, predicted, *, max_evaluation
         "reached_forward_equivalents": None if reached is None else reached * coalition_cost(model),
         "phi_pooled_error": (phi_squared_error / spread) ** 0.5,
         "phi_squared_error": phi_squared_error,
+        "truth_spread": spread,
         "reached_pooled_error_evaluations": reached_error,
         "max_evaluations": max_evaluations,
         "trace": trace,
-        # (evaluations, sum of squared errors, truth spread) of the centred values.
+        # (evaluations, sum of squared errors) of the centred values.
         "pooled_error_trace": error_trace,
     }
 

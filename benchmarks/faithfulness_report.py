@@ -85,8 +85,8 @@ def write_plots(results: dict, out_dir: Path) -> list[str]:
                 budget["phi_pearson"], color=color, ls="--", label=f"phi, P = {players}"
             )
             if with_error and "pooled_error_trace" in budget:
-                evals, squared, spread = zip(*budget["pooled_error_trace"], strict=True)
-                errors = [(e / t) ** 0.5 for e, t in zip(squared, spread, strict=True)]
+                evals, squared = zip(*budget["pooled_error_trace"], strict=True)
+                errors = [(e / budget["truth_spread"]) ** 0.5 for e in squared]
                 axes[1].plot(evals, errors, color=color, label=f"KernelSHAP, P = {players}")
                 axes[1].axhline(
                     budget["phi_pooled_error"], color=color, ls="--", label=f"phi, P = {players}"

@@ -141,7 +141,7 @@ def budget_rows(runs: list[dict]) -> list[dict]:
                 by_players.setdefault(budget["num_players"], []).append(budget)
     rows = []
     for players, budgets in sorted(by_players.items()):
-        spread = sum(b["pooled_error_trace"][0][2] for b in budgets)
+        spread = sum(b["truth_spread"] for b in budgets)
         phi_error = math.sqrt(sum(b["phi_squared_error"] for b in budgets) / spread)
         steps = min(len(b["pooled_error_trace"]) for b in budgets)
         trace = []
@@ -182,7 +182,7 @@ def phi_agreement(runs: list[dict]) -> dict:
             }
         )
         squared += budget["phi_squared_error"]
-        spread += budget["pooled_error_trace"][0][2]
+        spread += budget["truth_spread"]
     return {"per_seed": per_seed, "pooled_error": math.sqrt(squared / spread)}
 
 

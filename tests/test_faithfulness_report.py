@@ -224,7 +224,8 @@ def test_budget_table_reports_the_pooled_error_budget(report_module, tmp_path):
         phi_pooled_error=0.25,
         phi_squared_error=1.0,
         reached_pooled_error_evaluations=None,
-        pooled_error_trace=[[16, 8.0, 16.0], [32, 4.0, 16.0], [48, 2.0, 16.0]],
+        truth_spread=16.0,
+        pooled_error_trace=[[16, 8.0], [32, 4.0], [48, 2.0]],
     )
     text = report_module.render(results)
     assert "| 0.970 | 80 evals = 40 fwd | 0.250 | not reached in 128 evals |" in text

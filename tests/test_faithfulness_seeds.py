@@ -61,8 +61,9 @@ def _run(
                 "cost_per_evaluation": 0.5,
                 "phi_pooled_error": math.sqrt(phi_squared / spread),
                 "phi_squared_error": phi_squared,
+                "truth_spread": spread,
                 "pooled_error_trace": [
-                    [16 * (i + 1), error, spread] for i, error in enumerate(ks_squared)
+                    [16 * (i + 1), error] for i, error in enumerate(ks_squared)
                 ],
             }
         ],
