@@ -62,9 +62,7 @@ def _run(
                 "phi_pooled_error": math.sqrt(phi_squared / spread),
                 "phi_squared_error": phi_squared,
                 "truth_spread": spread,
-                "pooled_error_trace": [
-                    [16 * (i + 1), error] for i, error in enumerate(ks_squared)
-                ],
+                "pooled_error_trace": [[16 * (i + 1), error] for i, error in enumerate(ks_squared)],
             }
         ],
     }
