@@ -1,13 +1,19 @@
 """Train a self-explaining image classifier: the main job of hf-shapley.
 
-With no arguments it trains a small plain ViT classifier on the built-in shapes data set to
-the end (8 epochs of cross-entropy), wraps it with ``ShapleyForImageClassification.from_backbone``
-(the explainer recipe of ``configuration_shapley.EXPLAINER_DEFAULTS``), freezes it, and trains
-the Shapley head for 6 epochs (750 steps) to explain the classifier's fixed game (each image's 32 coalition
-values computed in the first epoch and kept: ``reuse_shapley_coalitions``). The logits are the
-plain classifier's, bit for bit. It then measures how faithful the explanation is and writes a
-complete, loadable model directory (safetensors weights, config, image processor, model card,
-metrics, explanation pictures):
+Your classifier, your images (the classifier is kept as it is, its labels matched by name):
+
+    accelerate launch examples/train.py --backbone ./my-vit-classifier --train_dir ./my_images \
+        --players_grid 7 7 --output_dir outputs/my-shapley
+
+With no arguments it trains a small plain ViT classifier on the built-in shapes data set (at
+most 1,000 steps of cross-entropy, stopping early when the held-out validation loss stops
+improving), wraps it with ``ShapleyForImageClassification.from_backbone``, which keeps it frozen
+(the frozen explainer recipe of ``configuration_shapley``), and trains the Shapley head for at
+most 750 steps to explain the classifier's fixed game (each image's 32 coalition values
+computed in the first epoch and kept), keeping the head whose held-out regression loss is
+lowest. The logits are the classifier's, bit for bit. It then measures how faithful the
+explanation is and writes a complete, loadable model directory (safetensors weights, config,
+image processor, model card, metrics, explanation pictures):
 
     accelerate launch examples/train.py
     python examples/train.py                                   # the same, one process
@@ -18,6 +24,11 @@ Other data and backbones:
         --backbone google/vit-base-patch16-224-in21k --players_grid 7 7 --output_dir outputs/vit-beans
     accelerate launch examples/train.py --train_dir ./my_images   # an imagefolder: one folder per class
 
+A bare backbone (``ViTModel``) trains a new classifier first; a fine-tuned classifier
+(``ViTForImageClassification``) is explained as it is unless ``--train_backbone`` asks to
+fine-tune it too (then ``metrics.json`` reports how its predictions changed). Batch sizes are
+images per optimizer step over all processes: two processes make the same steps as one.
+
 Every ``ShapleyTrainingArguments`` / ``TrainingArguments`` option works (``--num_train_epochs``,
 ``--shapley_loss_weight``, ``--push_to_hub``, ``--resume_from_checkpoint``...). ``--compare_plain``
 also trains the same model with lambda = alpha = beta = 0 (its classifier fine-tuned with
@@ -27,6 +38,7 @@ the plain accuracy is the model's own (the logits are the plain classifier's).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import sys
@@ -35,10 +47,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import datasets
+import numpy as np
 import torch
 from transformers import (
+    AutoConfig,
     AutoImageProcessor,
+    EarlyStoppingCallback,
     HfArgumentParser,
+    Trainer,
     ViTConfig,
     ViTImageProcessorPil,
     set_seed,
@@ -50,7 +66,8 @@ from hf_shapley import (
     ShapleyTrainer,
     ShapleyTrainingArguments,
 )
-from hf_shapley.data import load_image_splits, process_in_memory
+from hf_shapley.configuration_shapley import FROZEN_EXPLAINER_LEARNING_RATE
+from hf_shapley.data import align_labels, data_label_names, load_image_splits, process_in_memory
 from hf_shapley.evaluation import wilson_interval
 from hf_shapley.image_loading import to_rgb
 from hf_shapley.trainer import ShapleyImageCollator, add_example_index
@@ -73,14 +90,6 @@ BUILTIN_BACKBONE = dict(
 )
 
 
-# Coalitions per image kept for a frozen classifier's game (explainer study: 32 kept per image
-# reach the agreement of 32 drawn afresh from 64). Trading images for coalitions (4,000 images
-# with 64 each, 32 a step: --explainer_train_samples 4000 --explainer_batch_size 32 and 64 here)
-# halves the head's cost per step but lost on each of 3 seeds (pooled error 0.267 against 0.258:
-# benchmarks/results/main_job_seeds_v6*.md), so it is not the default.
-FROZEN_GAME_COALITIONS = 32
-
-
 @dataclass
 class ModelArguments:
     backbone: str | None = field(
@@ -100,9 +109,10 @@ class ModelArguments:
     train_backbone: bool | None = field(
         default=None,
         metadata={
-            "help": "backbone_head mode: also train the classifier. Default: frozen when the "
-            "classifier was pretrained here (the explainer then learns a fixed game, whose "
-            "coalition values it keeps across epochs), trained otherwise."
+            "help": "Fine-tune the classifier too (its predictions change; metrics.json reports "
+            "its accuracy before and after and the share of changed predictions). Default: a "
+            "fine-tuned classifier (--backbone) and the one trained here are kept as they are, "
+            "their predictions bit-identical, and only the Shapley head learns their game."
         },
     )
     head_reads_hidden_states: bool | None = field(
@@ -122,7 +132,7 @@ class ModelArguments:
         },
     )
     explainer_learning_rate: float | None = field(
-        default=3e-3,
+        default=FROZEN_EXPLAINER_LEARNING_RATE,
         metadata={
             "help": "Learning rate when the classifier is frozen and only the Shapley head trains "
             "(--learning_rate then sets the plain classifier's pretraining). Explainer study: 3e-3 "
@@ -153,12 +163,25 @@ class ModelArguments:
             "help": "Without --backbone: image size of the built-in data and ViT (a multiple of 8)."
         },
     )
-    pretrain_epochs: float = field(
-        default=8,
+    classifier_max_steps: int = field(
+        default=1000,
         metadata={
-            "help": "Without --backbone: first train a plain ViT classifier with cross-entropy for this many "
-            "epochs, then wrap it and train its explainer (a soft-voting ViT trained from scratch "
-            "stayed at chance here). 0 trains the self-explaining model from scratch."
+            "help": "Without --backbone: first train a plain ViT classifier with cross-entropy "
+            "for at most this many steps, evaluated on the held-out validation images every "
+            "--classifier_eval_steps and stopped when their loss has not improved for "
+            "--early_stopping_patience evaluations (the best one is kept); then wrap it and "
+            "train its explainer. 0 trains the self-explaining model from scratch (a "
+            "soft-voting ViT trained from scratch stayed at chance here)."
+        },
+    )
+    classifier_eval_steps: int = field(
+        default=100, metadata={"help": "Steps between the classifier's validation evaluations."}
+    )
+    early_stopping_patience: int = field(
+        default=3,
+        metadata={
+            "help": "Evaluations without improvement of the held-out criterion (the classifier's "
+            "validation loss; the head's held-out regression loss) before a phase stops."
         },
     )
 
@@ -183,6 +206,24 @@ class DataArguments:
         default="test", metadata={"help": "Split to evaluate on (test or validation)."}
     )
     num_train: int = field(default=8000, metadata={"help": "Built-in data: training images."})
+    num_validation: int = field(
+        default=500,
+        metadata={
+            "help": "Built-in data: held-out validation images (their own random stream) for "
+            "early stopping and choosing the best step."
+        },
+    )
+    validation_fraction: float = field(
+        default=0.1,
+        metadata={
+            "help": "Your data: share of the training images held out (stratified, at most "
+            "--max_validation_samples) for early stopping and choosing the best step. The "
+            "evaluation split (--validation_dir) is used for the final report only."
+        },
+    )
+    max_validation_samples: int = field(
+        default=1000, metadata={"help": "At most this many held-out validation images."}
+    )
     num_test: int = field(default=1000, metadata={"help": "Built-in data: test images."})
     builtin_distractors: str = field(
         default="independent",
@@ -255,11 +296,12 @@ def default_training_args() -> dict:
     """Defaults of the main job, overridable from the command line."""
     return dict(
         output_dir="outputs/shapley-vit-shapes",
-        # The head's epochs (the classifier's are --pretrain_epochs). 750 steps fit the
+        # The head's steps (the classifier's are --classifier_max_steps). 750 steps fit the
         # 10-minute budget on a 2-core CPU; 1,000 take about a minute more for pooled error
-        # 0.250 against 0.254 over 3 seeds (exact enumeration, 32 images a seed: 0.259 against
-        # 0.267; benchmarks/results/main_job_head_variants.md).
-        num_train_epochs=6,
+        # 0.250 against 0.254 over 3 seeds (benchmarks/results/main_job_head_variants.md).
+        # Counted in steps, so a small data set gets as many as a large one; the held-out
+        # regression loss chooses the step kept.
+        max_steps=750,
         per_device_train_batch_size=64,
         per_device_eval_batch_size=128,
         learning_rate=1e-3,
@@ -267,9 +309,14 @@ def default_training_args() -> dict:
         warmup_steps=30,
         lr_scheduler_type="cosine",
         logging_steps=10,
-        eval_strategy="no",
-        save_strategy="epoch",
+        eval_strategy="steps",
+        eval_steps=125,
+        save_strategy="steps",
+        save_steps=125,
         save_total_limit=1,
+        load_best_model_at_end=True,
+        metric_for_best_model="shapley_regression_proxy",
+        greater_is_better=False,
         report_to="none",
         dataloader_num_workers=0,
         dataloader_pin_memory=torch.cuda.is_available(),
@@ -280,9 +327,13 @@ def default_training_args() -> dict:
 
 # ----------------------------------------------------------------------------- data
 def load_data(
-    args: DataArguments, image_size: int = BUILTIN_IMAGE_SIZE
-) -> tuple[datasets.Dataset, datasets.Dataset, str, str]:
-    """Train and eval splits, checked before training starts. Returns (train, eval, image_col, label_col)."""
+    args: DataArguments, image_size: int = BUILTIN_IMAGE_SIZE, seed: int = 0
+) -> tuple[datasets.Dataset, datasets.Dataset, datasets.Dataset, str, str]:
+    """Train, validation and eval splits, checked before training starts.
+
+    The validation images choose when each phase stops and which step is kept; the eval split
+    is used for the final report only. Returns (train, validation, eval, image_col, label_col).
+    """
     try:
         train, evaluation = load_image_splits(
             dataset_name=args.dataset_name,
@@ -303,9 +354,50 @@ def load_data(
         train = train.select(range(min(args.max_train_samples, len(train))))
     if args.max_eval_samples:
         evaluation = evaluation.select(range(min(args.max_eval_samples, len(evaluation))))
+    train, validation = validation_split(args, train, image_size, seed)
     check_images_decode(train, args.image_column, "train")
     check_images_decode(evaluation, args.image_column, "eval")
-    return train, evaluation, args.image_column, args.label_column
+    return train, validation, evaluation, args.image_column, args.label_column
+
+
+def validation_split(
+    args: DataArguments, train: datasets.Dataset, image_size: int, seed: int
+) -> tuple[datasets.Dataset, datasets.Dataset]:
+    """(train, validation): the built-in data's own validation stream, or for other data a
+    stratified share of the training images."""
+    if args.dataset_name is None and args.train_dir is None:
+        from hf_shapley.data import load_shapes_dataset
+
+        if args.num_validation < 1:
+            raise SystemExit(f"--num_validation must be at least 1; got {args.num_validation}.")
+        validation = load_shapes_dataset(
+            0,
+            0,
+            num_validation=args.num_validation,
+            image_size=image_size,
+            distractors=args.builtin_distractors,
+        )["validation"]
+        return train, validation
+    if not 0 < args.validation_fraction < 1:
+        raise SystemExit(
+            f"--validation_fraction must be between 0 and 1; got {args.validation_fraction}."
+        )
+    size = min(max(1, round(args.validation_fraction * len(train))), args.max_validation_samples)
+    if size >= len(train):
+        raise SystemExit(
+            f"The training split has {len(train)} images: too few to hold out {size} for "
+            "validation and train on the rest. Add images."
+        )
+    stratify = (
+        args.label_column
+        if isinstance(train.features[args.label_column], datasets.ClassLabel)
+        else None
+    )
+    try:
+        parts = train.train_test_split(test_size=size, seed=seed, stratify_by_column=stratify)
+    except ValueError:  # a class too small to stratify: hold out at random instead
+        parts = train.train_test_split(test_size=size, seed=seed)
+    return parts["train"], parts["test"]
 
 
 def check_columns(split: datasets.Dataset, name: str, image_column: str, label_column: str) -> None:
@@ -335,15 +427,24 @@ def check_images_decode(
 
 
 def label_names(split: datasets.Dataset, label_column: str) -> dict[int, str]:
-    feature = split.features[label_column]
-    if isinstance(feature, datasets.ClassLabel):
-        return dict(enumerate(feature.names))
-    values = sorted(set(split[label_column]))
-    if not all(isinstance(v, int) for v in values) or values[0] < 0:
-        raise SystemExit(
-            f"Labels in {label_column!r} must be a ClassLabel or non-negative integers; got {values[:5]}..."
-        )
-    return {i: str(i) for i in range(values[-1] + 1)}
+    try:
+        return data_label_names(split, label_column)
+    except ValueError as error:
+        raise SystemExit(str(error)) from error
+
+
+def match_labels(
+    splits: list[datasets.Dataset], id2label: dict[int, str], label_column: str
+) -> list[datasets.Dataset]:
+    """The splits with their labels renumbered onto a fine-tuned classifier's own order, by
+    name (never the reverse); the training split (first) must have every class."""
+    try:
+        return [
+            align_labels(split, id2label, label_column, allow_missing=i > 0)
+            for i, split in enumerate(splits)
+        ]
+    except ValueError as error:
+        raise SystemExit(str(error)) from error
 
 
 # ----------------------------------------------------------------------------- model
@@ -363,9 +464,18 @@ def native_bfloat16() -> bool:
     return bool(has_amx is not None and has_amx())
 
 
+def is_classifier_checkpoint(backbone: str) -> bool:
+    """Whether a Hub id or directory holds a fine-tuned classifier (``*ForImageClassification``),
+    whose head and labels are kept, rather than a bare backbone."""
+    architectures = AutoConfig.from_pretrained(backbone).architectures or []
+    return any(name.endswith("ForImageClassification") for name in architectures)
+
+
 def build_model(
-    args: ModelArguments, id2label: dict[int, str]
+    args: ModelArguments, id2label: dict[int, str] | None
 ) -> tuple[ShapleyForImageClassification, object]:
+    """The model to train and its image processor. ``id2label`` names a new head's labels; a
+    fine-tuned classifier keeps its own (pass None)."""
     if args.backbone is None:
         config = ShapleyConfig(
             backbone_config=ViTConfig(**{**BUILTIN_BACKBONE, "image_size": args.image_size}),
@@ -375,18 +485,11 @@ def build_model(
         )
         return ShapleyForImageClassification(config), builtin_image_processor(args.image_size)
     kwargs: dict = dict(players_grid=tuple(args.players_grid))
+    if id2label is not None:
+        kwargs.update(id2label=id2label, label2id={v: k for k, v in id2label.items()})
     if args.train_backbone is not None:
         kwargs["train_backbone"] = args.train_backbone
-    if args.train_backbone is False:
-        # A frozen classifier's game never changes: its coalition values are computed in the
-        # first epoch and kept, 32 per image (with 8 kept the head learns those few coalitions
-        # and not the game: benchmarks/results/explainer_study.md).
-        kwargs["reuse_shapley_coalitions"] = True
-        kwargs["num_shapley_coalitions"] = FROZEN_GAME_COALITIONS
-        # Fixed targets cannot collapse in scale, so the regression need not be normalized per
-        # image; unnormalized, it weighs images as the pooled error does (explainer study: lower
-        # pooled error AND higher r than per-image normalization at equal steps).
-        kwargs["shapley_loss_normalization"] = "none"
+    if id2label is None and not args.train_backbone:
         # The frozen classifier's passes train nothing: bf16 where the device computes it
         # natively (the head stays fp32; --frozen_game_dtype float32 overrides).
         kwargs["frozen_game_dtype"] = "bfloat16" if native_bfloat16() else "float32"
@@ -396,9 +499,10 @@ def build_model(
         kwargs["head_reads_hidden_states"] = args.head_reads_hidden_states
     if args.head_reads_attention is not None:
         kwargs["head_reads_attention"] = args.head_reads_attention
-    model = ShapleyForImageClassification.from_backbone(
-        args.backbone, id2label=id2label, label2id={v: k for k, v in id2label.items()}, **kwargs
-    )
+    try:
+        model = ShapleyForImageClassification.from_backbone(args.backbone, **kwargs)
+    except ValueError as error:
+        raise SystemExit(f"Cannot wrap {args.backbone}: {error}") from error
     processor = model.image_processor or AutoImageProcessor.from_pretrained(args.backbone)
     return model, processor
 
@@ -409,22 +513,39 @@ def pretrain_builtin_classifier(
     data_args: DataArguments,
     id2label,
     train,
+    validation,
     image_column,
     label_column,
 ) -> str:
     """Train a stock ViT classifier with plain cross-entropy; return its directory (cached).
 
-    The cache is keyed by what changes the classifier (image size, data, epochs, seed), so a
-    run with another seed or data set never reuses a classifier trained for another.
+    At most ``--classifier_max_steps`` steps (and ``--max_steps``), stopped early on the
+    validation loss, the best evaluation kept. The cache is keyed by what changes the
+    classifier (image size, the training data's fingerprint, steps, batch, learning rate,
+    seed), so a run with another seed or data set never reuses a classifier trained for
+    another. Under several processes it is trained once, in data parallel, and written by the
+    main process before any process reads it.
     """
     from transformers import ViTForImageClassification
 
     from hf_shapley.plain_classifier import train_plain_classifier
 
-    key = (
-        f"{model_args.image_size}px-{data_args.builtin_distractors}-{len(train)}-"
-        f"{model_args.pretrain_epochs:g}ep-seed{training_args.seed}"
-    )
+    steps = model_args.classifier_max_steps
+    if training_args.max_steps > 0:
+        steps = min(steps, training_args.max_steps)
+    identity = hashlib.sha256(
+        json.dumps(
+            [
+                train._fingerprint,
+                validation._fingerprint,
+                training_args.per_device_train_batch_size * training_args.world_size,
+                training_args.learning_rate,
+                model_args.classifier_eval_steps,
+                model_args.early_stopping_patience,
+            ]
+        ).encode()
+    ).hexdigest()[:8]
+    key = f"{model_args.image_size}px-{len(train)}-{steps}steps-{identity}-seed{training_args.seed}"
     path = Path(training_args.output_dir) / f"pretrained-classifier-{key}"
     if (path / "model.safetensors").is_file():
         logger.info("Reusing the pretrained classifier in %s.", path)
@@ -432,24 +553,23 @@ def pretrain_builtin_classifier(
     config = ViTConfig(**{**BUILTIN_BACKBONE, "image_size": model_args.image_size})
     config.id2label, config.label2id = id2label, {v: k for k, v in id2label.items()}
     model = ViTForImageClassification(config)
-    logger.info(
-        "Pretraining a plain ViT classifier for %s epochs (cross-entropy only).",
-        model_args.pretrain_epochs,
-    )
     processor = builtin_image_processor(model_args.image_size)
+    in_memory = {
+        "image_column": image_column,
+        "label_column": label_column,
+        "max_gb": data_args.preprocess_in_memory_gb,
+    }
     train_plain_classifier(
         model,
-        process_in_memory(
-            train,
-            processor,
-            image_column=image_column,
-            label_column=label_column,
-            max_gb=data_args.preprocess_in_memory_gb,
-        ),
+        process_in_memory(train, processor, **in_memory),
+        eval_dataset=process_in_memory(validation, processor, **in_memory),
+        eval_steps=model_args.classifier_eval_steps,
+        early_stopping_patience=model_args.early_stopping_patience,
         image_processor=processor,
         output_dir=path,
-        num_train_epochs=model_args.pretrain_epochs,
+        max_steps=steps,
         per_device_train_batch_size=training_args.per_device_train_batch_size,
+        per_device_eval_batch_size=training_args.per_device_eval_batch_size,
         learning_rate=training_args.learning_rate,
         weight_decay=training_args.weight_decay,
         warmup_steps=training_args.warmup_steps,
@@ -507,24 +627,78 @@ def write_pictures(
 
 # ----------------------------------------------------------------------------- main
 def train_and_evaluate(
-    model, processor, training_args, train, evaluation, image_column, label_column
+    model,
+    processor,
+    training_args,
+    train,
+    validation,
+    evaluation,
+    image_column,
+    label_column,
+    early_stopping_patience: int | None = None,
 ):
+    """Train on ``train``, choosing the step kept on ``validation``; evaluate on ``evaluation``.
+
+    Returns (trainer, train result, eval metrics, train seconds, classifier report): the last
+    compares the classifier's predictions on ``evaluation`` before and after training.
+    """
     collator = ShapleyImageCollator(
         image_processor=processor, image_column=image_column, label_column=label_column
     )
+    callbacks = []
+    if early_stopping_patience and training_args.load_best_model_at_end:
+        callbacks.append(EarlyStoppingCallback(early_stopping_patience=early_stopping_patience))
     trainer = ShapleyTrainer(
         model=model,
         args=training_args,
         train_dataset=add_example_index(train),
-        eval_dataset=evaluation,
+        eval_dataset=validation,
         data_collator=collator,
         processing_class=processor,
+        callbacks=callbacks,
     )
+    # transformers' own predict: the logits alone, without the Shapley evaluation's masked passes.
+    logits_before = Trainer.predict(trainer, evaluation).predictions
     start = time.perf_counter()
     result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     train_seconds = time.perf_counter() - start
-    metrics = trainer.evaluate()
-    return trainer, result, metrics, train_seconds
+    output = trainer.predict(evaluation, metric_key_prefix="eval")
+    metrics = output.metrics
+    logits_after = output.predictions
+    labels = np.asarray(output.label_ids)
+    before, after = logits_before.argmax(-1), logits_after.argmax(-1)
+    classifier = {
+        "trained": bool(model.config.train_backbone),
+        "logits_identical": bool(np.array_equal(logits_before, logits_after)),
+        "accuracy_before": float((before == labels).mean()),
+        "accuracy_after": float((after == labels).mean()),
+        "predictions_changed": float((before != after).mean()),
+    }
+    if trainer.state.best_model_checkpoint:
+        metrics["best_step"] = int(trainer.state.best_model_checkpoint.rsplit("-", 1)[1])
+    return trainer, result, metrics, train_seconds, classifier
+
+
+def share_batches_between_processes(training_args, model_args: ModelArguments) -> None:
+    """Make the batch sizes images per step over all processes: each of N processes takes
+    1/N of them, so one process or several make the same optimizer steps."""
+    world = training_args.world_size
+    if world == 1:
+        return
+    sizes = {
+        "per_device_train_batch_size": training_args.per_device_train_batch_size,
+        "per_device_eval_batch_size": training_args.per_device_eval_batch_size,
+    }
+    if model_args.explainer_batch_size is not None:
+        sizes["explainer_batch_size"] = model_args.explainer_batch_size
+    for name, size in sizes.items():
+        if size % world:
+            raise SystemExit(
+                f"--{name} {size} is the batch over all {world} processes and must divide "
+                f"among them; pass a multiple of {world}."
+            )
+        target = model_args if name == "explainer_batch_size" else training_args
+        setattr(target, name, size // world)
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -544,6 +718,11 @@ def main(argv: list[str] | None = None) -> dict:
         value = getattr(model_args, name)
         if value is not None and value < 1:
             raise SystemExit(f"--{name} must be at least 1 (or None for the default); got {value}.")
+    if model_args.classifier_max_steps < 0:
+        raise SystemExit(
+            f"--classifier_max_steps must be >= 0; got {model_args.classifier_max_steps}."
+        )
+    share_batches_between_processes(training_args, model_args)
     logging.basicConfig(
         format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO
     )
@@ -559,38 +738,59 @@ def main(argv: list[str] | None = None) -> dict:
         check_online(training_args.hub_model_id or Path(training_args.output_dir).name)
         training_args.push_to_hub = False
 
-    train, evaluation, image_column, label_column = load_data(data_args, model_args.image_size)
-    id2label = label_names(train, label_column)
+    train, validation, evaluation, image_column, label_column = load_data(
+        data_args, model_args.image_size, training_args.seed
+    )
     base_model = model_args.backbone
-    if model_args.backbone is None and model_args.pretrain_epochs > 0:
-        if model_args.train_backbone is None:
-            # The classifier is trained here to the end; what follows trains its explainer.
-            model_args.train_backbone = False
+    keeps_labels = base_model is not None and is_classifier_checkpoint(base_model)
+    # A fine-tuned classifier keeps its labels: the data are renumbered onto them, by name.
+    id2label = None if keeps_labels else label_names(train, label_column)
+    pretrained_here = model_args.backbone is None and model_args.classifier_max_steps > 0
+    if pretrained_here:
         model_args.backbone = pretrain_builtin_classifier(
-            model_args, training_args, data_args, id2label, train, image_column, label_column
+            model_args,
+            training_args,
+            data_args,
+            id2label,
+            train,
+            validation,
+            image_column,
+            label_column,
         )
+        keeps_labels, id2label = True, None
     model, processor = build_model(model_args, id2label)
+    if keeps_labels:
+        train, validation, evaluation = match_labels(
+            [train, validation, evaluation], model.config.id2label, label_column
+        )
     frozen = model.classifier is not None and not model.config.train_backbone
     if frozen:
         # Only the head trains, on a fixed game: it has its own learning rate, batch size and
-        # images (fewer images, more kept coalitions each: see FROZEN_GAME_COALITIONS).
+        # images.
         if model_args.explainer_learning_rate is not None:
             training_args.learning_rate = model_args.explainer_learning_rate
         if model_args.explainer_batch_size is not None:
             training_args.per_device_train_batch_size = model_args.explainer_batch_size
         if model_args.explainer_train_samples is not None:
             train = train.select(range(min(model_args.explainer_train_samples, len(train))))
+    elif model.classifier is not None:
+        logger.warning(
+            "--train_backbone: the classifier %s is fine-tuned too, so its predictions change "
+            "(metrics.json reports its accuracy before and after).",
+            base_model,
+        )
     logger.info(
-        "Training %s (%s, players %s) on %d images, evaluating on %d.",
+        "Training %s (%s, players %s) on %d images, validating on %d, evaluating on %d.",
         type(model).__name__,
         model.config.backbone_config.model_type,
         model.players_grid,
         len(train),
+        len(validation),
         len(evaluation),
     )
-    # Both splits processed once for every training below (the plain arm's too); `evaluation`
+    # The splits processed once for every training below (the plain arm's too); `evaluation`
     # stays the image split, for the pictures and the faithfulness check.
-    train_data, eval_data = (
+    train_data, validation_data, eval_data = (
         process_in_memory(
             split,
             processor,
@@ -598,10 +798,18 @@ def main(argv: list[str] | None = None) -> dict:
             label_column=label_column,
             max_gb=data_args.preprocess_in_memory_gb,
         )
-        for split in (train, evaluation)
+        for split in (train, validation, evaluation)
     )
-    trainer, result, metrics, train_seconds = train_and_evaluate(
-        model, processor, training_args, train_data, eval_data, image_column, label_column
+    trainer, result, metrics, train_seconds, classifier = train_and_evaluate(
+        model,
+        processor,
+        training_args,
+        train_data,
+        validation_data,
+        eval_data,
+        image_column,
+        label_column,
+        model_args.early_stopping_patience,
     )
     out_dir = Path(training_args.output_dir)
     n_eval = len(evaluation)
@@ -611,12 +819,18 @@ def main(argv: list[str] | None = None) -> dict:
         "accuracy_ci95": list(wilson_interval(round(accuracy * n_eval), n_eval)),
         "num_eval_images": n_eval,
         "eval_split": data_args.eval_split,
+        "num_validation_images": len(validation),
         "shapley_regression_proxy": metrics.get("eval_shapley_regression_proxy"),
         "train_seconds": train_seconds,
         "train_steps": result.global_step,
+        "best_step": metrics.get("best_step", result.global_step),
+        "classifier": {
+            "source": Path(model_args.backbone).name if pretrained_here else base_model,
+            **classifier,
+        },
     }
-    if model_args.backbone is not None and Path(model_args.backbone).parent == out_dir:
-        # The plain classifier this model was fine-tuned from (benchmarks/faithfulness.py).
+    if pretrained_here:
+        # The plain classifier this model explains (benchmarks/faithfulness.py).
         report["pretrained_classifier"] = Path(model_args.backbone).name
 
     if report_args.compare_plain and not model.config.train_backbone:
@@ -638,8 +852,16 @@ def main(argv: list[str] | None = None) -> dict:
         )
         set_seed(training_args.seed)
         plain_model, _ = build_model(model_args, id2label)
-        _, _, plain_metrics, _ = train_and_evaluate(
-            plain_model, processor, plain_args, train_data, eval_data, image_column, label_column
+        _, _, plain_metrics, _, _ = train_and_evaluate(
+            plain_model,
+            processor,
+            plain_args,
+            train_data,
+            validation_data,
+            eval_data,
+            image_column,
+            label_column,
+            model_args.early_stopping_patience,
         )
         plain_accuracy = plain_metrics["eval_accuracy"]
         report["plain_accuracy"] = plain_accuracy

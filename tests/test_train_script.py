@@ -61,7 +61,8 @@ def test_main_job_writes_a_complete_loadable_directory(train_script, tmp_path, s
     report = train_script.main(
         [
             "--backbone", str(backbone), "--players_grid", "2", "2",
-            "--num_train", "64", "--num_test", "24", "--num_train_epochs", "1",
+            "--num_train", "64", "--num_test", "24", "--num_train_epochs", "1", "--max_steps", "-1",
+            "--num_validation", "16",
             "--per_device_train_batch_size", "16", "--per_device_eval_batch_size", "16",
             "--output_dir", str(out), "--num_truth_images", "4", "--num_exact_images", "2",
             "--num_explained_images", "2",
@@ -179,7 +180,7 @@ def test_corrupt_image_is_refused_naming_the_row(train_script, tmp_path):
 
 def test_label_count_mismatch_is_refused_before_training(train_script, tmp_path):
     backbone = _save_backbone(tmp_path / "clf", classifier_labels=3)
-    with pytest.raises(ValueError, match="The classifier has 3 labels but id2label has 4"):
+    with pytest.raises(SystemExit, match=r"do not match the classifier's labels: lacks"):
         train_script.main(
             [
                 "--backbone",
@@ -223,10 +224,14 @@ def test_builtin_job_pretrains_a_classifier_then_wraps_it(
             "64",
             "--num_test",
             "16",
-            "--pretrain_epochs",
-            "1",
+            "--classifier_max_steps",
+            "4",
             "--num_train_epochs",
             "1",
+            "--max_steps",
+            "-1",
+            "--num_validation",
+            "16",
             "--per_device_train_batch_size",
             "16",
             "--num_exact_images",
@@ -239,15 +244,17 @@ def test_builtin_job_pretrains_a_classifier_then_wraps_it(
     )
     # The cache is keyed by what changes the classifier; metrics.json names the one used.
     [pretrained] = out.glob("pretrained-classifier-*")
-    assert pretrained.name.startswith("pretrained-classifier-32px-independent-")
-    assert pretrained.name.endswith("-1ep-seed0")
+    assert pretrained.name.startswith("pretrained-classifier-32px-64-4steps-")
+    assert pretrained.name.endswith("-seed0")
     assert json.loads((out / "metrics.json").read_text())["pretrained_classifier"] == (
         pretrained.name
     )
     # The pretraining is the package's one plain-classifier training function, with the job's
     # optimizer settings.
     assert len(calls) == 1
-    assert calls[0]["num_train_epochs"] == 1 and calls[0]["output_dir"] == pretrained
+    assert calls[0]["max_steps"] == 4 and calls[0]["output_dir"] == pretrained
+    # Held-out validation images (the built-in data's own stream) choose the step kept.
+    assert len(calls[0]["eval_dataset"]) == 16
     assert calls[0]["per_device_train_batch_size"] == 16 and calls[0]["learning_rate"] == 1e-3
     # The built-in images fit in memory: processed once, not in every batch.
     from hf_shapley.data import InMemoryPixels
@@ -270,7 +277,9 @@ def test_builtin_job_pretrains_a_classifier_then_wraps_it(
     # (frozen, its coalition values kept across epochs): the saved classifier IS the pretrained
     # one.
     assert config["train_backbone"] is False and config["reuse_shapley_coalitions"] is True
-    assert config["num_shapley_coalitions"] == train_script.FROZEN_GAME_COALITIONS
+    from hf_shapley.configuration_shapley import FROZEN_EXPLAINER_DEFAULTS
+
+    assert config["num_shapley_coalitions"] == FROZEN_EXPLAINER_DEFAULTS["num_shapley_coalitions"]
     assert config["shapley_loss_normalization"] == "none"  # fixed targets: no collapse
     # The frozen game's passes run in bf16 exactly where the device computes it natively.
     native = train_script.native_bfloat16()
@@ -300,8 +309,8 @@ def test_builtin_job_pretrains_a_classifier_then_wraps_it(
     # takes ceil(24 / 8) steps an epoch.
     train_script.main(
         ["--image_size", "32", "--players_grid", "2", "2", "--num_train", "64", "--num_test",
-         "16", "--pretrain_epochs", "1", "--num_train_epochs", "1",
-         "--per_device_train_batch_size", "16", "--num_exact_images", "0",
+         "16", "--classifier_max_steps", "4", "--num_train_epochs", "1", "--max_steps", "-1",
+         "--num_validation", "16", "--per_device_train_batch_size", "16", "--num_exact_images", "0",
          "--num_explained_images", "0", "--explainer_train_samples", "24",
          "--explainer_batch_size", "8", "--output_dir", str(out)]
     )  # fmt: skip

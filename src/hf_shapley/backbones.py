@@ -649,6 +649,17 @@ def _split_model(model: PreTrainedModel) -> LoadedBackbone:
     return LoadedBackbone(config=model.config, model=base, classifier=classifier)
 
 
+def describe_label_difference(given: dict[int, str], expected: dict[int, str]) -> str:
+    """What separates two label mappings, in words, for an error message (they differ)."""
+    missing = sorted(set(expected.values()) - set(given.values()))
+    extra = sorted(set(given.values()) - set(expected.values()))
+    if missing or extra:
+        return f"lacks the classifier's labels {missing} and has labels it does not know {extra}"
+    moved = [(i, given[i], expected[i]) for i in sorted(expected) if given.get(i) != expected[i]]
+    shown = ", ".join(f"{i}: {g!r} (classifier: {e!r})" for i, g, e in moved[:4])
+    return f"has the same labels in another order ({shown}{', ...' if len(moved) > 4 else ''})"
+
+
 def _linear_head(classifier: nn.Module | None) -> nn.Module | None:
     """The linear layer of a head that is one, possibly behind a flatten (ResNet's
     ``Sequential(Flatten, Linear)``); the head itself otherwise."""
@@ -673,7 +684,7 @@ def wrap_backbone(
     label2id: dict[str, int] | None = None,
     players_grid: tuple[int, int] | None = None,
     prediction_mode: str | None = None,
-    train_backbone: bool = True,
+    train_backbone: bool | None = None,
     load_image_processor: bool = True,
     **config_kwargs: Any,
 ):
@@ -695,8 +706,12 @@ def wrap_backbone(
             explainer recipe ``configuration_shapley.EXPLAINER_DEFAULTS`` (and, for the
             ViT-like families, ``EXPLAINER_TOKEN_REMOVAL_DEFAULTS``) for every setting not
             given in ``config_kwargs``.
-        train_backbone: In ``backbone_head`` mode, ``False`` freezes the classifier so its
-            predictions stay bit-identical.
+        train_backbone: Whether the backbone (and, in ``backbone_head`` mode, the classifier's
+            head) trains. Defaults to ``False`` in ``backbone_head`` mode: a fine-tuned
+            classifier is kept as it is, its predictions bit-identical, and only the Shapley
+            head learns its fixed game with the frozen recipe
+            (``configuration_shapley.FROZEN_EXPLAINER_DEFAULTS``). ``True`` fine-tunes it too
+            (its predictions change); ``shapley_sum`` mode always trains.
         load_image_processor: For a path or Hub id, also load the image processor and
             check its size against the backbone's image size.
         config_kwargs: Any other ``ShapleyConfig`` field (objective settings...).
@@ -704,6 +719,7 @@ def wrap_backbone(
     from .configuration_shapley import (
         EXPLAINER_DEFAULTS,
         EXPLAINER_TOKEN_REMOVAL_DEFAULTS,
+        FROZEN_EXPLAINER_DEFAULTS,
         ShapleyConfig,
     )
 
@@ -720,11 +736,16 @@ def wrap_backbone(
                 f"num_labels={num_labels} was given. Drop num_labels to keep its head, or wrap the "
                 "bare backbone (e.g. ViTModel) to train a new head for your labels."
             )
-        if id2label is not None and len(id2label) != len(inherited):
-            raise ValueError(
-                f"The classifier has {len(inherited)} labels but id2label has {len(id2label)}."
-            )
-        id2label = id2label or inherited
+        if id2label is not None:
+            given = {int(k): v for k, v in id2label.items()}
+            if given != inherited:
+                raise ValueError(
+                    "A fine-tuned classifier keeps its own labels, in its own order: id2label "
+                    f"{describe_label_difference(given, inherited)}. Drop id2label, and map your "
+                    "data's labels onto the classifier's order "
+                    "(hf_shapley.data.align_labels(dataset, model.config.id2label))."
+                )
+        id2label = inherited
     if id2label is not None:
         id2label = {int(k): v for k, v in id2label.items()}
         if num_labels is not None and num_labels != len(id2label):
@@ -741,6 +762,15 @@ def wrap_backbone(
             "backbone has none. Pass a fine-tuned *ForImageClassification model or use "
             "prediction_mode='shapley_sum'."
         )
+    if train_backbone is None:
+        train_backbone = mode != "backbone_head"
+    elif not train_backbone and mode != "backbone_head":
+        raise ValueError(
+            "train_backbone=False keeps a fine-tuned classifier as it is, but "
+            f"prediction_mode={mode!r} has no classifier head to keep (a bare backbone, or soft "
+            "voting): pass a *ForImageClassification checkpoint with "
+            "prediction_mode='backbone_head', or let the backbone train (train_backbone=True)."
+        )
     backbone_config = _strip_classifier_fields(backbone_config)
     if mode == "backbone_head":
         family_defaults = (
@@ -754,7 +784,13 @@ def wrap_backbone(
             or attention_features_per_token(adapter.layers(loaded.model)) is None
         ):
             del family_defaults["head_reads_attention"]
-        config_kwargs = {**EXPLAINER_DEFAULTS, **family_defaults, **config_kwargs}
+        recipe_defaults = {} if train_backbone else dict(FROZEN_EXPLAINER_DEFAULTS)
+        config_kwargs = {
+            **EXPLAINER_DEFAULTS,
+            **family_defaults,
+            **recipe_defaults,
+            **config_kwargs,
+        }
     config = ShapleyConfig(
         backbone_config=backbone_config,
         num_labels=num_labels,
@@ -843,6 +879,7 @@ __all__ = [
     "TokenRemovalAdapter",
     "block_for_leading_tokens",
     "classifier_tokens_only",
+    "describe_label_difference",
     "get_adapter",
     "load_backbone",
     "player_index_of_pixels",

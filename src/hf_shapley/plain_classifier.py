@@ -16,10 +16,12 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
+from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import PreTrainedModel, Trainer, TrainingArguments
+from transformers import EarlyStoppingCallback, PreTrainedModel, Trainer, TrainingArguments
 
 from .backbones import classifier_tokens_only
 from .trainer import ShapleyImageCollator
@@ -48,6 +50,10 @@ def train_plain_classifier(
     label_column: str = "label",
     dataloader_pin_memory: bool | None = None,
     use_cpu: bool = False,
+    eval_dataset: Any | None = None,
+    eval_steps: int = 100,
+    early_stopping_patience: int | None = None,
+    per_device_eval_batch_size: int = 64,
 ) -> tuple[PreTrainedModel, dict[str, Any]]:
     """Train ``model`` with its own cross-entropy loss and save it with ``image_processor``.
 
@@ -66,6 +72,10 @@ def train_plain_classifier(
         image_column, label_column: the columns of ``train_dataset``.
         dataloader_pin_memory: default: when CUDA is available.
         use_cpu: train on the CPU even when an accelerator is available.
+        eval_dataset: held-out images: evaluated every ``eval_steps``; the step with the lowest
+            loss is the one kept, and with ``early_stopping_patience`` training stops after that
+            many evaluations without improvement.
+        per_device_eval_batch_size: batch of those evaluations.
 
     Returns:
         ``(model, metrics)``: the trained model (in training mode, on the Trainer's device) and
@@ -80,6 +90,19 @@ def train_plain_classifier(
     if dataloader_pin_memory is None:
         dataloader_pin_memory = torch.cuda.is_available()
     output_dir = os.fspath(output_dir)
+    selection = {}
+    if eval_dataset is not None:
+        selection = dict(
+            eval_strategy="steps",
+            eval_steps=eval_steps,
+            save_strategy="steps",
+            save_steps=eval_steps,
+            save_total_limit=1,
+            load_best_model_at_end=True,
+            metric_for_best_model="loss",
+            greater_is_better=False,
+            per_device_eval_batch_size=per_device_eval_batch_size,
+        )
     args = TrainingArguments(
         output_dir=output_dir,
         **length,
@@ -89,7 +112,7 @@ def train_plain_classifier(
         warmup_steps=warmup_steps,
         lr_scheduler_type=lr_scheduler_type,
         logging_steps=logging_steps,
-        save_strategy="no",
+        **({"save_strategy": "no"} | selection),
         report_to="none",
         seed=seed,
         remove_unused_columns=False,
@@ -99,7 +122,17 @@ def train_plain_classifier(
     collator = ShapleyImageCollator(
         image_processor=image_processor, image_column=image_column, label_column=label_column
     )
-    trainer = Trainer(model=model, args=args, train_dataset=train_dataset, data_collator=collator)
+    callbacks = []
+    if eval_dataset is not None and early_stopping_patience:
+        callbacks.append(EarlyStoppingCallback(early_stopping_patience=early_stopping_patience))
+    trainer = _PlainTrainer(
+        model=model,
+        args=args,
+        train_dataset=train_dataset,
+        eval_dataset=eval_dataset,
+        data_collator=collator,
+        callbacks=callbacks,
+    )
     logger.info(
         "Training a plain %s with cross-entropy for %s.",
         type(model).__name__,
@@ -111,4 +144,30 @@ def train_plain_classifier(
     trainer.save_model(output_dir)
     if trainer.args.should_save:
         image_processor.save_pretrained(output_dir)
-    return model, {**result.metrics, "train_steps": result.global_step}
+        for checkpoint in Path(output_dir).glob("checkpoint-*"):
+            shutil.rmtree(checkpoint, ignore_errors=True)
+    # Under several processes, none goes on to read the model before the main one wrote it.
+    trainer.accelerator.wait_for_everyone()
+    metrics = {**result.metrics, "train_steps": result.global_step}
+    if eval_dataset is not None:
+        metrics["best_step"] = _step_of(trainer.state.best_model_checkpoint, result.global_step)
+        metrics["best_eval_loss"] = trainer.state.best_metric
+    return model, metrics
+
+
+class _PlainTrainer(Trainer):
+    """``Trainer`` whose best checkpoint loads through ``from_pretrained``: transformers 5.24
+    saves ViT checkpoints in the Hub's key format and its own best-model load reads them back
+    without the conversion, silently keeping the last weights (see ``ShapleyTrainer``)."""
+
+    def _load_best_model(self) -> None:
+        best = self.state.best_model_checkpoint
+        target = self.accelerator.unwrap_model(self.model)
+        logger.info("Loading the best model from %s (loss %s).", best, self.state.best_metric)
+        loaded = type(target).from_pretrained(best, dtype=next(target.parameters()).dtype)
+        target.load_state_dict(loaded.state_dict(), strict=True)
+
+
+def _step_of(checkpoint: str | None, default: int) -> int:
+    """The step of a ``checkpoint-<step>`` directory (the last step when none was kept)."""
+    return int(Path(checkpoint).name.rsplit("-", 1)[1]) if checkpoint else default

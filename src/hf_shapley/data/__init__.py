@@ -7,6 +7,7 @@ from .captions import (
     shapes_class_prompts,
 )
 from .in_memory import InMemoryPixels, process_in_memory
+from .labels import align_labels, data_label_names
 from .shapes import (
     COLOR_NAMES,
     MAX_OCCLUDED_FRACTION,
@@ -28,8 +29,10 @@ __all__ = [
     "MIN_IMAGE_SIZE",
     "SHAPES_LABELS",
     "SHAPE_NAMES",
+    "align_labels",
     "SUPPORTED_NUM_CLASSES",
     "ShapesArrays",
+    "data_label_names",
     "generate_shapes",
     "load_image_splits",
     "load_shapes_caption_dataset",

@@ -164,7 +164,7 @@ _DESCRIPTION = (
 # Images are generated in chunks, each from its own random stream (seed, split, chunk index):
 # it bounds memory, and the first k * _CHUNK_SIZE images do not depend on the requested count.
 _CHUNK_SIZE = 256
-_SPLIT_STREAMS = {"train": 0, "test": 1}
+_SPLIT_STREAMS = {"train": 0, "test": 1, "validation": 2}
 # Placement is rejection sampling; these bound it so a bad configuration fails loudly.
 _PLACEMENT_TRIES = 100
 _MAX_ROUNDS = 50
@@ -536,7 +536,7 @@ def generate_shapes(
         image_size: Height and width in pixels (at least `MIN_IMAGE_SIZE`).
         num_classes: Number of classes, one of `SUPPORTED_NUM_CLASSES`.
         seed: Seed; the same arguments give byte-identical arrays.
-        split: `"train"` or `"test"`, which select independent random streams.
+        split: `"train"`, `"test"` or `"validation"`, which select independent random streams.
         num_distractors: Distractors per image; defaults to `num_classes - 1`, the minimum
             that puts every colour and every shape in every image.
         distractors: `"complement"` (default): the distractors use every other colour and
@@ -640,6 +640,7 @@ def load_shapes_dataset(
     num_distractors: int | None = None,
     distractors: str = "complement",
     objects: str = "all",
+    num_validation: int = 0,
 ) -> datasets.DatasetDict:
     """Generate the built-in coloured-shapes data set.
 
@@ -657,9 +658,12 @@ def load_shapes_dataset(
         num_distractors: Distractors per image; defaults to `num_classes - 1`.
         distractors: `"complement"` or `"independent"`, see [`generate_shapes`].
         objects: `"all"`, `"class_object"` or `"distractors"`, see [`generate_shapes`].
+        num_validation: Number of validation images (their own random stream); 0: no
+            `"validation"` split.
 
     Returns:
-        `datasets.DatasetDict` with splits `"train"` and `"test"` and features `image`
+        `datasets.DatasetDict` with splits `"train"` and `"test"` (and `"validation"` when
+        `num_validation > 0`) and features `image`
         (RGB `datasets.Image`), `label` (`datasets.ClassLabel` with names from
         `SHAPES_LABELS`) and `mask` (`datasets.Image`, mode "L": 255 on the visible pixels of
         the class object, 0 elsewhere).
@@ -697,10 +701,13 @@ def load_shapes_dataset(
     if objects != "all":
         kwargs["objects"] = objects
     # Validate both counts before generating either split.
-    for count in (num_train, num_test):
+    counts = [("train", num_train), ("test", num_test)]
+    if num_validation:
+        counts.append(("validation", num_validation))
+    for _, count in counts:
         _check_arguments(count, image_size, num_classes, num_distractors, distractors, objects)
     splits = {}
-    for split, count in (("train", num_train), ("test", num_test)):
+    for split, count in counts:
         fingerprint = Hasher.hash(
             {"generator": _GENERATOR_ID, "split": split, "num_examples": count, **kwargs}
         )

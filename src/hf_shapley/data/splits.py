@@ -55,8 +55,10 @@ def load_image_splits(
     if dataset_name is not None:
         data = datasets.load_dataset(dataset_name, dataset_config_name)
     else:
+        check_image_folder(train_dir)
         files = {"train": os.path.join(train_dir, "**")}
         if validation_dir:
+            check_image_folder(validation_dir, min_classes=1)
             files[eval_split] = os.path.join(validation_dir, "**")
         data = datasets.load_dataset("imagefolder", data_files=files)
     if "train" not in data:
@@ -72,4 +74,32 @@ def load_image_splits(
     return parts["train"], parts["test"]
 
 
-__all__ = ["load_image_splits"]
+def check_image_folder(path: str | os.PathLike, min_classes: int = 2) -> list[str]:
+    """The class names of an image folder (one sub-folder of images per class), checked.
+
+    Raises:
+        ValueError: the folder does not exist, has fewer than ``min_classes`` class folders, or
+            a class folder holds no file.
+    """
+    if not os.path.isdir(path):
+        raise ValueError(f"The image folder {path} does not exist.")
+    classes = sorted(e.name for e in os.scandir(path) if e.is_dir() and not e.name.startswith("."))
+    if len(classes) < min_classes:
+        raise ValueError(
+            f"The image folder {path} has {len(classes)} class folder(s) {classes}; it needs at "
+            f"least {min_classes}: one sub-folder per class, named as the class, holding its "
+            "images (path/cat/1.jpg, path/dog/2.jpg, ...)."
+        )
+    empty = [
+        name
+        for name in classes
+        if not any(files for _, _, files in os.walk(os.path.join(path, name)))
+    ]
+    if empty:
+        raise ValueError(
+            f"The class folder(s) {empty} in {path} hold no image: add images or remove them."
+        )
+    return classes
+
+
+__all__ = ["check_image_folder", "load_image_splits"]

@@ -1,0 +1,267 @@
+"""The user's road: their own fine-tuned classifier (saved by plain transformers code) and their
+own image folder, through ``examples/train.py`` as the README says.
+
+The classifier is kept as it is unless asked (its logits bit-identical), its labels are matched
+to the folder's classes by name (an image folder numbers its classes alphabetically), and bad
+input fails before any training with a message that names the problem.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import datasets
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from transformers import (
+    AutoModelForImageClassification,
+    ViTForImageClassification,
+    ViTImageProcessor,
+    ViTModel,
+)
+
+import hf_shapley  # noqa: F401  (registers the auto classes)
+from conftest import load_example_script, tiny_backbone_config
+from hf_shapley import ShapleyForImageClassification
+from hf_shapley.configuration_shapley import FROZEN_EXPLAINER_DEFAULTS
+from hf_shapley.data import align_labels
+
+# The checkpoint's own order, which is not the folder's alphabetical one.
+LABELS = ["red circle", "green square", "blue triangle", "yellow cross"]
+# Each class has its own mean colour, so that a classifier can tell them apart.
+CLASS_COLOURS = {name: (60 * i + 20, 200 - 40 * i, 30 * i) for i, name in enumerate(LABELS)}
+
+
+@pytest.fixture(scope="module")
+def train_script():
+    return load_example_script("train")
+
+
+def save_classifier(path: Path, labels=LABELS, seed: int = 0) -> Path:
+    """A ViTForImageClassification saved by plain transformers code, with its processor."""
+    torch.manual_seed(seed)
+    id2label = dict(enumerate(labels))
+    config = tiny_backbone_config(
+        "vit", id2label=id2label, label2id={v: k for k, v in id2label.items()}
+    )
+    ViTForImageClassification(config).save_pretrained(path)
+    processor().save_pretrained(path)
+    return path
+
+
+def processor() -> ViTImageProcessor:
+    return ViTImageProcessor(
+        size={"height": 32, "width": 32}, image_mean=[0.5] * 3, image_std=[0.5] * 3
+    )
+
+
+def image_folder(root: Path, classes=LABELS, per_class: int = 6, seed: int = 0) -> Path:
+    """One sub-folder per class; images of mixed sizes and modes, as users' folders have."""
+    rng = np.random.default_rng(seed)
+    modes = ["RGB", "L", "RGBA", "P"]
+    for c, name in enumerate(classes):
+        (root / name).mkdir(parents=True)
+        colour = np.array(CLASS_COLOURS.get(name, (128, 128, 128)))
+        for i in range(per_class):
+            size = (32 + 8 * (i % 3), 32 + 4 * (i % 2))
+            pixels = np.clip(colour + rng.normal(0, 30, (size[1], size[0], 3)), 0, 255)
+            image = Image.fromarray(pixels.astype(np.uint8)).convert(modes[(i + c) % 4])
+            image.save(root / name / f"{i}.png")
+    return root
+
+
+def run(train_script, backbone: Path, folder: Path, out: Path, *extra: str) -> dict:
+    return train_script.main(
+        [
+            "--backbone", str(backbone), "--train_dir", str(folder), "--players_grid", "2", "2",
+            "--validation_fraction", "0.25", "--max_steps", "4", "--eval_steps", "2",
+            "--save_steps", "2", "--per_device_train_batch_size", "4",
+            "--per_device_eval_batch_size", "8", "--num_truth_images", "4",
+            "--num_exact_images", "2", "--num_explained_images", "0",
+            "--output_dir", str(out), *extra,
+        ]
+    )  # fmt: skip
+
+
+def checkpoint_predictions(backbone: Path, images: list[Image.Image]) -> torch.Tensor:
+    model = ViTForImageClassification.from_pretrained(backbone).eval()
+    x = processor()([im.convert("RGB") for im in images], return_tensors="pt")["pixel_values"]
+    with torch.no_grad():
+        return model(x).logits
+
+
+def test_checkpoint_is_kept_and_its_labels_matched_by_name(train_script, tmp_path, single_thread):
+    backbone = save_classifier(tmp_path / "clf")
+    folder = image_folder(tmp_path / "train")
+    test = image_folder(tmp_path / "test", per_class=3, seed=1)
+    out = tmp_path / "out"
+    report = run(train_script, backbone, folder, out, "--validation_dir", str(test))
+
+    # The labels stay the checkpoint's, in its order.
+    config = json.loads((out / "config.json").read_text())
+    assert [config["id2label"][str(i)] for i in range(4)] == LABELS
+    # The classifier is frozen, with the frozen explainer recipe.
+    assert config["train_backbone"] is False
+    assert {k: config[k] for k in FROZEN_EXPLAINER_DEFAULTS} == FROZEN_EXPLAINER_DEFAULTS
+    # Its logits are the checkpoint's, bit for bit, on the user's own images (mixed modes and
+    # sizes), loaded back from disk.
+    paths = sorted(test.glob("*/*.png"))
+    images = [Image.open(p) for p in paths]
+    model = AutoModelForImageClassification.from_pretrained(out).eval()
+    x = processor()([im.convert("RGB") for im in images], return_tensors="pt")["pixel_values"]
+    with torch.no_grad():
+        ours = model(x).logits
+    reference = checkpoint_predictions(backbone, images)
+    assert torch.equal(ours, reference)
+    assert report["classifier"]["trained"] is False
+    assert report["classifier"]["logits_identical"] is True
+    assert report["classifier"]["predictions_changed"] == 0.0
+
+    # The accuracy in metrics.json is the checkpoint's accuracy on the folder with its labels
+    # matched by name (computed here independently: class folder name -> checkpoint id). With
+    # the alphabetical numbering it would differ.
+    truth = torch.tensor([LABELS.index(p.parent.name) for p in paths])
+    accuracy = float((reference.argmax(-1) == truth).float().mean())
+    assert report["accuracy"] == pytest.approx(accuracy)
+    assert report["classifier"]["accuracy_before"] == pytest.approx(accuracy)
+    alphabetical = torch.tensor([sorted(LABELS).index(p.parent.name) for p in paths])
+    assert float((reference.argmax(-1) == alphabetical).float().mean()) != pytest.approx(accuracy)
+    # And every road ends in a faithfulness report against a stated truth.
+    assert report["faithfulness_truth"].startswith("KernelSHAP")
+    assert 0 <= report["faithfulness"]["exact_pooled_relative_error"] < 10
+
+
+def test_fine_tuning_is_an_explicit_choice_and_is_reported(train_script, tmp_path, single_thread):
+    backbone = save_classifier(tmp_path / "clf")
+    folder = image_folder(tmp_path / "train")
+    test = image_folder(tmp_path / "test", per_class=3, seed=1)
+    report = run(
+        train_script, backbone, folder, tmp_path / "out", "--validation_dir", str(test),
+        "--train_backbone", "True", "--learning_rate", "1e-2", "--load_best_model_at_end", "False",
+    )  # fmt: skip
+    classifier = report["classifier"]
+    assert classifier["trained"] is True and classifier["logits_identical"] is False
+    paths = sorted(test.glob("*/*.png"))
+    reference = checkpoint_predictions(backbone, [Image.open(p) for p in paths])
+    truth = torch.tensor([LABELS.index(p.parent.name) for p in paths])
+    assert classifier["accuracy_before"] == pytest.approx(
+        float((reference.argmax(-1) == truth).float().mean())
+    )
+    assert classifier["accuracy_after"] == pytest.approx(report["accuracy"])
+    assert 0.0 <= classifier["predictions_changed"] <= 1.0
+
+
+@pytest.mark.parametrize(
+    ("classes", "message"),
+    [
+        (["red circle", "green square", "blue triangle", "purple cross"], r"\['yellow cross'\]"),
+        (["red circle"], r"has 1 class folder"),
+    ],
+)
+def test_folder_whose_classes_differ_fails_before_training(
+    train_script, tmp_path, classes, message
+):
+    backbone = save_classifier(tmp_path / "clf")
+    folder = image_folder(tmp_path / "train", classes=classes)
+    with pytest.raises((SystemExit, ValueError), match=message):
+        run(train_script, backbone, folder, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_empty_class_folder_fails_before_training(train_script, tmp_path):
+    backbone = save_classifier(tmp_path / "clf")
+    folder = image_folder(tmp_path / "train")
+    (folder / "purple cross").mkdir()
+    with pytest.raises((SystemExit, ValueError), match=r"\['purple cross'\] .* hold no image"):
+        run(train_script, backbone, folder, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_bare_backbone_cannot_be_kept(train_script, tmp_path):
+    backbone = tmp_path / "bare"
+    torch.manual_seed(0)
+    ViTModel(tiny_backbone_config("vit"), add_pooling_layer=False).save_pretrained(backbone)
+    processor().save_pretrained(backbone)
+    folder = image_folder(tmp_path / "train")
+    with pytest.raises(SystemExit, match="has no classifier head to keep"):
+        run(train_script, backbone, folder, tmp_path / "out", "--train_backbone", "False")
+    assert not (tmp_path / "out").exists()
+
+
+def test_players_grid_that_does_not_divide_fails_before_training(train_script, tmp_path):
+    backbone = save_classifier(tmp_path / "clf")
+    folder = image_folder(tmp_path / "train")
+    with pytest.raises(SystemExit, match=r"Cannot wrap .*players_grid"):
+        train_script.main(
+            ["--backbone", str(backbone), "--train_dir", str(folder), "--players_grid", "3", "3",
+             "--output_dir", str(tmp_path / "out")]
+        )  # fmt: skip
+    assert not (tmp_path / "out").exists()
+
+
+# ----------------------------------------------------------------------------- Python API
+def test_from_backbone_keeps_a_classifier_frozen_by_default(tmp_path):
+    backbone = save_classifier(tmp_path / "clf")
+    model = ShapleyForImageClassification.from_backbone(str(backbone), players_grid=(2, 2))
+    assert model.config.train_backbone is False
+    assert {k: getattr(model.config, k) for k in FROZEN_EXPLAINER_DEFAULTS} == (
+        FROZEN_EXPLAINER_DEFAULTS
+    )
+    assert not any(p.requires_grad for p in model.backbone.parameters())
+    assert not any(p.requires_grad for p in model.classifier.parameters())
+    # Asking to fine-tune it gives the joint settings, not the frozen game's.
+    tuned = ShapleyForImageClassification.from_backbone(
+        str(backbone), players_grid=(2, 2), train_backbone=True
+    )
+    assert tuned.config.train_backbone is True
+    assert tuned.config.reuse_shapley_coalitions is False
+
+
+def test_from_backbone_refuses_to_permute_a_classifiers_labels(tmp_path):
+    backbone = save_classifier(tmp_path / "clf")
+    alphabetical = dict(enumerate(sorted(LABELS)))
+    with pytest.raises(ValueError, match="same labels in another order.*align_labels"):
+        ShapleyForImageClassification.from_backbone(
+            str(backbone), players_grid=(2, 2), id2label=alphabetical
+        )
+    # Its own mapping, given explicitly, is fine.
+    model = ShapleyForImageClassification.from_backbone(
+        str(backbone), players_grid=(2, 2), id2label=dict(enumerate(LABELS))
+    )
+    assert model.config.id2label == dict(enumerate(LABELS))
+
+
+def test_align_labels_renumbers_the_data_onto_the_classifier():
+    names = sorted(LABELS)  # an image folder's alphabetical numbering
+    rows = [0, 1, 2, 3, 2]
+    data = datasets.Dataset.from_dict(
+        {"label": rows}, features=datasets.Features({"label": datasets.ClassLabel(names=names)})
+    )
+    aligned = align_labels(data, dict(enumerate(LABELS)))
+    assert aligned.features["label"].names == LABELS
+    assert aligned["label"] == [LABELS.index(names[r]) for r in rows]
+    # A folder with some of the classes (a small test folder) is accepted where asked.
+    some = names[1:]
+    part = datasets.Dataset.from_dict(
+        {"label": [0, 2, 1]}, features=datasets.Features({"label": datasets.ClassLabel(names=some)})
+    )
+    with pytest.raises(ValueError, match=r"lacks the classifier's labels \['blue triangle'\]"):
+        align_labels(part, dict(enumerate(LABELS)))
+    assert align_labels(part, dict(enumerate(LABELS)), allow_missing=True)["label"] == [
+        LABELS.index(some[r]) for r in [0, 2, 1]
+    ]
+
+
+def test_align_labels_with_unnamed_classifier_labels():
+    ints = datasets.Dataset.from_dict({"label": [0, 2, 1]})
+    generic = {i: f"LABEL_{i}" for i in range(3)}
+    assert align_labels(ints, generic)["label"] == [0, 2, 1]
+    named = datasets.Dataset.from_dict(
+        {"label": [0, 1]},
+        features=datasets.Features({"label": datasets.ClassLabel(names=["a", "b"])}),
+    )
+    with pytest.raises(ValueError, match="never named .* config.json"):
+        align_labels(named, {0: "LABEL_0", 1: "LABEL_1"})
