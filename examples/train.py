@@ -41,6 +41,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import sys
 import time
 from dataclasses import dataclass, field
@@ -174,6 +175,18 @@ class ModelArguments:
             "soft-voting ViT trained from scratch stayed at chance here)."
         },
     )
+    explainer_max_steps: int = field(
+        default=750,
+        metadata={
+            "help": "The Shapley head trains for at most this many steps (evaluated on the "
+            "held-out validation images every --eval_steps, the best kept, stopped early after "
+            "--early_stopping_patience evaluations without improvement). 750 fit the main job's "
+            "10-minute budget on a 2-core CPU; 1,000 take about a minute more for pooled error "
+            "0.250 against 0.254 over 3 seeds (benchmarks/results/main_job_head_variants.md). "
+            "Counted in steps, so a small data set gets as many as a large one. 0: "
+            "--num_train_epochs instead. --max_steps, when given, bounds every phase."
+        },
+    )
     classifier_eval_steps: int = field(
         default=100, metadata={"help": "Steps between the classifier's validation evaluations."}
     )
@@ -296,12 +309,8 @@ def default_training_args() -> dict:
     """Defaults of the main job, overridable from the command line."""
     return dict(
         output_dir="outputs/shapley-vit-shapes",
-        # The head's steps (the classifier's are --classifier_max_steps). 750 steps fit the
-        # 10-minute budget on a 2-core CPU; 1,000 take about a minute more for pooled error
-        # 0.250 against 0.254 over 3 seeds (benchmarks/results/main_job_head_variants.md).
-        # Counted in steps, so a small data set gets as many as a large one; the held-out
-        # regression loss chooses the step kept.
-        max_steps=750,
+        # The phases' lengths are --classifier_max_steps and --explainer_max_steps.
+        num_train_epochs=6,
         per_device_train_batch_size=64,
         per_device_eval_batch_size=128,
         learning_rate=1e-3,
@@ -531,8 +540,6 @@ def pretrain_builtin_classifier(
     from hf_shapley.plain_classifier import train_plain_classifier
 
     steps = model_args.classifier_max_steps
-    if training_args.max_steps > 0:
-        steps = min(steps, training_args.max_steps)
     identity = hashlib.sha256(
         json.dumps(
             [
@@ -679,6 +686,15 @@ def train_and_evaluate(
     return trainer, result, metrics, train_seconds, classifier
 
 
+def bound_steps(training_args, model_args: ModelArguments) -> None:
+    """Each phase's length: its own step count, bounded by ``--max_steps`` when given."""
+    limit = training_args.max_steps if training_args.max_steps > 0 else None
+    if limit is not None:
+        model_args.classifier_max_steps = min(model_args.classifier_max_steps, limit)
+    if model_args.explainer_max_steps > 0:
+        training_args.max_steps = min(model_args.explainer_max_steps, limit or math.inf)
+
+
 def share_batches_between_processes(training_args, model_args: ModelArguments) -> None:
     """Make the batch sizes images per step over all processes: each of N processes takes
     1/N of them, so one process or several make the same optimizer steps."""
@@ -723,6 +739,7 @@ def main(argv: list[str] | None = None) -> dict:
             f"--classifier_max_steps must be >= 0; got {model_args.classifier_max_steps}."
         )
     share_batches_between_processes(training_args, model_args)
+    bound_steps(training_args, model_args)
     logging.basicConfig(
         format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO
     )

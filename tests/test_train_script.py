@@ -61,7 +61,7 @@ def test_main_job_writes_a_complete_loadable_directory(train_script, tmp_path, s
     report = train_script.main(
         [
             "--backbone", str(backbone), "--players_grid", "2", "2",
-            "--num_train", "64", "--num_test", "24", "--num_train_epochs", "1", "--max_steps", "-1",
+            "--num_train", "64", "--num_test", "24", "--num_train_epochs", "1", "--explainer_max_steps", "0",
             "--num_validation", "16",
             "--per_device_train_batch_size", "16", "--per_device_eval_batch_size", "16",
             "--output_dir", str(out), "--num_truth_images", "4", "--num_exact_images", "2",
@@ -228,8 +228,8 @@ def test_builtin_job_pretrains_a_classifier_then_wraps_it(
             "4",
             "--num_train_epochs",
             "1",
-            "--max_steps",
-            "-1",
+            "--explainer_max_steps",
+            "0",
             "--num_validation",
             "16",
             "--per_device_train_batch_size",
@@ -309,7 +309,7 @@ def test_builtin_job_pretrains_a_classifier_then_wraps_it(
     # takes ceil(24 / 8) steps an epoch.
     train_script.main(
         ["--image_size", "32", "--players_grid", "2", "2", "--num_train", "64", "--num_test",
-         "16", "--classifier_max_steps", "4", "--num_train_epochs", "1", "--max_steps", "-1",
+         "16", "--classifier_max_steps", "4", "--num_train_epochs", "1", "--explainer_max_steps", "0",
          "--num_validation", "16", "--per_device_train_batch_size", "16", "--num_exact_images", "0",
          "--num_explained_images", "0", "--explainer_train_samples", "24",
          "--explainer_batch_size", "8", "--output_dir", str(out)]
