@@ -42,6 +42,7 @@ import hashlib
 import json
 import logging
 import math
+import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -96,8 +97,10 @@ class ModelArguments:
     backbone: str | None = field(
         default=None,
         metadata={
-            "help": "Hub id or local directory of a backbone (ViTModel...) or a fine-tuned classifier "
-            "(ViTForImageClassification...). Default: a small ViT from scratch for the built-in data."
+            "help": "Hub id or local directory of a fine-tuned classifier "
+            "(ViTForImageClassification...: kept as it is, its labels matched to the data's by "
+            "name) or of a bare backbone (ViTModel...: a classifier is trained on it first, "
+            "then explained). Default: a small ViT trained here for the built-in data."
         },
     )
     players_grid: list[int] = field(
@@ -329,6 +332,10 @@ def default_training_args() -> dict:
         report_to="none",
         dataloader_num_workers=0,
         dataloader_pin_memory=torch.cuda.is_available(),
+        # Several processes without a GPU (accelerate launch --multi_gpu, torchrun): Accelerate
+        # runs them as one data-parallel group on the CPU (gloo) only when told to use the CPU;
+        # otherwise each process trains alone, on all the data.
+        use_cpu=int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available(),
         loss_warmup_steps=60,
         seed=0,
     )
@@ -516,7 +523,25 @@ def build_model(
     return model, processor
 
 
-def pretrain_builtin_classifier(
+def new_classifier(model_args: ModelArguments, id2label: dict[int, str]):
+    """The classifier to train here, and its image processor: the built-in ViT, or a bare
+    backbone (a Hub id or directory of e.g. ``ViTModel``) with a new linear head."""
+    label2id = {v: k for k, v in id2label.items()}
+    if model_args.backbone is None:
+        from transformers import ViTForImageClassification
+
+        config = ViTConfig(**{**BUILTIN_BACKBONE, "image_size": model_args.image_size})
+        config.id2label, config.label2id = id2label, label2id
+        return ViTForImageClassification(config), builtin_image_processor(model_args.image_size)
+    from transformers import AutoModelForImageClassification
+
+    model = AutoModelForImageClassification.from_pretrained(
+        model_args.backbone, id2label=id2label, label2id=label2id, ignore_mismatched_sizes=True
+    )
+    return model, AutoImageProcessor.from_pretrained(model_args.backbone)
+
+
+def train_classifier(
     model_args: ModelArguments,
     training_args,
     data_args: DataArguments,
@@ -526,23 +551,23 @@ def pretrain_builtin_classifier(
     image_column,
     label_column,
 ) -> str:
-    """Train a stock ViT classifier with plain cross-entropy; return its directory (cached).
+    """Train a classifier with plain cross-entropy (:func:`new_classifier`); return its
+    directory (cached).
 
     At most ``--classifier_max_steps`` steps (and ``--max_steps``), stopped early on the
     validation loss, the best evaluation kept. The cache is keyed by what changes the
-    classifier (image size, the training data's fingerprint, steps, batch, learning rate,
-    seed), so a run with another seed or data set never reuses a classifier trained for
+    classifier (backbone, image size, the training data's fingerprint, steps, batch, learning
+    rate, seed), so a run with another seed or data set never reuses a classifier trained for
     another. Under several processes it is trained once, in data parallel, and written by the
     main process before any process reads it.
     """
-    from transformers import ViTForImageClassification
-
     from hf_shapley.plain_classifier import train_plain_classifier
 
     steps = model_args.classifier_max_steps
     identity = hashlib.sha256(
         json.dumps(
             [
+                model_args.backbone,
                 train._fingerprint,
                 validation._fingerprint,
                 training_args.per_device_train_batch_size * training_args.world_size,
@@ -557,10 +582,7 @@ def pretrain_builtin_classifier(
     if (path / "model.safetensors").is_file():
         logger.info("Reusing the pretrained classifier in %s.", path)
         return str(path)
-    config = ViTConfig(**{**BUILTIN_BACKBONE, "image_size": model_args.image_size})
-    config.id2label, config.label2id = id2label, {v: k for k, v in id2label.items()}
-    model = ViTForImageClassification(config)
-    processor = builtin_image_processor(model_args.image_size)
+    model, processor = new_classifier(model_args, id2label)
     in_memory = {
         "image_column": image_column,
         "label_column": label_column,
@@ -586,6 +608,7 @@ def pretrain_builtin_classifier(
         image_column=image_column,
         label_column=label_column,
         dataloader_pin_memory=training_args.dataloader_pin_memory,
+        use_cpu=training_args.use_cpu,
     )
     return str(path)
 
@@ -762,9 +785,15 @@ def main(argv: list[str] | None = None) -> dict:
     keeps_labels = base_model is not None and is_classifier_checkpoint(base_model)
     # A fine-tuned classifier keeps its labels: the data are renumbered onto them, by name.
     id2label = None if keeps_labels else label_names(train, label_column)
-    pretrained_here = model_args.backbone is None and model_args.classifier_max_steps > 0
+    # No classifier given (the built-in ViT, or a bare backbone such as ViTModel): train one
+    # here first, then explain it. Soft voting asked for explicitly trains jointly instead.
+    pretrained_here = (
+        not keeps_labels
+        and model_args.classifier_max_steps > 0
+        and model_args.prediction_mode in (None, "backbone_head")
+    )
     if pretrained_here:
-        model_args.backbone = pretrain_builtin_classifier(
+        model_args.backbone = train_classifier(
             model_args,
             training_args,
             data_args,

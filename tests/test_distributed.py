@@ -250,3 +250,57 @@ def test_two_process_ddp_matches_one_process_clip(tmp_path):
 
 def _train_logs_of(record: dict, phase: str) -> list[dict]:
     return [log for log in record["log_history"][phase] if "loss" in log]
+
+
+def test_main_job_under_two_processes_makes_the_same_steps(tmp_path):
+    """examples/train.py as ``accelerate launch`` of two processes: the classifier is trained once
+    (in data parallel) and written before either process reads it, every phase is bounded by
+    its steps, and the model is the one-process run's up to the rounding of DDP's averaging."""
+    script = Path(__file__).parents[1] / "examples" / "train.py"
+    args = [
+        "--image_size", "32", "--players_grid", "2", "2", "--num_train", "64",
+        "--num_test", "16", "--num_validation", "16", "--classifier_max_steps", "6",
+        "--classifier_eval_steps", "3", "--explainer_max_steps", "4", "--eval_steps", "2",
+        "--save_steps", "2", "--per_device_train_batch_size", "16",
+        "--per_device_eval_batch_size", "16", "--num_truth_images", "2",
+        "--num_exact_images", "0", "--num_explained_images", "0", "--logging_steps", "1",
+        # fp32 game: bf16 rounds the two runs' differently batched passes differently.
+        "--frozen_game_dtype", "float32",
+    ]  # fmt: skip
+    single, double = tmp_path / "single", tmp_path / "ddp"
+    _run([sys.executable, str(script), *args, "--output_dir", str(single)], tmp_path / "one.log")
+    _run(_launch_two_processes(script, *args, "--output_dir", str(double)), tmp_path / "two.log")
+
+    one = json.loads((single / "metrics.json").read_text())
+    two = json.loads((double / "metrics.json").read_text())
+    assert one["train_steps"] == two["train_steps"] == 4
+    [classifier_one] = single.glob("pretrained-classifier-*")
+    [classifier_two] = double.glob("pretrained-classifier-*")
+    # The same classifier key: the batch is images per step over all processes.
+    assert classifier_one.name == classifier_two.name
+    state_one = json.loads((classifier_one / "trainer_state.json").read_text())
+    state_two = json.loads((classifier_two / "trainer_state.json").read_text())
+    assert state_one["global_step"] == state_two["global_step"] == 6
+    # The classifier phase ran every step on the same 16 images: the same weights up to the
+    # rounding of DDP's averaging.
+    weights_one = load_file(classifier_one / "model.safetensors")
+    weights_two = load_file(classifier_two / "model.safetensors")
+    assert weights_one.keys() == weights_two.keys()
+    for key, value in weights_one.items():
+        torch.testing.assert_close(weights_two[key], value, rtol=1e-4, atol=1e-5, msg=key)
+    # The head phase: the same images and losses at every step (the frozen classifier's loss to
+    # the digit), and the classifier in the final model is that one, bit for bit.
+    logs = [
+        [log for log in json.loads((d / "checkpoint-4" / "trainer_state.json").read_text())[
+            "log_history"] if "loss" in log]
+        for d in (single, double)
+    ]  # fmt: skip
+    assert [log["cls_loss"] for log in logs[0]] == pytest.approx(
+        [log["cls_loss"] for log in logs[1]], rel=1e-6
+    )
+    assert [log["shapley_loss"] for log in logs[0]] == pytest.approx(
+        [log["shapley_loss"] for log in logs[1]], rel=0.02
+    )
+    final = load_file(double / "model.safetensors")
+    assert torch.equal(final["classifier.weight"], weights_two["classifier.weight"])
+    assert two["classifier"]["logits_identical"] is True

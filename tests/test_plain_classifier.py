@@ -100,6 +100,42 @@ def test_max_steps_counts_optimizer_steps(tmp_path):
     assert (tmp_path / "vit" / "preprocessor_config.json").is_file()
 
 
+def test_held_out_loss_chooses_the_step_kept_and_stops_early(tmp_path):
+    """With held-out images the saved classifier is the evaluation with the lowest loss (a ViT:
+    transformers' own best-model load would silently keep the last weights), and training
+    stops after ``early_stopping_patience`` evaluations without improvement. A learning rate
+    of 0.3 makes the held-out loss rise after the first steps."""
+    data = load_shapes_dataset(256, 8, image_size=32, num_validation=64)
+    config = ViTConfig(
+        image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+        intermediate_size=64, num_labels=4,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    processor = _processor(32)
+    model, metrics = train_plain_classifier(
+        ViTForImageClassification(config), data["train"], image_processor=processor,
+        output_dir=tmp_path / "vit", max_steps=60, use_cpu=True, eval_dataset=data["validation"],
+        eval_steps=2, early_stopping_patience=2,
+        **{**SETTINGS, "learning_rate": 0.3, "warmup_steps": 0},
+    )  # fmt: skip
+    state = json.loads((tmp_path / "vit" / "trainer_state.json").read_text())
+    losses = {log["step"]: log["eval_loss"] for log in state["log_history"] if "eval_loss" in log}
+    best = min(losses, key=losses.get)
+    assert metrics["best_step"] == best and metrics["best_eval_loss"] == losses[best]
+    # Stopped early: two evaluations after the best, short of the 60 steps.
+    assert metrics["train_steps"] == max(losses) == best + 2 * 2 < 60
+    # The saved (and returned) weights are the best step's: their held-out loss is its loss.
+    reloaded = ViTForImageClassification.from_pretrained(tmp_path / "vit").eval()
+    x = processor([im.convert("RGB") for im in data["validation"]["image"]], return_tensors="pt")
+    labels = torch.tensor(data["validation"]["label"])
+    with torch.no_grad():
+        loss = torch.nn.functional.cross_entropy(reloaded(x["pixel_values"]).logits, labels)
+        returned = torch.nn.functional.cross_entropy(model.eval()(x["pixel_values"]).logits, labels)
+    assert float(loss) == pytest.approx(losses[best], rel=1e-4)
+    assert float(returned) == pytest.approx(losses[best], rel=1e-4)
+    assert not list((tmp_path / "vit").glob("checkpoint-*"))
+
+
 @pytest.mark.parametrize("length", [{}, {"num_train_epochs": 1, "max_steps": 2}])
 def test_exactly_one_training_length(tmp_path, length):
     with pytest.raises(ValueError, match="exactly one of num_train_epochs and max_steps"):

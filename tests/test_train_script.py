@@ -62,6 +62,7 @@ def test_main_job_writes_a_complete_loadable_directory(train_script, tmp_path, s
         [
             "--backbone", str(backbone), "--players_grid", "2", "2",
             "--num_train", "64", "--num_test", "24", "--num_train_epochs", "1", "--explainer_max_steps", "0",
+            "--classifier_max_steps", "4", "--classifier_eval_steps", "2",
             "--num_validation", "16",
             "--per_device_train_batch_size", "16", "--per_device_eval_batch_size", "16",
             "--output_dir", str(out), "--num_truth_images", "4", "--num_exact_images", "2",
@@ -81,6 +82,13 @@ def test_main_job_writes_a_complete_loadable_directory(train_script, tmp_path, s
 
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics == json.loads(json.dumps(report))
+    # A bare backbone: a classifier (the backbone with a new head) is trained here first, for
+    # its 4 steps, and then explained as it is.
+    [pretrained] = out.glob("pretrained-classifier-*")
+    state = json.loads((pretrained / "trainer_state.json").read_text())
+    assert state["global_step"] == 4
+    assert metrics["classifier"]["trained"] is False and metrics["classifier"]["logits_identical"]
+    assert json.loads((out / "config.json").read_text())["prediction_mode"] == "backbone_head"
     low, high = metrics["accuracy_ci95"]
     assert 0 <= low <= metrics["accuracy"] <= high <= 1
     assert metrics["num_eval_images"] == 24 and metrics["train_steps"] == 4

@@ -144,10 +144,14 @@ def train_plain_classifier(
     trainer.save_model(output_dir)
     if trainer.args.should_save:
         image_processor.save_pretrained(output_dir)
+        # The steps taken, the evaluations and the step kept, beside the model.
+        trainer.state.save_to_json(os.path.join(output_dir, "trainer_state.json"))
+    # Under several processes: every one has loaded the best checkpoint, and none goes on to
+    # read the model, before the main one wrote it; then its checkpoints can go.
+    trainer.accelerator.wait_for_everyone()
+    if trainer.args.should_save:
         for checkpoint in Path(output_dir).glob("checkpoint-*"):
             shutil.rmtree(checkpoint, ignore_errors=True)
-    # Under several processes, none goes on to read the model before the main one wrote it.
-    trainer.accelerator.wait_for_everyone()
     metrics = {**result.metrics, "train_steps": result.global_step}
     if eval_dataset is not None:
         metrics["best_step"] = _step_of(trainer.state.best_model_checkpoint, result.global_step)

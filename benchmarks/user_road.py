@@ -1,0 +1,379 @@
+"""The user's road on a real data set: their own classifier and their own image folder.
+
+The data: scikit-learn's handwritten digits (1,797 8 x 8 scans shipped with the package,
+nothing downloaded), upscaled to 32 px grayscale PNGs and written as image folders
+(``train/`` 80%, ``test/`` 20%, stratified) whose class folders are the digits' English
+names, so that the folder's alphabetical order ("eight", "five", ...) is not the
+classifier's order ("zero", "one", ...). Per seed:
+
+* **the user's checkpoint**: a ``ViTForImageClassification`` (4 layers, 96 wide, 4 px patches
+  at 32 px: 8 x 8 tokens) trained by plain transformers code (``Trainer``, cross-entropy, no
+  hf-shapley) on ``train/`` and saved with its image processor;
+* **road A**, the README's command on it: ``examples/train.py --backbone CKPT --train_dir
+  train --validation_dir test --players_grid 4 4`` (the classifier kept, the head trained);
+* **road B**, the two-phase road on the same folder: ``examples/train.py --train_dir train
+  --validation_dir test --image_size 32 --players_grid 4 4`` (the built-in ViT trained here,
+  then explained), beside **a plain classifier of the same backbone trained to convergence**
+  (``train_plain_classifier``, ``--plain_steps`` steps on every training image, no early stop);
+* for every model, exact Shapley values (all 2^16 coalitions through ``coalition=``) on the
+  first ``--num_exact`` test images: pooled error and per-image r on the predicted class's
+  logit centred over classes.
+
+    python benchmarks/user_road.py --seeds 0 1 2 --out benchmarks/results/user_road
+
+It writes ``user_road.json`` (per seed and image) and ``user_road.md`` (the summary with
+hierarchical 95% intervals over seeds, then images) in ``--out``; a seed already in the JSON
+is not run again.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+DIGIT_NAMES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
+IMAGE_SIZE = 32
+USER_VIT = dict(
+    image_size=IMAGE_SIZE,
+    patch_size=4,
+    hidden_size=96,
+    num_hidden_layers=4,
+    num_attention_heads=4,
+    intermediate_size=192,
+)
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def write_digit_folders(root: Path) -> tuple[Path, Path]:
+    """scikit-learn's digits as ``root/train/<name>/i.png`` and ``root/test/<name>/i.png``."""
+    from PIL import Image
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    train_dir, test_dir = root / "train", root / "test"
+    if train_dir.is_dir() and test_dir.is_dir():
+        return train_dir, test_dir
+    digits = load_digits()
+    indices = np.arange(len(digits.target))
+    train_idx, test_idx = train_test_split(
+        indices, test_size=0.2, random_state=0, stratify=digits.target
+    )
+    for folder, chosen in ((train_dir, train_idx), (test_dir, test_idx)):
+        for i in chosen:
+            label_dir = folder / DIGIT_NAMES[digits.target[i]]
+            label_dir.mkdir(parents=True, exist_ok=True)
+            pixels = (digits.images[i] * (255 / 16)).astype(np.uint8)
+            image = Image.fromarray(pixels, mode="L").resize((IMAGE_SIZE,) * 2, Image.BICUBIC)
+            image.save(label_dir / f"{i:04d}.png")
+    return train_dir, test_dir
+
+
+def user_checkpoint(train_dir: Path, out: Path, seed: int, epochs: int) -> Path:
+    """What a user brings: a ViT classifier trained by plain transformers code, with its own
+    label order (zero..nine) and its image processor."""
+    if (out / "model.safetensors").is_file():
+        return out
+    import datasets
+    from transformers import (
+        Trainer,
+        TrainingArguments,
+        ViTConfig,
+        ViTForImageClassification,
+        ViTImageProcessor,
+    )
+
+    data = datasets.load_dataset("imagefolder", data_dir=str(train_dir), split="train")
+    data = data.align_labels_with_mapping({n: i for i, n in enumerate(DIGIT_NAMES)}, "label")
+    processor = ViTImageProcessor(
+        size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}, image_mean=[0.5] * 3, image_std=[0.5] * 3
+    )
+
+    def collate(rows):
+        images = [row["image"].convert("RGB") for row in rows]
+        return {
+            "pixel_values": processor(images, return_tensors="pt")["pixel_values"],
+            "labels": torch.tensor([row["label"] for row in rows]),
+        }
+
+    torch.manual_seed(seed)
+    config = ViTConfig(
+        **USER_VIT,
+        id2label=dict(enumerate(DIGIT_NAMES)),
+        label2id={n: i for i, n in enumerate(DIGIT_NAMES)},
+    )
+    model = ViTForImageClassification(config)
+    args = TrainingArguments(
+        output_dir=str(out / "trainer"),
+        num_train_epochs=epochs,
+        per_device_train_batch_size=64,
+        learning_rate=1e-3,
+        weight_decay=0.05,
+        warmup_steps=50,
+        lr_scheduler_type="cosine",
+        save_strategy="no",
+        report_to="none",
+        seed=seed,
+        remove_unused_columns=False,
+        logging_steps=50,
+    )
+    Trainer(model=model, args=args, train_dataset=data, data_collator=collate).train()
+    model.save_pretrained(out)
+    processor.save_pretrained(out)
+    return out
+
+
+def run_train_script(arguments: list[str], out: Path, log: Path) -> dict:
+    """``examples/train.py`` as a user runs it; returns its metrics.json."""
+    if (out / "metrics.json").is_file():
+        return json.loads((out / "metrics.json").read_text())
+    command = [sys.executable, str(ROOT / "examples" / "train.py"), *arguments]
+    command += ["--output_dir", str(out), "--num_explained_images", "1"]
+    start = time.perf_counter()
+    with log.open("w") as handle:
+        subprocess.run(command, check=True, stdout=handle, stderr=subprocess.STDOUT)
+    metrics = json.loads((out / "metrics.json").read_text())
+    metrics["wall_seconds"] = time.perf_counter() - start
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    return metrics
+
+
+def test_images(test_dir: Path, count: int) -> tuple[list, list[str]]:
+    """The first ``count`` test images, in a fixed order interleaving the classes."""
+    from PIL import Image
+
+    paths = sorted(test_dir.glob("*/*.png"), key=lambda p: (int(p.stem), p.parent.name))
+    return [Image.open(p) for p in paths[:count]], [p.parent.name for p in paths[:count]]
+
+
+@torch.no_grad()
+def exact_agreement(model_dir: Path, images: list) -> dict:
+    """phi against exact enumeration (all 2^P coalitions) on the predicted class's centred
+    logit, per image."""
+    from transformers import AutoImageProcessor
+
+    from hf_shapley import ShapleyForImageClassification
+    from hf_shapley.estimators import exact_shapley_values, model_game
+    from hf_shapley.evaluation import centred_class_values
+    from hf_shapley.evaluation.stats import pearson_rows
+
+    model = ShapleyForImageClassification.from_pretrained(model_dir).eval()
+    processor = AutoImageProcessor.from_pretrained(model_dir)
+    x = processor([im.convert("RGB") for im in images], return_tensors="pt")["pixel_values"]
+    out = model(x)
+    predicted = out.logits.argmax(-1)
+    truth = torch.stack(
+        [
+            exact_shapley_values(model_game(model, x[b : b + 1]), model.num_players)[:, 0]
+            for b in range(len(images))
+        ]
+    )  # (B, P, K)
+    phi = centred_class_values(out.shapley_values, predicted)
+    exact = centred_class_values(truth, predicted)
+    return {
+        "pearson_r": pearson_rows(phi, exact).tolist(),
+        "squared_error": (phi - exact).pow(2).sum(1).tolist(),
+        "spread": (exact - exact.mean(1, keepdim=True)).pow(2).sum(1).tolist(),
+        "predicted": predicted.tolist(),
+    }
+
+
+def plain_baseline(
+    train_dir: Path, test_dir: Path, road_b: Path, out: Path, seed: int, steps: int
+) -> dict:
+    """The built-in ViT at 32 px trained plainly on every training image for ``steps`` steps:
+    the accuracy road B's classifier is compared with."""
+    result = out / "result.json"
+    if result.is_file():
+        return json.loads(result.read_text())
+    import datasets
+    from transformers import AutoConfig, AutoImageProcessor, AutoModelForImageClassification
+
+    from hf_shapley.data import align_labels
+    from hf_shapley.plain_classifier import train_plain_classifier
+
+    # Road B's own classifier architecture and processor, from scratch: the same backbone.
+    [road_b_classifier] = road_b.glob("pretrained-classifier-*")
+    data = datasets.load_dataset(
+        "imagefolder", data_files={"train": f"{train_dir}/**", "test": f"{test_dir}/**"}
+    )
+    torch.manual_seed(seed)
+    config = AutoConfig.from_pretrained(road_b_classifier)
+    model = AutoModelForImageClassification.from_config(config)
+    id2label = config.id2label
+    data = {name: align_labels(split, id2label) for name, split in data.items()}
+    processor = AutoImageProcessor.from_pretrained(road_b_classifier)
+    train_plain_classifier(
+        model,
+        data["train"],
+        image_processor=processor,
+        output_dir=out,
+        max_steps=steps,
+        per_device_train_batch_size=64,
+        learning_rate=1e-3,
+        weight_decay=0.05,
+        warmup_steps=30,
+        lr_scheduler_type="cosine",
+        seed=seed,
+    )
+    test = data["test"]
+    model.eval()
+    correct = 0
+    for start in range(0, len(test), 128):
+        rows = test[start : start + 128]
+        x = processor([im.convert("RGB") for im in rows["image"]], return_tensors="pt")
+        with torch.no_grad():
+            predicted = model(x["pixel_values"]).logits.argmax(-1)
+        correct += int((predicted == torch.tensor(rows["label"])).sum())
+    summary = {"accuracy": correct / len(test), "steps": steps, "num_test": len(test)}
+    result.write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+def run_seed(args, seed: int, train_dir: Path, test_dir: Path) -> dict:
+    work = args.work / f"seed{seed}"
+    work.mkdir(parents=True, exist_ok=True)
+    common = ["--train_dir", str(train_dir), "--validation_dir", str(test_dir)]
+    common += ["--players_grid", "4", "4", "--seed", str(seed)]
+    if args.max_steps:  # a quick run of the whole road (a smoke test, not a result)
+        common += ["--max_steps", str(args.max_steps), "--num_truth_images", "2"]
+    start = time.perf_counter()
+    checkpoint = user_checkpoint(train_dir, work / "user-checkpoint", seed, args.user_epochs)
+    checkpoint_seconds = time.perf_counter() - start
+    road_a = run_train_script(
+        ["--backbone", str(checkpoint), *common], work / "road-a", work / "road-a.log"
+    )
+    road_b = run_train_script(
+        ["--image_size", str(IMAGE_SIZE), *common], work / "road-b", work / "road-b.log"
+    )
+    plain = plain_baseline(
+        train_dir, test_dir, work / "road-b", work / "plain", seed, args.plain_steps
+    )
+    images, _ = test_images(test_dir, args.num_exact)
+    return {
+        "seed": seed,
+        "user_checkpoint_seconds": checkpoint_seconds,
+        "road_a": {"metrics": road_a, "exact": exact_agreement(work / "road-a", images)},
+        "road_b": {"metrics": road_b, "exact": exact_agreement(work / "road-b", images)},
+        "plain": plain,
+    }
+
+
+def summarize(runs: list[dict]) -> str:
+    sys.path.insert(0, str(Path(__file__).parent))
+    from recipe import hierarchical_interval
+
+    def fmt(interval):
+        return f"[{interval[0]:.3f}, {interval[1]:.3f}]"
+
+    lines = [
+        "# The user's road on scikit-learn's digits (32 px, P = 16, exact truth)",
+        "",
+        f"Seeds {[r['seed'] for r in runs]}; exact enumeration of all 2^16 coalitions on the "
+        f"first {len(runs[0]['road_a']['exact']['pearson_r'])} test images per seed; "
+        "hierarchical 95% intervals (seeds, then images). Command: "
+        "`python benchmarks/user_road.py --seeds ...`.",
+        "",
+        "| road | seed | accuracy (test) | classifier before | logits identical | best step "
+        "| pooled error (exact) | r (exact) | wall (s) |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    summary = {}
+    for road, name in (("road_a", "A: your checkpoint"), ("road_b", "B: trained here")):
+        errors, rs, sq, spread = [], [], 0.0, 0.0
+        for run in runs:
+            m, e = run[road]["metrics"], run[road]["exact"]
+            error = float(np.sqrt(np.sum(e["squared_error"]) / np.sum(e["spread"])))
+            sq, spread = sq + np.sum(e["squared_error"]), spread + np.sum(e["spread"])
+            errors.append(error)
+            rs.append(e["pearson_r"])
+            c = m["classifier"]
+            lines.append(
+                f"| {name} | {run['seed']} | {m['accuracy']:.3f} | {c['accuracy_before']:.3f} "
+                f"| {c['logits_identical']} | {m['best_step']} / {m['train_steps']} "
+                f"| {error:.3f} | {np.mean(e['pearson_r']):.3f} "
+                f"| {m.get('wall_seconds', float('nan')):.0f} |"
+            )
+        pooled = float(np.sqrt(sq / spread))
+        per_image_errors = [
+            [
+                float(np.sqrt(s / t))
+                for s, t in zip(
+                    run[road]["exact"]["squared_error"], run[road]["exact"]["spread"], strict=True
+                )
+            ]
+            for run in runs
+        ]
+        summary[road] = (pooled, errors, rs, per_image_errors)
+    lines += [
+        "",
+        "| road | pooled error over seeds | max over seeds | mean r [95%] |",
+        "|---|---|---|---|",
+    ]
+    for road, name in (("road_a", "A: your checkpoint"), ("road_b", "B: trained here")):
+        pooled, errors, rs, _ = summary[road]
+        r_mean = float(np.mean([np.mean(r) for r in rs]))
+        interval = hierarchical_interval(rs) if len(rs) > 1 else (float("nan"),) * 2
+        lines.append(
+            f"| {name} | {pooled:.3f} | {max(errors):.3f} | {r_mean:.3f} {fmt(interval)} |"
+        )
+    plain = [run["plain"]["accuracy"] for run in runs]
+    road_b = [run["road_b"]["metrics"]["accuracy"] for run in runs]
+    d = np.array(plain) - np.array(road_b)
+    lines += [
+        "",
+        f"Road B against a plain classifier of the same backbone trained to convergence "
+        f"({runs[0]['plain']['steps']} steps on every training image): plain "
+        f"{' / '.join(f'{a:.3f}' for a in plain)}, road B {' / '.join(f'{a:.3f}' for a in road_b)}; "
+        f"difference (plain - road B) mean {100 * d.mean():+.1f} points"
+        + (
+            f", upper 95% bound {100 * (d.mean() + _t95(len(d)) * d.std(ddof=1) / np.sqrt(len(d))):+.1f}"
+            if len(d) > 1
+            else ""
+        )
+        + ".",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _t95(n: int) -> float:
+    from scipy.stats import t
+
+    return float(t.ppf(0.95, n - 1))
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--num_exact", type=int, default=32)
+    parser.add_argument("--user_epochs", type=int, default=30)
+    parser.add_argument("--plain_steps", type=int, default=2000)
+    parser.add_argument(
+        "--max_steps", type=int, default=0, help="Bound every phase of train.py (smoke runs)."
+    )
+    parser.add_argument("--work", type=Path, default=Path("outputs/user_road"))
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/user_road"))
+    args = parser.parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    train_dir, test_dir = write_digit_folders(args.work / "digits")
+    results_path = args.out / "user_road.json"
+    runs = json.loads(results_path.read_text()) if results_path.is_file() else []
+    done = {run["seed"] for run in runs}
+    for seed in args.seeds:
+        if seed in done:
+            continue
+        runs.append(run_seed(args, seed, train_dir, test_dir))
+        runs.sort(key=lambda run: run["seed"])
+        results_path.write_text(json.dumps(runs, indent=1))
+        (args.out / "user_road.md").write_text(summarize(runs))
+        print(summarize(runs))
+
+
+if __name__ == "__main__":
+    main()
