@@ -95,7 +95,7 @@ def load(model_dir: str):
 
 def shapes_batch(num_images: int, size: int, seed: int, processor, tokenizer):
     """Pixels, object masks (N, S, S), labels (N,) and tokenized captions of the built-in test
-    split (as benchmarks/clip_truth_check.py draws them)."""
+    split."""
     arrays = generate_shapes(
         num_images, image_size=size, split="test", seed=seed, distractors="independent"
     )

@@ -1,6 +1,6 @@
 """Faithfulness benchmark: the self-explaining model's one-pass phi against post-hoc explainers.
 
-Protocol: DESIGN.md section 4. Two models of the same backbone and data, at equal optimizer steps:
+Protocol: docs/evaluation.md. Two models of the same backbone and data, at equal optimizer steps:
 
 * the **Shapley model**: the main job's output (``accelerate launch examples/train.py``), a stock
   ViT classifier pretrained with cross-entropy then fine-tuned with the joint objective;

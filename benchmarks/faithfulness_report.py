@@ -154,7 +154,7 @@ def render(report: dict, link_prefix: str = "") -> str:
         "",
         f"Paired difference plain - Shapley: {acc['difference_plain_minus_shapley']:+.3f} "
         f"[{acc['difference_ci95'][0]:+.3f}, {acc['difference_ci95'][1]:+.3f}] (bootstrap over "
-        "images, one seed each; DESIGN.md asks for 3 seeds and the upper bound of this interval).",
+        "images, one seed each; docs/evaluation.md asks for 3 seeds and the upper bound of this interval).",
         "",
         "## Explainers",
         "",

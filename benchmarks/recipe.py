@@ -25,7 +25,7 @@ Measured at every ``--eval-every`` steps (a curve), on data the run never trains
 
 Every run appends one line per evaluation to ``results/recipe_v2.jsonl``; the table
 ``results/recipe_v2.md`` keeps every row, failures included. The v1 study (tiny ViT, one
-token per player, the earlier data) is ``recipe_v1.py`` with ``results/recipe_v1.md``.
+token per player, the earlier data) is in git history, with ``results/recipe_v1.md``.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 Plain training is the same ``ShapleyForImageClassification`` with the objective switched off
 (``lambda = alpha = 0``: cross-entropy of the soft-voting prediction), so the ratio isolates the
 objective's masked passes. Steps are interleaved across configurations, median of ``--steps``
-after warm-up. Next to each measured ratio: the FLOP model of DESIGN.md section 4
+after warm-up. Next to each measured ratio: the FLOP model of docs/evaluation.md ("Cost")
 (``1 + m/6 + g/3``) and the packing-aware model of this implementation, in which the ``g``
 distillation coalitions are drawn as complementary pairs sharing one packed sequence with
 gradients (``1 + m/6 + ceil(g/2)``: a packed sequence costs one full forward, and with

@@ -2,7 +2,7 @@
 
 ``tests/_ddp_script.py`` trains 3 SGD steps with a global batch of 8: once as one process
 with batch 8 (``python``), once as two processes with batch 4 each, started by
-``accelerate launch --multi_gpu --num_processes 2`` (DESIGN.md section 5: ``--cpu
+``accelerate launch --multi_gpu --num_processes 2`` (docs/design.md, "Library facts this code relies on": ``--cpu
 --num_processes 2`` silently runs ONE process). A sequential sampler fixes the data order;
 Accelerate shards the batches, so each step's global batch is the same 8 rows in both runs.
 

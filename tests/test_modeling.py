@@ -3,7 +3,7 @@
 The central check is that ``model(x, coalition=S)`` is the model's own prediction on the image
 cut down to the players of ``S``: it is compared with an independent forward over the
 physically shortened token sequence (special tokens + present patch tokens, no mask at all),
-which is what DESIGN.md section 2 defines as removing a player. Everything else (efficiency,
+which is what docs/concepts.md ("Token removal") defines as removing a player. Everything else (efficiency,
 ``v(empty) == base_values``, packing, chunking) is checked against that value function.
 
 Tolerances: fp32 results that differ only in summation order (masked vs shortened attention,
@@ -33,7 +33,7 @@ pytestmark = pytest.mark.usefixtures("single_thread")
 MODES = ("shapley_sum", "backbone_head")
 GRIDS = ((2, 2), (4, 4))
 TOKEN_GRID = (4, 4)  # 32 px / 8 px patches
-# Tokens before the patch tokens, per family (DESIGN.md section 2), written out independently
+# Tokens before the patch tokens, per family (docs/concepts.md, "Token removal"), written out independently
 # of the adapters: CLS; CLS + distillation; CLS; CLS + 2 registers.
 SPECIAL_TOKENS = {"vit": 1, "deit": 2, "dinov2": 1, "dinov2_with_registers": 3}
 READS_PATCH_MEAN = {"vit": False, "deit": False, "dinov2": True, "dinov2_with_registers": True}

@@ -1,6 +1,6 @@
 """Pixel-baseline families (ResNet, ConvNeXt, Swin) on tiny real backbones.
 
-DESIGN.md section 2: a player is the block of pixels under its cells of the final feature map;
+docs/concepts.md ("Pixel baseline"): a player is the block of pixels under its cells of the final feature map;
 an absent player's pixels take the baseline; every player votes, so ``v(empty)`` is the model on
 the all-baseline image ``z``, ``base_values = b + sum_j r_j(z)`` and
 ``shapley_values_i = r_i(x) - (1/P) sum_j r_j(z)``. Masked, target and baseline passes run

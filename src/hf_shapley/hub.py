@@ -73,7 +73,7 @@ _NUM_IMAGES_KEYS = ("num_eval_images", "num_test_images", "num_images", "eval_sa
 _SPLIT_KEYS = ("eval_split", "split", "dataset_split")
 _CI_SUFFIX = "_ci95"
 
-# Display names of the faithfulness metrics of the evaluation protocol (DESIGN.md section 4).
+# Display names of the faithfulness metrics of the evaluation protocol (docs/evaluation.md).
 _PRETTY_METRICS = {
     # hf_shapley.evaluation.measure_agreement (the main job): predicted class, centred logit.
     "pearson_r": "Pearson r with the Shapley values of the model's game (predicted class)",

@@ -411,7 +411,8 @@ class ShapleyForImageClassification(ShapleyPreTrainedModel):
             self.classifier = nn.Linear(in_features, config.num_labels)
         else:
             self.classifier = None
-        self.image_processor = None  # attached by from_backbone, saved by save_pretrained
+        # Attached by from_backbone, saved by save_pretrained, reloaded by from_pretrained.
+        self.image_processor = None
         # Forward calls in training mode: the warm-up step and coalition keys of a plain loop
         # that passes neither global_step nor example_index.
         self._training_calls = 0
@@ -470,6 +471,12 @@ class ShapleyForImageClassification(ShapleyPreTrainedModel):
         result = super().from_pretrained(*args, **kwargs)
         model = result[0] if isinstance(result, tuple) else result
         model._apply_train_backbone()
+        # The image processor saved beside the model comes back with it (save_pretrained wrote
+        # it), so that a reloaded model publishes and explains as the saved one did.
+        if args and os.path.isfile(os.path.join(str(args[0]), "preprocessor_config.json")):
+            from transformers import AutoImageProcessor
+
+            model.image_processor = AutoImageProcessor.from_pretrained(str(args[0]))
         return result
 
     def _frozen_classifier(self) -> bool:

@@ -4,7 +4,7 @@ A self-explaining model's per-patch values are *trained* to be the Shapley value
 game; how close they came is measured after training (``examples/train.py`` writes it to
 ``metrics.json``; the model card carries the same numbers in its ``model-index``). The demo
 shows those figures beside every explanation and warns when they miss the targets of the
-evaluation protocol (DESIGN.md section 4): Pearson r >= :data:`MIN_PEARSON_R` and pooled
+evaluation protocol (docs/evaluation.md): Pearson r >= :data:`MIN_PEARSON_R` and pooled
 relative error <= :data:`MAX_POOLED_RELATIVE_ERROR` against the Shapley values of the model's
 own game.
 """
@@ -25,7 +25,7 @@ __all__ = [
     "load_model_metrics",
 ]
 
-#: Agreement targets (DESIGN.md section 4): below this Pearson r, or above this pooled relative
+#: Agreement targets (docs/evaluation.md): below this Pearson r, or above this pooled relative
 #: error, the page warns that the values are not faithful Shapley values of the model's game.
 MIN_PEARSON_R = 0.95
 MAX_POOLED_RELATIVE_ERROR = 0.25

@@ -1,4 +1,4 @@
-"""Evaluation of explanations (DESIGN.md section 4): truth, faithfulness, localization, baselines.
+"""Evaluation of explanations (docs/evaluation.md): truth, faithfulness, localization, baselines.
 
 * :mod:`.truth`: the true Shapley values of a model's own game (exact for ``P <= 16``, converged
   KernelSHAP above) and agreement with them (per-image Pearson and Spearman r with bootstrap

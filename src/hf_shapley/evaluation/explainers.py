@@ -3,7 +3,7 @@
 Every explainer maps images to a player-level map for one class per image,
 ``attribute(pixel_values, target) -> (B, P)``, over the ``players_grid`` of the model it explains
 (the grid of its value function), and states its ``cost`` per image in full-forward equivalents
-(DESIGN.md section 4). Conventions for the cost: a backward pass counts as two forward passes; a
+(docs/evaluation.md). Conventions for the cost: a backward pass counts as two forward passes; a
 coalition evaluation costs one forward pass, except KernelSHAP on token-removal models, whose
 complementary pairs share one packed sequence (half a pass per coalition).
 

@@ -323,7 +323,7 @@ def model_shapley_truth(
     seed: int = 12345,
     progress: bool = False,
 ) -> ModelTruth:
-    """The truth of DESIGN.md section 4: exact for ``P <= max_exact_players``, else KernelSHAP.
+    """The truth of docs/evaluation.md ("The truth"): exact for ``P <= max_exact_players``, else KernelSHAP.
 
     KernelSHAP runs through ``hf_shapley.estimators.model_game`` (any family) on the whole batch with the
     variance stopping rule at ``tolerance`` (worst image and class), so all images share one

@@ -24,7 +24,7 @@ from hf_shapley.evaluation.faithfulness import aopc, area_under_curve
 from hf_shapley.evaluation.localization import mask_auroc, pointing_game
 from hf_shapley.evaluation.truth import bootstrap_mean_interval, map_agreement
 
-_DESCRIPTION = """Faithfulness of player-level attribution maps (DESIGN.md section 4 of hf-shapley):
+_DESCRIPTION = """Faithfulness of player-level attribution maps (docs/evaluation.md of hf-shapley):
 agreement with the true Shapley values (mean per-image Pearson and Spearman r with bootstrap
 intervals, median relative L2), insertion/deletion AUC and AOPC from per-image curves, and
 localization against object masks (pointing game, AUROC)."""
