@@ -129,6 +129,10 @@ def test_checkpoint_is_kept_and_its_labels_matched_by_name(train_script, tmp_pat
     assert report["classifier"]["accuracy_before"] == pytest.approx(accuracy)
     alphabetical = torch.tensor([sorted(LABELS).index(p.parent.name) for p in paths])
     assert float((reference.argmax(-1) == alphabetical).float().mean()) != pytest.approx(accuracy)
+    # The model card describes this model: a frozen classifier, no soft voting.
+    card = (out / "README.md").read_text()
+    assert "classifier it explains was kept\nfrozen" in card and "soft voting" not in card
+    assert "the classifier does not\ntrain" in card
     # And every road ends in a faithfulness report against a stated truth.
     assert report["faithfulness_truth"].startswith("KernelSHAP")
     assert 0 <= report["faithfulness"]["exact_pooled_relative_error"] < 10

@@ -456,6 +456,8 @@ def render_model_card(
         players_grid_text=players_grid_text,
         num_players_text=num_players_text,
         prediction_mode=getattr(config, "prediction_mode", "shapley_sum"),
+        frozen_classifier=getattr(config, "prediction_mode", None) == "backbone_head"
+        and not getattr(config, "train_backbone", True),
         num_labels=getattr(config, "num_labels", None),
         labels_text=_labels_text(config),
         num_parameters=_format_num_parameters(model_or_config),
