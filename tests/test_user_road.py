@@ -185,13 +185,18 @@ def test_empty_class_folder_fails_before_training(train_script, tmp_path):
 
 
 def test_bare_backbone_cannot_be_kept(train_script, tmp_path):
+    """Without a classifier trained on it first (--classifier_max_steps 0) a bare backbone has
+    no classifier to keep."""
     backbone = tmp_path / "bare"
     torch.manual_seed(0)
     ViTModel(tiny_backbone_config("vit"), add_pooling_layer=False).save_pretrained(backbone)
     processor().save_pretrained(backbone)
     folder = image_folder(tmp_path / "train")
     with pytest.raises(SystemExit, match="has no classifier head to keep"):
-        run(train_script, backbone, folder, tmp_path / "out", "--train_backbone", "False")
+        run(
+            train_script, backbone, folder, tmp_path / "out", "--train_backbone", "False",
+            "--classifier_max_steps", "0",
+        )  # fmt: skip
     assert not (tmp_path / "out").exists()
 
 
