@@ -25,7 +25,8 @@ recipe at 112 px, trained on first use; its truth is converged KernelSHAP).
         --model-dir outputs/vit-beans --plain-dir outputs/vit-beans-plain --skip-p49
 
 One run explains one model (one training seed); run it once per seed and pool the runs with
-``benchmarks/faithfulness_seeds.py`` (the JSON keeps the per-image areas and shares for that).
+``benchmarks/faithfulness_report.py --pool`` (the JSON keeps the per-image areas and shares
+for that).
 
 Writes the measurements to ``faithfulness.json`` (everything, the mean curves included) and
 ``faithfulness.jsonl`` (one line per row) in ``--out-dir`` (default
@@ -340,7 +341,7 @@ def ranking_section(phi_name: str, areas: dict, truth_values, predicted, truth, 
     """
     num_truth = truth.values.shape[0]
     phi_ins, phi_del, _ = areas[phi_name]
-    # Per-image AUCs, so that runs on several seeds pool (benchmarks/faithfulness_seeds.py).
+    # Per-image AUCs, so that runs on several seeds pool (faithfulness_report.py --pool).
     per_image = {
         name: {"insertion": ins.tolist(), "deletion": dele.tolist()}
         for name, (ins, dele, _) in areas.items()

@@ -1,4 +1,5 @@
-"""Forward cost of ShapleyForImageClassification against the stock classifier of the same config.
+"""Forward cost of ShapleyForImageClassification against the stock classifier of the same config,
+and of zero-shot classification with explanations against plain CLIP (``--family clip``).
 
 Both models share one backbone config (ViT-S/16 at 224 px by default; ResNet-50 at 224 px with
 ``--family resnet``), run side by side in one process, interleaved, at batch 1 and 32. Also
@@ -9,9 +10,18 @@ full-forward equivalents: measured, and by token count for ViT (a packed pair), 
 For ResNet (a pixel-baseline family) the Shapley forward includes ``v(empty)``, the model on the
 all-baseline image, which eval mode caches: the timed calls reuse it, as inference does.
 
+With ``--family clip`` both models share one CLIP (the ShapleyCLIPModel wraps the CLIPModel's
+weights; CLIP ViT-B/32 config, random weights: cost does not depend on them), run side by side
+in one process, interleaved, at batch 1 and 8. Each call scores B images against T candidate
+texts (``--num-labels``): the plain model with ``CLIPModel(input_ids, pixel_values)``, the
+self-explaining one with its forward, which also returns the (B, P, T) Shapley values and
+(B, T) base values (one extra pass of the CLS token alone, one pass of the Shapley head, a
+(P x D) @ (D x T) product per image). fp32 only.
+
     python benchmarks/forward_cost.py                 # CPU
     python benchmarks/forward_cost.py --device cuda --dtype bfloat16
     python benchmarks/forward_cost.py --family resnet
+    python benchmarks/forward_cost.py --family clip   # CPU, ViT-B/32, 100 labels
 """
 
 from __future__ import annotations
@@ -39,14 +49,34 @@ def main(argv: list[str] | None = None) -> str:
     )
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
-    parser.add_argument("--batch-sizes", nargs="+", type=int, default=[1, 32])
-    parser.add_argument("--family", default="vit", choices=["vit", "resnet"])
     parser.add_argument(
-        "--players-grid", nargs=2, type=int, default=None, help="default 14 14 (ViT), 7 7 (ResNet)"
+        "--batch-sizes",
+        nargs="+",
+        type=int,
+        default=None,
+        help="default 1 32 (1 8 for CLIP)",
     )
-    parser.add_argument("--rounds", type=int, default=10)
+    parser.add_argument("--family", default="vit", choices=["vit", "resnet", "clip"])
+    parser.add_argument(
+        "--players-grid",
+        nargs=2,
+        type=int,
+        default=None,
+        help="default 14 14 (ViT), 7 7 (ResNet, CLIP)",
+    )
+    parser.add_argument("--rounds", type=int, default=None, help="default 10 (7 for CLIP)")
+    parser.add_argument("--num-labels", type=int, default=100, help="CLIP: label texts scored")
+    parser.add_argument("--text-length", type=int, default=9, help="CLIP: tokens per label text")
     parser.add_argument("--out", type=Path, default=None, help="write the markdown table here")
     args = parser.parse_args(argv)
+    if args.family == "clip":
+        if args.dtype != "float32":
+            parser.error("--family clip measures float32 only")
+        return clip_zero_shot(args)
+    if args.batch_sizes is None:
+        args.batch_sizes = [1, 32]
+    if args.rounds is None:
+        args.rounds = 10
 
     from transformers import (
         ResNetConfig,
@@ -147,6 +177,64 @@ def main(argv: list[str] | None = None) -> str:
         f"Device {device} ({device_name(device)}), "
         f"{args.dtype}, {label}, players {tuple(players_grid)}, median of {args.rounds} interleaved rounds.\n\n"
         f"{table}\n\n{pair_text}"
+    )
+    return report(text, args.out)
+
+
+def clip_zero_shot(args: argparse.Namespace) -> str:
+    """``--family clip``: zero-shot classification with explanations against plain CLIP."""
+    from transformers import CLIPConfig, CLIPModel
+
+    from hf_shapley import ShapleyCLIPModel
+
+    batch_sizes = [1, 8] if args.batch_sizes is None else args.batch_sizes
+    rounds = 7 if args.rounds is None else args.rounds
+    players_grid = [7, 7] if args.players_grid is None else args.players_grid
+    device = pick_device(args.device)
+    torch.manual_seed(0)
+    clip = CLIPModel(CLIPConfig()).eval().to(device)
+    model = ShapleyCLIPModel.from_clip(clip, players_grid=tuple(players_grid)).eval()
+    model.to(device)
+    vocab = clip.config.text_config.vocab_size
+    eos = clip.config.text_config.eos_token_id
+    ids = torch.randint(1, vocab - 2, (args.num_labels, args.text_length), device=device)
+    ids[:, -1] = eos
+    size = clip.config.vision_config.image_size
+    rows = []
+    for batch in batch_sizes:
+        pixels = torch.randn(batch, 3, size, size, device=device)
+        with torch.inference_mode():
+            assert torch.equal(
+                model(pixels, input_ids=ids).logits_per_image,
+                clip(input_ids=ids, pixel_values=pixels).logits_per_image,
+            )
+            times = interleaved_medians(
+                {
+                    "plain": lambda p=pixels: clip(input_ids=ids, pixel_values=p),
+                    "shapley": lambda p=pixels: model(p, input_ids=ids),
+                },
+                device=device,
+                rounds=rounds,
+            )
+        rows.append(
+            [
+                batch,
+                args.num_labels,
+                f"{times['plain'] * 1e3:.1f}",
+                f"{times['shapley'] * 1e3:.1f}",
+                f"{times['shapley'] / times['plain']:.3f}",
+            ]
+        )
+    threads = torch.get_num_threads()
+    text = (
+        f"# Zero-shot classification with explanations vs plain CLIP ({device_name(device)}, "
+        f"{threads} thread(s))\n\n"
+        f"CLIP ViT-B/32 config (224 px, 7 x 7 patches), players {tuple(players_grid)}, "
+        f"Shapley head {model.config.head_num_layers} layers / width "
+        f"{model.config.head_hidden_size}, {args.num_labels} label texts of {args.text_length} "
+        f"tokens; median of {rounds} interleaved rounds. Scores are bit-identical.\n\n"
+        + markdown_table(["images", "labels", "plain ms", "with explanations ms", "ratio"], rows)
+        + "\n"
     )
     return report(text, args.out)
 

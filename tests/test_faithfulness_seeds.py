@@ -1,5 +1,5 @@
-"""benchmarks/faithfulness_seeds.py pools runs of the faithfulness benchmark over seeds: the
-pooled error is summed before the square root, gains and shares pool per image, and the
+"""benchmarks/faithfulness_report.py --pool pools runs of the faithfulness benchmark over seeds:
+the pooled error is summed before the square root, gains and shares pool per image, and the
 targets are judged on the pooled intervals."""
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ PHI = "phi (one pass)"
 
 @pytest.fixture(scope="module")
 def seeds_module():
-    return load_benchmark_script("faithfulness_seeds")
+    return load_benchmark_script("faithfulness_report")
 
 
 def _run(
@@ -98,7 +98,7 @@ def _two_runs() -> list[dict]:
 def test_pooled_error_sums_before_the_square_root(seeds_module):
     runs = _two_runs()
     runs[1]["budgets"][0]["phi_squared_error"] = 9.0  # run 1 alone: sqrt(9 / 12) = 0.866
-    summary = seeds_module.summarize(runs)
+    summary = seeds_module.pool_summary(runs)
     pooled = math.sqrt((1.0 + 9.0) / (4.0 + 12.0))
     assert summary["phi"]["pooled_error"] == pytest.approx(pooled)
     assert pooled != pytest.approx((0.5 + math.sqrt(9 / 12)) / 2)
@@ -118,14 +118,14 @@ def test_budget_not_reached_says_so(seeds_module, tmp_path):
     runs = _two_runs()
     for run in runs:
         run["budgets"][0]["phi_squared_error"] = 0.01
-    summary = seeds_module.summarize(runs)
+    summary = seeds_module.pool_summary(runs)
     assert summary["budgets"][0]["reached_evaluations"] is None
-    text = seeds_module.render(summary, "cmd")
+    text = seeds_module.render_pooled(summary, "cmd")
     assert "not reached in 48 evals" in text
 
 
 def test_gains_and_shares_pool_images_and_leave_out_nan(seeds_module):
-    summary = seeds_module.summarize(_two_runs())
+    summary = seeds_module.pool_summary(_two_runs())
     gains = {row["explainer"]: row for row in summary["paired"]}
     # Grad-CAM equals phi on run 0 and is 0.1 worse on run 1: the mean gain over 8 images.
     assert gains["Grad-CAM"]["insertion_gain"][0] == pytest.approx(0.05)
@@ -148,8 +148,8 @@ def test_targets_met_and_missed(seeds_module, tmp_path):
             "insertion": [v - 0.3 for v in areas[PHI]["insertion"]],
             "deletion": [v + 0.3 for v in areas[PHI]["deletion"]],
         }
-    summary = seeds_module.summarize(runs)
-    text = seeds_module.render(summary, "cmd")
+    summary = seeds_module.pool_summary(runs)
+    text = seeds_module.render_pooled(summary, "cmd")
     assert "excluding 0: **met**" in text
     assert "exact values' order >= 0.9: **met**" in text
     # Grad-CAM equal to phi on every image of every run: its gain interval is [0, 0].
@@ -158,7 +158,7 @@ def test_targets_met_and_missed(seeds_module, tmp_path):
         run["ranking"]["per_image"]["Grad-CAM"] = run["ranking"]["per_image"][PHI]
         shares = run["ranking"]["truth_order"]["insertion"]["shares_per_image"]
         shares[PHI] = [0.5] * 4
-    text = seeds_module.render(seeds_module.summarize(runs), "cmd")
+    text = seeds_module.render_pooled(seeds_module.pool_summary(runs), "cmd")
     assert "excluding 0: **missed** (not excluded for ['Grad-CAM'])" in text
     assert "exact values' order >= 0.9: **missed** (insertion 0.50" in text
 
@@ -168,7 +168,9 @@ def test_main_writes_markdown_and_json_and_rejects_old_runs(seeds_module, tmp_pa
         (tmp_path / f"seed{i}").mkdir()
         (tmp_path / f"seed{i}" / "faithfulness.json").write_text(json.dumps(run))
     out = tmp_path / "pooled.md"
-    seeds_module.main([str(tmp_path / "seed0"), str(tmp_path / "seed1"), "--output", str(out)])
+    seeds_module.main(
+        ["--pool", str(tmp_path / "seed0"), str(tmp_path / "seed1"), "--out", str(out)]
+    )
     assert out.read_text().startswith("# Faithfulness benchmark over seeds")
     saved = json.loads(out.with_suffix(".json").read_text())
     assert saved["runs"] == ["seed0", "seed1"]
@@ -176,6 +178,6 @@ def test_main_writes_markdown_and_json_and_rejects_old_runs(seeds_module, tmp_pa
     del old["ranking"]["per_image"]
     (tmp_path / "old.json").write_text(json.dumps(old))
     with pytest.raises(SystemExit, match="no per-image areas"):
-        seeds_module.main([str(tmp_path / "old.json"), "--output", str(out)])
+        seeds_module.main(["--pool", str(tmp_path / "old.json"), "--out", str(out)])
     with pytest.raises(SystemExit, match="does not exist"):
-        seeds_module.main([str(tmp_path / "missing"), "--output", str(out)])
+        seeds_module.main(["--pool", str(tmp_path / "missing"), "--out", str(out)])

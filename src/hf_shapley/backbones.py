@@ -257,7 +257,7 @@ class TokenRemovalAdapter:
         readout of the special tokens alone), returned as (n, num_outputs, D). The last block
         then computes queries, attention output and MLP for those tokens only (keys and values
         still for every token): the same arithmetic for them, a packed pass of the main job
-        (4 blocks, 66 tokens) 1.22x faster (``benchmarks/leading_tokens_block.py``)."""
+        (4 blocks, 66 tokens) 1.22x faster (``benchmarks/train_cost.py leading-tokens-block``)."""
         if all_hidden_states is not None:
             all_hidden_states.append(hidden_states)
         layers = self.layers(backbone)
