@@ -286,10 +286,24 @@ class ReportArguments:
     truth_evaluations: int = field(
         default=2048,
         metadata={
-            "help": "KernelSHAP evaluations per image for that truth. On the main job's model "
-            "2,048 give a pooled error of 0.077 against exact enumeration and 4,096 give 0.046 "
-            "(benchmarks/results/truth_check_recipe_main_job.json) at twice the time; 2,048 "
-            "keep the main job within 10 minutes on a 2-core CPU."
+            "help": "KernelSHAP evaluations per image for that truth to start from; doubled "
+            "until its own estimated pooled error is at most --truth_tolerance. On the main "
+            "job's model 2,048 give a pooled error of about 0.08 against exact enumeration."
+        },
+    )
+    truth_tolerance: float = field(
+        default=0.1,
+        metadata={
+            "help": "The largest estimated pooled error of the KernelSHAP truth (from its "
+            "standard errors) that agreement is reported against; above it metrics.json says "
+            "so, with the budget that would do, instead of reporting figures."
+        },
+    )
+    truth_max_evaluations: int | None = field(
+        default=None,
+        metadata={
+            "help": "The largest KernelSHAP budget per image (default: 8 x --truth_evaluations). "
+            "Fine grids need more: at P = 49 about 75,000 on a small ViT."
         },
     )
     space_dir: str | None = field(
@@ -622,6 +636,8 @@ def measure_faithfulness(
     num_images: int,
     num_exact: int,
     kernel_evaluations: int,
+    max_kernel_evaluations: int | None = None,
+    truth_tolerance: float = 0.1,
 ) -> dict | None:
     """Agreement of phi with the truth of the model's own game on the first test images
     (``hf_shapley.evaluation.measure_agreement``: centred predicted-class logit, KernelSHAP
@@ -639,7 +655,13 @@ def measure_faithfulness(
         min(num_exact, len(images)),
     )
     return measure_agreement(
-        model, x, num_exact=num_exact, kernel_evaluations=kernel_evaluations, progress=True
+        model,
+        x,
+        num_exact=num_exact,
+        kernel_evaluations=kernel_evaluations,
+        max_kernel_evaluations=max_kernel_evaluations,
+        truth_tolerance=truth_tolerance,
+        progress=True,
     )
 
 
@@ -709,6 +731,22 @@ def train_and_evaluate(
     return trainer, result, metrics, train_seconds, classifier
 
 
+def check_truth_arguments(args: ReportArguments) -> None:
+    """The faithfulness truth's settings, checked before any training."""
+    if not args.truth_tolerance > 0:
+        raise SystemExit(
+            f"--truth_tolerance must be a positive number (the truth's largest estimated "
+            f"pooled error, e.g. 0.1); got {args.truth_tolerance}."
+        )
+    if args.truth_max_evaluations is not None and args.truth_max_evaluations < (
+        args.truth_evaluations
+    ):
+        raise SystemExit(
+            f"--truth_max_evaluations {args.truth_max_evaluations} is below "
+            f"--truth_evaluations {args.truth_evaluations}."
+        )
+
+
 def bound_steps(training_args, model_args: ModelArguments) -> None:
     """Each phase's length: its own step count, bounded by ``--max_steps`` when given."""
     limit = training_args.max_steps if training_args.max_steps > 0 else None
@@ -757,6 +795,7 @@ def main(argv: list[str] | None = None) -> dict:
         value = getattr(model_args, name)
         if value is not None and value < 1:
             raise SystemExit(f"--{name} must be at least 1 (or None for the default); got {value}.")
+    check_truth_arguments(report_args)
     if model_args.classifier_max_steps < 0:
         raise SystemExit(
             f"--classifier_max_steps must be >= 0; got {model_args.classifier_max_steps}."
@@ -808,6 +847,11 @@ def main(argv: list[str] | None = None) -> dict:
     if keeps_labels:
         train, validation, evaluation = match_labels(
             [train, validation, evaluation], model.config.id2label, label_column
+        )
+    if report_args.num_truth_images >= 2 and report_args.truth_evaluations < 2 * model.num_players:
+        raise SystemExit(
+            f"--truth_evaluations {report_args.truth_evaluations} is too few for P = "
+            f"{model.num_players} players: use at least {2 * model.num_players}."
         )
     frozen = model.classifier is not None and not model.config.train_backbone
     if frozen:
@@ -924,11 +968,18 @@ def main(argv: list[str] | None = None) -> dict:
             report_args.num_truth_images,
             report_args.num_exact_images,
             report_args.truth_evaluations,
+            report_args.truth_max_evaluations,
+            report_args.truth_tolerance,
         )
         if faithfulness:
             # Numbers only under "faithfulness" (the model card lists each); what they were
             # measured on beside it.
             report["faithfulness_truth"] = faithfulness.pop("truth")
+            report["faithfulness_truth_converged"] = faithfulness.pop("truth_converged")
+            report["faithfulness_truth_tolerance"] = faithfulness.pop("truth_tolerance")
+            if "agreement_withheld" in faithfulness:
+                report["faithfulness_withheld"] = faithfulness.pop("agreement_withheld")
+                logger.warning("Faithfulness: %s", report["faithfulness_withheld"])
             report["faithfulness_num_images"] = faithfulness.pop("num_images")
             if "num_exact_images" in faithfulness:
                 report["faithfulness_num_exact_images"] = faithfulness.pop("num_exact_images")

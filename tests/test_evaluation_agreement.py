@@ -110,8 +110,58 @@ def test_measure_agreement_refuses_what_cannot_be_measured(make_model, pixel_val
     model = make_model("vit", players_grid=(2, 2))
     with pytest.raises(ValueError, match="at least 2 images"):
         measure_agreement(model, pixel_values[:1])
-    with pytest.raises(ValueError, match="kernel_evaluations=4 is too few"):
+    with pytest.raises(ValueError, match="4 KernelSHAP evaluations are too few for P=4"):
         measure_agreement(model, pixel_values, kernel_evaluations=4)
+    for tolerance in (0, -0.1, "0.1", True):
+        with pytest.raises(ValueError, match="tolerance must be a positive number"):
+            measure_agreement(model, pixel_values, truth_tolerance=tolerance)
+    with pytest.raises(ValueError, match="largest budget .* below its first"):
+        measure_agreement(model, pixel_values, kernel_evaluations=512, max_kernel_evaluations=256)
+
+
+def test_truth_estimated_error_tracks_its_actual_error_against_exact(make_model, single_thread):
+    """The KernelSHAP truth's own estimated pooled error (from its standard errors) against its
+    actual pooled error with the exact values (all 2^16 coalitions), on the explained quantity,
+    at two budgets: the estimate is within a factor 1.6 of the actual error and falls with the
+    budget as the actual error does."""
+    from hf_shapley.evaluation import centred_class_values, converged_kernel_truth
+    from hf_shapley.evaluation import pooled_relative_error as pooled
+
+    model = make_model("vit", players_grid=(4, 4))
+    torch.manual_seed(1)
+    x = torch.randn(6, 3, 32, 32)
+    with torch.no_grad():
+        classes = model(x).logits.argmax(-1)
+    exact = centred_class_values(exact_model_shapley_values(model, x), classes)
+    errors = []
+    for budget in (512, 4096):
+        truth = converged_kernel_truth(
+            model, x, classes, tolerance=1e-9, evaluations=budget, max_evaluations=budget
+        )
+        assert not truth.converged and truth.evaluations == budget
+        actual = pooled(centred_class_values(truth.values, classes), exact)
+        assert actual / 1.6 < truth.estimated_error < actual * 1.6, (budget, actual, truth)
+        errors.append((truth.estimated_error, actual))
+    assert errors[1][0] < errors[0][0] / 2 and errors[1][1] < errors[0][1] / 2
+
+
+def test_agreement_is_withheld_against_a_truth_that_did_not_converge(make_model, pixel_values):
+    """A tolerance the budget cannot reach: no agreement figure, the reason and the budget that
+    would do; a reachable one: the figures, with the truth's error beside them."""
+    from hf_shapley.evaluation import measure_agreement
+
+    model = make_model("vit", players_grid=(4, 4))
+    strict = measure_agreement(
+        model, pixel_values, num_exact=0, kernel_evaluations=512, truth_tolerance=1e-4
+    )
+    assert strict["truth_converged"] is False and strict["truth_estimated_error"] > 1e-4
+    assert "pooled_relative_error" not in strict and "pearson_r" not in strict
+    assert "did not converge" in strict["agreement_withheld"]
+    assert strict["truth"] == "KernelSHAP, 4096 paired evaluations per image"  # 512 doubled 3x
+    loose = measure_agreement(model, pixel_values, num_exact=0, kernel_evaluations=512,
+                              truth_tolerance=strict["truth_estimated_error"] * 1.01)  # fmt: skip
+    assert loose["truth_converged"] is True and "agreement_withheld" not in loose
+    assert loose["pooled_relative_error"] >= 0 and -1 <= loose["pearson_r"] <= 1
 
 
 def _permutation_shapley(value, players: int) -> list[float]:

@@ -135,6 +135,11 @@ def test_checkpoint_is_kept_and_its_labels_matched_by_name(train_script, tmp_pat
     assert "the classifier does not\ntrain" in card
     # And every road ends in a faithfulness report against a stated truth.
     assert report["faithfulness_truth"].startswith("KernelSHAP")
+    assert report["faithfulness"]["truth_estimated_error"] >= 0
+    converged = report["faithfulness_truth_converged"]
+    assert (
+        converged == ("pearson_r" in report["faithfulness"]) != ("faithfulness_withheld" in report)
+    )
     assert 0 <= report["faithfulness"]["exact_pooled_relative_error"] < 10
 
 
@@ -274,3 +279,21 @@ def test_align_labels_with_unnamed_classifier_labels():
     )
     with pytest.raises(ValueError, match="never named .* config.json"):
         align_labels(named, {0: "LABEL_0", 1: "LABEL_1"})
+
+
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [
+        (["--truth_tolerance", "0"], "--truth_tolerance must be a positive number"),
+        (["--truth_evaluations", "4096", "--truth_max_evaluations", "1024"], "is below"),
+        (["--truth_evaluations", "6"], "too few for P = 4 players"),
+    ],
+)
+def test_truth_settings_that_cannot_work_fail_before_training(
+    train_script, tmp_path, option, message
+):
+    backbone = save_classifier(tmp_path / "clf")
+    folder = image_folder(tmp_path / "train")
+    with pytest.raises(SystemExit, match=message):
+        run(train_script, backbone, folder, tmp_path / "out", *option)
+    assert not (tmp_path / "out").exists()

@@ -84,6 +84,7 @@ _PRETTY_METRICS = {
     "exact_spearman_r": "Spearman r with exact Shapley values (first images)",
     "exact_pooled_relative_error": "Pooled relative error vs exact Shapley values",
     "truth_error_vs_exact": "Pooled error of the KernelSHAP truth vs exact",
+    "truth_estimated_error": "Estimated pooled error of the KernelSHAP truth itself",
     "pearson_r_other": "Pearson r with ground-truth Shapley values (other classes)",
     "relative_l2": "Median relative L2 error vs ground-truth Shapley values",
     "insertion_auc": "Insertion AUC (player level)",
@@ -185,6 +186,8 @@ def _faithfulness_note(metrics: Mapping[str, Any] | None) -> str | None:
     exact = metrics.get("faithfulness_num_exact_images")
     if exact:
         text += f", and exact enumeration of every coalition on the first {exact} (`exact_` rows)"
+    if metrics.get("faithfulness_withheld"):
+        text += f". No agreement against the KernelSHAP truth: {metrics['faithfulness_withheld']}"
     return text
 
 

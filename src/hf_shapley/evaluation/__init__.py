@@ -25,7 +25,10 @@ import os
 
 from .agreement import (
     TRUTH_EVALUATIONS,
+    TRUTH_TOLERANCE,
+    KernelTruth,
     centred_class_values,
+    converged_kernel_truth,
     map_summary,
     measure_agreement,
     measure_clip_agreement,
@@ -87,6 +90,9 @@ METRIC_PATH = os.path.join(os.path.dirname(__file__), "metrics", "shapley_faithf
 __all__ = [
     "METRIC_PATH",
     "TRUTH_EVALUATIONS",
+    "TRUTH_TOLERANCE",
+    "KernelTruth",
+    "converged_kernel_truth",
     "centred_class_values",
     "map_summary",
     "measure_agreement",

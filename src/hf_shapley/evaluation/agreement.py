@@ -10,24 +10,30 @@ image: Pearson r and Spearman r over players; over all images: the pooled relati
 which is 0 for the truth, 1 for a flat map at the right mean and does not reward a map for
 matching the per-image mean (efficiency gives that for free).
 
-:func:`measure_agreement` is what the main job and the recipe study report: the truth is
-KernelSHAP with a fixed budget of paired evaluations on many images, checked against exact
-enumeration on a few of them. At P = 16 the pooled error of the truth against exact enumeration
-depends on the game: 1,024 evaluations gave 0.029 on a soft-voting model
-(``benchmarks/results/truth_check_v2_main_job.json``) but 0.109 on the explainer recipe's
-classifier game, where 4,096 give 0.046 (``truth_check_recipe_main_job.json``), hence the
-default.
+:func:`measure_agreement` is what the main job reports: the truth is paired KernelSHAP on many
+images, run until its own estimated pooled error (from KernelSHAP's standard errors, on the same
+explained quantity) is at most ``truth_tolerance``, and checked against exact enumeration on a
+few of them where P <= 16. Against a truth that has not converged within the budget no
+agreement is reported: the report says so, with the budget that would do. At P = 16 the
+estimate tracks the truth's actual error against exact enumeration closely (on a main-job
+classifier, 8 images: 0.159 / 0.112 / 0.081 / 0.057 estimated against 0.152 / 0.126 / 0.080 /
+0.049 actual at 512 to 4,096 evaluations; ``tests/test_evaluation_agreement.py`` checks it).
 """
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
+
 import torch
 
 from .stats import bootstrap_mean_interval, pearson_rows, rank_with_ties
-from .truth import MAX_EXACT_PLAYERS, exact_model_shapley_values, model_shapley_truth
+from .truth import MAX_EXACT_PLAYERS, exact_model_shapley_values
 
 #: KernelSHAP evaluations per image for the study truth (paired: half as many forward passes).
 TRUTH_EVALUATIONS = 4096
+#: The largest estimated pooled error of a KernelSHAP truth that agreement is reported against.
+TRUTH_TOLERANCE = 0.1
 
 
 def centred_class_values(values: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
@@ -64,6 +70,93 @@ def map_summary(estimate: torch.Tensor, truth: torch.Tensor, prefix: str = "") -
     }
 
 
+@dataclass
+class KernelTruth:
+    """A KernelSHAP truth of a model's game on a batch, with its own estimated error.
+
+    Attributes:
+        values: (B, P, K) estimated Shapley values of every class.
+        estimated_error: the truth's estimated pooled relative error on the explained quantity
+            (the predicted class's centred logit): ``sqrt(sum se^2 / sum |t - mean_P t|^2)``,
+            with ``se`` KernelSHAP's standard error of each value.
+        evaluations: paired evaluations per image spent.
+        converged: ``estimated_error <= tolerance``.
+        tolerance: the tolerance it was run to.
+    """
+
+    values: torch.Tensor
+    estimated_error: float
+    evaluations: int
+    converged: bool
+    tolerance: float
+
+    def evaluations_needed(self) -> int:
+        """The budget at which the error would reach the tolerance (it falls as 1/sqrt(n))."""
+        ratio = (self.estimated_error / self.tolerance) ** 2
+        return int(math.ceil(self.evaluations * ratio / 1024) * 1024)
+
+
+@torch.no_grad()
+def converged_kernel_truth(
+    model,
+    pixel_values: torch.Tensor,
+    classes: torch.Tensor,
+    *,
+    tolerance: float = TRUTH_TOLERANCE,
+    evaluations: int = TRUTH_EVALUATIONS,
+    max_evaluations: int | None = None,
+    seed: int = 12345,
+) -> KernelTruth:
+    """Paired KernelSHAP on the model's own game, its budget doubled from ``evaluations`` until
+    its estimated pooled error on ``classes``' centred values is at most ``tolerance`` or the
+    next budget would pass ``max_evaluations`` (default: ``8 * evaluations``).
+
+    Raises:
+        ValueError: a tolerance that is not a positive number, or budgets that are too small
+            for the number of players or not in order.
+    """
+    from ..estimators import kernel_shap, model_game
+
+    num_players = model.num_players
+    if isinstance(tolerance, bool) or not isinstance(tolerance, (int, float)) or not tolerance > 0:
+        raise ValueError(
+            f"The truth's tolerance must be a positive number (its largest estimated pooled "
+            f"error, e.g. 0.1); got {tolerance!r}."
+        )
+    max_evaluations = 8 * evaluations if max_evaluations is None else max_evaluations
+    if evaluations < 2 * num_players:
+        raise ValueError(
+            f"{evaluations} KernelSHAP evaluations are too few for P={num_players} players; use "
+            f"at least {2 * num_players} (the default is {TRUTH_EVALUATIONS:,})."
+        )
+    if max_evaluations < evaluations:
+        raise ValueError(
+            f"The truth's largest budget ({max_evaluations}) is below its first one "
+            f"({evaluations})."
+        )
+    rows = torch.arange(len(classes))
+    budget = evaluations
+    while True:
+        result = kernel_shap(
+            model_game(model, pixel_values),
+            num_players,
+            tolerance=0.0,
+            max_evaluations=budget,
+            batch_size=512,
+            seed=seed,
+        )
+        values = result.values.permute(1, 0, 2).contiguous().cpu()  # (B, P, K)
+        centred = centred_class_values(values, classes)
+        spread = (centred - centred.mean(1, keepdim=True)).pow(2).sum()
+        # The centred value's variance is at most about the class value's: the class errors of
+        # one coalition stream are positively correlated, and centring removes what they share.
+        se = result.standard_error.permute(1, 0, 2).double().cpu()[rows, :, classes]
+        error = float((se.pow(2).sum() / spread.clamp_min(1e-24)).sqrt())
+        if error <= tolerance or 2 * budget > max_evaluations:
+            return KernelTruth(values, error, result.num_evaluations, error <= tolerance, tolerance)
+        budget *= 2
+
+
 @torch.no_grad()
 def measure_agreement(
     model,
@@ -71,6 +164,8 @@ def measure_agreement(
     *,
     num_exact: int = 2,
     kernel_evaluations: int = TRUTH_EVALUATIONS,
+    max_kernel_evaluations: int | None = None,
+    truth_tolerance: float = TRUTH_TOLERANCE,
     seed: int = 12345,
     progress: bool = False,
 ) -> dict:
@@ -81,50 +176,65 @@ def measure_agreement(
         pixel_values: (B, C, H, W) held-out images (never used to pick a checkpoint).
         num_exact: also enumerate all ``2**P`` coalitions on the first ``num_exact`` images
             (skipped for ``P > 16``): the final figures, and a check of the KernelSHAP truth.
-        kernel_evaluations: paired KernelSHAP evaluations per image for the truth.
+        kernel_evaluations: paired KernelSHAP evaluations per image to start from.
+        max_kernel_evaluations: the largest budget (default ``8 * kernel_evaluations``).
+        truth_tolerance: the largest estimated pooled error of the KernelSHAP truth that
+            agreement is reported against (:func:`converged_kernel_truth`).
         seed: seed of the KernelSHAP coalitions.
 
     Returns:
-        A dict of plain numbers: ``pearson_r``, ``spearman_r`` (with ``_ci95``) and
-        ``pooled_relative_error`` on the centred predicted class against KernelSHAP;
-        ``raw_pearson_r`` on raw logits; with ``num_exact``, the same three against the exact
-        values (``exact_`` prefix) and ``truth_error_vs_exact``, KernelSHAP's own pooled
-        error; and the counts.
+        A dict: ``truth`` (what it is), ``truth_estimated_error``, ``truth_converged`` and
+        ``truth_tolerance``; when the truth converged, ``pearson_r``, ``spearman_r`` (with
+        ``_ci95``) and ``pooled_relative_error`` on the centred predicted class against it and
+        ``raw_pearson_r`` on raw logits, and otherwise ``agreement_withheld``, which says why
+        and what budget would do; with ``num_exact``, the same three against the exact values
+        (``exact_`` prefix) and ``truth_error_vs_exact``, KernelSHAP's actual pooled error; and
+        the counts.
     """
     if pixel_values.shape[0] < 2:
         raise ValueError(
             f"measure_agreement needs at least 2 images for intervals; got {pixel_values.shape[0]}."
-        )
-    if kernel_evaluations < 2 * model.num_players:
-        raise ValueError(
-            f"kernel_evaluations={kernel_evaluations} is too few for P={model.num_players} "
-            f"players; use at least {2 * model.num_players} (the default is 4,096)."
         )
     was_training = model.training
     model.eval()
     try:
         out = model(pixel_values)
         classes = out.logits.argmax(-1).cpu()
-        truth = model_shapley_truth(
+        kernel = converged_kernel_truth(
             model,
             pixel_values,
-            max_exact_players=0,
-            tolerance=0.0,
-            max_evaluations=kernel_evaluations,
+            classes,
+            tolerance=truth_tolerance,
+            evaluations=kernel_evaluations,
+            max_evaluations=max_kernel_evaluations,
             seed=seed,
-        ).values
+        )
+        truth = kernel.values
         phi = centred_class_values(out.shapley_values, classes)
         t = centred_class_values(truth, classes)
-        rows = torch.arange(len(classes))
-        raw = pearson_rows(
-            out.shapley_values.double().cpu()[rows, :, classes], truth.double()[rows, :, classes]
-        )
         report = {
-            **map_summary(phi, t),
-            "raw_pearson_r": float(raw.nanmean()),
+            "truth": f"KernelSHAP, {kernel.evaluations} paired evaluations per image",
+            "truth_estimated_error": kernel.estimated_error,
+            "truth_converged": kernel.converged,
+            "truth_tolerance": truth_tolerance,
             "num_images": int(pixel_values.shape[0]),
-            "truth": f"KernelSHAP, {kernel_evaluations} paired evaluations per image",
         }
+        if kernel.converged:
+            rows = torch.arange(len(classes))
+            raw = pearson_rows(
+                out.shapley_values.double().cpu()[rows, :, classes],
+                truth.double()[rows, :, classes],
+            )
+            report.update(map_summary(phi, t))
+            report["raw_pearson_r"] = float(raw.nanmean())
+        else:
+            report["agreement_withheld"] = (
+                f"The KernelSHAP truth did not converge: its estimated pooled error is "
+                f"{kernel.estimated_error:.3f} after {kernel.evaluations} evaluations per image, "
+                f"above the tolerance {truth_tolerance}. About "
+                f"{kernel.evaluations_needed():,} evaluations per image would reach it "
+                "(examples/train.py --truth_max_evaluations)."
+            )
         exact_count = min(num_exact, pixel_values.shape[0])
         if exact_count >= 1 and model.num_players <= MAX_EXACT_PLAYERS:
             exact = exact_model_shapley_values(model, pixel_values[:exact_count], progress=progress)
@@ -142,6 +252,9 @@ def measure_agreement(
 
 __all__ = [
     "TRUTH_EVALUATIONS",
+    "TRUTH_TOLERANCE",
+    "KernelTruth",
+    "converged_kernel_truth",
     "centred_class_values",
     "map_summary",
     "measure_agreement",
