@@ -731,6 +731,16 @@ def train_and_evaluate(
     return trainer, result, metrics, train_seconds, classifier
 
 
+def option_value(argv: list[str], name: str) -> str | None:
+    """The value given to a command-line option (``--name value`` or ``--name=value``)."""
+    for i, arg in enumerate(argv):
+        if arg == name and i + 1 < len(argv):
+            return argv[i + 1]
+        if arg.startswith(name + "="):
+            return arg.split("=", 1)[1]
+    return None
+
+
 def check_truth_arguments(args: ReportArguments) -> None:
     """The faithfulness truth's settings, checked before any training."""
     if not args.truth_tolerance > 0:
@@ -782,7 +792,12 @@ def main(argv: list[str] | None = None) -> dict:
     parser = HfArgumentParser(
         (ModelArguments, DataArguments, ReportArguments, ShapleyTrainingArguments)
     )
-    parser.set_defaults(**default_training_args())
+    defaults = default_training_args()
+    given = argv if argv is not None else sys.argv[1:]
+    if "no" in (option_value(given, "--save_strategy"), option_value(given, "--eval_strategy")):
+        # Without checkpoints or evaluations there is no best step to keep: the last one is.
+        defaults["load_best_model_at_end"] = False
+    parser.set_defaults(**defaults)
     model_args, data_args, report_args, training_args = parser.parse_args_into_dataclasses(
         args=argv
     )

@@ -322,7 +322,7 @@ def test_saved_pipeline_runs_as_remote_code_without_the_package(explainer, tmp_p
         "pt": ["AutoModelForImageClassification"],
         "type": "image",
     }
-    for file in ("pipeline_shapley.py", "image_loading.py", "visualization.py"):
+    for file in ("pipeline_shapley.py", "image_loading.py", "heatmap.py"):
         assert (saved / file).is_file(), file
     assert (saved / "preprocessor_config.json").is_file()
 

@@ -161,7 +161,7 @@ PIPELINE_CODE_FILES = (
     "pipeline_shapley.py",
     "configuration_shapley.py",
     "image_loading.py",
-    "visualization.py",
+    "heatmap.py",
 )
 CUSTOM_PIPELINE_ENTRY = {
     "impl": "pipeline_shapley_clip.ZeroShotImageShapleyExplanationPipeline",

@@ -30,7 +30,7 @@ CODE_FILES = (
     # The explanation pipeline and what it imports.
     "pipeline_shapley.py",
     "image_loading.py",
-    "visualization.py",
+    "heatmap.py",
 )
 MODELS = {
     "vit_sum": ("vit", "shapley_sum", {}),

@@ -27,8 +27,8 @@ import numpy as np
 from transformers import Pipeline
 
 from .configuration_shapley import PIPELINE_TASK
+from .heatmap import overlay_heatmap
 from .image_loading import load_rgb_image
-from .visualization import overlay_heatmap
 
 DEFAULT_TOP_K = 5
 

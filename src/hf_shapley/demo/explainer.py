@@ -23,8 +23,8 @@ import numpy as np
 from PIL import Image
 
 from ..configuration_shapley import PIPELINE_TASK
+from ..heatmap import overlay_heatmap
 from ..image_loading import ImageLoadingError, load_rgb_image
-from ..visualization import overlay_heatmap
 
 __all__ = [
     "EAGER_HEATMAP_MAX_CLASSES",
