@@ -260,14 +260,14 @@ def explain(explainer: Explainer, game, states, logits, empty) -> torch.Tensor:
 
 def agreement(phi: torch.Tensor, truth: torch.Tensor, logits: torch.Tensor) -> dict:
     from hf_shapley.evaluation import (
-        centred_class_values,
+        centered_class_values,
         pearson_rows,
         pooled_relative_error,
         rank_with_ties,
     )
 
     classes = logits.argmax(-1)
-    p, t = centred_class_values(phi, classes), centred_class_values(truth, classes)
+    p, t = centered_class_values(phi, classes), centered_class_values(truth, classes)
     return dict(
         pearson=float(pearson_rows(p, t).nanmean()),
         spearman=float(pearson_rows(rank_with_ties(p), rank_with_ties(t)).nanmean()),

@@ -71,7 +71,7 @@ from hf_shapley.evaluation import (  # noqa: E402
     aopc,
     area_under_curve,
     bootstrap_mean_interval,
-    centred_class_values,
+    centered_class_values,
     coalition_cost,
     interaction_share,
     map_agreement,
@@ -306,8 +306,8 @@ def score_model(
             row["truth_pearson_other_classes"] = (others.mean_pearson, *others.pearson_interval())
             # The explained quantity: the predicted class's logit centred over classes
             # (the direction softmax cannot see removed from both sides).
-            centred = centred_class_values(all_classes[:num_truth], predicted[:num_truth])
-            centred_truth = centred_class_values(truth.values, predicted[:num_truth])
+            centred = centered_class_values(all_classes[:num_truth], predicted[:num_truth])
+            centred_truth = centered_class_values(truth.values, predicted[:num_truth])
             row["truth_centred_pooled_error"] = pooled_relative_error(centred, centred_truth)
             row["truth_centred_pearson"] = mean_ci(pearson_rows(centred, centred_truth))
         if objects is not None:
@@ -427,11 +427,11 @@ def kernel_shap_budget(model, x, truth_values, phi, predicted, *, max_evaluation
     idx = torch.arange(num)
     truth_maps = truth_values[idx, :, predicted]
     target_r = map_agreement(phi[idx, :, predicted].double(), truth_maps).mean_pearson
-    centred_truth = centred_class_values(truth_values, predicted)
+    centred_truth = centered_class_values(truth_values, predicted)
     spread = float((centred_truth - centred_truth.mean(1, keepdim=True)).pow(2).sum())
 
     def squared_error(estimate: torch.Tensor) -> float:
-        return float((centred_class_values(estimate, predicted) - centred_truth).pow(2).sum())
+        return float((centered_class_values(estimate, predicted) - centred_truth).pow(2).sum())
 
     phi_squared_error = squared_error(phi)
     result = kernel_shap(

@@ -109,7 +109,7 @@ def measure_seed(directory: Path, args: argparse.Namespace) -> dict:
     import hf_shapley  # noqa: F401  (registers the auto classes)
     from hf_shapley import ShapleyForImageClassification
     from hf_shapley.evaluation import (
-        centred_class_values,
+        centered_class_values,
         pearson_rows,
         pooled_relative_error,
         rank_with_ties,
@@ -128,12 +128,15 @@ def measure_seed(directory: Path, args: argparse.Namespace) -> dict:
         out = model(xt)
     classes = out.logits.argmax(-1)
     truth = cached_truth(model, xt, f"after{args.num_test}")
-    phi, t = centred_class_values(out.shapley_values, classes), centred_class_values(truth, classes)
+    phi, t = (
+        centered_class_values(out.shapley_values, classes),
+        centered_class_values(truth, classes),
+    )
     r = pearson_rows(phi, t)
     exact = {}
     if args.exact_images:
         n = args.exact_images
-        e = centred_class_values(cached_exact_truth(model, xt[:n], args.num_test), classes[:n])
+        e = centered_class_values(cached_exact_truth(model, xt[:n], args.num_test), classes[:n])
         r_exact = pearson_rows(phi[:n], e)
         exact = dict(
             exact_images=n,

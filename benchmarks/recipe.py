@@ -195,7 +195,7 @@ def optimizer(model: torch.nn.Module, steps: int):
 @torch.no_grad()
 def measure(model, xte, yte, xtruth, shapley: bool) -> dict:
     from hf_shapley.evaluation import (
-        centred_class_values,
+        centered_class_values,
         model_shapley_truth,
         pearson_rows,
         pooled_relative_error,
@@ -214,8 +214,8 @@ def measure(model, xte, yte, xtruth, shapley: bool) -> dict:
         truth = model_shapley_truth(
             model, xtruth, max_exact_players=0, tolerance=0.0, max_evaluations=TRUTH_EVALUATIONS
         ).values
-        phi = centred_class_values(out.shapley_values, classes)
-        t = centred_class_values(truth, classes)
+        phi = centered_class_values(out.shapley_values, classes)
+        t = centered_class_values(truth, classes)
         r = pearson_rows(phi, t)
         result.update(
             pearson=float(r.nanmean()),

@@ -160,7 +160,7 @@ def exact_agreement(model_dir: Path, images: list) -> dict:
 
     from hf_shapley import ShapleyForImageClassification
     from hf_shapley.estimators import exact_shapley_values, model_game
-    from hf_shapley.evaluation import centred_class_values
+    from hf_shapley.evaluation import centered_class_values
     from hf_shapley.evaluation.stats import pearson_rows
 
     model = ShapleyForImageClassification.from_pretrained(model_dir).eval()
@@ -174,8 +174,8 @@ def exact_agreement(model_dir: Path, images: list) -> dict:
             for b in range(len(images))
         ]
     )  # (B, P, K)
-    phi = centred_class_values(out.shapley_values, predicted)
-    exact = centred_class_values(truth, predicted)
+    phi = centered_class_values(out.shapley_values, predicted)
+    exact = centered_class_values(truth, predicted)
     return {
         "pearson_r": pearson_rows(phi, exact).tolist(),
         "squared_error": (phi - exact).pow(2).sum(1).tolist(),

@@ -49,7 +49,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--raw_logits",
         action="store_true",
-        help="Explain the raw logits instead of the class-centred ones (the pipeline default).",
+        help="Explain the raw logits instead of the class-centered ones (the pipeline default).",
     )
     parser.add_argument(
         "--no_pictures", action="store_true", help="Write the JSON file only (no heatmaps)."

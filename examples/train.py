@@ -640,7 +640,7 @@ def measure_faithfulness(
     truth_tolerance: float = 0.1,
 ) -> dict | None:
     """Agreement of phi with the truth of the model's own game on the first test images
-    (``hf_shapley.evaluation.measure_agreement``: centred predicted-class logit, KernelSHAP
+    (``hf_shapley.evaluation.measure_agreement``: centered predicted-class logit, KernelSHAP
     truth on all, exact enumeration on the first ``num_exact``)."""
     if num_images < 2:
         return None

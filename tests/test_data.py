@@ -203,7 +203,7 @@ def test_mask_marks_the_class_object(train_arrays):
     cy = a.centers[:, 0, 1][:, None, None]
     dist = np.hypot(xs - cx, ys - cy)
     assert not (a.masks & (dist > a.radii[:, 0][:, None, None] + 0.5)).any()
-    # ...and, for unoccluded objects (all shapes are centred on their centroid), centres on it.
+    # ...and, for unoccluded objects (all shapes are centered on their centroid), centres on it.
     whole = a.occluded_fraction == 0
     area = a.masks.sum(axis=(1, 2))
     mx = (a.masks * xs).sum(axis=(1, 2)) / area

@@ -192,7 +192,7 @@ def test_efficiency_check_is_shown(demo, reference, image_path):
     assert f"**{expected['base_value']:.4f}**" in out.efficiency
     assert f"**{np.sum(expected['attributions']):.4f}**" in out.efficiency
     assert f"**{expected['efficiency_residual']:.2e}**" in out.efficiency
-    assert "✅" in out.efficiency and "class-centred logit" in out.efficiency
+    assert "✅" in out.efficiency and "class-centered logit" in out.efficiency
 
 
 def test_metrics_json_is_shown_with_a_warning_below_the_targets(demo):

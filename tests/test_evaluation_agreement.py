@@ -85,7 +85,7 @@ def test_kernel_shap_truth_agrees_with_exact_truth(make_model, single_thread):
 
 
 def test_pooled_relative_error_against_a_hand_computation():
-    from hf_shapley.evaluation import centred_class_values, pooled_relative_error
+    from hf_shapley.evaluation import centered_class_values, pooled_relative_error
 
     truth = torch.tensor([[1.0, 2.0, 3.0], [0.0, 0.0, 4.0]], dtype=torch.float64)
     estimate = torch.tensor([[1.0, 2.0, 4.0], [1.0, 0.0, 3.0]], dtype=torch.float64)
@@ -100,8 +100,8 @@ def test_pooled_relative_error_against_a_hand_computation():
         pooled_relative_error(estimate[0], truth[0])
 
     values = torch.tensor([[[1.0, 3.0], [2.0, 2.0]]])  # (B=1, P=2, K=2)
-    centred = centred_class_values(values, torch.tensor([1]))
-    assert centred.tolist() == [[1.0, 0.0]]  # class 1 minus the mean over classes
+    centered = centered_class_values(values, torch.tensor([1]))
+    assert centered.tolist() == [[1.0, 0.0]]  # class 1 minus the mean over classes
 
 
 def test_measure_agreement_refuses_what_cannot_be_measured(make_model, pixel_values):
@@ -124,7 +124,7 @@ def test_truth_estimated_error_tracks_its_actual_error_against_exact(make_model,
     actual pooled error with the exact values (all 2^16 coalitions), on the explained quantity,
     at two budgets: the estimate is within a factor 1.6 of the actual error and falls with the
     budget as the actual error does."""
-    from hf_shapley.evaluation import centred_class_values, converged_kernel_truth
+    from hf_shapley.evaluation import centered_class_values, converged_kernel_truth
     from hf_shapley.evaluation import pooled_relative_error as pooled
 
     model = make_model("vit", players_grid=(4, 4))
@@ -132,14 +132,14 @@ def test_truth_estimated_error_tracks_its_actual_error_against_exact(make_model,
     x = torch.randn(6, 3, 32, 32)
     with torch.no_grad():
         classes = model(x).logits.argmax(-1)
-    exact = centred_class_values(exact_model_shapley_values(model, x), classes)
+    exact = centered_class_values(exact_model_shapley_values(model, x), classes)
     errors = []
     for budget in (512, 4096):
         truth = converged_kernel_truth(
             model, x, classes, tolerance=1e-9, evaluations=budget, max_evaluations=budget
         )
         assert not truth.converged and truth.evaluations == budget
-        actual = pooled(centred_class_values(truth.values, classes), exact)
+        actual = pooled(centered_class_values(truth.values, classes), exact)
         assert actual / 1.6 < truth.estimated_error < actual * 1.6, (budget, actual, truth)
         errors.append((truth.estimated_error, actual))
     assert errors[1][0] < errors[0][0] / 2 and errors[1][1] < errors[0][1] / 2
@@ -191,7 +191,7 @@ def test_interaction_share_against_a_direct_computation():
     weights = torch.randn(2, P, K, generator=g, dtype=torch.float64)
     weights[1, :, 0] = 0.5 * weights[1, :, 0].abs()  # image 1: same-signed, beside the pair
     additive = masks @ weights  # (B, 2**P, K)
-    # A class-common term that is far from additive: softmax cannot see it, the centred
+    # A class-common term that is far from additive: softmax cannot see it, the centered
     # explained quantity removes it.
     common = (masks.sum(1) % 2 * 5.0)[None, :, None]
     pair = (masks[:, 0] * masks[:, 1])[None, :, None] * torch.tensor([0.0, 3.0])[:, None, None]
@@ -199,12 +199,12 @@ def test_interaction_share_against_a_direct_computation():
     phi = shapley_values_from_table(table)
     classes = torch.tensor([0, 0])
     share = interaction_share(table, phi, classes)
-    assert share[0].item() == pytest.approx(0.0, abs=1e-12)  # additive once centred
-    # Image 1: the pair term on class 0. Direct computation on the centred class-0 value.
-    centred = table[:, 1] - table[:, 1].mean(-1, keepdim=True)
+    assert share[0].item() == pytest.approx(0.0, abs=1e-12)  # additive once centered
+    # Image 1: the pair term on class 0. Direct computation on the centered class-0 value.
+    centered = table[:, 1] - table[:, 1].mean(-1, keepdim=True)
 
     def value(S: frozenset) -> float:
-        return float(centred[sum(2**i for i in S), 0])
+        return float(centered[sum(2**i for i in S), 0])
 
     shapley = _permutation_shapley(value, P)
     assert phi[1, :, 0] - phi[1].mean(-1) == pytest.approx(

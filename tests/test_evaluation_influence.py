@@ -21,10 +21,10 @@ def test_rows_add_up_to_the_exact_shapley_values(get_model, family, pixel_values
     rows = torch.arange(3)
     close(result.shapley_values, truth[rows, :, result.classes])
     assert result.matrix.shape == (3, 4, 4)
-    # Centred: the same identity for class-centred logits.
-    centred = vote_influence(model, pixel_values)
+    # Centered: the same identity for class-centered logits.
+    centered = vote_influence(model, pixel_values)
     truth_c = truth - truth.mean(-1, keepdim=True)
-    close(centred.shapley_values, truth_c[rows, :, centred.classes])
+    close(centered.shapley_values, truth_c[rows, :, centered.classes])
 
 
 def test_tokens_that_cannot_interact_give_a_diagonal_matrix(make_backbone_config, pixel_values):

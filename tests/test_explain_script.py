@@ -74,12 +74,12 @@ def test_folder_is_explained_and_bad_files_are_skipped(explain_script, model_and
         top = torch.argsort(out.logits[0], descending=True)[:2].tolist()
         assert [e["label_id"] for e in record["labels"]] == top
         phi = out.shapley_values[0]
-        centred = phi - phi.mean(-1, keepdim=True)  # the pipeline's default explained quantity
+        centered = phi - phi.mean(-1, keepdim=True)  # the pipeline's default explained quantity
         for entry in record["labels"]:
             k = entry["label_id"]
             assert entry["explained"] == "centered_logit"
             np.testing.assert_allclose(
-                np.asarray(entry["attributions"]).reshape(-1), centred[:, k].numpy(), atol=1e-5
+                np.asarray(entry["attributions"]).reshape(-1), centered[:, k].numpy(), atol=1e-5
             )
         picture = Image.open((out_dir / record["file"]).with_suffix(".png"))
         w, h = image.size

@@ -70,7 +70,7 @@ def check_against_model(
 ):
     logits, phi, base = direct(pipe, image)
     probs = torch.softmax(logits, -1)
-    if centered:  # the default explains the class-centred logit
+    if centered:  # the default explains the class-centered logit
         logits, phi, base = (t - t.mean(-1, keepdim=True) for t in (logits, phi, base))
     h, w = pipe.model.config.players_grid
     for entry in result:
@@ -93,11 +93,11 @@ def test_raw_logits_on_request_and_centring_changes_the_maps(explainer):
     image = random_image(0)
     raw = explainer(image, top_k=3, centered=False, heatmap=False)
     check_against_model(explainer, image, raw, centered=False)
-    centred = explainer(image, top_k=3, heatmap=False)
-    check_against_model(explainer, image, centred)
+    centered = explainer(image, top_k=3, heatmap=False)
+    check_against_model(explainer, image, centered)
     # Same labels and scores; the maps differ by each player's mean over classes.
-    assert [e["label_id"] for e in raw] == [e["label_id"] for e in centred]
-    assert not np.allclose(raw[0]["attributions"], centred[0]["attributions"])
+    assert [e["label_id"] for e in raw] == [e["label_id"] for e in centered]
+    assert not np.allclose(raw[0]["attributions"], centered[0]["attributions"])
     with pytest.raises(ValueError, match="centered"):
         explainer(image, centered="yes")
 

@@ -27,6 +27,7 @@ CODE_FILES = (
     "backbones.py",
     "coalitions.py",
     "objective.py",
+    "loss_shapley.py",
     # The explanation pipeline and what it imports.
     "pipeline_shapley.py",
     "image_loading.py",

@@ -100,7 +100,7 @@ def test_main_job_writes_a_complete_loadable_directory(train_script, tmp_path, s
     card = (out / "README.md").read_text()
     assert f"{metrics['accuracy']:.3f}"[:4] in card or f"{100 * metrics['accuracy']:.1f}" in card
     assert "(explanation_example.png)" in card
-    assert "centred over classes" in card and "exact enumeration" in card
+    assert "centered over classes" in card and "exact enumeration" in card
 
     # The directory loads through the auto classes and explains itself.
     model = AutoModelForImageClassification.from_pretrained(out).eval()
@@ -116,7 +116,7 @@ def test_main_job_writes_a_complete_loadable_directory(train_script, tmp_path, s
     torch.testing.assert_close(result.logits, result.base_values + result.shapley_values.sum(1))
 
     # The exact figures in metrics.json, recomputed independently: every coalition through the
-    # public coalition= API, the exact estimator, centred predicted-class values, scipy's r.
+    # public coalition= API, the exact estimator, centered predicted-class values, scipy's r.
     from scipy.stats import pearsonr
 
     from hf_shapley.data import load_image_splits

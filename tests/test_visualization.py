@@ -236,7 +236,7 @@ def test_plot_explanation_runs_the_model_and_keeps_its_mode(make_model):
     top = torch.argsort(logits, descending=True)[:2].tolist()
     titles = [ax.get_title() for ax in fig.axes[1:3]]
     assert [t.split(":")[0] for t in titles] == [model.config.id2label[k] for k in top]
-    # The default draws the class-centred logit; centered=False the raw one.
+    # The default draws the class-centered logit; centered=False the raw one.
     assert f"{(logits[top[0]] - logits.mean()).item():.3g}" in titles[0]
     raw = plot_explanation(model, image, processor, top_k=2, centered=False)
     assert f"{logits[top[0]].item():.3g}" in raw.axes[1].get_title()
@@ -278,5 +278,5 @@ def test_plot_explanation_explains_the_pixels_the_pipeline_sees(make_model):
     top = int(logits.argmax())
     title = fig.axes[1].get_title()
     assert title.startswith(model.config.id2label[top] + ":")
-    assert f"{(logits[top] - logits.mean()).item():.3g}" in title  # class-centred by default
+    assert f"{(logits[top] - logits.mean()).item():.3g}" in title  # class-centered by default
     assert np.array_equal(np.asarray(fig.axes[0].images[0].get_array()), expected)

@@ -36,7 +36,7 @@ FROZEN_GAME_DTYPES = ("float32", "bfloat16")
 #: What ``from_backbone`` sets for ``prediction_mode="backbone_head"`` (a fine-tuned classifier
 #: that keeps its own head) unless told otherwise. The head's losses stay out of the classifier
 #: (no distillation, detached features): the Shapley head, which sees the whole image through
-#: its own attention layers, learns the classifier's own game by the regression on class-centred
+#: its own attention layers, learns the classifier's own game by the regression on class-centered
 #: logits, weighted 10 (the signal per player of a kernel regression is weak: objective.py).
 EXPLAINER_DEFAULTS: dict[str, Any] = {
     "detach_head_features": True,

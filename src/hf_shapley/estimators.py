@@ -239,17 +239,17 @@ def _kernel_matrix_diagonal_gap(num_players: int) -> float:
     return 0.5 - co_occurrence
 
 
-def _centred_samples_square_sum(present: torch.Tensor, half_gap: torch.Tensor) -> torch.Tensor:
-    """``sum_t`` of the squared centred per-pair samples, shape ``(P, D)``.
+def _centered_samples_square_sum(present: torch.Tensor, half_gap: torch.Tensor) -> torch.Tensor:
+    """``sum_t`` of the squared centered per-pair samples, shape ``(P, D)``.
 
     For a pair ``(z, 1 - z)`` with ``q = (g(z) - g(1 - z)) / 2`` (per output), the per-pair
-    sample ``s_t = (z g(z) + (1 - z) g(1 - z)) / 2`` centred over players is
+    sample ``s_t = (z g(z) + (1 - z) g(1 - z)) / 2`` centered over players is
     ``(z_i - k / P) q``, because ``z`` is 0/1. So sums over pairs of the samples and their
     squares are matrix products with ``z - k/P`` and the ``(n, P, D)`` tensor of samples is
     never built. ``present`` is ``(n, P)`` float, ``half_gap`` is ``q``, ``(n, D)``.
     """
-    centred = present - present.mean(dim=1, keepdim=True)
-    return centred.square().T @ half_gap.square()
+    centered = present - present.mean(dim=1, keepdim=True)
+    return centered.square().T @ half_gap.square()
 
 
 # Condition number of the KKT system above which it is solved by the pseudo-inverse.
@@ -414,7 +414,7 @@ def kernel_shap(
 
     count = 0  # pairs so far
     a_sum, b_sum = zeros(num_players, num_players), zeros(num_players, num_outputs)
-    # regression: the pairs, for the residuals; unbiased: sum of squared centred samples.
+    # regression: the pairs, for the residuals; unbiased: sum of squared centered samples.
     kept_present: list[torch.Tensor] = []
     kept_half_gaps: list[torch.Tensor] = []
     square_sum = zeros(num_players, num_outputs)
@@ -458,17 +458,17 @@ def kernel_shap(
                 # q = (e(z) - e(1 - z)) / 2 = (g(z) - g(1 - z) - (2z - 1).phi) / 2.
                 all_present = torch.cat(kept_present).to(dtype)
                 residual = torch.cat(kept_half_gaps) - (all_present - 0.5) @ values
-                squares = _centred_samples_square_sum(all_present, residual)
+                squares = _centered_samples_square_sum(all_present, residual)
                 # Residual degrees of freedom: n pairs minus P - 1 free parameters.
                 std = (squares / (count * (count - num_players + 1))).sqrt() / gap
         else:
             half_gap = (gain_in - gain_out) / 2
-            square_sum += _centred_samples_square_sum(present, half_gap)
-            centred_mean = b_sum / count - (b_sum / count).mean(dim=0, keepdim=True)
-            values = centred_mean / gap + total / num_players
+            square_sum += _centered_samples_square_sum(present, half_gap)
+            centered_mean = b_sum / count - (b_sum / count).mean(dim=0, keepdim=True)
+            values = centered_mean / gap + total / num_players
             if count > 1:
-                # Var of the centred samples: E[d^2] - E[d]^2, per player and output.
-                variance = (square_sum / count - centred_mean.square()).clamp_min(0.0)
+                # Var of the centered samples: E[d^2] - E[d]^2, per player and output.
+                variance = (square_sum / count - centered_mean.square()).clamp_min(0.0)
                 std = (variance / (count - 1)).sqrt() / gap
 
         if count > 1 and bool(torch.isfinite(std).all()):

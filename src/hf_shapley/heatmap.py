@@ -5,7 +5,7 @@ A model explains a *players grid* ``(h, w)`` laid over the image it was fed, i.e
 *after* its image processor resized and possibly center-cropped it.
 :func:`attribution_to_image_grid` inverts the processor's geometry (resize, center crop) and
 returns one value per original pixel, ``NaN`` where the model never saw the pixel;
-:func:`overlay_heatmap` blends a diverging colormap centred on 0 (red = evidence for the class,
+:func:`overlay_heatmap` blends a diverging colormap centered on 0 (red = evidence for the class,
 blue = evidence against) over the original image, unexplained pixels greyed out and hatched.
 
 Mapping rule: nearest player. Every original pixel is mapped through the processor's geometry
@@ -329,7 +329,7 @@ def _get_cmap(cmap: str | Colormap) -> Any:
 
 
 class _Norm:
-    """Maps values to [0, 1] with 0 at 0.5 (a diverging scale centred on zero)."""
+    """Maps values to [0, 1] with 0 at 0.5 (a diverging scale centered on zero)."""
 
     def __init__(self, vmin: float, vmax: float):
         self.vmin, self.vmax = float(vmin), float(vmax)
@@ -391,7 +391,7 @@ def overlay_heatmap(
         image_processor: The processor that produced the model input; its resize and center
             crop are inverted (see :func:`attribution_to_image_grid`). ``None`` stretches the
             grid over the whole image.
-        cmap: A diverging colormap (name or matplotlib ``Colormap``), centred on 0: with the
+        cmap: A diverging colormap (name or matplotlib ``Colormap``), centered on 0: with the
             default ``"RdBu_r"`` positive values (evidence for the class) are red, negative
             ones blue, zero white.
         alpha: Weight of the colour over the image, in [0, 1].

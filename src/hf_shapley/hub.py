@@ -75,7 +75,7 @@ _CI_SUFFIX = "_ci95"
 
 # Display names of the faithfulness metrics of the evaluation protocol (docs/evaluation.md).
 _PRETTY_METRICS = {
-    # hf_shapley.evaluation.measure_agreement (the main job): predicted class, centred logit.
+    # hf_shapley.evaluation.measure_agreement (the main job): predicted class, centered logit.
     "pearson_r": "Pearson r with the Shapley values of the model's game (predicted class)",
     "spearman_r": "Spearman r with the Shapley values of the model's game (predicted class)",
     "pooled_relative_error": "Pooled relative error vs the Shapley values (0 = exact)",
@@ -179,7 +179,7 @@ def _faithfulness_note(metrics: Mapping[str, Any] | None) -> str | None:
     if not metrics or not metrics.get("faithfulness_truth"):
         return None
     text = (
-        "the predicted class's logit centred over classes (the part softmax sees), on "
+        "the predicted class's logit centered over classes (the part softmax sees), on "
         f"{metrics.get('faithfulness_num_images', '?')} test images; truth: "
         f"{metrics['faithfulness_truth']}"
     )

@@ -34,11 +34,7 @@ from transformers import initialization as init
 from transformers.utils import ModelOutput
 
 from .backbones import attention_features_per_token, get_adapter, wrap_backbone
-from .coalitions import (
-    check_coalitions,
-    sample_shapley_kernel_coalitions,
-    sample_uniform_size_coalitions,
-)
+from .coalitions import check_coalitions
 from .configuration_shapley import CUSTOM_PIPELINES, PIPELINE_MODULE, ShapleyConfig
 from .games_shapley import (
     CoalitionValueCache,
@@ -48,7 +44,7 @@ from .games_shapley import (
     ShapleyGame,
     build_game,
 )
-from .objective import explained_class_indices, joint_objective, loss_weights
+from .loss_shapley import ShapleyTrainingLoss
 
 
 @dataclass
@@ -413,9 +409,8 @@ class ShapleyForImageClassification(ShapleyPreTrainedModel):
             self.classifier = None
         # Attached by from_backbone, saved by save_pretrained, reloaded by from_pretrained.
         self.image_processor = None
-        # Forward calls in training mode: the warm-up step and coalition keys of a plain loop
-        # that passes neither global_step nor example_index.
-        self._training_calls = 0
+        # The training step's loss, called by forward in training mode.
+        self.loss_function = ShapleyTrainingLoss()
         # reuse_shapley_coalitions: the frozen game's values per training example.
         self.coalition_value_cache = CoalitionValueCache()
         # ... and its full passes, within a memory budget (ShapleyTrainer sets it from
@@ -578,7 +573,7 @@ class ShapleyForImageClassification(ShapleyPreTrainedModel):
             raise ValueError("pixel_values is required.")
         self._check_pixel_values(pixel_values)
         if labels is not None:
-            self._check_labels(labels, pixel_values.shape[0])
+            check_labels(labels, pixel_values.shape[0], self.num_labels)
         if coalition is not None:
             masks = self._check_coalition(coalition, pixel_values.shape[0])
             values = self.coalition_values(pixel_values, masks)
@@ -586,7 +581,7 @@ class ShapleyForImageClassification(ShapleyPreTrainedModel):
                 logits=values if coalition.ndim == 3 else values[:, 0]
             )
         elif self.training and labels is not None:
-            out = self._joint_loss(pixel_values, labels, example_index, epoch, global_step)
+            out = self.loss_function(self, pixel_values, labels, example_index, epoch, global_step)
         else:
             out = self.explain(pixel_values)
             if labels is not None:
@@ -614,165 +609,6 @@ class ShapleyForImageClassification(ShapleyPreTrainedModel):
         context = self.game.prepare(pixel_values)
         return self.game.values(context, coalitions, self.readout, chunk_size=chunk_size)
 
-    def _joint_loss(
-        self,
-        pixel_values: torch.Tensor,
-        labels: torch.Tensor,
-        example_index: torch.Tensor | None,
-        epoch: int | None,
-        global_step: int | None,
-    ) -> ShapleyImageClassifierOutput:
-        """One training step: ask the game for the values the objective needs, hand them over.
-
-        Coalitions are a pure function of ``(config.coalition_seed, epoch, example index,
-        coalition index)``; without example indices a per-model counter stands in
-        (reproducible in one process, not across resumes).
-        """
-        config, game, readout = self.config, self.game, self.readout
-        P, B = game.num_players, pixel_values.shape[0]
-        step = global_step if global_step is not None else self._training_calls
-        self._training_calls += 1
-        alpha, lam, beta = loss_weights(config, step)
-        indices_given = example_index is not None
-        if example_index is None:
-            example_index = torch.arange(B) + self._training_calls * B
-        example_index = example_index.detach().cpu()
-        epoch = int(epoch or 0)
-        device = pixel_values.device
-        # A frozen game's values are kept per example; its coalitions must then not change with
-        # the epoch. Counter indices (no example_index given) are no key to keep values under.
-        reuse = config.reuse_shapley_coalitions and indices_given
-
-        # A frozen classifier's passes train nothing: with frozen_game_dtype="bfloat16" they
-        # run under autocast (the head keeps itself in fp32; see ShapleyHead).
-        game_precision = self._frozen_game_precision(device)
-        # A frozen classifier's full pass is the same in every epoch: a kept one serves the
-        # head without the backbone (the coalition values below are kept alike).
-        keep_pass = reuse and not readout.head_gradients
-        kept_pass = self.full_pass_cache.get(example_index, device) if keep_pass else None
-        context = None
-        if kept_pass is not None:
-            out = readout.explain_features(*kept_pass, game.player_sum)
-        else:
-            with game_precision:
-                context = game.prepare(pixel_values)
-                out = game.explain(context, readout)
-            if keep_pass:
-                self.full_pass_cache.put(
-                    example_index, out.head_features, out.logits, out.base_values
-                )
-
-        masked_logits = masked_votes = masks = full_votes = None
-        g = config.num_distill_coalitions
-        if g > 0 and (alpha > 0 or beta > 0) and not self._frozen_classifier():
-            # Drawn in complementary pairs: a pair shares one packed sequence (token removal),
-            # so S and ~S cost one pass.
-            half = sample_uniform_size_coalitions(
-                P,
-                (g + 1) // 2,
-                seed=config.coalition_seed,
-                epoch=epoch,
-                example_indices=example_index,
-                device=device,
-            )
-            masks = torch.stack([half, ~half], dim=2).reshape(B, -1, P)[:, :g]
-            if beta > 0:
-                # Who cast which votes on the same passes: the logits are their sum.
-                votes = game.values(context, masks, PlayerVotesReadout(readout, game.player_sum))
-                masked_votes = votes.reshape(B, g, P, -1)
-                masked_logits = readout.bias.float() + masked_votes.sum(2)
-                # r_i(x): phi_i plus its share of the empty coalition's votes (0 with token removal).
-                full_votes = (
-                    out.shapley_values + (out.base_values - readout.bias.float())[:, None] / P
-                )
-            else:
-                masked_logits = game.values(context, masks, readout)
-
-        coalitions = values = classes = None
-        m = config.num_shapley_coalitions
-        if m > 0 and lam > 0:
-            coalitions = sample_shapley_kernel_coalitions(
-                P,
-                m,
-                seed=config.coalition_seed + 1,
-                epoch=0 if reuse else epoch,
-                example_indices=example_index,
-                device=device,
-            )
-            grad_targets = not config.shapley_stop_gradient
-            values = self.coalition_value_cache.get(example_index, m) if reuse else None
-            if values is not None:
-                values = values.to(device)
-            else:
-                if context is None:  # the full pass was kept, these values were not
-                    with game_precision:
-                        context = game.prepare(pixel_values)
-                with torch.set_grad_enabled(grad_targets), game_precision:
-                    values = game.values(
-                        context if grad_targets else context.detach(),
-                        coalitions,
-                        readout,
-                        dropout=False,
-                    )
-                if reuse:
-                    self.coalition_value_cache.put(example_index, values)
-            generator = torch.Generator().manual_seed(
-                int(config.coalition_seed * 1_000_003 + epoch * 7_919 + int(example_index[0]))
-            )
-            classes = explained_class_indices(
-                out.logits,
-                labels,
-                config.explained_classes,
-                config.num_explained_classes,
-                generator,
-            )
-
-        losses = joint_objective(
-            out.logits,
-            labels,
-            alpha=alpha,
-            lam=lam,
-            masked_logits=masked_logits,
-            shapley_values=out.shapley_values,
-            base_values=out.base_values,
-            coalitions=coalitions,
-            coalition_values=values,
-            explained_classes=classes,
-            stop_gradient=config.shapley_stop_gradient,
-            normalization=config.shapley_loss_normalization,
-            center=config.center_logits,
-            beta=beta,
-            full_votes=full_votes,
-            masked_votes=masked_votes,
-            distill_coalitions=masks,
-        )
-        return ShapleyImageClassifierOutput(
-            loss=losses.loss,
-            logits=out.logits,
-            shapley_values=out.shapley_values,
-            base_values=out.base_values,
-            cls_loss=losses.cls_loss,
-            distill_loss=losses.distill_loss,
-            shapley_loss=losses.shapley_loss,
-            consistency_loss=losses.consistency_loss,
-        )
-
-    def _frozen_game_precision(self, device: torch.device) -> contextlib.AbstractContextManager:
-        """bf16 autocast for a frozen classifier's training passes when the config asks for it."""
-        if self.config.frozen_game_dtype == "float32" or not self._frozen_classifier():
-            return contextlib.nullcontext()
-        return torch.autocast(device.type, dtype=getattr(torch, self.config.frozen_game_dtype))
-
-    def _check_labels(self, labels: torch.Tensor, batch_size: int) -> None:
-        if labels.shape != (batch_size,):
-            raise ValueError(f"labels must have shape ({batch_size},); got {tuple(labels.shape)}.")
-        if labels.numel() and (labels.min() < 0 or labels.max() >= self.num_labels):
-            raise ValueError(
-                f"labels must lie in [0, {self.num_labels - 1}] for this {self.num_labels}-class model; "
-                f"got values in [{int(labels.min())}, {int(labels.max())}]. Check the label mapping "
-                "(config.id2label) against the data set's labels."
-            )
-
     def activation_checkpointing_enable(
         self, activation_checkpointing_kwargs=None, every_n_layers: int = 1, offload: bool = False
     ):
@@ -789,6 +625,18 @@ class ShapleyForImageClassification(ShapleyPreTrainedModel):
         kwargs = {"use_reentrant": False, **(activation_checkpointing_kwargs or {})}
         self.backbone.activation_checkpointing_enable(
             activation_checkpointing_kwargs=kwargs, every_n_layers=every_n_layers, offload=offload
+        )
+
+
+def check_labels(labels: torch.Tensor, batch_size: int, num_labels: int) -> None:
+    """Raise a clear error unless ``labels`` is a (batch_size,) tensor of class ids."""
+    if labels.shape != (batch_size,):
+        raise ValueError(f"labels must have shape ({batch_size},); got {tuple(labels.shape)}.")
+    if labels.numel() and (labels.min() < 0 or labels.max() >= num_labels):
+        raise ValueError(
+            f"labels must lie in [0, {num_labels - 1}] for this {num_labels}-class model; "
+            f"got values in [{int(labels.min())}, {int(labels.max())}]. Check the label mapping "
+            "(config.id2label) against the data set's labels."
         )
 
 

@@ -113,7 +113,7 @@ def vote_consistency_loss(
             player's entry is ignored).
         coalitions: (B, G, P) bool, the coalitions S; every player must be in at least one
             (complementary pairs guarantee it).
-        center: compare class-centred votes (what softmax sees).
+        center: compare class-centered votes (what softmax sees).
 
     Returns:
         Scalar loss.

@@ -112,10 +112,10 @@ class ImageShapleyExplanationPipeline(Pipeline):
             ``top_k``.
         heatmap (`bool`, defaults to `True`): Draw a heatmap per explained label.
         colormap (`str` or matplotlib ``Colormap``, defaults to ``"RdBu_r"``): Diverging map
-            centred on 0 (red = evidence for the label, blue = against). Names other than
+            centered on 0 (red = evidence for the label, blue = against). Names other than
             ``RdBu_r``/``RdBu`` need matplotlib.
         opacity (`float`, defaults to 0.5): Weight of the colours over the image, in [0, 1].
-        centered (`bool`): Explain the class-centred logit (the logit minus its mean over the
+        centered (`bool`): Explain the class-centered logit (the logit minus its mean over the
             classes), the part softmax sees: a shift shared by every class changes no
             probability, so it tells nothing about why one class and not another. Defaults to
             `True` for single-label (softmax) models and `False` for multi-label (sigmoid) ones,
@@ -133,9 +133,9 @@ class ImageShapleyExplanationPipeline(Pipeline):
         - ``explained`` (`str`): ``"centered_logit"`` or ``"logit"``, the quantity that
           ``logit``, ``base_value`` and ``attributions`` describe,
         - ``logit`` (`float`) and ``base_value`` (`float`): the explained quantity of the full
-          image and of ``v(empty)`` (each minus its mean over classes when centred),
+          image and of ``v(empty)`` (each minus its mean over classes when centered),
         - ``attributions`` (``h x w`` nested list of floats): one Shapley value per player
-          (centred: minus its mean over classes), laid out as the players grid over the image
+          (centered: minus its mean over classes), laid out as the players grid over the image
           the model saw,
         - ``efficiency_residual`` (`float`): ``logit - base_value - sum(attributions)``, zero up
           to float rounding for a faithful additive explanation (centring keeps the identity:

@@ -52,7 +52,7 @@ class ZeroShotImageShapleyExplanationPipeline(Pipeline):
         top_k (`int`, *optional*): Return only the ``top_k`` most probable labels.
         heatmap (`bool`, defaults to `True`): Draw a heatmap per label.
         colormap, opacity: As for the ``image-shapley-explanation`` pipeline.
-        centered (`bool`, defaults to `True`): Explain the label-centred score (the score minus
+        centered (`bool`, defaults to `True`): Explain the label-centered score (the score minus
             its mean over the candidate labels), the part the softmax over labels sees.
         timeout (`float`): Seconds to wait for a URL.
 
@@ -61,7 +61,7 @@ class ZeroShotImageShapleyExplanationPipeline(Pipeline):
         images, a list of such lists. Each dict holds ``label``, ``label_id`` (its index in
         ``candidate_labels``), ``score`` (softmax over the labels), ``explained``
         (``"centered_logit"`` or ``"logit"``), ``logit`` (CLIP's scaled cosine similarity, or
-        its centred value), ``base_value``, ``attributions`` (``h x w`` grid),
+        its centered value), ``base_value``, ``attributions`` (``h x w`` grid),
         ``efficiency_residual`` and ``heatmap`` (with ``heatmap=True``).
     """
 

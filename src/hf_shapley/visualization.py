@@ -180,8 +180,8 @@ def plot_explanation(
     Runs the model (in eval mode, without gradients) on ``image`` preprocessed by
     ``image_processor`` (default: ``model.image_processor``) and returns
     :func:`plot_class_grid` of its ``top_k`` classes by logit, the processor's geometry inverted.
-    ``centered`` (default) draws the class-centred values (each minus its mean over classes),
-    which explain the class-centred logit, the part softmax sees; ``False`` the raw values.
+    ``centered`` (default) draws the class-centered values (each minus its mean over classes),
+    which explain the class-centered logit, the part softmax sees; ``False`` the raw values.
     """
     import torch
 

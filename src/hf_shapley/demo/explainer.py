@@ -136,7 +136,7 @@ class ClassView:
 
     def efficiency_markdown(self) -> str:
         """The efficiency check as Markdown: logit = base value + sum of values, residual."""
-        quantity = "class-centred logit" if self.explained == "centered_logit" else "logit"
+        quantity = "class-centered logit" if self.explained == "centered_logit" else "logit"
         h = len(self.attributions)
         w = len(self.attributions[0]) if h else 0
         verdict = (

@@ -35,7 +35,7 @@ MODEL_CARD_FILE = "README.md"
 
 # (key in the faithfulness dict, label on the page); the first present error key is judged.
 _SHOWN = (
-    ("pearson_r", "Pearson r (centred logit of the predicted class)"),
+    ("pearson_r", "Pearson r (centered logit of the predicted class)"),
     ("spearman_r", "Spearman r"),
     ("pooled_relative_error", "Pooled relative error"),
     ("relative_l2", "Median relative L2 error"),

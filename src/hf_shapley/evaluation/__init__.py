@@ -5,7 +5,7 @@
   intervals, relative L2; the predicted class and the others), and how far the game is from
   additive (:func:`interaction_share`).
 * :mod:`.agreement`: the report of the faithfulness targets: agreement on the predicted
-  class's centred logit (per-image Pearson and Spearman r, pooled relative error) against a
+  class's centered logit (per-image Pearson and Spearman r, pooled relative error) against a
   KernelSHAP truth on many images and exact enumeration on a few.
 * :mod:`.faithfulness`: insertion and deletion curves and AUCs at player level (through the
   value function) and at pixel level (baseline replacement, RISE), AOPC, sensitivity-n, and
@@ -27,6 +27,7 @@ from .agreement import (
     TRUTH_EVALUATIONS,
     TRUTH_TOLERANCE,
     KernelTruth,
+    centered_class_values,
     centred_class_values,
     converged_kernel_truth,
     map_summary,
@@ -93,6 +94,7 @@ __all__ = [
     "TRUTH_TOLERANCE",
     "KernelTruth",
     "converged_kernel_truth",
+    "centered_class_values",
     "centred_class_values",
     "map_summary",
     "measure_agreement",

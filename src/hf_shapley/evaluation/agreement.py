@@ -1,6 +1,6 @@
 """Agreement on the explained quantity of the faithfulness targets, as one report.
 
-The explained quantity is the predicted class's logit centred over classes: the direction
+The explained quantity is the predicted class's logit centered over classes: the direction
 every class shares is invisible to softmax, and it dominates raw-logit agreement (a model whose
 raw r is 0.95 can rank patches no better than chance once that direction is removed). Per
 image: Pearson r and Spearman r over players; over all images: the pooled relative error
@@ -36,8 +36,8 @@ TRUTH_EVALUATIONS = 4096
 TRUTH_TOLERANCE = 0.1
 
 
-def centred_class_values(values: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
-    """(B, P, K) values -> (B, P) float64: each image's values for ``classes[b]``, centred
+def centered_class_values(values: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
+    """(B, P, K) values -> (B, P) float64: each image's values for ``classes[b]``, centered
     over classes first."""
     values = values.detach().double().cpu()
     values = values - values.mean(-1, keepdim=True)
@@ -77,7 +77,7 @@ class KernelTruth:
     Attributes:
         values: (B, P, K) estimated Shapley values of every class.
         estimated_error: the truth's estimated pooled relative error on the explained quantity
-            (the predicted class's centred logit): ``sqrt(sum se^2 / sum |t - mean_P t|^2)``,
+            (the predicted class's centered logit): ``sqrt(sum se^2 / sum |t - mean_P t|^2)``,
             with ``se`` KernelSHAP's standard error of each value.
         evaluations: paired evaluations per image spent.
         converged: ``estimated_error <= tolerance``.
@@ -108,7 +108,7 @@ def converged_kernel_truth(
     seed: int = 12345,
 ) -> KernelTruth:
     """Paired KernelSHAP on the model's own game, its budget doubled from ``evaluations`` until
-    its estimated pooled error on ``classes``' centred values is at most ``tolerance`` or the
+    its estimated pooled error on ``classes``' centered values is at most ``tolerance`` or the
     next budget would pass ``max_evaluations`` (default: ``8 * evaluations``).
 
     Raises:
@@ -146,9 +146,9 @@ def converged_kernel_truth(
             seed=seed,
         )
         values = result.values.permute(1, 0, 2).contiguous().cpu()  # (B, P, K)
-        centred = centred_class_values(values, classes)
-        spread = (centred - centred.mean(1, keepdim=True)).pow(2).sum()
-        # The centred value's variance is at most about the class value's: the class errors of
+        centered = centered_class_values(values, classes)
+        spread = (centered - centered.mean(1, keepdim=True)).pow(2).sum()
+        # The centered value's variance is at most about the class value's: the class errors of
         # one coalition stream are positively correlated, and centring removes what they share.
         se = result.standard_error.permute(1, 0, 2).double().cpu()[rows, :, classes]
         error = float((se.pow(2).sum() / spread.clamp_min(1e-24)).sqrt())
@@ -185,7 +185,7 @@ def measure_agreement(
     Returns:
         A dict: ``truth`` (what it is), ``truth_estimated_error``, ``truth_converged`` and
         ``truth_tolerance``; when the truth converged, ``pearson_r``, ``spearman_r`` (with
-        ``_ci95``) and ``pooled_relative_error`` on the centred predicted class against it and
+        ``_ci95``) and ``pooled_relative_error`` on the centered predicted class against it and
         ``raw_pearson_r`` on raw logits, and otherwise ``agreement_withheld``, which says why
         and what budget would do; with ``num_exact``, the same three against the exact values
         (``exact_`` prefix) and ``truth_error_vs_exact``, KernelSHAP's actual pooled error; and
@@ -210,8 +210,8 @@ def measure_agreement(
             seed=seed,
         )
         truth = kernel.values
-        phi = centred_class_values(out.shapley_values, classes)
-        t = centred_class_values(truth, classes)
+        phi = centered_class_values(out.shapley_values, classes)
+        t = centered_class_values(truth, classes)
         report = {
             "truth": f"KernelSHAP, {kernel.evaluations} paired evaluations per image",
             "truth_estimated_error": kernel.estimated_error,
@@ -238,7 +238,7 @@ def measure_agreement(
         exact_count = min(num_exact, pixel_values.shape[0])
         if exact_count >= 1 and model.num_players <= MAX_EXACT_PLAYERS:
             exact = exact_model_shapley_values(model, pixel_values[:exact_count], progress=progress)
-            exact_t = centred_class_values(exact, classes[:exact_count])
+            exact_t = centered_class_values(exact, classes[:exact_count])
             exact_summary = map_summary(phi[:exact_count], exact_t, prefix="exact_")
             if exact_count < 2:  # no interval from one image
                 exact_summary = {k: v for k, v in exact_summary.items() if "ci95" not in k}
@@ -250,11 +250,16 @@ def measure_agreement(
     return report
 
 
+#: Deprecated spelling of :func:`centered_class_values`, kept for one release.
+centred_class_values = centered_class_values
+
+
 __all__ = [
     "TRUTH_EVALUATIONS",
     "TRUTH_TOLERANCE",
     "KernelTruth",
     "converged_kernel_truth",
+    "centered_class_values",
     "centred_class_values",
     "map_summary",
     "measure_agreement",

@@ -81,7 +81,7 @@ def vote_influence(
         model: a ``ShapleyForImageClassification`` with ``prediction_mode="shapley_sum"``.
         pixel_values: (B, C, H, W).
         classes: (B,) the class to explain per image; default the predicted class.
-        center: explain class-centred votes (each vote minus its mean over classes), the part
+        center: explain class-centered votes (each vote minus its mean over classes), the part
             softmax sees.
         progress: a progress bar over the enumeration.
     """

@@ -125,8 +125,8 @@ def interaction_share(
     Shapley kernel ``w(S)``. 0 for an additive game; near 1 when what the players do together
     dominates (it can pass 1 only where efficiency forces a fit worse than no change at all).
 
-    Measured on the explained quantity of the agreement targets: the class logit centred over
-    classes (``centred_class_values``).
+    Measured on the explained quantity of the agreement targets: the class logit centered over
+    classes (``centered_class_values``).
 
     Args:
         table: ``(2**P, B, K)`` all coalition values (:func:`tabulate_game`).
@@ -145,11 +145,11 @@ def interaction_share(
         )
     index = torch.as_tensor(classes).long().cpu()
     table = table.double().cpu()
-    centred = (table - table.mean(-1, keepdim=True))[:, torch.arange(B), index]  # (2**P, B)
+    centered = (table - table.mean(-1, keepdim=True))[:, torch.arange(B), index]  # (2**P, B)
     phi = shapley_values.double().cpu()
     phi = (phi - phi.mean(-1, keepdim=True))[torch.arange(B), :, index]  # (B, P)
     masks = all_coalitions(P).double()
-    y = centred - centred[:1]
+    y = centered - centered[:1]
     fit = masks @ phi.T  # (2**P, B)
     size = masks.sum(1)
     inner = (size > 0) & (size < P)
