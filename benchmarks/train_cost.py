@@ -70,6 +70,17 @@ def mode_parser(mode: str, description: str) -> argparse.ArgumentParser:
     )
 
 
+def head_step_parser(mode: str, description: str, rounds: int) -> argparse.ArgumentParser:
+    """A mode that times the main job's head step on a saved model: its parser."""
+    parser = mode_parser(mode, description)
+    parser.add_argument("--model", default="outputs/shapley-vit-shapes")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--batch-size", type=int, default=64, help="the main job's")
+    parser.add_argument("--rounds", type=int, default=rounds)
+    parser.add_argument("--out", type=Path, default=None)
+    return parser
+
+
 # ------------------------------------------------------------ joint
 # The joint training step against a plain one.
 def build(m: int, g: int, device: torch.device, players_grid, num_labels: int = 10):
@@ -270,12 +281,7 @@ def frozen_game_dtype(argv: list[str] | None = None) -> str:
         python benchmarks/train_cost.py frozen-game-dtype --model outputs/shapley-vit-shapes
         python benchmarks/train_cost.py frozen-game-dtype --device cuda
     """
-    parser = mode_parser("frozen-game-dtype", frozen_game_dtype.__doc__)
-    parser.add_argument("--model", default="outputs/shapley-vit-shapes")
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--batch-size", type=int, default=64, help="the main job's")
-    parser.add_argument("--rounds", type=int, default=8)
-    parser.add_argument("--out", type=Path, default=None)
+    parser = head_step_parser("frozen-game-dtype", frozen_game_dtype.__doc__, rounds=8)
     args = parser.parse_args(argv)
     device = pick_device(args.device)
     models = {dtype: load_frozen(args.model, dtype, device) for dtype in ("float32", "bfloat16")}
@@ -324,12 +330,7 @@ def frozen_pass_cache(argv: list[str] | None = None) -> str:
 
         python benchmarks/train_cost.py frozen-pass-cache --model outputs/shapley-vit-shapes
     """
-    parser = mode_parser("frozen-pass-cache", frozen_pass_cache.__doc__)
-    parser.add_argument("--model", default="outputs/shapley-vit-shapes")
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--batch-size", type=int, default=64, help="the main job's")
-    parser.add_argument("--rounds", type=int, default=10)
-    parser.add_argument("--out", type=Path, default=None)
+    parser = head_step_parser("frozen-pass-cache", frozen_pass_cache.__doc__, rounds=10)
     args = parser.parse_args(argv)
     from hf_shapley import ShapleyForImageClassification
 
@@ -391,12 +392,7 @@ def head_mixer(argv: list[str] | None = None) -> str:
 
         python benchmarks/train_cost.py head-mixer --model outputs/shapley-vit-shapes
     """
-    parser = mode_parser("head-mixer", head_mixer.__doc__)
-    parser.add_argument("--model", default="outputs/shapley-vit-shapes")
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--batch-size", type=int, default=64, help="the main job's")
-    parser.add_argument("--rounds", type=int, default=10)
-    parser.add_argument("--out", type=Path, default=None)
+    parser = head_step_parser("head-mixer", head_mixer.__doc__, rounds=10)
     args = parser.parse_args(argv)
     import hf_shapley.modeling_shapley as modeling
     from hf_shapley import ShapleyForImageClassification
