@@ -388,7 +388,7 @@ def test_bad_types_and_split():
     with pytest.raises(TypeError, match="number of examples"):
         load_shapes_dataset(4.5, 4)
     with pytest.raises(ValueError, match="split"):
-        generate_shapes(4, split="validation")
+        generate_shapes(4, split="holdout")
     with pytest.raises(ValueError, match="seed"):
         generate_shapes(4, seed=-1)
 

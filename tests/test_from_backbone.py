@@ -172,7 +172,9 @@ def test_frozen_state_and_bit_identity_survive_save_and_load(
 
 
 def test_trainable_classifier_backbone_head(vit_classifier, pixel_values):
-    model = ShapleyForImageClassification.from_backbone(vit_classifier, players_grid=(2, 2))
+    model = ShapleyForImageClassification.from_backbone(
+        vit_classifier, players_grid=(2, 2), train_backbone=True
+    )
     assert model.config.prediction_mode == "backbone_head" and model.config.train_backbone
     assert "classifier.weight" in trainable(model)
     assert "backbone.layers.0.attention.q_proj.weight" in trainable(model)
@@ -246,7 +248,7 @@ def test_image_processor_of_the_wrong_size_is_rejected(vit_classifier, tmp_path)
 def test_num_labels_mismatch_with_a_classifier(vit_classifier):
     with pytest.raises(ValueError, match=r"classifier has 3 labels .*num_labels=5"):
         ShapleyForImageClassification.from_backbone(vit_classifier, num_labels=5)
-    with pytest.raises(ValueError, match=r"classifier has 3 labels but id2label has 2"):
+    with pytest.raises(ValueError, match=r"keeps its own labels.*lacks the classifier's labels"):
         ShapleyForImageClassification.from_backbone(vit_classifier, id2label={0: "a", 1: "b"})
 
 

@@ -562,7 +562,7 @@ def test_frozen_classifier_predictions_are_bit_identical(
 def test_trainable_classifier_starts_from_its_predictions(make_backbone_config, pixel_values):
     classifier = make_classifier(make_backbone_config, "swin")
     model = ShapleyForImageClassification.from_backbone(
-        classifier, players_grid=(2, 2), image_size=32
+        classifier, players_grid=(2, 2), image_size=32, train_backbone=True
     )
     assert model.config.train_backbone and "classifier.weight" in {
         n for n, p in model.named_parameters() if p.requires_grad
