@@ -68,7 +68,10 @@ from hf_shapley import (
     ShapleyTrainer,
     ShapleyTrainingArguments,
 )
-from hf_shapley.configuration_shapley import FROZEN_EXPLAINER_LEARNING_RATE
+from hf_shapley.configuration_shapley import (
+    FROZEN_EXPLAINER_DEFAULTS,
+    FROZEN_EXPLAINER_LEARNING_RATE,
+)
 from hf_shapley.data import align_labels, data_label_names, load_image_splits, process_in_memory
 from hf_shapley.evaluation import wilson_interval
 from hf_shapley.image_loading import to_rgb
@@ -731,6 +734,19 @@ def train_and_evaluate(
     return trainer, result, metrics, train_seconds, classifier
 
 
+# Coalition values a frozen game keeps over all training images: the main job's 8,000 images
+# with 32 each. A smaller data set keeps more per image (at most 256), so the head learns the
+# game rather than the few coalitions of each image; the first epoch costs as many masked passes.
+KEPT_COALITIONS = 256_000
+
+
+def kept_coalitions_per_image(num_images: int) -> int:
+    """Kept coalitions per training image of a frozen game: KEPT_COALITIONS over the images,
+    even (complementary pairs), between 32 and 256."""
+    per_image = math.ceil(KEPT_COALITIONS / max(num_images, 1) / 2) * 2
+    return min(max(per_image, FROZEN_EXPLAINER_DEFAULTS["num_shapley_coalitions"]), 256)
+
+
 def option_value(argv: list[str], name: str) -> str | None:
     """The value given to a command-line option (``--name value`` or ``--name=value``)."""
     for i, arg in enumerate(argv):
@@ -878,6 +894,8 @@ def main(argv: list[str] | None = None) -> dict:
             training_args.per_device_train_batch_size = model_args.explainer_batch_size
         if model_args.explainer_train_samples is not None:
             train = train.select(range(min(model_args.explainer_train_samples, len(train))))
+        if training_args.num_shapley_coalitions is None:
+            model.config.num_shapley_coalitions = kept_coalitions_per_image(len(train))
     elif model.classifier is not None:
         logger.warning(
             "--train_backbone: the classifier %s is fine-tuned too, so its predictions change "
