@@ -105,7 +105,8 @@ def test_checkpoint_is_kept_and_its_labels_matched_by_name(train_script, tmp_pat
     assert [config["id2label"][str(i)] for i in range(4)] == LABELS
     # The classifier is frozen, with the frozen explainer recipe.
     assert config["train_backbone"] is False
-    assert {k: config[k] for k in FROZEN_EXPLAINER_DEFAULTS} == FROZEN_EXPLAINER_DEFAULTS
+    recipe = {**FROZEN_EXPLAINER_DEFAULTS, "num_shapley_coalitions": 256}  # a small folder
+    assert {k: config[k] for k in FROZEN_EXPLAINER_DEFAULTS} == recipe
     # Its logits are the checkpoint's, bit for bit, on the user's own images (mixed modes and
     # sizes), loaded back from disk.
     paths = sorted(test.glob("*/*.png"))
@@ -297,3 +298,17 @@ def test_truth_settings_that_cannot_work_fail_before_training(
     with pytest.raises(SystemExit, match=message):
         run(train_script, backbone, folder, tmp_path / "out", *option)
     assert not (tmp_path / "out").exists()
+
+
+def test_kept_coalitions_per_image_follow_the_data_size(train_script, tmp_path, single_thread):
+    """256,000 kept values over the training images, even, between 32 and 256; the main job's
+    8,000 images keep its 32; --num_shapley_coalitions overrides the rule."""
+    per_image = train_script.kept_coalitions_per_image
+    assert [per_image(n) for n in (100_000, 8000, 1293, 1000, 64)] == [32, 32, 198, 256, 256]
+    assert all(per_image(n) % 2 == 0 for n in range(1, 20_000, 97))
+    backbone = save_classifier(tmp_path / "clf")
+    folder = image_folder(tmp_path / "train")
+    run(train_script, backbone, folder, tmp_path / "out", "--num_shapley_coalitions", "16")
+    assert (
+        json.loads((tmp_path / "out" / "config.json").read_text())["num_shapley_coalitions"] == 16
+    )
