@@ -170,15 +170,18 @@ class ModelArguments:
             "help": "Without --backbone: image size of the built-in data and ViT (a multiple of 8)."
         },
     )
-    classifier_max_steps: int = field(
-        default=1000,
+    classifier_max_steps: int | None = field(
+        default=None,
         metadata={
-            "help": "Without --backbone: first train a plain ViT classifier with cross-entropy "
-            "for at most this many steps, evaluated on the held-out validation images every "
+            "help": "Without a fine-tuned classifier: first train one with cross-entropy for at "
+            "most this many steps, evaluated on the held-out validation images every "
             "--classifier_eval_steps and stopped when their loss has not improved for "
             "--early_stopping_patience evaluations (the best one is kept); then wrap it and "
-            "train its explainer. 0 trains the self-explaining model from scratch (a "
-            "soft-voting ViT trained from scratch stayed at chance here)."
+            "train its explainer. Default: 1,000 on the built-in data (the main job's 10 "
+            "minutes), 2,000 on your data (on 1,293 digits images 1,000 with patience 3 kept "
+            "mid-schedule checkpoints 1.9 and 4.7 points short of a plain classifier; 2,000 "
+            "with patience 10 came within 0.9 and 0.3). 0 trains the self-explaining model "
+            "from scratch (a soft-voting ViT trained from scratch stayed at chance here)."
         },
     )
     explainer_max_steps: int = field(
@@ -197,7 +200,7 @@ class ModelArguments:
         default=100, metadata={"help": "Steps between the classifier's validation evaluations."}
     )
     early_stopping_patience: int = field(
-        default=3,
+        default=10,
         metadata={
             "help": "Evaluations without improvement of the held-out criterion (the classifier's "
             "validation loss; the head's held-out regression loss) before a phase stops."
@@ -827,6 +830,9 @@ def main(argv: list[str] | None = None) -> dict:
         if value is not None and value < 1:
             raise SystemExit(f"--{name} must be at least 1 (or None for the default); got {value}.")
     check_truth_arguments(report_args)
+    if model_args.classifier_max_steps is None:
+        builtin = data_args.dataset_name is None and data_args.train_dir is None
+        model_args.classifier_max_steps = 1000 if builtin else 2000
     if model_args.classifier_max_steps < 0:
         raise SystemExit(
             f"--classifier_max_steps must be >= 0; got {model_args.classifier_max_steps}."
