@@ -732,8 +732,8 @@ def train_and_evaluate(
         "accuracy_after": float((after == labels).mean()),
         "predictions_changed": float((before != after).mean()),
     }
-    if trainer.state.best_model_checkpoint:
-        metrics["best_step"] = int(trainer.state.best_model_checkpoint.rsplit("-", 1)[1])
+    if trainer.state.best_global_step:
+        metrics["best_step"] = trainer.state.best_global_step
     return trainer, result, metrics, train_seconds, classifier
 
 

@@ -154,7 +154,7 @@ def train_plain_classifier(
             shutil.rmtree(checkpoint, ignore_errors=True)
     metrics = {**result.metrics, "train_steps": result.global_step}
     if eval_dataset is not None:
-        metrics["best_step"] = _step_of(trainer.state.best_model_checkpoint, result.global_step)
+        metrics["best_step"] = trainer.state.best_global_step or result.global_step
         metrics["best_eval_loss"] = trainer.state.best_metric
     return model, metrics
 
@@ -170,8 +170,3 @@ class _PlainTrainer(Trainer):
         logger.info("Loading the best model from %s (loss %s).", best, self.state.best_metric)
         loaded = type(target).from_pretrained(best, dtype=next(target.parameters()).dtype)
         target.load_state_dict(loaded.state_dict(), strict=True)
-
-
-def _step_of(checkpoint: str | None, default: int) -> int:
-    """The step of a ``checkpoint-<step>`` directory (the last step when none was kept)."""
-    return int(Path(checkpoint).name.rsplit("-", 1)[1]) if checkpoint else default
