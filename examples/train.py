@@ -164,10 +164,12 @@ class ModelArguments:
             "None: --per_device_train_batch_size for both."
         },
     )
-    image_size: int = field(
-        default=BUILTIN_IMAGE_SIZE,
+    image_size: int | None = field(
+        default=None,
         metadata={
-            "help": "Without --backbone: image size of the built-in data and ViT (a multiple of 8)."
+            "help": "Without --backbone: image size of the built-in data and ViT (a multiple of "
+            f"8; default {BUILTIN_IMAGE_SIZE}). With --backbone: the input size of a ResNet, "
+            "ConvNeXt or Swin (default: its image processor's output size)."
         },
     )
     classifier_max_steps: int | None = field(
@@ -521,6 +523,8 @@ def build_model(
         )
         return ShapleyForImageClassification(config), builtin_image_processor(args.image_size)
     kwargs: dict = dict(players_grid=tuple(args.players_grid))
+    if args.image_size is not None:
+        kwargs["image_size"] = (args.image_size, args.image_size)
     if id2label is not None:
         kwargs.update(id2label=id2label, label2id={v: k for k, v in id2label.items()})
     if args.train_backbone is not None:
@@ -597,7 +601,7 @@ def train_classifier(
             ]
         ).encode()
     ).hexdigest()[:8]
-    key = f"{model_args.image_size}px-{len(train)}-{steps}steps-{identity}-seed{training_args.seed}"
+    key = f"{model_args.image_size or 'native'}px-{len(train)}-{steps}steps-{identity}-seed{training_args.seed}"
     path = Path(training_args.output_dir) / f"pretrained-classifier-{key}"
     if (path / "model.safetensors").is_file():
         logger.info("Reusing the pretrained classifier in %s.", path)
@@ -854,8 +858,10 @@ def main(argv: list[str] | None = None) -> dict:
         check_online(training_args.hub_model_id or Path(training_args.output_dir).name)
         training_args.push_to_hub = False
 
+    if model_args.backbone is None and model_args.image_size is None:
+        model_args.image_size = BUILTIN_IMAGE_SIZE
     train, validation, evaluation, image_column, label_column = load_data(
-        data_args, model_args.image_size, training_args.seed
+        data_args, model_args.image_size or BUILTIN_IMAGE_SIZE, training_args.seed
     )
     base_model = model_args.backbone
     keeps_labels = base_model is not None and is_classifier_checkpoint(base_model)

@@ -312,3 +312,38 @@ def test_kept_coalitions_per_image_follow_the_data_size(train_script, tmp_path, 
     assert (
         json.loads((tmp_path / "out" / "config.json").read_text())["num_shapley_coalitions"] == 16
     )
+
+
+def test_a_resnet_checkpoint_is_wrapped_at_its_processors_size(
+    train_script, tmp_path, single_thread
+):
+    """A ResNet config carries no image size: the checkpoint's own processor says it (here
+    48 px, whose 12 x 12 feature grid the players divide, where 224 px would give 56 x 56)."""
+    from transformers import ConvNextImageProcessor, ResNetForImageClassification
+
+    torch.manual_seed(0)
+    id2label = dict(enumerate(LABELS))
+    config = tiny_backbone_config(
+        "resnet", id2label=id2label, label2id={v: k for k, v in id2label.items()}
+    )
+    backbone = tmp_path / "resnet"
+    ResNetForImageClassification(config).eval().save_pretrained(backbone)
+    # The processor of Hub ResNets: shortest edge to 48 / crop_pct, then a 48 px centre crop.
+    resnet_processor = ConvNextImageProcessor(size={"shortest_edge": 48}, crop_pct=0.875)
+    resnet_processor.save_pretrained(backbone)
+    folder = image_folder(tmp_path / "train")
+    out = tmp_path / "out"
+    report = run(train_script, backbone, folder, out, "--players_grid", "3", "3")
+
+    paths = sorted(folder.glob("*/*.png"))
+    x = resnet_processor([Image.open(p).convert("RGB") for p in paths], return_tensors="pt")
+    x = x["pixel_values"]
+    assert json.loads((out / "config.json").read_text())["image_size"] == list(x.shape[-2:])
+    model = AutoModelForImageClassification.from_pretrained(out).eval()
+    reference = ResNetForImageClassification.from_pretrained(backbone).eval()
+    with torch.no_grad():
+        assert torch.equal(model(x).logits, reference(x).logits)
+    assert report["classifier"]["logits_identical"] is True
+    # A size that does not fit the players is still a clear error before training.
+    with pytest.raises(SystemExit, match=r"players_grid=\(5, 5\) does not divide"):
+        run(train_script, backbone, folder, tmp_path / "out5", "--players_grid", "5", "5")

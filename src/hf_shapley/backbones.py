@@ -713,7 +713,8 @@ def wrap_backbone(
             (``configuration_shapley.FROZEN_EXPLAINER_DEFAULTS``). ``True`` fine-tunes it too
             (its predictions change); ``shapley_sum`` mode always trains.
         load_image_processor: For a path or Hub id, also load the image processor and
-            check its size against the backbone's image size.
+            check its size against the backbone's image size. For ResNet, ConvNeXt and Swin
+            the processor's output size is the image size unless ``image_size`` is given.
         config_kwargs: Any other ``ShapleyConfig`` field (objective settings...).
     """
     from .configuration_shapley import (
@@ -772,6 +773,14 @@ def wrap_backbone(
             "prediction_mode='backbone_head', or let the backbone train (train_backbone=True)."
         )
     backbone_config = _strip_classifier_fields(backbone_config)
+    if (
+        adapter.removal == "pixel_baseline"
+        and config_kwargs.get("image_size") is None
+        and loaded.image_processor is not None
+    ):
+        # ResNet configs carry no image size (and a ConvNeXt's or Swin's is often the
+        # pretraining one): the checkpoint's own processor says what the classifier was fed.
+        config_kwargs["image_size"] = processor_image_size(loaded.image_processor)
     if mode == "backbone_head":
         family_defaults = (
             dict(EXPLAINER_TOKEN_REMOVAL_DEFAULTS) if adapter.removal == "token_removal" else {}
@@ -851,7 +860,10 @@ def _strip_classifier_fields(config: PreTrainedConfig) -> PreTrainedConfig:
     return config
 
 
-def _check_image_processor_size(processor, image_size: tuple[int, int]) -> None:
+def processor_image_size(processor) -> tuple[int, int] | None:
+    """The (height, width) an image processor's output has: its crop size when it crops, else
+    its ``size`` (``shortest_edge`` read as a square, as ConvNeXt's and ResNet's processors
+    output); ``None`` when it does not say."""
     size = (
         getattr(processor, "crop_size", None)
         if getattr(processor, "do_center_crop", False)
@@ -859,11 +871,21 @@ def _check_image_processor_size(processor, image_size: tuple[int, int]) -> None:
     )
     size = size or getattr(processor, "size", None)
     if size is None:
-        return
+        return None
     size = dict(size)
     height, width = size.get("height"), size.get("width")
     if height is None and "shortest_edge" in size:
         height = width = size["shortest_edge"]
+    if height is None or width is None:
+        return None
+    return int(height), int(width)
+
+
+def _check_image_processor_size(processor, image_size: tuple[int, int]) -> None:
+    size = processor_image_size(processor)
+    if size is None:
+        return
+    height, width = size
     if (height, width) != tuple(image_size):
         raise ValueError(
             f"The image processor resizes to {height} x {width} but the backbone expects "
@@ -884,6 +906,7 @@ __all__ = [
     "load_backbone",
     "player_index_of_pixels",
     "player_index_of_tokens",
+    "processor_image_size",
     "supported_model_types",
     "wrap_backbone",
 ]
