@@ -73,7 +73,7 @@ from hf_shapley.evaluation import (  # noqa: E402
     wilson_interval,
 )
 from hf_shapley.evaluation.truth import shapley_values_from_table, tabulate_game  # noqa: E402
-from hf_shapley.image_loading import to_rgb  # noqa: E402
+from hf_shapley.models.image_loading import to_rgb  # noqa: E402
 
 PHI = "phi (one pass)"
 EXACT = "exact Shapley values"

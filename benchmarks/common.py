@@ -92,7 +92,7 @@ def builtin_test_images(model_dir: str, num_images: int, *, seed: int = 0, distr
 
     from hf_shapley import ShapleyForImageClassification
     from hf_shapley.data import generate_shapes
-    from hf_shapley.image_loading import to_rgb
+    from hf_shapley.models.image_loading import to_rgb
 
     model = ShapleyForImageClassification.from_pretrained(model_dir).eval()
     processor = AutoImageProcessor.from_pretrained(model_dir)

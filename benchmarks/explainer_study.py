@@ -126,8 +126,8 @@ def build_cache(model, args: argparse.Namespace) -> dict:
     on the test images. Written once per (model, sizes) and reused."""
     from tqdm.auto import tqdm
 
-    from hf_shapley.coalitions import sample_shapley_kernel_coalitions
     from hf_shapley.evaluation import model_shapley_truth
+    from hf_shapley.models.coalitions import sample_shapley_kernel_coalitions
 
     # Keyed by the weights, not the directory's name: a retrained model in the same directory
     # must not reuse another model's hidden states and values.
@@ -183,7 +183,7 @@ class Explainer(nn.Module):
 
     def __init__(self, model, kind: str, depth: int, width: int | None = None):
         super().__init__()
-        from hf_shapley.modeling_shapley import ShapleyHead
+        from hf_shapley.models.modeling_shapley import ShapleyHead
 
         backbone, adapter = model.backbone, model.adapter
         layers = adapter.layers(backbone)
@@ -250,7 +250,7 @@ class Explainer(nn.Module):
 
 def explain(explainer: Explainer, game, states, logits, empty) -> torch.Tensor:
     """phi (B, P, K): the head's per-player sums, efficiency imposed as the model does."""
-    from hf_shapley.modeling_shapley import additive_efficiency
+    from hf_shapley.models.modeling_shapley import additive_efficiency
 
     r = explainer(states)
     if explainer.player_mean is None and explainer.player_tokens is None:  # per-token votes
@@ -278,7 +278,7 @@ def agreement(phi: torch.Tensor, truth: torch.Tensor, logits: torch.Tensor) -> d
 def run(variant: str, steps: int, cache: dict, model, args: argparse.Namespace) -> list[dict]:
     from transformers import get_cosine_schedule_with_warmup
 
-    from hf_shapley.objective import shapley_regression_loss
+    from hf_shapley.models.objective import shapley_regression_loss
 
     kind, depth = VARIANTS[variant]
     torch.manual_seed(args.seed)

@@ -33,7 +33,7 @@ Writes the measurements to ``faithfulness.json`` (everything, the mean curves in
 ``benchmarks/results/faithfulness/``), then renders ``faithfulness.md`` and the PNG curves there
 from those results with ``benchmarks/faithfulness_report.py`` (which also re-renders them alone).
 With trained models the default size takes about 10 minutes on a 2-core CPU. Training on first
-use: the plain classifier (``hf_shapley.plain_classifier.train_plain_classifier``) ~1-2 minutes,
+use: the plain classifier (``hf_shapley.training.plain_classifier.train_plain_classifier``) ~1-2 minutes,
 the P = 49 model ~30 minutes on CPU (``--skip-p49`` leaves that row out).
 """
 
@@ -59,7 +59,6 @@ from common import pick_device  # noqa: E402
 
 from hf_shapley import ShapleyForImageClassification  # noqa: E402
 from hf_shapley.data import load_image_splits  # noqa: E402
-from hf_shapley.estimators import kernel_shap, model_game  # noqa: E402
 from hf_shapley.evaluation import (  # noqa: E402
     AttentionRolloutExplainer,
     GradCamExplainer,
@@ -92,7 +91,8 @@ from hf_shapley.evaluation import (  # noqa: E402
     sensitivity_n_from_drops,
     wilson_interval,
 )
-from hf_shapley.image_loading import to_rgb  # noqa: E402
+from hf_shapley.evaluation.estimators import kernel_shap, model_game  # noqa: E402
+from hf_shapley.models.image_loading import to_rgb  # noqa: E402
 
 
 # ----------------------------------------------------------------------------- models
@@ -111,8 +111,8 @@ def ensure_plain_classifier(model_dir: Path, plain_dir: Path, train_split, args)
         return
     from transformers import AutoImageProcessor, ViTForImageClassification
 
-    from hf_shapley.plain_classifier import train_plain_classifier
-    from hf_shapley.trainer import TRAINING_ARGS_JSON_NAME
+    from hf_shapley.training.plain_classifier import train_plain_classifier
+    from hf_shapley.training.trainer import TRAINING_ARGS_JSON_NAME
 
     if args.plain_init:
         pretrained = [Path(args.plain_init)]

@@ -129,7 +129,7 @@ COMMON = dict(loss_warmup_steps=60)
 
 def pretrained_dir(seed: int, epochs: int, num_train: int) -> Path:
     """The main job's plain classifier for ``seed`` (its cache name), trained here if absent with
-    the main job's settings (``hf_shapley.plain_classifier``, the Trainer)."""
+    the main job's settings (``hf_shapley.training.plain_classifier``, the Trainer)."""
     name = f"pretrained-classifier-{IMAGE_SIZE}px-independent-{num_train}-{epochs}ep-seed{seed}"
     path = OUT / name
     if (path / "model.safetensors").is_file():
@@ -137,7 +137,7 @@ def pretrained_dir(seed: int, epochs: int, num_train: int) -> Path:
     from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessorPil
 
     from hf_shapley.data import load_image_splits, shapes_label_names
-    from hf_shapley.plain_classifier import train_plain_classifier
+    from hf_shapley.training.plain_classifier import train_plain_classifier
 
     print(f"pretraining the plain classifier of seed {seed} ({epochs} epochs)", flush=True)
     train, _ = load_image_splits(

@@ -394,7 +394,7 @@ def head_mixer(argv: list[str] | None = None) -> str:
     """
     parser = head_step_parser("head-mixer", head_mixer.__doc__, rounds=10)
     args = parser.parse_args(argv)
-    import hf_shapley.modeling_shapley as modeling
+    import hf_shapley.models.modeling_shapley as modeling
     from hf_shapley import ShapleyForImageClassification
 
     device = pick_device(args.device)
@@ -482,7 +482,7 @@ def leading_tokens_block(argv: list[str] | None = None) -> str:
         python benchmarks/train_cost.py leading-tokens-block --model outputs/shapley-vit-shapes
     """
     from hf_shapley import ShapleyForImageClassification
-    from hf_shapley.coalitions import all_coalitions
+    from hf_shapley.models.coalitions import all_coalitions
 
     parser = mode_parser("leading-tokens-block", leading_tokens_block.__doc__)
     parser.add_argument("--model", default="outputs/shapley-vit-shapes")
@@ -577,7 +577,7 @@ def data(argv: list[str] | None = None) -> str:
     from transformers import AutoImageProcessor
 
     from hf_shapley.data import load_image_splits, process_in_memory
-    from hf_shapley.trainer import ShapleyImageCollator
+    from hf_shapley.training.trainer import ShapleyImageCollator
 
     processor = AutoImageProcessor.from_pretrained(args.model)
     size = processor.size["height"]

@@ -209,7 +209,7 @@ def plain_baseline(
     from transformers import AutoConfig, AutoImageProcessor, AutoModelForImageClassification
 
     from hf_shapley.data import align_labels
-    from hf_shapley.plain_classifier import train_plain_classifier
+    from hf_shapley.training.plain_classifier import train_plain_classifier
 
     # Road B's own classifier architecture and processor, from scratch: the same backbone.
     [road_b_classifier] = road_b.glob("pretrained-classifier-*")

@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 from transformers import pipeline
 
 import hf_shapley
-from hf_shapley.image_loading import ImageLoadingError, load_rgb_image
+from hf_shapley.models.image_loading import ImageLoadingError, load_rgb_image
 
 logger = logging.getLogger("hf_shapley.explain")
 

@@ -68,14 +68,14 @@ from hf_shapley import (
     ShapleyTrainer,
     ShapleyTrainingArguments,
 )
-from hf_shapley.configuration_shapley import (
+from hf_shapley.data import align_labels, data_label_names, load_image_splits, process_in_memory
+from hf_shapley.evaluation import wilson_interval
+from hf_shapley.models.configuration_shapley import (
     FROZEN_EXPLAINER_DEFAULTS,
     FROZEN_EXPLAINER_LEARNING_RATE,
 )
-from hf_shapley.data import align_labels, data_label_names, load_image_splits, process_in_memory
-from hf_shapley.evaluation import wilson_interval
-from hf_shapley.image_loading import to_rgb
-from hf_shapley.trainer import ShapleyImageCollator, add_example_index
+from hf_shapley.models.image_loading import to_rgb
+from hf_shapley.training.trainer import ShapleyImageCollator, add_example_index
 
 logger = logging.getLogger("hf_shapley.train")
 
@@ -585,7 +585,7 @@ def train_classifier(
     another. Under several processes it is trained once, in data parallel, and written by the
     main process before any process reads it.
     """
-    from hf_shapley.plain_classifier import train_plain_classifier
+    from hf_shapley.training.plain_classifier import train_plain_classifier
 
     steps = model_args.classifier_max_steps
     identity = hashlib.sha256(
@@ -850,10 +850,10 @@ def main(argv: list[str] | None = None) -> dict:
     set_seed(training_args.seed)
     push_to_hub = training_args.push_to_hub
     if push_to_hub:
-        from hf_shapley.hub import check_online
+        from hf_shapley.publishing import check_online
 
         # Fail before hours of training, not after; the finished folder is published once, at
-        # the end, by hf_shapley.hub.push_to_hub (the Trainer's own push would replace the
+        # the end, by hf_shapley.publishing.push_to_hub (the Trainer's own push would replace the
         # model card and skip the pipeline's code).
         check_online(training_args.hub_model_id or Path(training_args.output_dir).name)
         training_args.push_to_hub = False
@@ -1036,7 +1036,7 @@ def main(argv: list[str] | None = None) -> dict:
             model, processor, evaluation, image_column, out_dir, report_args.num_explained_images
         )
         (out_dir / "metrics.json").write_text(json.dumps(report, indent=2))
-        from hf_shapley import hub
+        from hf_shapley import publishing as hub
 
         publication = dict(
             example_image=evaluation[0][image_column],

@@ -35,9 +35,9 @@ from hf_shapley.data import (
     shapes_caption_tokenizer,
     shapes_class_prompts,
 )
-from hf_shapley.image_loading import to_rgb
-from hf_shapley.trainer import add_example_index
-from hf_shapley.trainer_clip import ShapleyCLIPCollator, ShapleyCLIPTrainer
+from hf_shapley.models.image_loading import to_rgb
+from hf_shapley.training.trainer import add_example_index
+from hf_shapley.training.trainer_clip import ShapleyCLIPCollator, ShapleyCLIPTrainer
 
 logger = logging.getLogger("hf_shapley.train_clip")
 

@@ -39,8 +39,8 @@ from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel  # noqa: E402
 
 import hf_shapley  # noqa: E402
 from hf_shapley.data import load_shapes_caption_dataset, shapes_caption_tokenizer  # noqa: E402
-from hf_shapley.trainer import ShapleyTrainingArguments, add_example_index  # noqa: E402
-from hf_shapley.trainer_clip import ShapleyCLIPCollator, ShapleyCLIPTrainer  # noqa: E402
+from hf_shapley.training.trainer import ShapleyTrainingArguments, add_example_index  # noqa: E402
+from hf_shapley.training.trainer_clip import ShapleyCLIPCollator, ShapleyCLIPTrainer  # noqa: E402
 
 NUM_TRAIN, NUM_EVAL, IMAGE_SIZE, STEPS = 32, 10, 32, 3
 PHASES = ("joint", "explainer")

@@ -34,7 +34,7 @@ from safetensors.torch import save_file  # noqa: E402
 
 import hf_shapley  # noqa: E402
 from conftest import tiny_backbone_config  # noqa: E402  (this script runs from tests/)
-from hf_shapley.trainer import ShapleyTrainer, ShapleyTrainingArguments, add_example_index  # noqa: E402
+from hf_shapley.training.trainer import ShapleyTrainer, ShapleyTrainingArguments, add_example_index  # noqa: E402
 
 NUM_TRAIN, NUM_EVAL, GLOBAL_BATCH, STEPS = 32, 10, 8, 3
 

@@ -1,4 +1,4 @@
-"""Tests for hf_shapley.coalitions: distributions, purity, enumeration, validation.
+"""Tests for hf_shapley.models.coalitions: distributions, purity, enumeration, validation.
 
 The statistical tests draw a fixed stream (fixed seeds) and apply a goodness-of-fit test
 whose p-value must exceed ``ALPHA``; where several tests run together the level is
@@ -16,7 +16,7 @@ import pytest
 import torch
 from scipy import stats
 
-from hf_shapley.coalitions import (
+from hf_shapley.models.coalitions import (
     all_coalitions,
     check_coalitions,
     check_num_players,

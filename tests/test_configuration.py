@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from hf_shapley.configuration_shapley import (
+from hf_shapley.models.configuration_shapley import (
     OBJECTIVE_SETTINGS,
     ObjectiveSetting,
     ShapleyConfig,

@@ -8,7 +8,7 @@ import torch
 from transformers import ViTImageProcessorPil
 
 from hf_shapley.data import InMemoryPixels, load_image_splits, process_in_memory
-from hf_shapley.trainer import ShapleyImageCollator
+from hf_shapley.training.trainer import ShapleyImageCollator
 
 
 @pytest.fixture(scope="module")

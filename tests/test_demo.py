@@ -221,7 +221,7 @@ def test_no_warning_within_the_targets_and_unknown_without_figures(model_dir, tm
 def test_metrics_from_the_model_card_when_there_is_no_metrics_json(model_dir, tmp_path):
     from transformers import AutoModelForImageClassification
 
-    from hf_shapley.hub import write_model_card
+    from hf_shapley.publishing import write_model_card
 
     carded = tmp_path / "carded"
     shutil.copytree(model_dir, carded)
@@ -368,7 +368,7 @@ def test_written_app_builds_the_demo_against_a_local_model(model_dir, tmp_path, 
 def test_save_for_hub_writes_the_space_folder(make_model, tmp_path):
     from huggingface_hub import SpaceCard
 
-    from hf_shapley.hub import save_for_hub
+    from hf_shapley.publishing import save_for_hub
 
     model = make_model("vit", players_grid=GRID)
     model.image_processor = ViTImageProcessorPil(size={"height": 32, "width": 32})
@@ -402,7 +402,7 @@ class RecordingHfApi:
 def test_push_to_hub_publishes_the_space(make_model, monkeypatch):
     import huggingface_hub
 
-    from hf_shapley import hub
+    from hf_shapley import publishing as hub
 
     model = make_model("vit", players_grid=GRID)
     model.image_processor = ViTImageProcessorPil(size={"height": 32, "width": 32})
@@ -427,7 +427,7 @@ def test_push_to_hub_publishes_the_space(make_model, monkeypatch):
 def test_push_with_a_space_fails_at_once_when_offline(make_model, monkeypatch):
     import huggingface_hub
 
-    from hf_shapley import hub
+    from hf_shapley import publishing as hub
 
     def refuse(*args, **kwargs):
         raise AssertionError("push_to_hub reached the Hub client while offline")
@@ -442,7 +442,7 @@ def test_push_with_a_space_fails_at_once_when_offline(make_model, monkeypatch):
 # ---------------------------------------------------------------------- optional Gradio
 def test_importing_the_package_does_not_import_gradio(tmp_path):
     code = (
-        "import sys, hf_shapley, hf_shapley.hub, hf_shapley.demo, hf_shapley.demo.space; "
+        "import sys, hf_shapley, hf_shapley.publishing, hf_shapley.demo, hf_shapley.demo.space; "
         "print('gradio' in sys.modules)"
     )
     env = dict(os.environ, OMP_NUM_THREADS="1")

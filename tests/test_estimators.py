@@ -1,4 +1,4 @@
-"""Tests for hf_shapley.estimators: exact Shapley values and KernelSHAP.
+"""Tests for hf_shapley.evaluation.estimators: exact Shapley values and KernelSHAP.
 
 Exact values are checked against closed forms (games given by their Harsanyi dividends,
 ``v(S) = sum_{T subset of S} d_T``, have ``phi_i = sum_{T containing i} d_T / |T|``),
@@ -17,13 +17,13 @@ import pytest
 import torch
 from scipy import stats
 
-from hf_shapley.coalitions import all_coalitions, shapley_kernel_size_probabilities
-from hf_shapley.estimators import (
+from hf_shapley.evaluation.estimators import (
     KernelShapResult,
     _kernel_matrix_diagonal_gap,
     exact_shapley_values,
     kernel_shap,
 )
+from hf_shapley.models.coalitions import all_coalitions, shapley_kernel_size_probabilities
 
 
 class DividendGame:

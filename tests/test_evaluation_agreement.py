@@ -182,8 +182,8 @@ def _permutation_shapley(value, players: int) -> list[float]:
 def test_interaction_share_against_a_direct_computation():
     import math
 
-    from hf_shapley.coalitions import all_coalitions
     from hf_shapley.evaluation import interaction_share, shapley_values_from_table
+    from hf_shapley.models.coalitions import all_coalitions
 
     P, K = 4, 3
     masks = all_coalitions(P).double()  # row c = code c
@@ -222,7 +222,7 @@ def test_interaction_share_against_a_direct_computation():
 
 
 def test_exact_truth_keeps_its_table(make_model, single_thread):
-    from hf_shapley.coalitions import all_coalitions
+    from hf_shapley.models.coalitions import all_coalitions
 
     model = make_model("vit", players_grid=(2, 2))
     x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(4))
@@ -237,8 +237,8 @@ def test_measure_clip_agreement_against_a_direct_computation(single_thread):
     """Each pair's exact values come from enumerating the public coalition= scores of that
     image-text game and averaging marginal contributions over all player orders."""
     from conftest import random_texts, tiny_shapley_clip
-    from hf_shapley.coalitions import all_coalitions
     from hf_shapley.evaluation import measure_clip_agreement
+    from hf_shapley.models.coalitions import all_coalitions
 
     model, _ = tiny_shapley_clip(players_grid=(2, 2), seed=3)
     x = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(5))

@@ -16,7 +16,6 @@ import pytest
 import torch
 
 from conftest import close, random_texts, tiny_shapley_clip
-from hf_shapley.estimators import exact_shapley_values, model_game
 from hf_shapley.evaluation import (
     AttentionRolloutExplainer,
     CLIPTextScores,
@@ -30,6 +29,7 @@ from hf_shapley.evaluation import (
     model_coalition_values,
     retrieval_hits,
 )
+from hf_shapley.evaluation.estimators import exact_shapley_values, model_game
 from hf_shapley.evaluation.truth import exact_model_shapley_values
 
 pytestmark = pytest.mark.usefixtures("single_thread")

@@ -12,7 +12,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from hf_shapley.coalitions import sample_shapley_kernel_coalitions
+from hf_shapley.models.coalitions import sample_shapley_kernel_coalitions
 from test_reuse_coalitions import FROZEN, GRID
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -84,7 +84,7 @@ def test_bf16_game_leaves_inference_bit_identical(make_model):
     ],
 )
 def test_a_game_that_trains_refuses_a_bf16_frozen_game(make_backbone_config, options):
-    from hf_shapley.configuration_shapley import ShapleyConfig
+    from hf_shapley.models.configuration_shapley import ShapleyConfig
 
     with pytest.raises(ValueError, match="frozen_game_dtype='bfloat16'.*train_backbone=False"):
         ShapleyConfig(

@@ -19,9 +19,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import hf_shapley.objective as objective
+import hf_shapley.models.objective as objective
 from conftest import FAMILIES, PIXEL_FAMILIES, close
-from hf_shapley.games_shapley import (
+from hf_shapley.models.games_shapley import (
     PixelBaselineGame,
     PlayerView,
     ShapleyGame,

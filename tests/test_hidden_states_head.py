@@ -113,7 +113,7 @@ def test_hidden_states_head_needs_a_token_removal_family(make_model):
 
 @pytest.mark.parametrize("reads", [True, False])
 def test_card_states_what_the_head_reads(make_model, reads):
-    from hf_shapley.hub import render_model_card
+    from hf_shapley.publishing import render_model_card
 
     model = make_model(
         "vit", players_grid=(2, 2), prediction_mode="backbone_head", head_reads_hidden_states=reads

@@ -8,9 +8,9 @@ import socket
 import pytest
 from huggingface_hub import ModelCard
 
-import hf_shapley.hub
-from hf_shapley.configuration_shapley import OBJECTIVE_SETTINGS
-from hf_shapley.hub import render_model_card
+import hf_shapley.publishing
+from hf_shapley.models.configuration_shapley import OBJECTIVE_SETTINGS
+from hf_shapley.publishing import render_model_card
 
 REPO = "my-org/tiny-vit-shapley"
 METRICS = {
@@ -65,7 +65,7 @@ def test_full_card_round_trip(tiny_model, tmp_path, no_network):
     assert f'AutoModelForImageClassification.from_pretrained("{REPO}")' in text
     assert "out.shapley_values" in text
     # With the package installed, images are read as the pipeline reads them.
-    assert "from hf_shapley.image_loading import load_rgb_image" in text
+    assert "from hf_shapley.models.image_loading import load_rgb_image" in text
     assert 'load_rgb_image("image.jpg")' in text and '.convert("RGB")' not in text
     # Training settings from the config, data, hyperparameters.
     assert "Trained on **shapes**" in text
@@ -155,8 +155,8 @@ def test_clip_models_get_a_clear_error_and_nothing_written(tmp_path):
     for publish in (
         lambda: render_model_card(model),
         lambda: render_model_card(model.config),
-        lambda: hf_shapley.hub.write_model_card(model, tmp_path / "card"),
-        lambda: hf_shapley.hub.save_for_hub(model, tmp_path / "hub"),
+        lambda: hf_shapley.publishing.write_model_card(model, tmp_path / "card"),
+        lambda: hf_shapley.publishing.save_for_hub(model, tmp_path / "hub"),
     ):
         with pytest.raises(TypeError, match="ShapleyCLIPModel|ShapleyForImageClassification"):
             publish()
@@ -218,13 +218,13 @@ def test_card_rows_follow_the_objective_table(make_model, monkeypatch, no_networ
         else s
         for s in OBJECTIVE_SETTINGS
     )
-    monkeypatch.setattr(hf_shapley.hub, "OBJECTIVE_SETTINGS", renamed)
+    monkeypatch.setattr(hf_shapley.publishing.model_card, "OBJECTIVE_SETTINGS", renamed)
     text = render_model_card(model, repo_id=REPO).text
     assert f"| Pairs of kernel coalitions | {model.config.num_shapley_coalitions} |" in text
     assert "Shapley coalitions per image" not in text
 
 
 def test_module_docstring_names_the_publishing_route():
-    doc = hf_shapley.hub.__doc__
-    assert "from hf_shapley.hub import push_to_hub" in doc
+    doc = hf_shapley.publishing.hub.__doc__
+    assert "from hf_shapley.publishing import push_to_hub" in doc
     assert "push_to_hub(model, " in doc and "one route" in doc

@@ -1,4 +1,4 @@
-"""One image conversion for training, inference and pictures (``hf_shapley.image_loading.to_rgb``).
+"""One image conversion for training, inference and pictures (``hf_shapley.models.image_loading.to_rgb``).
 
 PIL's ``convert("RGB")`` clips 16-bit grayscale at 255; a model trained on those clipped pixels
 and explained on correctly scaled ones sees two different images. These tests feed the same
@@ -16,9 +16,9 @@ import torch
 from PIL import Image
 from transformers import ViTImageProcessorPil, pipeline
 
-from hf_shapley import image_loading
-from hf_shapley.image_loading import ImageLoadingError, load_rgb_image, to_rgb
-from hf_shapley.trainer import ShapleyImageCollator
+from hf_shapley.models import image_loading
+from hf_shapley.models.image_loading import ImageLoadingError, load_rgb_image, to_rgb
+from hf_shapley.training.trainer import ShapleyImageCollator
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

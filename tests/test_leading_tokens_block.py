@@ -17,7 +17,11 @@ import transformers
 from transformers import CLIPVisionModel
 
 from conftest import close, tiny_backbone_config, tiny_clip_config, tiny_shapley_model
-from hf_shapley.backbones import block_for_leading_tokens, classifier_tokens_only, get_adapter
+from hf_shapley.models.backbones import (
+    block_for_leading_tokens,
+    classifier_tokens_only,
+    get_adapter,
+)
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

@@ -38,7 +38,6 @@ import torch.nn.functional as F
 from transformers import ResNetConfig, ViTConfig, ViTForImageClassification
 
 from hf_shapley import ShapleyConfig, ShapleyForImageClassification
-from hf_shapley.configuration_shapley import EXPLAINER_DEFAULTS
 from hf_shapley.evaluation import (
     centered_class_values,
     exact_model_shapley_values,
@@ -46,6 +45,7 @@ from hf_shapley.evaluation import (
     pooled_relative_error,
     shapley_agreement,
 )
+from hf_shapley.models.configuration_shapley import EXPLAINER_DEFAULTS
 
 MIN_ACCURACY = 0.9  # chance is 0.25
 MIN_PEARSON = 0.95

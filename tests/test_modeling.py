@@ -26,7 +26,7 @@ from transformers import AutoConfig, AutoModel, AutoModelForImageClassification
 import hf_shapley
 from conftest import close
 from hf_shapley import ShapleyConfig, ShapleyForImageClassification
-from hf_shapley.estimators import exact_shapley_values, model_game
+from hf_shapley.evaluation.estimators import exact_shapley_values, model_game
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

@@ -97,7 +97,7 @@ def random_coalitions(num_images, num_players, sizes, seed=0) -> torch.Tensor:
 
 def direct_shapley_values(table: np.ndarray, num_players: int) -> np.ndarray:
     """Exact Shapley values from the definition: table (2**P, ...) with row c = v(S_c), player
-    i in S_c iff bit i of c is set -> (P, ...). Independent of hf_shapley.estimators."""
+    i in S_c iff bit i of c is set -> (P, ...). Independent of hf_shapley.evaluation.estimators."""
     codes = np.arange(2**num_players)
     sizes = np.array([bin(c).count("1") for c in codes])
     weight = np.array(

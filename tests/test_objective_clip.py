@@ -1,4 +1,4 @@
-"""Tests for the pair objective's pure functions (hf_shapley.objective_clip)."""
+"""Tests for the pair objective's pure functions (hf_shapley.models.objective_clip)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from transformers.models.clip.modeling_clip import (
     image_text_contrastive_loss as clip_contrastive_loss,
 )
 
-from hf_shapley.objective import shapley_regression_loss
-from hf_shapley.objective_clip import (
+from hf_shapley.models.objective import shapley_regression_loss
+from hf_shapley.models.objective_clip import (
     clip_joint_objective,
     image_text_contrastive_loss,
     vector_shapley_regression_loss,

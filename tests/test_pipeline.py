@@ -21,7 +21,7 @@ from transformers import ViTForImageClassification, ViTImageProcessorPil, pipeli
 
 import hf_shapley
 from _without_package import run_without_package
-from hf_shapley.image_loading import ImageLoadingError, load_rgb_image
+from hf_shapley.models.image_loading import ImageLoadingError, load_rgb_image
 from hf_shapley.visualization import overlay_heatmap
 
 pytestmark = pytest.mark.usefixtures("single_thread")

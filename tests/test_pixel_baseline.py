@@ -35,9 +35,9 @@ from transformers import (
 
 from conftest import close
 from hf_shapley import ShapleyConfig, ShapleyForImageClassification
-from hf_shapley.coalitions import sample_shapley_kernel_coalitions
-from hf_shapley.estimators import exact_shapley_values, model_game
-from hf_shapley.objective import shapley_regression_loss
+from hf_shapley.evaluation.estimators import exact_shapley_values, model_game
+from hf_shapley.models.coalitions import sample_shapley_kernel_coalitions
+from hf_shapley.models.objective import shapley_regression_loss
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

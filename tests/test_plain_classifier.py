@@ -1,4 +1,4 @@
-"""hf_shapley.plain_classifier: the one plain (cross-entropy) classifier training function, and
+"""hf_shapley.training.plain_classifier: the one plain (cross-entropy) classifier training function, and
 the callers that must go through it."""
 
 from __future__ import annotations
@@ -21,10 +21,10 @@ from transformers import (
     ViTImageProcessorPil,
 )
 
-import hf_shapley.plain_classifier as plain_classifier
+import hf_shapley.training.plain_classifier as plain_classifier
 from conftest import load_benchmark_script
 from hf_shapley.data import load_shapes_dataset
-from hf_shapley.plain_classifier import train_plain_classifier
+from hf_shapley.training.plain_classifier import train_plain_classifier
 
 REPO = Path(__file__).resolve().parents[1]
 SETTINGS = dict(
@@ -150,8 +150,8 @@ def test_package_import_does_not_load_the_trainer_module():
 
     code = (
         "import sys, hf_shapley; "
-        "assert 'hf_shapley.plain_classifier' not in sys.modules; "
-        "assert 'hf_shapley.trainer' not in sys.modules; "
+        "assert 'hf_shapley.training.plain_classifier' not in sys.modules; "
+        "assert 'hf_shapley.training.trainer' not in sys.modules; "
         "assert 'transformers.trainer' not in sys.modules"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
@@ -215,7 +215,7 @@ def test_recipe_study_uses_the_main_jobs_settings():
     assert {k: defaults[k] for k in recipe.MAIN_JOB_OPTIMIZER} == recipe.MAIN_JOB_OPTIMIZER
     assert recipe.COMMON["loss_warmup_steps"] == defaults["loss_warmup_steps"]
     # The study's recipe arm is what from_backbone gives a classifier.
-    from hf_shapley.configuration_shapley import EXPLAINER_DEFAULTS
+    from hf_shapley.models.configuration_shapley import EXPLAINER_DEFAULTS
 
     arm = dict(recipe.VARIANTS["explainer_recipe"])
     assert arm.pop("prediction_mode") == "backbone_head" and arm == EXPLAINER_DEFAULTS

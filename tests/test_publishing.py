@@ -16,7 +16,7 @@ from transformers import AutoImageProcessor, AutoModelForImageClassification, Vi
 from transformers import pipeline as hf_pipeline
 
 import hf_shapley
-from hf_shapley.hub import EXAMPLE_FIGURE, save_for_hub
+from hf_shapley.publishing import EXAMPLE_FIGURE, save_for_hub
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -144,7 +144,7 @@ import torch
 from transformers import ViTConfig, ViTImageProcessorPil
 
 import hf_shapley
-from hf_shapley.hub import HubOfflineError, push_to_hub
+from hf_shapley.publishing import HubOfflineError, push_to_hub
 
 config = hf_shapley.ShapleyConfig(
     backbone_config=ViTConfig(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=1,
@@ -180,7 +180,7 @@ def test_push_fails_at_once_when_offline(tmp_path):
     messages = json.loads(proc.stdout.strip().splitlines()[-1])
     assert len(messages) == 2
     ours, generic = messages
-    # hf_shapley.hub.push_to_hub is the publishing route: it fails before any network call and
+    # hf_shapley.publishing.push_to_hub is the publishing route: it fails before any network call and
     # says how to save the complete folder instead.
     assert ours.startswith("hf_shapley: ")
     assert "HF_HUB_OFFLINE=1" in ours and "save_for_hub" in ours

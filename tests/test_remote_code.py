@@ -11,12 +11,14 @@ files alone, offline, with its own module cache, and writes its outputs to a fil
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
 from transformers import AutoConfig, AutoModel, AutoModelForImageClassification
 
 import hf_shapley
+import hf_shapley.publishing
 from _without_package import absolute_package_imports, run_without_package
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -167,3 +169,35 @@ def test_loads_with_trust_remote_code_without_the_package(saved_models, tmp_path
             model.eval()
         assert torch.isfinite(child[name]["loss"])
         assert torch.equal(child[name]["loss"], loss.detach()), name
+
+
+def test_the_models_folder_is_the_code_a_saved_model_carries(saved_models):
+    """Every file a saved model carries comes from ``hf_shapley/models``, and every file there
+    imports its neighbours relatively (the folder is flat, and shippable as it is)."""
+    _, dirs = saved_models
+    folder = Path(hf_shapley.models.__file__).parent
+    shipped = {p.name for path in dirs.values() for p in path.glob("*.py")}
+    here = {p.name for p in folder.glob("*.py")} - {"__init__.py"}
+    assert shipped <= here, shipped - here
+    assert not [p for p in folder.iterdir() if p.is_dir() and p.name != "__pycache__"]
+    for file in here:
+        assert absolute_package_imports(folder / file) == [], file
+
+
+def test_former_module_paths_still_import_with_a_warning():
+    import importlib
+    import sys
+
+    from hf_shapley.models import modeling_shapley
+
+    for old in ("modeling_shapley", "hub"):  # as in a fresh process
+        sys.modules.pop(f"hf_shapley.{old}", None)
+        hf_shapley.__dict__.pop(old, None)
+    with pytest.warns(
+        FutureWarning, match=r"hf_shapley.modeling_shapley is now hf_shapley\.models"
+    ):
+        old = importlib.import_module("hf_shapley.modeling_shapley")
+    assert old is modeling_shapley
+    with pytest.warns(FutureWarning, match=r"hf_shapley.hub is now hf_shapley.publishing"):
+        from hf_shapley import hub
+    assert hub.push_to_hub is hf_shapley.publishing.push_to_hub

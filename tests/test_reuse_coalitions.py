@@ -15,8 +15,8 @@ import torch
 from transformers import TrainerCallback
 
 from conftest import NUM_LABELS
-from hf_shapley.configuration_shapley import ShapleyConfig
-from hf_shapley.trainer import ShapleyTrainer
+from hf_shapley.models.configuration_shapley import ShapleyConfig
+from hf_shapley.training.trainer import ShapleyTrainer
 from test_trainer import make_args, make_dataset
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -149,7 +149,7 @@ def test_full_pass_store_over_its_budget_keeps_nothing(make_model, caplog):
     joint_loss(model, x, y, index, epoch=0)
     assert len(model.full_pass_cache) == 0  # max_bytes 0 outside the Trainer: off
     model.full_pass_cache.max_bytes = 1_000  # less than one image's features
-    with caplog.at_level("WARNING", logger="hf_shapley.games_shapley"):
+    with caplog.at_level("WARNING", logger="hf_shapley.models.games_shapley"):
         joint_loss(model, x, y, index, epoch=1)
     assert len(model.full_pass_cache) == 0 and model.full_pass_cache.overflowed
     assert "frozen_pass_cache_gb" in caplog.text  # says what to raise

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from conftest import close
-from hf_shapley.modeling_shapley import ShapleyHead, pre_norm_encoder_layer
+from hf_shapley.models.modeling_shapley import ShapleyHead, pre_norm_encoder_layer
 
 
 @pytest.mark.parametrize("training", [False, True])

@@ -77,8 +77,8 @@ def test_trainer_logs_the_pair_objective(tmp_path):
 
     from conftest import tiny_clip_config
     from hf_shapley.data import load_shapes_caption_dataset, shapes_caption_tokenizer
-    from hf_shapley.trainer import add_example_index
-    from hf_shapley.trainer_clip import ShapleyCLIPCollator, ShapleyCLIPTrainer
+    from hf_shapley.training.trainer import add_example_index
+    from hf_shapley.training.trainer_clip import ShapleyCLIPCollator, ShapleyCLIPTrainer
 
     tokenizer = shapes_caption_tokenizer()
     config = tiny_clip_config()

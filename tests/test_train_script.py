@@ -120,7 +120,7 @@ def test_main_job_writes_a_complete_loadable_directory(train_script, tmp_path, s
     from scipy.stats import pearsonr
 
     from hf_shapley.data import load_image_splits
-    from hf_shapley.estimators import exact_shapley_values, model_game
+    from hf_shapley.evaluation.estimators import exact_shapley_values, model_game
 
     _, test = load_image_splits(num_train=64, num_test=24)  # the job's data, as it made them
     processor = AutoImageProcessor.from_pretrained(out)
@@ -154,7 +154,7 @@ def test_main_job_writes_a_complete_loadable_directory(train_script, tmp_path, s
 def test_push_to_hub_offline_fails_before_training(train_script, tmp_path, monkeypatch):
     import huggingface_hub.constants
 
-    from hf_shapley.hub import HubOfflineError
+    from hf_shapley.publishing import HubOfflineError
 
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     with pytest.raises(HubOfflineError, match="HF_HUB_OFFLINE=1"):
@@ -210,7 +210,7 @@ def test_label_count_mismatch_is_refused_before_training(train_script, tmp_path)
 def test_builtin_job_pretrains_a_classifier_then_wraps_it(
     train_script, tmp_path, single_thread, monkeypatch
 ):
-    import hf_shapley.plain_classifier as plain_classifier
+    import hf_shapley.training.plain_classifier as plain_classifier
 
     calls = []
     real = plain_classifier.train_plain_classifier
@@ -276,7 +276,7 @@ def test_builtin_job_pretrains_a_classifier_then_wraps_it(
     config = json.loads((out / "config.json").read_text())
     # The explainer recipe: the classifier keeps its head, a Shapley head explains it.
     assert config["prediction_mode"] == "backbone_head" and config["players_grid"] == [2, 2]
-    from hf_shapley.configuration_shapley import EXPLAINER_DEFAULTS
+    from hf_shapley.models.configuration_shapley import EXPLAINER_DEFAULTS
 
     assert {k: config[k] for k in EXPLAINER_DEFAULTS} == EXPLAINER_DEFAULTS
     assert config["head_reads_hidden_states"] is True  # the ViT-like families' recipe

@@ -25,11 +25,11 @@ from PIL import Image
 from transformers import HfArgumentParser, Trainer, TrainingArguments, ViTImageProcessor
 
 import hf_shapley
-from hf_shapley.coalitions import sample_shapley_kernel_coalitions
-from hf_shapley.configuration_shapley import OBJECTIVE_SETTINGS, ShapleyConfig
-from hf_shapley.image_loading import load_rgb_image
-from hf_shapley.objective import shapley_regression_loss
-from hf_shapley.trainer import (
+from hf_shapley.models.coalitions import sample_shapley_kernel_coalitions
+from hf_shapley.models.configuration_shapley import OBJECTIVE_SETTINGS, ShapleyConfig
+from hf_shapley.models.image_loading import load_rgb_image
+from hf_shapley.models.objective import shapley_regression_loss
+from hf_shapley.training.trainer import (
     OBJECTIVE_FIELDS,
     ShapleyImageCollator,
     ShapleyProgressCallback,
@@ -395,7 +395,7 @@ def test_collator_with_image_processor():
 
 def test_collator_converts_images_like_the_package_loader():
     """16-bit images are scaled (PIL's convert clips them at 255) and transparency goes over
-    white: the collator converts PIL images as hf_shapley.image_loading does."""
+    white: the collator converts PIL images as hf_shapley.models.image_loading does."""
     processor = ViTImageProcessor(size={"height": 32, "width": 32})
     rng = np.random.default_rng(0)
     deep = Image.fromarray(np.linspace(0, 65535, 40 * 40).reshape(40, 40).astype(np.uint16))

@@ -26,8 +26,8 @@ from transformers import (
 import hf_shapley  # noqa: F401  (registers the auto classes)
 from conftest import load_example_script, tiny_backbone_config
 from hf_shapley import ShapleyForImageClassification
-from hf_shapley.configuration_shapley import FROZEN_EXPLAINER_DEFAULTS
 from hf_shapley.data import align_labels
+from hf_shapley.models.configuration_shapley import FROZEN_EXPLAINER_DEFAULTS
 
 # The checkpoint's own order, which is not the folder's alphabetical one.
 LABELS = ["red circle", "green square", "blue triangle", "yellow cross"]

@@ -195,7 +195,7 @@ def test_plot_class_grid_checks_shapes():
 def test_builtin_colormap_matches_matplotlib():
     """Without matplotlib, overlays use a built-in RdBu_r; it must look the same."""
     matplotlib = pytest.importorskip("matplotlib")
-    from hf_shapley.heatmap import _RDBU, _ListedCmap
+    from hf_shapley.models.heatmap import _RDBU, _ListedCmap
 
     x = np.linspace(0.0, 1.0, 101)
     builtin = _ListedCmap(_RDBU[::-1], "RdBu_r")(x)[:, :3]

@@ -15,9 +15,9 @@ import pytest
 import torch
 
 import hf_shapley
-import hf_shapley.loss_shapley
+import hf_shapley.models.loss_shapley
 from conftest import close
-from hf_shapley.objective import NORMALIZATION_EPS, joint_objective, vote_consistency_loss
+from hf_shapley.models.objective import NORMALIZATION_EPS, joint_objective, vote_consistency_loss
 
 
 def _hand_loss(full, masked, coalitions, center):
@@ -89,7 +89,7 @@ def test_model_takes_masked_votes_from_the_distillation_passes(make_model, famil
         family, players_grid=(2, 2), vote_consistency_weight=1.0, num_distill_coalitions=4
     )
     captured = {}
-    original = hf_shapley.loss_shapley.joint_objective
+    original = hf_shapley.models.loss_shapley.joint_objective
 
     def spy(*args, **kwargs):
         captured.update(kwargs)
@@ -99,11 +99,11 @@ def test_model_takes_masked_votes_from_the_distillation_passes(make_model, famil
     index = torch.arange(3)
     model.train()
     initial = {k: v.clone() for k, v in model.state_dict().items()}  # BatchNorm statistics move
-    hf_shapley.loss_shapley.joint_objective = spy
+    hf_shapley.models.loss_shapley.joint_objective = spy
     try:
         out = model(pixel_values, labels=labels, example_index=index, global_step=0)
     finally:
-        hf_shapley.loss_shapley.joint_objective = original
+        hf_shapley.models.loss_shapley.joint_objective = original
     masks, votes = captured["distill_coalitions"], captured["masked_votes"]
     assert votes.shape == (3, 4, P, model.num_labels)
     assert out.consistency_loss > 0

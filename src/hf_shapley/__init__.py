@@ -16,26 +16,33 @@ from transformers import (
     AutoModelForZeroShotImageClassification,
 )
 
-from .configuration_shapley import HF_SHAPLEY_VERSION, ShapleyConfig
-from .configuration_shapley_clip import ShapleyCLIPConfig
-from .modeling_shapley import (
+from . import _moved_modules
+from .models.configuration_shapley import HF_SHAPLEY_VERSION, ShapleyConfig
+from .models.configuration_shapley_clip import ShapleyCLIPConfig
+from .models.modeling_shapley import (
     ShapleyForImageClassification,
     ShapleyImageClassifierOutput,
     ShapleyPreTrainedModel,
 )
-from .modeling_shapley_clip import (
+from .models.modeling_shapley_clip import (
     ShapleyCLIPImageExplanation,
     ShapleyCLIPModel,
     ShapleyCLIPOutput,
 )
-from .pipeline_shapley import PIPELINE_TASK, ImageShapleyExplanationPipeline, register_pipeline
-from .pipeline_shapley_clip import (
+from .models.pipeline_shapley import (
+    PIPELINE_TASK,
+    ImageShapleyExplanationPipeline,
+    register_pipeline,
+)
+from .models.pipeline_shapley_clip import (
     ZERO_SHOT_PIPELINE_TASK,
     ZeroShotImageShapleyExplanationPipeline,
     register_zero_shot_pipeline,
 )
 
 __version__ = HF_SHAPLEY_VERSION
+# hf_shapley.modeling_shapley and the other former module paths, for one release.
+_moved_modules.install()
 
 AutoConfig.register(ShapleyConfig.model_type, ShapleyConfig, exist_ok=True)
 AutoModel.register(ShapleyConfig, ShapleyForImageClassification, exist_ok=True)
@@ -58,9 +65,9 @@ register_zero_shot_pipeline()
 
 # The trainer imports transformers.Trainer (and accelerate): load it on first use only.
 _LAZY = {
-    "ShapleyTrainer": ".trainer",
-    "ShapleyTrainingArguments": ".trainer",
-    "ShapleyCLIPTrainer": ".trainer_clip",
+    "ShapleyTrainer": ".training.trainer",
+    "ShapleyTrainingArguments": ".training.trainer",
+    "ShapleyCLIPTrainer": ".training.trainer_clip",
 }
 
 

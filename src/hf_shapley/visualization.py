@@ -18,14 +18,14 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from PIL import Image
 
-from .heatmap import (
+from .models.heatmap import (
     _get_cmap,
     _matplotlib_norm,
     _to_numpy,
     attribution_to_image_grid,
     overlay_heatmap,
 )
-from .image_loading import to_rgb
+from .models.image_loading import to_rgb
 
 if TYPE_CHECKING:  # pragma: no cover
     from matplotlib.figure import Figure

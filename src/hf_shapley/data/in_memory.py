@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from ..image_loading import to_rgb
+from ..models.image_loading import to_rgb
 
 
 class InMemoryPixels(torch.utils.data.Dataset):

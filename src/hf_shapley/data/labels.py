@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from typing import TYPE_CHECKING
 
-from ..backbones import describe_label_difference
+from ..models.backbones import describe_label_difference
 
 if TYPE_CHECKING:
     import datasets

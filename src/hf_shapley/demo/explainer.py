@@ -6,7 +6,7 @@ uploaded image, for *every* class (``targets=`` all label ids), and keeps the re
 (:meth:`DemoExplainer.view`): no model pass. Every number on the page is a number the pipeline
 returned.
 
-Uploads take the package's image route (:func:`~hf_shapley.image_loading.load_rgb_image`),
+Uploads take the package's image route (:func:`~hf_shapley.models.image_loading.load_rgb_image`),
 whose errors name the file and say what to do; the demo adds a pixel limit
 (:data:`MAX_IMAGE_PIXELS`, checked from the header before anything is decoded) and a note when
 an image was converted (16-bit, CMYK, transparency).
@@ -22,9 +22,9 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from ..configuration_shapley import PIPELINE_TASK
-from ..heatmap import overlay_heatmap
-from ..image_loading import ImageLoadingError, load_rgb_image
+from ..models.configuration_shapley import PIPELINE_TASK
+from ..models.heatmap import overlay_heatmap
+from ..models.image_loading import ImageLoadingError, load_rgb_image
 
 __all__ = [
     "EAGER_HEATMAP_MAX_CLASSES",
@@ -196,7 +196,7 @@ class DemoExplainer:
     ):
         from transformers import Pipeline, pipeline
 
-        from ..pipeline_shapley import ImageShapleyExplanationPipeline
+        from ..models.pipeline_shapley import ImageShapleyExplanationPipeline
 
         if isinstance(model, Pipeline):
             self.pipeline = model
@@ -238,7 +238,7 @@ class DemoExplainer:
 
         Raises:
             DemoInputError: For no file, a file over the pixel limit, or any file
-                :func:`~hf_shapley.image_loading.load_rgb_image` cannot read (a non-image,
+                :func:`~hf_shapley.models.image_loading.load_rgb_image` cannot read (a non-image,
                 corrupt or truncated file), with its message, naming the file.
         """
         if path is None or not os.fspath(path):

@@ -10,8 +10,8 @@
 * ``README.md``: the Space card, whose YAML metadata says ``sdk: gradio``, the Gradio version
   (``sdk_version``, the installed one), ``app_file: app.py`` and ``models: [model id]``.
 
-Writing needs neither Gradio nor the network. ``hf_shapley.hub.save_for_hub(...,
-space_directory=...)`` writes the folder beside a model and ``hf_shapley.hub.push_to_hub(...,
+Writing needs neither Gradio nor the network. ``hf_shapley.publishing.save_for_hub(...,
+space_directory=...)`` writes the folder beside a model and ``hf_shapley.publishing.push_to_hub(...,
 space_repo_id=...)`` publishes it as a Space.
 """
 

@@ -4,6 +4,8 @@
   KernelSHAP above) and agreement with them (per-image Pearson and Spearman r with bootstrap
   intervals, relative L2; the predicted class and the others), and how far the game is from
   additive (:func:`interaction_share`).
+* :mod:`.estimators`: the Shapley value estimators the truth is computed with (exact
+  enumeration and paired KernelSHAP) of a model's game (:func:`model_game`).
 * :mod:`.agreement`: the report of the faithfulness targets: agreement on the predicted
   class's centered logit (per-image Pearson and Spearman r, pooled relative error) against a
   KernelSHAP truth on many images and exact enumeration on a few.

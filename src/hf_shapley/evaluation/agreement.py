@@ -115,7 +115,7 @@ def converged_kernel_truth(
         ValueError: a tolerance that is not a positive number, or budgets that are too small
             for the number of players or not in order.
     """
-    from ..estimators import kernel_shap, model_game
+    from .estimators import kernel_shap, model_game
 
     num_players = model.num_players
     if isinstance(tolerance, bool) or not isinstance(tolerance, (int, float)) or not tolerance > 0:

@@ -25,7 +25,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from ..estimators import model_game
+from .estimators import model_game
 from .faithfulness import player_pixel_index
 
 __all__ = [
@@ -48,7 +48,7 @@ def coalition_cost(model) -> float:
     Token-removal models pack a coalition and its complement into one sequence (one pass for
     two coalitions); pixel-baseline models run one full pass per coalition.
     """
-    from ..backbones import TokenRemovalAdapter
+    from ..models.backbones import TokenRemovalAdapter
 
     return 0.5 if isinstance(getattr(model, "adapter", None), TokenRemovalAdapter) else 1.0
 
@@ -198,7 +198,7 @@ class KernelShapExplainer(Explainer):
         return self.budget * coalition_cost(self.model)
 
     def attribute_all(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        from ..estimators import kernel_shap
+        from .estimators import kernel_shap
 
         result = kernel_shap(
             model_game(self.model, pixel_values),

@@ -23,8 +23,8 @@ from dataclasses import dataclass
 
 import torch
 
-from ..estimators import exact_shapley_values
-from ..modeling_shapley import PlayerVotesReadout
+from ..models.modeling_shapley import PlayerVotesReadout
+from .estimators import exact_shapley_values
 from .truth import tabulate_game
 
 

@@ -12,7 +12,7 @@
   texts seen as a ``T``-class image classifier (``.logits`` = the scores against the texts), so
   that every classifier tool of :mod:`hf_shapley.evaluation` (the baseline explainers,
   :func:`~hf_shapley.evaluation.player_curve`, :func:`~hf_shapley.evaluation.model_coalition_values`,
-  KernelSHAP through :func:`~hf_shapley.estimators.model_game`) works on CLIP scores, the
+  KernelSHAP through :func:`~hf_shapley.evaluation.estimators.model_game`) works on CLIP scores, the
   "class" of an image being the index of a text.
 
 Ties: an image whose matching text shares the top score with ``n - 1`` other texts counts as

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
-from ..coalitions import all_coalitions
-from ..estimators import exact_shapley_values, model_game
+from ..models.coalitions import all_coalitions
+from .estimators import exact_shapley_values, model_game
 from .stats import bootstrap_mean_interval, pearson_rows, rank_with_ties
 
 MAX_EXACT_PLAYERS = 16
@@ -42,7 +42,7 @@ def tabulate_game(
     if P > MAX_EXACT_PLAYERS:
         raise ValueError(
             f"Exact enumeration needs P <= {MAX_EXACT_PLAYERS} players; this model has P={P}. "
-            "Use hf_shapley.estimators.kernel_shap for larger grids."
+            "Use hf_shapley.evaluation.estimators.kernel_shap for larger grids."
         )
     was_training = model.training
     model.eval()
@@ -325,7 +325,7 @@ def model_shapley_truth(
 ) -> ModelTruth:
     """The truth of docs/evaluation.md ("The truth"): exact for ``P <= max_exact_players``, else KernelSHAP.
 
-    KernelSHAP runs through ``hf_shapley.estimators.model_game`` (any family) on the whole batch with the
+    KernelSHAP runs through ``hf_shapley.evaluation.estimators.model_game`` (any family) on the whole batch with the
     variance stopping rule at ``tolerance`` (worst image and class), so all images share one
     coalition stream; ``seed`` should differ from the seeds of any KernelSHAP explainer scored
     against this truth.
@@ -341,7 +341,7 @@ def model_shapley_truth(
             evaluations=2**num_players,
             table=table,
         )
-    from ..estimators import kernel_shap
+    from .estimators import kernel_shap
 
     was_training = model.training
     model.eval()

@@ -28,7 +28,7 @@ from images through an image processor.
 Example::
 
     from hf_shapley import ShapleyTrainer, ShapleyTrainingArguments
-    from hf_shapley.trainer import ShapleyImageCollator, add_example_index
+    from hf_shapley.training.trainer import ShapleyImageCollator, add_example_index
 
     train = add_example_index(dataset["train"])           # before any set_transform
     args = ShapleyTrainingArguments("out", num_shapley_coalitions=16, loss_warmup_steps=500)
@@ -86,10 +86,10 @@ from torch import nn
 from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.utils import logging
 
-from .coalitions import sample_shapley_kernel_coalitions
-from .configuration_shapley import OBJECTIVE_SETTINGS, ShapleyConfig
-from .image_loading import to_rgb
-from .objective import shapley_regression_loss
+from ..models.coalitions import sample_shapley_kernel_coalitions
+from ..models.configuration_shapley import OBJECTIVE_SETTINGS, ShapleyConfig
+from ..models.image_loading import to_rgb
+from ..models.objective import shapley_regression_loss
 
 logger = logging.get_logger(__name__)
 
@@ -142,7 +142,7 @@ class ShapleyTrainingArguments(ShapleyObjectiveArguments, TrainingArguments):
     """``TrainingArguments`` plus the joint objective's settings.
 
     The objective fields (``OBJECTIVE_FIELDS``) are generated from the settings
-    ``ShapleyConfig`` declares (``hf_shapley.configuration_shapley.OBJECTIVE_SETTINGS``): one
+    ``ShapleyConfig`` declares (``hf_shapley.models.configuration_shapley.OBJECTIVE_SETTINGS``): one
     field per setting, same name, typed ``<type> | None``, with the config's help text. Every
     one defaults to ``None``, which keeps the model's ``ShapleyConfig`` value; a field that is
     set is checked here by the config's own rule, overrides the config when the trainer is built
@@ -333,7 +333,7 @@ class ShapleyImageCollator:
     ``pixel_values`` come from a ``pixel_values`` entry of each example (tensor, array or
     nested list, e.g. made by a ``set_transform``) or, when the examples have none, from
     ``image_processor`` applied to ``image_column``. PIL images are converted to 8-bit RGB
-    first by :func:`hf_shapley.image_loading.to_rgb`, the conversion ``load_rgb_image`` (and so
+    first by :func:`hf_shapley.models.image_loading.to_rgb`, the conversion ``load_rgb_image`` (and so
     the explanation pipeline) applies: 16-bit and 32-bit images are scaled from their range
     (PIL's own ``convert`` clips them) and transparent pixels are composited over white.
 
@@ -554,7 +554,7 @@ class ShapleyTrainer(Trainer):
                 raise ValueError(
                     "ShapleyTrainer needs an 'example_index' in every training batch: the "
                     "coalitions are keyed by it, so that resumed and multi-process runs draw the "
-                    "same ones. Add the column with hf_shapley.trainer.add_example_index(dataset) "
+                    "same ones. Add the column with hf_shapley.training.trainer.add_example_index(dataset) "
                     "and keep it through your transform (ShapleyImageCollator passes it on)."
                 )
             inputs["epoch"] = self.current_epoch()

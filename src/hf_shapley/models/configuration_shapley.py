@@ -10,7 +10,7 @@ Each objective setting is declared once, as a field of :class:`ShapleyConfig` wh
 (:func:`objective_field`) holds its help text, model card label and validation rule;
 :data:`OBJECTIVE_SETTINGS` lists them. ``ShapleyConfig`` validates them from it,
 ``hf_shapley.ShapleyTrainingArguments`` generates its override fields from it and the model card
-(``hf_shapley.hub``) takes its rows from it.
+(``hf_shapley.publishing``) takes its rows from it.
 
 This file is shipped as remote code: relative imports only, and nothing from the training side.
 """

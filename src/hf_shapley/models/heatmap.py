@@ -385,7 +385,7 @@ def overlay_heatmap(
 
     Args:
         image: The original image (any PIL mode; converted by
-            :func:`~hf_shapley.image_loading.to_rgb`, as the pipeline and the training
+            :func:`~hf_shapley.models.image_loading.to_rgb`, as the pipeline and the training
             collator convert it, so it is drawn upright).
         values_hw: ``(h, w)`` per-player values for one class.
         image_processor: The processor that produced the model input; its resize and center

@@ -6,10 +6,10 @@ that classifier with it for the same number of steps as the Shapley fine-tuning 
 baseline at equal optimizer steps).
 
 It runs transformers' ``Trainer`` on a ``datasets.Dataset`` of images and labels, batched by
-:class:`~hf_shapley.trainer.ShapleyImageCollator` with the given image processor. Not imported
+:class:`~hf_shapley.training.trainer.ShapleyImageCollator` with the given image processor. Not imported
 by ``import hf_shapley`` (it loads the Trainer and accelerate)::
 
-    from hf_shapley.plain_classifier import train_plain_classifier
+    from hf_shapley.training.plain_classifier import train_plain_classifier
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from transformers import EarlyStoppingCallback, PreTrainedModel, Trainer, TrainingArguments
 
-from .backbones import classifier_tokens_only
+from ..models.backbones import classifier_tokens_only
 from .trainer import ShapleyImageCollator
 
 logger = logging.getLogger(__name__)

@@ -1,10 +1,10 @@
-"""The training loss of :class:`~hf_shapley.modeling_shapley.ShapleyForImageClassification`.
+"""The training loss of :class:`~hf_shapley.models.modeling_shapley.ShapleyForImageClassification`.
 
 ``ShapleyForImageClassification.forward`` in training mode calls ``model.loss_function``, a
 :class:`ShapleyTrainingLoss`, as transformers' models call theirs. It assembles one training
 step: it asks the model's game for the passes the objective needs (the full pass, masked
 distillation passes, the Shapley kernel's coalitions, kept per example for a frozen classifier)
-and hands the tensors to :func:`~hf_shapley.objective.joint_objective`, a pure function of them.
+and hands the tensors to :func:`~hf_shapley.models.objective.joint_objective`, a pure function of them.
 
 This file is shipped as remote code: relative imports only, and nothing from the training side.
 """

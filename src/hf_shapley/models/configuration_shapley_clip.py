@@ -4,7 +4,7 @@ One config describes the whole model: the wrapped CLIP model (a nested ``clip_co
 players of the image's Shapley game (``players_grid`` over the vision tower's patch grid), the
 Shapley head that explains the image embedding, and the joint training objective for image-text
 pairs. The objective settings are declared with :func:`objective_field` as on
-:class:`~hf_shapley.configuration_shapley.ShapleyConfig` and validated the same way.
+:class:`~hf_shapley.models.configuration_shapley.ShapleyConfig` and validated the same way.
 
 This file is shipped as remote code: relative imports only, and nothing from the training side.
 """

@@ -12,7 +12,7 @@ pairs:
   the image's vector game on fixed evaluation coalitions (a proxy, as for the classifier).
 
 Data: examples with an image, a caption and an ``example_index`` column
-(:func:`hf_shapley.trainer.add_example_index`); :class:`ShapleyCLIPCollator` turns them into
+(:func:`hf_shapley.training.trainer.add_example_index`); :class:`ShapleyCLIPCollator` turns them into
 ``pixel_values``, ``input_ids``, ``attention_mask``, ``example_index`` and ``return_loss=True``
 (text i matches image i).
 
@@ -38,9 +38,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from .coalitions import sample_shapley_kernel_coalitions
-from .configuration_shapley_clip import CLIP_OBJECTIVE_SETTINGS, ShapleyCLIPConfig
-from .objective_clip import vector_shapley_regression_loss
+from ..models.coalitions import sample_shapley_kernel_coalitions
+from ..models.configuration_shapley_clip import CLIP_OBJECTIVE_SETTINGS, ShapleyCLIPConfig
+from ..models.objective_clip import vector_shapley_regression_loss
 from .trainer import EXAMPLE_INDEX_COLUMN, ShapleyTrainer, ShapleyTrainingArguments, _rgb_if_pil
 
 __all__ = ["CLIP_LOSS_COMPONENTS", "ShapleyCLIPCollator", "ShapleyCLIPTrainer"]
@@ -162,7 +162,7 @@ class ShapleyCLIPTrainer(ShapleyTrainer):
             raise ValueError(
                 "ShapleyCLIPTrainer needs an 'example_index' in every training batch: the "
                 "coalitions are keyed by it. Add the column with "
-                "hf_shapley.trainer.add_example_index(dataset)."
+                "hf_shapley.training.trainer.add_example_index(dataset)."
             )
         return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
 

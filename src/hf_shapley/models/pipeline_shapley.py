@@ -12,7 +12,7 @@ heatmaps are drawn afterwards on the CPU.
 Batches: ``batch_size > 1`` runs several images through the model at once and gives the same
 results as one at a time. If any input of a list cannot be read (missing, corrupt or non-image
 file, failed download), the whole call raises an error naming that input and returns nothing
-for the others: check inputs first (``hf_shapley.image_loading.load_rgb_image``) or use
+for the others: check inputs first (``hf_shapley.models.image_loading.load_rgb_image``) or use
 ``examples/explain.py``, which skips unreadable files with a warning.
 
 This file is shipped as remote code (saved beside the model): relative imports only.

@@ -41,7 +41,7 @@ from functools import partial
 import numpy as np
 import torch
 
-from .coalitions import (
+from ..models.coalitions import (
     check_num_players,
     enumerate_coalitions,
     sample_shapley_kernel_coalitions,
@@ -346,7 +346,7 @@ def kernel_shap(
 ) -> KernelShapResult:
     """Shapley values by paired-sampling KernelSHAP with a variance-based stopping rule.
 
-    Coalitions come from :func:`~hf_shapley.coalitions.sample_shapley_kernel_coalitions`
+    Coalitions come from :func:`~hf_shapley.models.coalitions.sample_shapley_kernel_coalitions`
     in complementary pairs ``(z, 1 - z)``, each pair giving one sample
     ``b_t = (z g(z) + (1 - z) g(1 - z)) / 2`` of ``b``, with ``g(z) = v(z) - v(empty)``.
 
