@@ -128,6 +128,20 @@ def check_coalitions(
     return mask
 
 
+def coalitions_per_image(
+    coalition: torch.Tensor, num_players: int, batch_size: int
+) -> torch.Tensor:
+    """A model's ``coalition=`` argument, checked, as bool ``(B, M, P)``: ``(B, P)`` (one
+    coalition per image) or ``(B, M, P)`` with one row per image of the batch."""
+    check_coalitions(coalition, num_players, "coalition", ndim=(2, 3))
+    if coalition.shape[0] != batch_size:
+        raise ValueError(
+            f"coalition has {coalition.shape[0]} rows but pixel_values has {batch_size} images; "
+            f"pass shape ({batch_size}, {num_players}) or ({batch_size}, M, {num_players})."
+        )
+    return coalition if coalition.ndim == 3 else coalition[:, None]
+
+
 def _check_count(value: int, name: str, *, even: bool = False) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
         raise ValueError(f"{name} must be a non-negative int; got {value!r}.")

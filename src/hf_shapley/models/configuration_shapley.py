@@ -547,94 +547,7 @@ class ShapleyConfig(PreTrainedConfig):
 
     def validate_shapley_options(self) -> None:
         """Check the Shapley options; raise ``ValueError`` saying what to change."""
-        if self.prediction_mode not in PREDICTION_MODES:
-            raise ValueError(
-                f"prediction_mode={self.prediction_mode!r} is not supported; use one of {PREDICTION_MODES}."
-            )
-        if self.players_grid is not None:
-            if len(self.players_grid) != 2 or min(self.players_grid) < 1:
-                raise ValueError(
-                    f"players_grid must be two positive integers (rows, cols); got {self.players_grid!r}."
-                )
-            if self.players_grid[0] * self.players_grid[1] < 2:
-                raise ValueError(
-                    "players_grid=(1, 1) gives a game with a single player, whose Shapley value is "
-                    "just the prediction; use a grid with at least 2 players, e.g. (2, 2)."
-                )
-        if self.image_size is not None and (len(self.image_size) != 2 or min(self.image_size) < 1):
-            raise ValueError(
-                f"image_size must be two positive integers (height, width); got {self.image_size!r}."
-            )
-        baseline = self.pixel_baseline
-        values = baseline if isinstance(baseline, list) else [baseline]
-        if not values or not all(isinstance(v, float) and abs(v) < float("inf") for v in values):
-            raise ValueError(
-                "pixel_baseline must be a finite number or a list of one finite number per channel; "
-                f"got {baseline!r}."
-            )
-        for setting in OBJECTIVE_SETTINGS:
-            value = getattr(self, setting.name)
-            setting.check(value)
-            if value is None and setting.needed_if is not None and setting.is_used(self):
-                other = setting.needed_if[0]
-                raise ValueError(
-                    f"{other}={getattr(self, other)!r} needs {setting.name} "
-                    f"({setting.requirement(allow_none=False)})."
-                )
-        if self.head_num_layers < 0 or not isinstance(self.head_num_layers, int):
-            raise ValueError(
-                f"head_num_layers must be a non-negative int; got {self.head_num_layers!r}."
-            )
-        if self.head_num_layers > 0 and self.prediction_mode != "backbone_head":
-            raise ValueError(
-                f"head_num_layers={self.head_num_layers} needs prediction_mode='backbone_head': with "
-                "soft voting the head votes per token on packed coalitions, where attention across "
-                "tokens would mix a coalition with its complement. Set head_num_layers=0."
-            )
-        if self.head_reads_hidden_states and self.prediction_mode != "backbone_head":
-            raise ValueError(
-                "head_reads_hidden_states=True needs prediction_mode='backbone_head': with "
-                "soft voting the head votes on every masked pass, where only the final "
-                "features are at hand. Set head_reads_hidden_states=False."
-            )
-        if self.head_reads_attention and not self.head_reads_hidden_states:
-            raise ValueError(
-                "head_reads_attention=True needs head_reads_hidden_states=True: the attention "
-                "is read beside every depth's states. Set both, or head_reads_attention=False."
-            )
-        if self.reuse_shapley_coalitions and not (
-            self.prediction_mode == "backbone_head" and not self.train_backbone
-        ):
-            raise ValueError(
-                "reuse_shapley_coalitions=True keeps the game's values across epochs, which is "
-                "only right for a game that does not train: it needs prediction_mode="
-                f"'backbone_head' and train_backbone=False (got {self.prediction_mode!r}, "
-                f"train_backbone={self.train_backbone}). Freeze the classifier or set "
-                "reuse_shapley_coalitions=False."
-            )
-        if self.frozen_game_dtype != "float32" and not (
-            self.prediction_mode == "backbone_head" and not self.train_backbone
-        ):
-            raise ValueError(
-                f"frozen_game_dtype={self.frozen_game_dtype!r} runs a frozen classifier's passes "
-                "in lower precision while the head trains: it needs prediction_mode="
-                f"'backbone_head' and train_backbone=False (got {self.prediction_mode!r}, "
-                f"train_backbone={self.train_backbone}). For a classifier that trains, use the "
-                "Trainer's --bf16; or set frozen_game_dtype='float32'."
-            )
-        if self.vote_consistency_weight > 0:
-            if self.prediction_mode != "shapley_sum":
-                raise ValueError(
-                    f"vote_consistency_weight={self.vote_consistency_weight} needs "
-                    f"prediction_mode='shapley_sum' (players cast votes only with soft voting); "
-                    f"got {self.prediction_mode!r}. Set vote_consistency_weight=0."
-                )
-            if self.num_distill_coalitions < 2 or self.num_distill_coalitions % 2:
-                raise ValueError(
-                    f"vote_consistency_weight={self.vote_consistency_weight} takes each player's "
-                    "masked-context vote from the distillation pairs: num_distill_coalitions must "
-                    f"be an even number >= 2; got {self.num_distill_coalitions}."
-                )
+        check_shapley_options(self)
 
     @property
     def num_players(self) -> int | None:
@@ -642,6 +555,101 @@ class ShapleyConfig(PreTrainedConfig):
         if self.players_grid is None:
             return None
         return self.players_grid[0] * self.players_grid[1]
+
+
+def check_shapley_options(config: ShapleyConfig) -> None:
+    """The checks of :meth:`ShapleyConfig.validate_shapley_options`: every invalid setting or
+    combination, with a message naming the fix."""
+    if config.prediction_mode not in PREDICTION_MODES:
+        raise ValueError(
+            f"prediction_mode={config.prediction_mode!r} is not supported; use one of {PREDICTION_MODES}."
+        )
+    if config.players_grid is not None:
+        if len(config.players_grid) != 2 or min(config.players_grid) < 1:
+            raise ValueError(
+                f"players_grid must be two positive integers (rows, cols); got {config.players_grid!r}."
+            )
+        if config.players_grid[0] * config.players_grid[1] < 2:
+            raise ValueError(
+                "players_grid=(1, 1) gives a game with a single player, whose Shapley value is "
+                "just the prediction; use a grid with at least 2 players, e.g. (2, 2)."
+            )
+    if config.image_size is not None and (
+        len(config.image_size) != 2 or min(config.image_size) < 1
+    ):
+        raise ValueError(
+            f"image_size must be two positive integers (height, width); got {config.image_size!r}."
+        )
+    baseline = config.pixel_baseline
+    values = baseline if isinstance(baseline, list) else [baseline]
+    if not values or not all(isinstance(v, float) and abs(v) < float("inf") for v in values):
+        raise ValueError(
+            "pixel_baseline must be a finite number or a list of one finite number per channel; "
+            f"got {baseline!r}."
+        )
+    for setting in OBJECTIVE_SETTINGS:
+        value = getattr(config, setting.name)
+        setting.check(value)
+        if value is None and setting.needed_if is not None and setting.is_used(config):
+            other = setting.needed_if[0]
+            raise ValueError(
+                f"{other}={getattr(config, other)!r} needs {setting.name} "
+                f"({setting.requirement(allow_none=False)})."
+            )
+    if config.head_num_layers < 0 or not isinstance(config.head_num_layers, int):
+        raise ValueError(
+            f"head_num_layers must be a non-negative int; got {config.head_num_layers!r}."
+        )
+    if config.head_num_layers > 0 and config.prediction_mode != "backbone_head":
+        raise ValueError(
+            f"head_num_layers={config.head_num_layers} needs prediction_mode='backbone_head': with "
+            "soft voting the head votes per token on packed coalitions, where attention across "
+            "tokens would mix a coalition with its complement. Set head_num_layers=0."
+        )
+    if config.head_reads_hidden_states and config.prediction_mode != "backbone_head":
+        raise ValueError(
+            "head_reads_hidden_states=True needs prediction_mode='backbone_head': with "
+            "soft voting the head votes on every masked pass, where only the final "
+            "features are at hand. Set head_reads_hidden_states=False."
+        )
+    if config.head_reads_attention and not config.head_reads_hidden_states:
+        raise ValueError(
+            "head_reads_attention=True needs head_reads_hidden_states=True: the attention "
+            "is read beside every depth's states. Set both, or head_reads_attention=False."
+        )
+    if config.reuse_shapley_coalitions and not (
+        config.prediction_mode == "backbone_head" and not config.train_backbone
+    ):
+        raise ValueError(
+            "reuse_shapley_coalitions=True keeps the game's values across epochs, which is "
+            "only right for a game that does not train: it needs prediction_mode="
+            f"'backbone_head' and train_backbone=False (got {config.prediction_mode!r}, "
+            f"train_backbone={config.train_backbone}). Freeze the classifier or set "
+            "reuse_shapley_coalitions=False."
+        )
+    if config.frozen_game_dtype != "float32" and not (
+        config.prediction_mode == "backbone_head" and not config.train_backbone
+    ):
+        raise ValueError(
+            f"frozen_game_dtype={config.frozen_game_dtype!r} runs a frozen classifier's passes "
+            "in lower precision while the head trains: it needs prediction_mode="
+            f"'backbone_head' and train_backbone=False (got {config.prediction_mode!r}, "
+            f"train_backbone={config.train_backbone}). For a classifier that trains, use the "
+            "Trainer's --bf16; or set frozen_game_dtype='float32'."
+        )
+    if config.vote_consistency_weight > 0:
+        if config.prediction_mode != "shapley_sum":
+            raise ValueError(
+                f"vote_consistency_weight={config.vote_consistency_weight} needs "
+                f"prediction_mode='shapley_sum' (players cast votes only with soft voting); "
+                f"got {config.prediction_mode!r}. Set vote_consistency_weight=0."
+            )
+        if config.num_distill_coalitions < 2 or config.num_distill_coalitions % 2:
+            raise ValueError(
+                f"vote_consistency_weight={config.vote_consistency_weight} takes each player's "
+                "masked-context vote from the distillation pairs: num_distill_coalitions must "
+                f"be an even number >= 2; got {config.num_distill_coalitions}."
+            )
 
 
 #: The objective settings, in declaration order: what ``ShapleyTrainingArguments`` can override

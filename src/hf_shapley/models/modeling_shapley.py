@@ -34,7 +34,7 @@ from transformers import initialization as init
 from transformers.utils import ModelOutput
 
 from .backbones import attention_features_per_token, get_adapter, wrap_backbone
-from .coalitions import check_coalitions
+from .coalitions import coalitions_per_image
 from .configuration_shapley import CUSTOM_PIPELINES, PIPELINE_MODULE, ShapleyConfig
 from .games_shapley import (
     CoalitionValueCache,
@@ -533,16 +533,6 @@ class ShapleyForImageClassification(ShapleyPreTrainedModel):
         channels = getattr(self.config.backbone_config, "num_channels", 3)
         check_pixel_values(pixel_values, channels, self.image_size)
 
-    def _check_coalition(self, coalition: torch.Tensor, batch_size: int) -> torch.Tensor:
-        """Return the coalition as bool (B, M, P); raise a clear error for a wrong one."""
-        check_coalitions(coalition, self.num_players, "coalition", ndim=(2, 3))
-        if coalition.shape[0] != batch_size:
-            raise ValueError(
-                f"coalition has {coalition.shape[0]} rows but pixel_values has {batch_size} images; pass "
-                f"shape ({batch_size}, {self.num_players}) or ({batch_size}, M, {self.num_players})."
-            )
-        return coalition if coalition.ndim == 3 else coalition[:, None]
-
     # ------------------------------------------------------------------ forward
     def forward(
         self,
@@ -575,7 +565,7 @@ class ShapleyForImageClassification(ShapleyPreTrainedModel):
         if labels is not None:
             check_labels(labels, pixel_values.shape[0], self.num_labels)
         if coalition is not None:
-            masks = self._check_coalition(coalition, pixel_values.shape[0])
+            masks = coalitions_per_image(coalition, self.num_players, pixel_values.shape[0])
             values = self.coalition_values(pixel_values, masks)
             out = ShapleyImageClassifierOutput(
                 logits=values if coalition.ndim == 3 else values[:, 0]

@@ -53,11 +53,7 @@ from transformers import initialization as init
 from transformers.utils import ModelOutput
 
 from .backbones import CLIP_VISION_ADAPTER
-from .coalitions import (
-    check_coalitions,
-    sample_shapley_kernel_coalitions,
-    sample_uniform_size_coalitions,
-)
+from .coalitions import coalitions_per_image
 from .configuration_shapley_clip import (
     CLIP_CUSTOM_PIPELINES,
     ZERO_SHOT_PIPELINE_CLASS,
@@ -65,6 +61,7 @@ from .configuration_shapley_clip import (
     ShapleyCLIPConfig,
 )
 from .games_shapley import GameExplanation, PlayerView, ShapleyGame, TokenRemovalGame
+from .loss_shapley_clip import ShapleyCLIPTrainingLoss
 from .modeling_shapley import (
     ShapleyHead,
     _pipeline_class,
@@ -72,8 +69,7 @@ from .modeling_shapley import (
     check_pixel_values,
     save_with_remote_code,
 )
-from .objective import loss_weight_schedule
-from .objective_clip import clip_joint_objective, image_text_contrastive_loss
+from .objective_clip import image_text_contrastive_loss
 
 
 @dataclass
@@ -248,7 +244,7 @@ class ShapleyCLIPModel(ShapleyCLIPPreTrainedModel):
             config.head_num_layers,
         )
         self.processor = None  # attached by from_clip, saved by save_pretrained
-        self._training_calls = 0
+        self.loss_function = ShapleyCLIPTrainingLoss()
         self.post_init()
         self._apply_train_clip()
 
@@ -383,47 +379,14 @@ class ShapleyCLIPModel(ShapleyCLIPPreTrainedModel):
         channels = getattr(self.config.clip_config.vision_config, "num_channels", 3)
         check_pixel_values(pixel_values, channels, self.image_size)
 
-    def _check_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> None:
-        if not isinstance(input_ids, torch.Tensor) or input_ids.ndim != 2:
-            shape = tuple(input_ids.shape) if isinstance(input_ids, torch.Tensor) else None
-            raise ValueError(
-                "input_ids must be a (T, L) tensor of token ids, one row per text (the model's "
-                f"tokenizer with padding=True, return_tensors='pt'); got {type(input_ids).__name__}"
-                f"{'' if shape is None else f' of shape {shape}'}."
-            )
-        if input_ids.shape[0] == 0:
-            raise ValueError(
-                "input_ids holds no text (T = 0); pass at least one text (candidate label)."
-            )
-        limit = self.config.clip_config.text_config.max_position_embeddings
-        if input_ids.shape[1] > limit:
-            raise ValueError(
-                f"input_ids has {input_ids.shape[1]} tokens per text but the text encoder's context "
-                f"holds {limit} (max_position_embeddings); shorten the text or tokenize with "
-                f"truncation=True, max_length={limit}."
-            )
-        if attention_mask is not None and tuple(attention_mask.shape) != tuple(input_ids.shape):
-            raise ValueError(
-                f"attention_mask has shape {tuple(attention_mask.shape)} but input_ids has "
-                f"{tuple(input_ids.shape)}; they must match."
-            )
-
-    def _check_coalition(self, coalition: torch.Tensor, batch_size: int) -> torch.Tensor:
-        """Return the coalition as bool (B, M, P); raise a clear error for a wrong one."""
-        check_coalitions(coalition, self.num_players, "coalition", ndim=(2, 3))
-        if coalition.shape[0] != batch_size:
-            raise ValueError(
-                f"coalition has {coalition.shape[0]} rows but pixel_values has {batch_size} images; pass "
-                f"shape ({batch_size}, {self.num_players}) or ({batch_size}, M, {self.num_players})."
-            )
-        return coalition if coalition.ndim == 3 else coalition[:, None]
-
     # ------------------------------------------------------------------ the two sides
     def get_text_embeds(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
     ) -> torch.Tensor:
         """(T, L) token ids -> (T, D) fp32 unit text embeddings ``e_t``, as CLIPModel computes them."""
-        self._check_text(input_ids, attention_mask)
+        check_text_inputs(
+            input_ids, attention_mask, self.config.clip_config.text_config.max_position_embeddings
+        )
         features = self.clip.get_text_features(
             input_ids=input_ids, attention_mask=attention_mask
         ).pooler_output
@@ -516,7 +479,7 @@ class ShapleyCLIPModel(ShapleyCLIPPreTrainedModel):
             )
         self._check_pixel_values(pixel_values)
         if coalition is not None:
-            masks = self._check_coalition(coalition, pixel_values.shape[0])
+            masks = coalitions_per_image(coalition, self.num_players, pixel_values.shape[0])
             text = self.get_text_embeds(input_ids, attention_mask)
             vectors = self.coalition_vectors(pixel_values, masks)  # (B, M, D)
             scores = vectors @ text.t()
@@ -524,8 +487,8 @@ class ShapleyCLIPModel(ShapleyCLIPPreTrainedModel):
                 logits_per_image=scores if coalition.ndim == 3 else scores[:, 0], text_embeds=text
             )
         elif self.training and return_loss:
-            out = self._joint_loss(
-                pixel_values, input_ids, attention_mask, example_index, epoch, global_step
+            out = self.loss_function(
+                self, pixel_values, input_ids, attention_mask, example_index, epoch, global_step
             )
         else:
             text = self.get_text_embeds(input_ids, attention_mask)
@@ -535,104 +498,34 @@ class ShapleyCLIPModel(ShapleyCLIPPreTrainedModel):
                 out.contrastive_loss = out.loss
         return out if return_dict is not False else out.to_tuple()
 
-    def _joint_loss(
-        self,
-        pixel_values: torch.Tensor,
-        input_ids: torch.Tensor,
-        attention_mask: torch.Tensor | None,
-        example_index: torch.Tensor | None,
-        epoch: int | None,
-        global_step: int | None,
-    ) -> ShapleyCLIPOutput:
-        """One training step on B matching pairs: ask the game for the values the objective
-        needs, hand them over (``objective_clip.py``)."""
-        config, game, readout = self.config, self.game, self.readout
-        P, B = game.num_players, pixel_values.shape[0]
-        if input_ids.shape[0] != B:
-            raise ValueError(
-                f"training takes one matching text per image: {B} images but {input_ids.shape[0]} "
-                "texts (input_ids rows)."
-            )
-        step = global_step if global_step is not None else self._training_calls
-        self._training_calls += 1
-        warm = loss_weight_schedule(step, config.loss_warmup_steps)
-        train_clip = config.train_clip
-        alpha = config.distill_loss_weight * warm if train_clip else 0.0
-        lam = config.shapley_loss_weight * warm
-        if example_index is None:
-            example_index = torch.arange(B) + self._training_calls * B
-        example_index = example_index.detach().cpu()
-        epoch = int(epoch or 0)
-        device = pixel_values.device
 
-        context = game.prepare(pixel_values)
-        image = game.explain(context, readout)
-        text = self.get_text_embeds(input_ids, attention_mask)
-        out = self.explain_texts(
-            ShapleyCLIPImageExplanation(
-                image_embeds=image.image_embeds,
-                image_vectors=image.logits,
-                image_shapley_vectors=image.shapley_values,
-                image_base_vector=image.base_values,
-            ),
-            text,
+def check_text_inputs(
+    input_ids: torch.Tensor, attention_mask: torch.Tensor | None, limit: int
+) -> None:
+    """A clear error for texts the text encoder cannot take: not (T, L), no text, more tokens
+    than its context (``limit``), or a mask of another shape."""
+    if not isinstance(input_ids, torch.Tensor) or input_ids.ndim != 2:
+        shape = tuple(input_ids.shape) if isinstance(input_ids, torch.Tensor) else None
+        raise ValueError(
+            "input_ids must be a (T, L) tensor of token ids, one row per text (the model's "
+            f"tokenizer with padding=True, return_tensors='pt'); got {type(input_ids).__name__}"
+            f"{'' if shape is None else f' of shape {shape}'}."
         )
-
-        masked_logits = None
-        g = config.num_distill_coalitions
-        if g > 0 and alpha > 0:
-            # Complementary pairs share one packed sequence (token removal).
-            half = sample_uniform_size_coalitions(
-                P,
-                (g + 1) // 2,
-                seed=config.coalition_seed,
-                epoch=epoch,
-                example_indices=example_index,
-                device=device,
-            )
-            masks = torch.stack([half, ~half], dim=2).reshape(B, -1, P)[:, :g]
-            masked_logits = game.values(context, masks, readout) @ text.t()  # (B, g, B)
-
-        coalitions = vectors = None
-        m = config.num_shapley_coalitions
-        if m > 0 and lam > 0:
-            coalitions = sample_shapley_kernel_coalitions(
-                P,
-                m,
-                seed=config.coalition_seed + 1,
-                epoch=epoch,
-                example_indices=example_index,
-                device=device,
-            )
-            grad_targets = not config.shapley_stop_gradient
-            with torch.set_grad_enabled(grad_targets and torch.is_grad_enabled()):
-                vectors = game.values(
-                    context if grad_targets else context.detach(),
-                    coalitions,
-                    readout,
-                    dropout=False,
-                )
-
-        losses = clip_joint_objective(
-            out.logits_per_image,
-            contrastive_weight=config.contrastive_loss_weight if train_clip else 0.0,
-            alpha=alpha,
-            lam=lam,
-            text_lam=config.text_shapley_loss_weight,
-            masked_logits_per_image=masked_logits,
-            shapley_vectors=out.image_shapley_vectors,
-            base_vector=out.image_base_vector,
-            coalitions=coalitions,
-            coalition_vectors=vectors,
-            text_embeds=text,
-            stop_gradient=config.shapley_stop_gradient,
-            normalization=config.shapley_loss_normalization,
+    if input_ids.shape[0] == 0:
+        raise ValueError(
+            "input_ids holds no text (T = 0); pass at least one text (candidate label)."
         )
-        out.loss = losses.loss
-        out.contrastive_loss = losses.contrastive_loss
-        out.distill_loss = losses.distill_loss
-        out.shapley_loss = losses.shapley_loss
-        return out
+    if input_ids.shape[1] > limit:
+        raise ValueError(
+            f"input_ids has {input_ids.shape[1]} tokens per text but the text encoder's context "
+            f"holds {limit} (max_position_embeddings); shorten the text or tokenize with "
+            f"truncation=True, max_length={limit}."
+        )
+    if attention_mask is not None and tuple(attention_mask.shape) != tuple(input_ids.shape):
+        raise ValueError(
+            f"attention_mask has shape {tuple(attention_mask.shape)} but input_ids has "
+            f"{tuple(input_ids.shape)}; they must match."
+        )
 
 
 __all__ = [

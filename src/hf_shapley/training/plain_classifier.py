@@ -21,9 +21,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import EarlyStoppingCallback, PreTrainedModel, Trainer, TrainingArguments
+from transformers import EarlyStoppingCallback, PreTrainedModel, TrainingArguments
 
 from ..models.backbones import classifier_tokens_only
+from .checkpoint_loading import ConvertedCheckpointLoading
 from .trainer import ShapleyImageCollator
 
 logger = logging.getLogger(__name__)
@@ -159,14 +160,6 @@ def train_plain_classifier(
     return model, metrics
 
 
-class _PlainTrainer(Trainer):
-    """``Trainer`` whose best checkpoint loads through ``from_pretrained``: transformers 5.24
-    saves ViT checkpoints in the Hub's key format and its own best-model load reads them back
-    without the conversion, silently keeping the last weights (see ``ShapleyTrainer``)."""
-
-    def _load_best_model(self) -> None:
-        best = self.state.best_model_checkpoint
-        target = self.accelerator.unwrap_model(self.model)
-        logger.info("Loading the best model from %s (loss %s).", best, self.state.best_metric)
-        loaded = type(target).from_pretrained(best, dtype=next(target.parameters()).dtype)
-        target.load_state_dict(loaded.state_dict(), strict=True)
+class _PlainTrainer(ConvertedCheckpointLoading):
+    """``Trainer`` whose best checkpoint loads through ``from_pretrained`` (see
+    ``checkpoint_loading``: transformers' own load silently keeps the last ViT weights)."""

@@ -19,6 +19,12 @@ mode returns it. The trainer only supplies what the model cannot know on its own
   with a fixed evaluation seed. It is a *proxy* for faithfulness (the network that gives phi
   also gives the game), not the ground-truth comparison of the evaluation protocol.
 
+Metrics are kept as TRL's trainers keep theirs: ``compute_loss`` adds each batch's values to a
+store (``train``: the loss components; ``eval``: sums of correct predictions and of the
+per-image proxy, gathered per batch with ``gather_for_metrics``), and ``log`` turns the store
+into averages and empties it. The epoch passed to the model is the epoch the Trainer's loop is
+running (on resume, the one recomputed from the checkpoint's global step).
+
 Data: every training example needs a stable ``example_index`` column (its row in the data
 set). :func:`add_example_index` adds it; since it is a column it travels with its row through
 ``shuffle``, ``select`` and the Trainer's samplers. :class:`ShapleyImageCollator` builds the
@@ -83,13 +89,13 @@ import numpy as np
 import torch
 from PIL import Image
 from torch import nn
-from transformers import Trainer, TrainerCallback, TrainingArguments
+from transformers import TrainerCallback, TrainingArguments
 from transformers.utils import logging
 
-from ..models.coalitions import sample_shapley_kernel_coalitions
 from ..models.configuration_shapley import OBJECTIVE_SETTINGS, ShapleyConfig
 from ..models.image_loading import to_rgb
-from ..models.objective import shapley_regression_loss
+from .checkpoint_loading import ConvertedCheckpointLoading
+from .regression_proxy import classifier_regression_proxy, evaluation_coalitions
 
 logger = logging.get_logger(__name__)
 
@@ -421,7 +427,7 @@ class ShapleyProgressCallback(TrainerCallback):
         self.epoch = None
 
 
-class ShapleyTrainer(Trainer):
+class ShapleyTrainer(ConvertedCheckpointLoading):
     """``Trainer`` for :class:`~hf_shapley.ShapleyForImageClassification`.
 
     Takes the usual ``Trainer`` arguments; ``args`` should be :class:`ShapleyTrainingArguments`
@@ -441,21 +447,15 @@ class ShapleyTrainer(Trainer):
       the scalar loss components, so predictions are the ``(N, K)`` logits;
     * ``shapley_training_args.json`` and ``training_args.json`` beside every saved model.
 
-    Metrics are kept as TRL's trainers keep theirs: ``compute_loss`` adds each batch's values to
-    a store (``train``: the loss components; ``eval``: sums of correct predictions and of the
-    per-image proxy, gathered per batch with ``gather_for_metrics``), and ``log`` turns the
-    store into averages and empties it.
-
-    Training examples must carry ``example_index`` (see :func:`add_example_index`): the
-    coalitions are keyed by it, which is what makes resumed and multi-process runs reproduce a
-    straight run. The epoch passed is the epoch the Trainer's loop is running (on resume, the
-    one recomputed from the checkpoint's global step), so it is identical on resume.
+    Training examples must carry ``example_index`` (see the module docstring).
     """
 
     #: Loss components the model returns in training mode, logged next to ``loss``.
     loss_components: tuple[str, ...] = LOSS_COMPONENTS
     #: The config's objective settings, recorded in ``shapley_training_args.json``.
     objective_fields: tuple[str, ...] = OBJECTIVE_FIELDS
+    #: The per-image evaluation metric ``shapley_regression_proxy`` of this model family.
+    regression_proxy = staticmethod(classifier_regression_proxy)
 
     def __init__(
         self, model: nn.Module | None = None, args: TrainingArguments | None = None, *a, **kw
@@ -529,11 +529,6 @@ class ShapleyTrainer(Trainer):
             return self.progress.epoch
         return int(math.floor(self.state.epoch or 0.0))
 
-    def current_global_step(self) -> int:
-        """The optimizer step being computed: the number of optimizer steps already taken, the
-        same for every micro-batch of a gradient accumulation (and continued on resume)."""
-        return int(self.state.global_step)
-
     def compute_loss(
         self,
         model: nn.Module,
@@ -558,7 +553,8 @@ class ShapleyTrainer(Trainer):
                     "and keep it through your transform (ShapleyImageCollator passes it on)."
                 )
             inputs["epoch"] = self.current_epoch()
-            inputs["global_step"] = self.current_global_step()
+            # Optimizer steps already taken: the same for every micro-batch of an accumulation.
+            inputs["global_step"] = int(self.state.global_step)
         else:
             inputs.pop("epoch", None)
             inputs.pop("global_step", None)
@@ -676,18 +672,9 @@ class ShapleyTrainer(Trainer):
     @torch.no_grad()
     def _store_eval_metrics(self, model: nn.Module, inputs: dict[str, Any], outputs: Any) -> None:
         store = self._metrics["eval"]
-        logits = outputs["logits"]
-        labels = inputs.get("labels")
-        if labels is not None:
-            correct = (logits.argmax(-1) == labels).float()
-            correct = self.accelerator.gather_for_metrics(correct)
-            store["correct"] += float(correct.sum())
-            store["labelled"] += correct.numel()
-
+        self._store_prediction_metrics(store, inputs, outputs)
         m = getattr(self.args, "eval_num_shapley_coalitions", 16)  # plain TrainingArguments: 16
-        phi = outputs.get("shapley_values") if isinstance(outputs, Mapping) else None
-        base = outputs.get("base_values") if isinstance(outputs, Mapping) else None
-        if not m or phi is None or base is None:
+        if not m:
             return
         pixel_values = inputs["pixel_values"]
         batch_size = pixel_values.shape[0]
@@ -699,72 +686,23 @@ class ShapleyTrainer(Trainer):
         self._eval_position += batch_size
         unwrapped = self._shapley_model(model)
         seed = getattr(self.args, "eval_coalition_seed", 12345)
-        masks = sample_shapley_kernel_coalitions(
-            unwrapped.num_players,
-            m,
-            seed=seed,
-            epoch=0,
-            example_indices=example_index.detach().cpu(),
-            device=pixel_values.device,
+        masks = evaluation_coalitions(
+            unwrapped.num_players, m, seed, example_index, pixel_values.device
         )
-        values = model(pixel_values=pixel_values, coalition=masks)["logits"]  # (B, m, K)
-        targets = values.float() - base.float()[:, None]
-        per_image = torch.stack(
-            [
-                shapley_regression_loss(
-                    phi[i : i + 1].float(),
-                    masks[i : i + 1],
-                    targets[i : i + 1],
-                    normalization="per_image",
-                    center=bool(unwrapped.config.center_logits),
-                )
-                for i in range(batch_size)
-            ]
-        )
+        per_image = self.regression_proxy(model, unwrapped, pixel_values, outputs, masks)
+        if per_image is None:
+            return
         per_image = self.accelerator.gather_for_metrics(per_image)
         store["proxy"] += float(per_image.sum())
         store["explained"] += per_image.numel()
 
-    # ------------------------------------------------------------------ loading
-    # Private overrides (_load_from_checkpoint, _load_best_model), kept because of a transformers
-    # bug: transformers 5.24's save_pretrained writes checkpoints in the original (Hub) key format
-    # (e.g. ViT's `encoder.layer.0.attention.attention.query` for `layers.0.attention.q_proj`),
-    # but Trainer._load_from_checkpoint / _load_best_model read them back with a raw,
-    # non-strict load_state_dict: resuming silently keeps the fresh backbone and only warns
-    # (huggingface/transformers#48805, #43701). Load through from_pretrained instead, which
-    # applies the conversion, and insist on an exact match.
-    def _plain_checkpoint_load(self) -> bool:
-        return not (
-            self.is_deepspeed_enabled
-            or self.is_fsdp_enabled
-            or getattr(self, "is_fsdp_xla_enabled", False)
-            or getattr(self.model, "peft_config", None) is not None
-        )
-
-    def _load_converted_weights(self, checkpoint: str, model: nn.Module | None = None) -> None:
-        target = self._shapley_model(model)
-        loaded = type(target).from_pretrained(checkpoint, dtype=next(target.parameters()).dtype)
-        target.load_state_dict(loaded.state_dict(), strict=True)
-        del loaded
-
-    def _load_from_checkpoint(
-        self, resume_from_checkpoint: str, model: nn.Module | None = None
-    ) -> None:
-        if self._plain_checkpoint_load() and os.path.isfile(
-            os.path.join(resume_from_checkpoint, "config.json")
-        ):
-            logger.info(f"Loading model from {resume_from_checkpoint} (with key conversion).")
-            self._load_converted_weights(resume_from_checkpoint, model)
-            return
-        super()._load_from_checkpoint(resume_from_checkpoint, model)
-
-    def _load_best_model(self) -> None:
-        best = self.state.best_model_checkpoint
-        if self._plain_checkpoint_load() and os.path.isfile(os.path.join(best, "config.json")):
-            logger.info(f"Loading best model from {best} (score: {self.state.best_metric}).")
-            self._load_converted_weights(best)
-            return
-        super()._load_best_model()
+    def _store_prediction_metrics(self, store, inputs: dict[str, Any], outputs: Any) -> None:
+        labels = inputs.get("labels")
+        if labels is not None:
+            correct = (outputs["logits"].argmax(-1) == labels).float()
+            correct = self.accelerator.gather_for_metrics(correct)
+            store["correct"] += float(correct.sum())
+            store["labelled"] += correct.numel()
 
     # ------------------------------------------------------------------ saving
     # A private override on purpose: every branch of the public save_model (plain, FSDP,
@@ -778,22 +716,29 @@ class ShapleyTrainer(Trainer):
         if not self.args.should_save:
             return
         config = self.accelerator.unwrap_model(self.model).config
-        shapley_args = {
-            "overrides": (
-                self.args.shapley_overrides()
-                if isinstance(self.args, ShapleyTrainingArguments)
-                else {}
-            ),
-            "objective": {name: getattr(config, name) for name in self.objective_fields},
-            "eval_num_shapley_coalitions": getattr(self.args, "eval_num_shapley_coalitions", None),
-            "eval_coalition_seed": getattr(self.args, "eval_coalition_seed", None),
-            "hf_shapley_version": getattr(config, "hf_shapley_version", None),
-        }
-        _write_json(os.path.join(output_dir, SHAPLEY_ARGS_NAME), shapley_args)
-        _write_json(
-            os.path.join(output_dir, TRAINING_ARGS_JSON_NAME),
-            json.loads(json.dumps(self.args.to_dict(), default=str)),
-        )
+        write_training_arguments(self.args, config, self.objective_fields, output_dir)
+
+
+def write_training_arguments(
+    args: TrainingArguments, config: Any, objective_fields: Sequence[str], output_dir: str
+) -> None:
+    """``shapley_training_args.json`` (the objective as trained, the overrides given, the
+    evaluation proxy's settings) and ``training_args.json`` (``training_args.bin`` is a pickle
+    that ``torch.load`` refuses by default) in ``output_dir``."""
+    shapley_args = {
+        "overrides": (
+            args.shapley_overrides() if isinstance(args, ShapleyTrainingArguments) else {}
+        ),
+        "objective": {name: getattr(config, name) for name in objective_fields},
+        "eval_num_shapley_coalitions": getattr(args, "eval_num_shapley_coalitions", None),
+        "eval_coalition_seed": getattr(args, "eval_coalition_seed", None),
+        "hf_shapley_version": getattr(config, "hf_shapley_version", None),
+    }
+    _write_json(os.path.join(output_dir, SHAPLEY_ARGS_NAME), shapley_args)
+    _write_json(
+        os.path.join(output_dir, TRAINING_ARGS_JSON_NAME),
+        json.loads(json.dumps(args.to_dict(), default=str)),
+    )
 
 
 def _write_json(path: str, data: Any) -> None:

@@ -38,9 +38,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..models.coalitions import sample_shapley_kernel_coalitions
 from ..models.configuration_shapley_clip import CLIP_OBJECTIVE_SETTINGS, ShapleyCLIPConfig
-from ..models.objective_clip import vector_shapley_regression_loss
+from .regression_proxy import clip_regression_proxy
 from .trainer import EXAMPLE_INDEX_COLUMN, ShapleyTrainer, ShapleyTrainingArguments, _rgb_if_pil
 
 __all__ = ["CLIP_LOSS_COMPONENTS", "ShapleyCLIPCollator", "ShapleyCLIPTrainer"]
@@ -114,6 +113,7 @@ class ShapleyCLIPTrainer(ShapleyTrainer):
 
     loss_components = CLIP_LOSS_COMPONENTS
     objective_fields = CLIP_OBJECTIVE_FIELDS
+    regression_proxy = staticmethod(clip_regression_proxy)
 
     def __init__(self, model: nn.Module | None = None, args=None, *a, **kw):
         if kw.get("data_collator") is None and len(a) == 0:
@@ -182,43 +182,9 @@ class ShapleyCLIPTrainer(ShapleyTrainer):
             metrics[f"{prefix}_shapley_regression_proxy"] = store["proxy"] / store["explained"]
         store.clear()
 
-    @torch.no_grad()
-    def _store_eval_metrics(self, model: nn.Module, inputs: dict[str, Any], outputs: Any) -> None:
-        store = self._metrics["eval"]
+    def _store_prediction_metrics(self, store, inputs: dict[str, Any], outputs: Any) -> None:
         logits = outputs["logits_per_image"]  # (B, B): image i matches text i
         retrieved = (logits.argmax(-1) == torch.arange(len(logits), device=logits.device)).float()
         retrieved = self.accelerator.gather_for_metrics(retrieved)
         store["retrieved"] += float(retrieved.sum())
         store["paired"] += retrieved.numel()
-
-        m = getattr(self.args, "eval_num_shapley_coalitions", 16)
-        if not m:
-            return
-        unwrapped = self._shapley_model(model)
-        pixel_values = inputs["pixel_values"]
-        batch_size = pixel_values.shape[0]
-        example_index = inputs.get("example_index")
-        if example_index is None:
-            example_index = torch.arange(batch_size) + self._eval_position
-            example_index = example_index + self.args.process_index * (1 << 40)
-        self._eval_position += batch_size
-        masks = sample_shapley_kernel_coalitions(
-            unwrapped.num_players,
-            m,
-            seed=getattr(self.args, "eval_coalition_seed", 12345),
-            epoch=0,
-            example_indices=example_index.detach().cpu(),
-            device=pixel_values.device,
-        )
-        vectors = unwrapped.coalition_vectors(pixel_values, masks)  # (B, m, D)
-        phi = outputs["image_shapley_vectors"].float()
-        targets = vectors.float() - outputs["image_base_vector"].float()[:, None]
-        per_image = torch.stack(
-            [
-                vector_shapley_regression_loss(phi[i : i + 1], masks[i : i + 1], targets[i : i + 1])
-                for i in range(batch_size)
-            ]
-        )
-        per_image = self.accelerator.gather_for_metrics(per_image)
-        store["proxy"] += float(per_image.sum())
-        store["explained"] += per_image.numel()
