@@ -3,10 +3,8 @@ validation, the docstring and the remote-code file agree with."""
 
 from __future__ import annotations
 
-import ast
 import dataclasses
 import json
-from pathlib import Path
 
 import pytest
 
@@ -14,10 +12,6 @@ from hf_shapley.models.configuration_shapley import (
     OBJECTIVE_SETTINGS,
     ObjectiveSetting,
     ShapleyConfig,
-)
-
-CONFIG_FILE = (
-    Path(__file__).resolve().parents[1] / "src" / "hf_shapley" / "configuration_shapley.py"
 )
 
 # Names and defaults of the objective settings before the table existed: saved configs rely on
@@ -185,21 +179,3 @@ def test_docstring_documents_every_setting_from_the_table():
     assert "num_shapley_coalitions (`int`, *optional*, defaults to 8):" in doc
     assert 'shapley_loss_normalization (`str`, *optional*, defaults to `"per_image"`):' in doc
     assert "shapley_stop_gradient (`bool`, *optional*, defaults to `True`):" in doc
-
-
-def test_configuration_file_is_remote_code():
-    """Shipped beside the weights: relative imports only, nothing from the training side."""
-    tree = ast.parse(CONFIG_FILE.read_text())
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            names = [alias.name for alias in node.names]
-        elif isinstance(node, ast.ImportFrom):
-            if node.level > 0:  # relative: a file shipped beside this one
-                assert node.module not in ("trainer", "hub"), node.module
-                continue
-            names = [node.module]
-        else:
-            continue
-        for name in names:
-            assert not name.startswith("hf_shapley"), name
-            assert "trainer" not in name, name

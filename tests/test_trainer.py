@@ -29,6 +29,7 @@ from hf_shapley.models.coalitions import sample_shapley_kernel_coalitions
 from hf_shapley.models.configuration_shapley import OBJECTIVE_SETTINGS, ShapleyConfig
 from hf_shapley.models.image_loading import load_rgb_image
 from hf_shapley.models.objective import shapley_regression_loss
+from hf_shapley.training.checkpoint_loading import ConvertedCheckpointLoading
 from hf_shapley.training.trainer import (
     OBJECTIVE_FIELDS,
     ShapleyImageCollator,
@@ -607,12 +608,20 @@ def test_trainer_uses_public_hooks(tmp_path, make_model):
     private overrides are the loading fixes (a transformers bug) and _save."""
     assert "_run_epoch" not in vars(ShapleyTrainer)
     assert "evaluation_loop" not in vars(ShapleyTrainer)
-    private_overrides = {
-        name
-        for name in vars(ShapleyTrainer)
-        if name.startswith("_") and not name.startswith("__") and hasattr(Trainer, name)
+
+    def private_overrides(cls):
+        return {
+            name
+            for name in vars(cls)
+            if name.startswith("_") and not name.startswith("__") and hasattr(Trainer, name)
+        }
+
+    assert private_overrides(ShapleyTrainer) == {"_save"}
+    assert issubclass(ShapleyTrainer, ConvertedCheckpointLoading)
+    assert private_overrides(ConvertedCheckpointLoading) == {
+        "_load_from_checkpoint",
+        "_load_best_model",
     }
-    assert private_overrides == {"_load_from_checkpoint", "_load_best_model", "_save"}
     trainer = ShapleyTrainer(make_model("vit", players_grid=GRID), make_args(tmp_path))
     callbacks = [
         c for c in trainer.callback_handler.callbacks if isinstance(c, ShapleyProgressCallback)
