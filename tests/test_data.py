@@ -30,12 +30,17 @@ IMAGE_SIZE = 64
 
 @pytest.fixture(scope="module")
 def train_arrays():
-    return generate_shapes(2000, image_size=IMAGE_SIZE, seed=0, split="train")
+    # The difficulty criteria below are those of the complement design (each colour once).
+    return generate_shapes(
+        2000, image_size=IMAGE_SIZE, seed=0, split="train", distractors="complement"
+    )
 
 
 @pytest.fixture(scope="module")
 def test_arrays():
-    return generate_shapes(1000, image_size=IMAGE_SIZE, seed=0, split="test")
+    return generate_shapes(
+        1000, image_size=IMAGE_SIZE, seed=0, split="test", distractors="complement"
+    )
 
 
 @pytest.fixture(scope="module")
@@ -191,7 +196,7 @@ def test_mask_marks_the_class_object(train_arrays):
         mask = a.masks[i]
         # Every mask pixel shows the class colour (pixel noise aside)...
         assert (nearest[i][mask] == a.labels[i]).mean() > 0.97
-        # ...and, with the default distractors (each colour once), no pixel of that colour
+        # ...and, with complement distractors (each colour once), no pixel of that colour
         # lies outside the mask: the mask covers the class object and nothing else.
         far_from_gray = np.abs(a.images[i].astype(int) - a.images[i].mean(-1, keepdims=True))
         colored = far_from_gray.max(-1) > 60
@@ -244,7 +249,9 @@ def test_occlusion_is_bounded(num_classes, num_distractors):
 def test_distractors_are_never_a_class(num_classes, num_distractors):
     """(b) distractors reuse colours and shapes but never form a class conjunction."""
     k = num_classes
-    a = generate_shapes(300, num_classes=k, num_distractors=num_distractors, seed=2)
+    a = generate_shapes(
+        300, num_classes=k, num_distractors=num_distractors, seed=2, distractors="complement"
+    )
     num_objects = 1 + (k - 1 if num_distractors is None else num_distractors)
     assert a.colors.shape == a.shapes.shape == (300, num_objects)
     assert (a.colors < k).all() and (a.shapes < k).all()
@@ -379,7 +386,7 @@ def test_negative_sizes(num_train, num_test):
 @pytest.mark.parametrize("num_distractors", [0, 2, 8, -1])
 def test_bad_num_distractors(num_distractors):
     with pytest.raises(ValueError, match="num_distractors"):
-        load_shapes_dataset(4, 4, num_distractors=num_distractors)
+        load_shapes_dataset(4, 4, num_distractors=num_distractors, distractors="complement")
 
 
 def test_bad_types_and_split():
@@ -549,6 +556,6 @@ def test_bad_distractor_options(kwargs, match):
 def test_independent_distractors_allow_any_count():
     a = generate_shapes(50, distractors="independent", num_distractors=0, seed=1)
     assert a.colors.shape == (50, 1)
-    assert load_shapes_dataset(4, 4, distractors="independent")["train"]._fingerprint != (
-        load_shapes_dataset(4, 4)["train"]._fingerprint
+    assert load_shapes_dataset(4, 4)["train"]._fingerprint != (
+        load_shapes_dataset(4, 4, distractors="complement")["train"]._fingerprint
     )

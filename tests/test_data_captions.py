@@ -79,7 +79,7 @@ def test_tokenizer_knows_every_word_and_ends_with_eos():
 
 def test_caption_dataset_holds_the_built_in_images():
     pairs = load_shapes_caption_dataset(20, 10, image_size=32, distractors="complement")
-    plain = load_shapes_dataset(20, 10, image_size=32)
+    plain = load_shapes_dataset(20, 10, image_size=32, distractors="complement")
     assert set(pairs["train"].features) == {"image", "caption", "label", "mask"}
     assert pairs["train"].features["label"].names == plain["train"].features["label"].names
     for split in ("train", "test"):
