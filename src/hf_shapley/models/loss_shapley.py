@@ -29,13 +29,31 @@ def frozen_game_precision(
     return torch.autocast(device.type, dtype=getattr(torch, model.config.frozen_game_dtype))
 
 
-class ShapleyTrainingLoss:
-    """The joint objective of one training step (``model.loss_function``)."""
+class TrainingStepKeys:
+    """What keys a training step's coalitions and loss warm-up: the given example indices,
+    epoch and optimizer step, or, in a plain loop that passes none, a count of training calls
+    (reproducible in one process, not across resumes)."""
 
     def __init__(self) -> None:
-        # Training calls so far: the warm-up step and coalition keys of a plain loop that
-        # passes neither global_step nor example_index.
         self.training_calls = 0
+
+    def step_keys(
+        self,
+        global_step: int | None,
+        example_index: torch.Tensor | None,
+        epoch: int | None,
+        batch_size: int,
+    ) -> tuple[int, torch.Tensor, int]:
+        """``(step, example indices on the CPU, epoch)`` of this training call."""
+        step = global_step if global_step is not None else self.training_calls
+        self.training_calls += 1
+        if example_index is None:
+            example_index = torch.arange(batch_size) + self.training_calls * batch_size
+        return step, example_index.detach().cpu(), int(epoch or 0)
+
+
+class ShapleyTrainingLoss(TrainingStepKeys):
+    """The joint objective of one training step (``model.loss_function``)."""
 
     def __call__(
         self,
@@ -58,14 +76,9 @@ class ShapleyTrainingLoss:
 
         config, game, readout = model.config, model.game, model.readout
         P, B = game.num_players, pixel_values.shape[0]
-        step = global_step if global_step is not None else self.training_calls
-        self.training_calls += 1
-        alpha, lam, beta = loss_weights(config, step)
         indices_given = example_index is not None
-        if example_index is None:
-            example_index = torch.arange(B) + self.training_calls * B
-        example_index = example_index.detach().cpu()
-        epoch = int(epoch or 0)
+        step, example_index, epoch = self.step_keys(global_step, example_index, epoch, B)
+        alpha, lam, beta = loss_weights(config, step)
         device = pixel_values.device
         # A frozen game's values are kept per example; its coalitions must then not change with
         # the epoch. Counter indices (no example_index given) are no key to keep values under.

@@ -16,17 +16,13 @@ import torch
 from torch import nn
 
 from .coalitions import sample_shapley_kernel_coalitions, sample_uniform_size_coalitions
+from .loss_shapley import TrainingStepKeys
 from .objective import loss_weight_schedule
 from .objective_clip import clip_joint_objective
 
 
-class ShapleyCLIPTrainingLoss:
+class ShapleyCLIPTrainingLoss(TrainingStepKeys):
     """The joint objective of one training step of the dual encoder (``model.loss_function``)."""
-
-    def __init__(self) -> None:
-        # Training calls so far: the warm-up step and coalition keys of a plain loop that
-        # passes neither global_step nor example_index.
-        self.training_calls = 0
 
     def __call__(
         self,
@@ -54,16 +50,11 @@ class ShapleyCLIPTrainingLoss:
                 f"training takes one matching text per image: {B} images but {input_ids.shape[0]} "
                 "texts (input_ids rows)."
             )
-        step = global_step if global_step is not None else self.training_calls
-        self.training_calls += 1
+        step, example_index, epoch = self.step_keys(global_step, example_index, epoch, B)
         warm = loss_weight_schedule(step, config.loss_warmup_steps)
         train_clip = config.train_clip
         alpha = config.distill_loss_weight * warm if train_clip else 0.0
         lam = config.shapley_loss_weight * warm
-        if example_index is None:
-            example_index = torch.arange(B) + self.training_calls * B
-        example_index = example_index.detach().cpu()
-        epoch = int(epoch or 0)
         device = pixel_values.device
 
         context = game.prepare(pixel_values)
