@@ -45,7 +45,7 @@ def test_game_interface_matches_the_public_value_function(get_model, family, mod
         context = game.prepare(pixel_values)
         explanation = game.explain(context, readout)
         values = game.values(context, coalitions, readout)
-        empty = game.empty(context, readout)
+        empty = game.base_values(context, readout)
         everyone = torch.ones(3, 1, 4, dtype=torch.bool)
         public = model(pixel_values, coalition=torch.cat([coalitions, everyone, ~everyone], 1))
     assert values.shape == (3, 6, model.num_labels) and empty.shape == (3, model.num_labels)

@@ -149,7 +149,7 @@ def converged_kernel_truth(
         centered = centered_class_values(values, classes)
         spread = (centered - centered.mean(1, keepdim=True)).pow(2).sum()
         # The centered value's variance is at most about the class value's: the class errors of
-        # one coalition stream are positively correlated, and centring removes what they share.
+        # one coalition stream are positively correlated, and centering removes what they share.
         se = result.standard_error.permute(1, 0, 2).double().cpu()[rows, :, classes]
         error = float((se.pow(2).sum() / spread.clamp_min(1e-24)).sqrt())
         if error <= tolerance or 2 * budget > max_evaluations:

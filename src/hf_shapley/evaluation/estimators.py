@@ -226,7 +226,7 @@ def _kernel_matrix_diagonal_gap(num_players: int) -> float:
     Why this is all that is needed: with ``A = a I + c 1 1^T``, ``A^{-1} 1 = 1 / (a + c P)``
     and the efficiency-constrained solution
     ``beta = A^{-1} (b - 1 (1^T A^{-1} b - (v(1) - v(0))) / (1^T A^{-1} 1))`` reduces to
-    ``beta = (I - 1 1^T / P) b / a + (v(1) - v(0)) / P``: centre ``b`` over players,
+    ``beta = (I - 1 1^T / P) b / a + (v(1) - v(0)) / P``: center ``b`` over players,
     divide by ``a``, spread the total evenly (``c`` cancels). The same linear map
     ``(I - 1 1^T / P) / a`` carries the sampling error of ``b`` (or, to first order, of
     ``b - A beta`` for the regression) into the error of ``beta``.
@@ -454,7 +454,7 @@ def kernel_shap(
             values = _constrained_solve(a_sum / count, b_sum / count, total)
             if count > num_players:
                 # Residual per pair: b_t - A_t phi = (z e(z) + (1 - z) e(1 - z)) / 2 with
-                # e(z) = g(z) - z.phi; the same centring identity as for b_t applies, with
+                # e(z) = g(z) - z.phi; the same centering identity as for b_t applies, with
                 # q = (e(z) - e(1 - z)) / 2 = (g(z) - g(1 - z) - (2z - 1).phi) / 2.
                 all_present = torch.cat(kept_present).to(dtype)
                 residual = torch.cat(kept_half_gaps) - (all_present - 0.5) @ values

@@ -8,7 +8,7 @@ batch of images, always through the model's own prediction head (its *readout*, 
 * :meth:`ShapleyGame.explain` -> :class:`GameExplanation`: every player present, with the
   per-player values and the base value ``v(empty)``;
 * :meth:`ShapleyGame.values` -> ``(B, M, K)``: ``v_x(S)`` for a batch of coalitions;
-* :meth:`ShapleyGame.empty` -> ``(B, K)``: ``v_x(empty)``.
+* :meth:`ShapleyGame.base_values` -> ``(B, K)``: the base values ``v_x(empty)``.
 
 Work that does not depend on the coalition (embedding the patches) is done once per image by
 :meth:`ShapleyGame.prepare`; its result, the *context*, is what the three methods take.
@@ -340,8 +340,8 @@ class ShapleyGame(nn.Module):
         """The mode normalization layers and dropout run in for the empty coalition."""
         return contextlib.nullcontext()
 
-    def empty(self, context: torch.Tensor, readout: Readout) -> torch.Tensor:
-        """(B, K) fp32 ``v(empty)``."""
+    def base_values(self, context: torch.Tensor, readout: Readout) -> torch.Tensor:
+        """(B, K) fp32 base values ``v(empty)``."""
         with self.empty_statistics(readout):
             value = readout.value(self.empty_view(context))
         return value.expand(context.shape[0], -1)

@@ -12,8 +12,8 @@
   image embedding with only the players in S present), the D embedding dimensions taking the
   place of the K classes of ``objective.shapley_regression_loss``. The minimizer under
   efficiency is the vector of Shapley values ``Phi_i`` whose projection on any text embedding
-  is that text's Shapley value, so one regression covers every text, seen or not. No centring:
-  the classifier centres logits over classes because softmax cannot see their common shift; the
+  is that text's Shapley value, so one regression covers every text, seen or not. No centering:
+  the classifier centers logits over classes because softmax cannot see their common shift; the
   embedding dimensions have no such shared direction.
 * ``text_shapley`` (off by default): the same residuals projected on the batch's text
   embeddings, i.e. the regression of the scalar games ``v_t(S) = <u(x_S), e_t>`` of those

@@ -138,7 +138,7 @@ class ImageShapleyExplanationPipeline(Pipeline):
           (centered: minus its mean over classes), laid out as the players grid over the image
           the model saw,
         - ``efficiency_residual`` (`float`): ``logit - base_value - sum(attributions)``, zero up
-          to float rounding for a faithful additive explanation (centring keeps the identity:
+          to float rounding for a faithful additive explanation (centering keeps the identity:
           it is linear),
         - ``heatmap`` (``PIL.Image``, only with ``heatmap=True``): the attributions overlaid on
           the input at its original size, the processor's resize and crop inverted.
