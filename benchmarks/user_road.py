@@ -23,6 +23,12 @@ classifier's order ("zero", "one", ...). Per seed:
 
     python benchmarks/user_road.py --seeds 0 1 2 --out benchmarks/results/user_road
 
+``--family resnet`` (or ``convnext``, ``swin``) makes the user's checkpoint a classifier of that
+family (``USER_CONFIGS``: 32 px, a 4 x 4 final feature grid, saved with the image processor
+its Hub checkpoints use) and runs road A only, with exact enumeration on ``--num_exact`` images
+(a pixel-baseline coalition costs a whole forward pass, so the KernelSHAP truth is left out);
+its results go to ``user_road_<family>.json`` and ``.md``.
+
 It writes ``user_road.json`` (per seed and image) and ``user_road.md`` (the summary with
 hierarchical 95% intervals over seeds, then images) in ``--out``; a seed already in the JSON
 is not run again.
@@ -50,6 +56,19 @@ USER_VIT = dict(
     num_attention_heads=4,
     intermediate_size=192,
 )
+# The other families' user checkpoints: each reaches a 4 x 4 final feature grid at 32 px.
+USER_CONFIGS = {
+    "resnet": dict(embedding_size=32, hidden_sizes=[32, 64], depths=[2, 2], layer_type="basic"),
+    "convnext": dict(image_size=IMAGE_SIZE, num_stages=2, hidden_sizes=[48, 96], depths=[2, 2]),
+    "swin": dict(
+        image_size=IMAGE_SIZE,
+        patch_size=4,
+        embed_dim=48,
+        depths=[2, 2],
+        num_heads=[3, 6],
+        window_size=4,
+    ),
+}
 ROOT = Path(__file__).resolve().parents[1]
 # The KernelSHAP truth's largest estimated pooled error (tighter than the main job's 0.1).
 TRUTH_TOLERANCE = 0.05
@@ -79,9 +98,11 @@ def write_digit_folders(root: Path) -> tuple[Path, Path]:
     return train_dir, test_dir
 
 
-def user_checkpoint(train_dir: Path, out: Path, seed: int, epochs: int) -> Path:
-    """What a user brings: a ViT classifier trained by plain transformers code, with its own
-    label order (zero..nine) and its image processor."""
+def user_checkpoint(
+    train_dir: Path, out: Path, seed: int, epochs: int, family: str = "vit"
+) -> Path:
+    """What a user brings: a classifier (a ViT, or ``family``'s) trained by plain transformers
+    code, with its own label order (zero..nine) and its image processor."""
     if (out / "model.safetensors").is_file():
         return out
     import datasets
@@ -95,9 +116,17 @@ def user_checkpoint(train_dir: Path, out: Path, seed: int, epochs: int) -> Path:
 
     data = datasets.load_dataset("imagefolder", data_dir=str(train_dir), split="train")
     data = data.align_labels_with_mapping({n: i for i, n in enumerate(DIGIT_NAMES)}, "label")
-    processor = ViTImageProcessor(
-        size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}, image_mean=[0.5] * 3, image_std=[0.5] * 3
-    )
+    if family == "vit":
+        processor = ViTImageProcessor(
+            size={"height": IMAGE_SIZE, "width": IMAGE_SIZE},
+            image_mean=[0.5] * 3,
+            image_std=[0.5] * 3,
+        )
+    else:
+        from transformers import ConvNextImageProcessor
+
+        # As the Hub's ResNet, ConvNeXt and Swin checkpoints: a shortest edge and a crop.
+        processor = ConvNextImageProcessor(size={"shortest_edge": IMAGE_SIZE}, crop_pct=1.0)
 
     def collate(rows):
         images = [row["image"].convert("RGB") for row in rows]
@@ -107,12 +136,17 @@ def user_checkpoint(train_dir: Path, out: Path, seed: int, epochs: int) -> Path:
         }
 
     torch.manual_seed(seed)
-    config = ViTConfig(
-        **USER_VIT,
+    labels = dict(
         id2label=dict(enumerate(DIGIT_NAMES)),
         label2id={n: i for i, n in enumerate(DIGIT_NAMES)},
     )
-    model = ViTForImageClassification(config)
+    if family == "vit":
+        model = ViTForImageClassification(ViTConfig(**USER_VIT, **labels))
+    else:
+        from transformers import CONFIG_MAPPING, AutoModelForImageClassification
+
+        config = CONFIG_MAPPING[family](**USER_CONFIGS[family], **labels)
+        model = AutoModelForImageClassification.from_config(config)
     args = TrainingArguments(
         output_dir=str(out / "trainer"),
         num_train_epochs=epochs,
@@ -158,7 +192,7 @@ def test_images(test_dir: Path, count: int) -> tuple[list, list[str]]:
 
 
 @torch.no_grad()
-def agreement(model_dir: Path, images: list, num_exact: int) -> dict:
+def agreement(model_dir: Path, images: list, num_exact: int, kernel_truth: bool = True) -> dict:
     """phi against the Shapley values of the model's own game on the predicted class's centred
     logit, per image: a KernelSHAP truth run until its own estimated pooled error is at most
     ``TRUTH_TOLERANCE``, and exact enumeration (all 2^P coalitions) on the first ``num_exact``."""
@@ -175,15 +209,15 @@ def agreement(model_dir: Path, images: list, num_exact: int) -> dict:
     out = model(x)
     predicted = out.logits.argmax(-1)
     phi = centered_class_values(out.shapley_values, predicted)
-    kernel = converged_kernel_truth(
-        model, x, predicted, tolerance=TRUTH_TOLERANCE, evaluations=4096, max_evaluations=32768
-    )
-    result = {
-        "predicted": predicted.tolist(),
-        "kernel_truth_evaluations": kernel.evaluations,
-        "kernel_truth_estimated_error": kernel.estimated_error,
-    }
-    truths = {"kernel": centered_class_values(kernel.values, predicted)}
+    result = {"predicted": predicted.tolist()}
+    truths = {}
+    if kernel_truth:
+        kernel = converged_kernel_truth(
+            model, x, predicted, tolerance=TRUTH_TOLERANCE, evaluations=4096, max_evaluations=32768
+        )
+        result["kernel_truth_evaluations"] = kernel.evaluations
+        result["kernel_truth_estimated_error"] = kernel.estimated_error
+        truths["kernel"] = centered_class_values(kernel.values, predicted)
     if num_exact:
         exact = exact_model_shapley_values(model, x[:num_exact])
         truths["exact"] = centered_class_values(exact, predicted[:num_exact])
@@ -247,6 +281,69 @@ def plain_baseline(
     summary = {"accuracy": correct / len(test), "steps": steps, "num_test": len(test)}
     result.write_text(json.dumps(summary, indent=2))
     return summary
+
+
+def run_family_seed(args, seed: int, train_dir: Path, test_dir: Path) -> dict:
+    """Road A with a ResNet, ConvNeXt or Swin checkpoint, against exact enumeration."""
+    work = args.work / args.family / f"seed{seed}"
+    work.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    checkpoint = user_checkpoint(
+        train_dir, work / "user-checkpoint", seed, args.user_epochs, args.family
+    )
+    checkpoint_seconds = time.perf_counter() - start
+    arguments = ["--backbone", str(checkpoint), "--train_dir", str(train_dir)]
+    arguments += ["--validation_dir", str(test_dir), "--players_grid", "4", "4"]
+    arguments += ["--seed", str(seed)]
+    if args.max_steps:
+        arguments += ["--max_steps", str(args.max_steps)]
+    road_a = run_train_script(arguments, work / "road-a", work / "road-a.log")
+    images, _ = test_images(test_dir, args.num_exact)
+    start = time.perf_counter()
+    measured = agreement(work / "road-a", images, args.num_exact, kernel_truth=False)
+    return {
+        "seed": seed,
+        "family": args.family,
+        "user_checkpoint_seconds": checkpoint_seconds,
+        "exact_seconds": time.perf_counter() - start,
+        "road_a": {"metrics": road_a, **measured},
+    }
+
+
+def summarize_family(runs: list[dict]) -> str:
+    sys.path.insert(0, str(Path(__file__).parent))
+    from recipe import hierarchical_interval
+
+    family = runs[0]["family"]
+    lines = [
+        f"# The user's road with a {family} checkpoint on scikit-learn's digits (32 px, P = 16)",
+        "",
+        f"Seeds {[r['seed'] for r in runs]}. The checkpoint kept (road A), its head trained by "
+        "`examples/train.py --backbone CKPT`; agreement on the predicted class's centered logit "
+        f"against exact enumeration (all 2^16 coalitions) on the first "
+        f"{len(runs[0]['road_a']['exact']['pearson_r'])} test images per seed. Intervals: "
+        "hierarchical 95% bootstrap (seeds, then images). Command: "
+        f"`python benchmarks/user_road.py --family {family} --seeds 0 1 2 --num_exact 8`.",
+        "",
+        "| seed | accuracy (test) | logits identical | best step | pooled error | r | wall (s) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for run in runs:
+        m, exact = run["road_a"]["metrics"], run["road_a"]["exact"]
+        lines.append(
+            f"| {run['seed']} | {m['accuracy']:.3f} | {m['classifier']['logits_identical']} "
+            f"| {m['best_step']} / {m['train_steps']} | {pooled([exact]):.3f} "
+            f"| {np.mean(exact['pearson_r']):.3f} | {m.get('wall_seconds', float('nan')):.0f} |"
+        )
+    exacts = [run["road_a"]["exact"] for run in runs]
+    rs = [e["pearson_r"] for e in exacts]
+    interval = hierarchical_interval(rs) if len(rs) > 1 else (float("nan"),) * 2
+    lines += [
+        "",
+        f"Pooled error {pooled(exacts):.3f} (largest seed {max(pooled([e]) for e in exacts):.3f}); "
+        f"mean r {np.mean([np.mean(r) for r in rs]):.3f} [{interval[0]:.3f}, {interval[1]:.3f}].",
+    ]
+    return "\n".join(lines) + "\n"
 
 
 def run_seed(args, seed: int, train_dir: Path, test_dir: Path) -> dict:
@@ -376,20 +473,25 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--work", type=Path, default=Path("outputs/user_road"))
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/user_road"))
+    parser.add_argument("--family", choices=["vit", *USER_CONFIGS], default="vit")
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     train_dir, test_dir = write_digit_folders(args.work / "digits")
-    results_path = args.out / "user_road.json"
+    name = "user_road" if args.family == "vit" else f"user_road_{args.family}"
+    run, summary = (
+        (run_seed, summarize) if args.family == "vit" else (run_family_seed, summarize_family)
+    )
+    results_path = args.out / f"{name}.json"
     runs = json.loads(results_path.read_text()) if results_path.is_file() else []
     done = {run["seed"] for run in runs}
     for seed in args.seeds:
         if seed in done:
             continue
-        runs.append(run_seed(args, seed, train_dir, test_dir))
-        runs.sort(key=lambda run: run["seed"])
+        runs.append(run(args, seed, train_dir, test_dir))
+        runs.sort(key=lambda entry: entry["seed"])
         results_path.write_text(json.dumps(runs, indent=1))
-        (args.out / "user_road.md").write_text(summarize(runs))
-        print(summarize(runs))
+        (args.out / f"{name}.md").write_text(summary(runs))
+        print(summary(runs))
 
 
 if __name__ == "__main__":
