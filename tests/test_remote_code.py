@@ -186,6 +186,7 @@ def test_the_models_folder_is_the_code_a_saved_model_carries(saved_models):
 
 def test_former_module_paths_still_import_with_a_warning():
     import importlib
+    import importlib.resources
     import sys
 
     from hf_shapley.models import modeling_shapley
@@ -201,3 +202,6 @@ def test_former_module_paths_still_import_with_a_warning():
     with pytest.warns(FutureWarning, match=r"hf_shapley.hub is now hf_shapley.publishing"):
         from hf_shapley import hub
     assert hub.push_to_hub is hf_shapley.publishing.push_to_hub
+    # The module keeps its own spec: a package, whose resources (the card template) still load.
+    assert hf_shapley.publishing.__spec__.name == "hf_shapley.publishing"
+    assert importlib.resources.files("hf_shapley.publishing").joinpath("templates").is_dir()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.abc
+import importlib.machinery
 import importlib.util
 import sys
 import warnings
@@ -38,6 +39,9 @@ MOVED_MODULES = {
 class _MovedModuleFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
     """Finds ``hf_shapley.<old name>`` and hands back the module at its new path."""
 
+    def __init__(self) -> None:
+        self.own_specs: dict[str, importlib.machinery.ModuleSpec] = {}
+
     def find_spec(self, fullname, path=None, target=None):
         if fullname not in MOVED_MODULES:
             return None
@@ -50,10 +54,14 @@ class _MovedModuleFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
             FutureWarning,
             stacklevel=2,
         )
-        return importlib.import_module(new)
+        module = importlib.import_module(new)
+        self.own_specs[spec.name] = module.__spec__
+        return module
 
     def exec_module(self, module) -> None:
-        pass  # the module was executed at its new path
+        # The module was executed at its new path. The import system has just given it the
+        # alias's spec: give back its own (importlib.resources reads packages from it).
+        module.__spec__ = self.own_specs.pop(module.__spec__.name)
 
 
 def install() -> None:

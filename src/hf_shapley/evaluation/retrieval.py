@@ -30,6 +30,7 @@ import torch
 from torch import nn
 from transformers.utils import ModelOutput
 
+from ..models.modeling_shapley_clip import check_text_inputs
 from .faithfulness import check_attributions, curve_masks
 
 __all__ = [
@@ -216,7 +217,9 @@ class CLIPTextScores(nn.Module):
                 f"model must be a ShapleyCLIPModel (a dual encoder with a game); got "
                 f"{type(model).__name__}."
             )
-        model._check_text(input_ids, attention_mask)
+        check_text_inputs(
+            input_ids, attention_mask, model.config.clip_config.text_config.max_position_embeddings
+        )
         self.model = model
         self.register_buffer("input_ids", input_ids, persistent=False)
         self.register_buffer("attention_mask", attention_mask, persistent=False)
