@@ -128,6 +128,30 @@ def check_coalitions(
     return mask
 
 
+def sample_complementary_pairs(
+    num_players: int,
+    num_coalitions: int,
+    *,
+    seed: int,
+    epoch: int,
+    example_indices: torch.Tensor,
+    device: torch.device | str | None = None,
+) -> torch.Tensor:
+    """bool (B, num_coalitions, P): uniform-size coalitions, each followed by its complement
+    (a pair shares one packed sequence under token removal, so S and ~S cost one pass); an odd
+    count drops the last complement."""
+    half = sample_uniform_size_coalitions(
+        num_players,
+        (num_coalitions + 1) // 2,
+        seed=seed,
+        epoch=epoch,
+        example_indices=example_indices,
+        device=device,
+    )
+    pairs = torch.stack([half, ~half], dim=2).reshape(half.shape[0], -1, num_players)
+    return pairs[:, :num_coalitions]
+
+
 def coalitions_per_image(
     coalition: torch.Tensor, num_players: int, batch_size: int
 ) -> torch.Tensor:

@@ -266,6 +266,26 @@ class _Borrowed:
         self.module = module
 
 
+class GameGeometry:
+    """The geometry a model with a game (``self.game``) reports as its own."""
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        return self.game.image_size
+
+    @property
+    def token_grid(self) -> tuple[int, int]:
+        return self.game.token_grid
+
+    @property
+    def players_grid(self) -> tuple[int, int]:
+        return self.game.players_grid
+
+    @property
+    def num_players(self) -> int:
+        return self.game.num_players
+
+
 class ShapleyGame(nn.Module):
     """One way of removing players; the interface every family's game implements.
 

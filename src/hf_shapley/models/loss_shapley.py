@@ -16,7 +16,7 @@ import contextlib
 import torch
 from torch import nn
 
-from .coalitions import sample_shapley_kernel_coalitions, sample_uniform_size_coalitions
+from .coalitions import sample_complementary_pairs, sample_shapley_kernel_coalitions
 from .objective import explained_class_indices, joint_objective, loss_weights
 
 
@@ -106,17 +106,14 @@ class ShapleyTrainingLoss(TrainingStepKeys):
         masked_logits = masked_votes = masks = full_votes = None
         g = config.num_distill_coalitions
         if g > 0 and (alpha > 0 or beta > 0) and not model._frozen_classifier():
-            # Drawn in complementary pairs: a pair shares one packed sequence (token removal),
-            # so S and ~S cost one pass.
-            half = sample_uniform_size_coalitions(
+            masks = sample_complementary_pairs(
                 P,
-                (g + 1) // 2,
+                g,
                 seed=config.coalition_seed,
                 epoch=epoch,
                 example_indices=example_index,
                 device=device,
             )
-            masks = torch.stack([half, ~half], dim=2).reshape(B, -1, P)[:, :g]
             if beta > 0:
                 # Who cast which votes on the same passes: the logits are their sum.
                 votes = game.values(context, masks, PlayerVotesReadout(readout, game.player_sum))

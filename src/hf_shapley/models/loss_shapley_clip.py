@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .coalitions import sample_shapley_kernel_coalitions, sample_uniform_size_coalitions
+from .coalitions import sample_complementary_pairs, sample_shapley_kernel_coalitions
 from .loss_shapley import TrainingStepKeys
 from .objective import loss_weight_schedule
 from .objective_clip import clip_joint_objective
@@ -73,16 +73,14 @@ class ShapleyCLIPTrainingLoss(TrainingStepKeys):
         masked_logits = None
         g = config.num_distill_coalitions
         if g > 0 and alpha > 0:
-            # Complementary pairs share one packed sequence (token removal).
-            half = sample_uniform_size_coalitions(
+            masks = sample_complementary_pairs(
                 P,
-                (g + 1) // 2,
+                g,
                 seed=config.coalition_seed,
                 epoch=epoch,
                 example_indices=example_index,
                 device=device,
             )
-            masks = torch.stack([half, ~half], dim=2).reshape(B, -1, P)[:, :g]
             masked_logits = game.values(context, masks, readout) @ text.t()  # (B, g, B)
 
         coalitions = vectors = None

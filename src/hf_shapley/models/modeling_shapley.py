@@ -40,6 +40,7 @@ from .games_shapley import (
     CoalitionValueCache,
     FullPassCache,
     GameExplanation,
+    GameGeometry,
     PlayerView,
     ShapleyGame,
     build_game,
@@ -334,7 +335,7 @@ class ShapleyPreTrainedModel(PreTrainedModel):
             init.zeros_(module.shapley_bias)
 
 
-class ShapleyForImageClassification(ShapleyPreTrainedModel):
+class ShapleyForImageClassification(GameGeometry, ShapleyPreTrainedModel):
     r"""A vision backbone with a Shapley head whose logits explain themselves.
 
     Example:
@@ -424,22 +425,6 @@ class ShapleyForImageClassification(ShapleyPreTrainedModel):
     def adapter(self):
         """The backbone family's adapter (``backbones.py``)."""
         return self.game.adapter
-
-    @property
-    def image_size(self) -> tuple[int, int]:
-        return self.game.image_size
-
-    @property
-    def token_grid(self) -> tuple[int, int]:
-        return self.game.token_grid
-
-    @property
-    def players_grid(self) -> tuple[int, int]:
-        return self.game.players_grid
-
-    @property
-    def num_players(self) -> int:
-        return self.game.num_players
 
     @property
     def tokens_per_player(self) -> int:

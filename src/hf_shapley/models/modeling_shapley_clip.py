@@ -60,7 +60,7 @@ from .configuration_shapley_clip import (
     ZERO_SHOT_PIPELINE_MODULE,
     ShapleyCLIPConfig,
 )
-from .games_shapley import GameExplanation, PlayerView, ShapleyGame, TokenRemovalGame
+from .games_shapley import GameExplanation, GameGeometry, PlayerView, ShapleyGame, TokenRemovalGame
 from .loss_shapley_clip import ShapleyCLIPTrainingLoss
 from .modeling_shapley import (
     ShapleyHead,
@@ -208,7 +208,7 @@ class ShapleyCLIPPreTrainedModel(PreTrainedModel):
             module.reset_buffers()
 
 
-class ShapleyCLIPModel(ShapleyCLIPPreTrainedModel):
+class ShapleyCLIPModel(GameGeometry, ShapleyCLIPPreTrainedModel):
     r"""A CLIP model whose image-text scores are a base value plus per-patch Shapley values.
 
     See the module docstring for the game (vector-valued on the image side), the invariant
@@ -247,23 +247,6 @@ class ShapleyCLIPModel(ShapleyCLIPPreTrainedModel):
         self.loss_function = ShapleyCLIPTrainingLoss()
         self.post_init()
         self._apply_train_clip()
-
-    # ------------------------------------------------------------------ geometry
-    @property
-    def image_size(self) -> tuple[int, int]:
-        return self.game.image_size
-
-    @property
-    def token_grid(self) -> tuple[int, int]:
-        return self.game.token_grid
-
-    @property
-    def players_grid(self) -> tuple[int, int]:
-        return self.game.players_grid
-
-    @property
-    def num_players(self) -> int:
-        return self.game.num_players
 
     @property
     def readout(self) -> ImageEmbeddingReadout:
