@@ -398,7 +398,7 @@ def summarize(runs: list[dict]) -> str:
         "KernelSHAP run until its estimated pooled error is at most "
         f"{TRUTH_TOLERANCE} (`truth err.`), and on the first {len(first.get('exact', {}).get('pearson_r', []))} "
         "against exact enumeration of all 2^16 coalitions. Intervals: hierarchical 95% bootstrap "
-        "(seeds, then images). Command: `python benchmarks/user_road.py --seeds 0 1 2`.",
+        "(seeds, then images). Command: `python benchmarks/user_road.py --seeds 0 1 2 --num_exact 16`.",
         "",
         "| road | seed | accuracy (test) | classifier before | logits identical | best step "
         "| pooled error | r | truth err. | exact: pooled error / r | wall (s) |",
@@ -430,11 +430,16 @@ def summarize(runs: list[dict]) -> str:
         rs = [k["pearson_r"] for k in kernels]
         interval = hierarchical_interval(rs) if len(rs) > 1 else (float("nan"),) * 2
         exacts = [run[road]["exact"] for run in runs if "exact" in run[road]]
-        exact_r = np.mean([r for e in exacts for r in e["pearson_r"]]) if exacts else float("nan")
+        exact_rs = [e["pearson_r"] for e in exacts]
+        exact_r = np.mean([np.mean(r) for r in exact_rs]) if exacts else float("nan")
+        exact_interval = (
+            hierarchical_interval(exact_rs) if len(exact_rs) > 1 else (float("nan"),) * 2
+        )
         lines.append(
             f"| {name} | {pooled(kernels):.3f} | {max(pooled([k]) for k in kernels):.3f} "
             f"| {np.mean([np.mean(r) for r in rs]):.3f} [{interval[0]:.3f}, {interval[1]:.3f}] "
-            f"| {pooled(exacts) if exacts else float('nan'):.3f} | {exact_r:.3f} |"
+            f"| {pooled(exacts) if exacts else float('nan'):.3f} "
+            f"| {exact_r:.3f} [{exact_interval[0]:.3f}, {exact_interval[1]:.3f}] |"
         )
     plain = np.array([run["plain"]["accuracy"] for run in runs])
     road_b = np.array([run["road_b"]["metrics"]["accuracy"] for run in runs])
