@@ -21,6 +21,7 @@ self-explaining one with its forward, which also returns the (B, P, T) Shapley v
     python benchmarks/forward_cost.py                 # CPU
     python benchmarks/forward_cost.py --device cuda --dtype bfloat16
     python benchmarks/forward_cost.py --family resnet
+    python benchmarks/forward_cost.py --family resnet --recipe   # from_backbone's model
     python benchmarks/forward_cost.py --family clip   # CPU, ViT-B/32, 100 labels
 """
 
@@ -65,6 +66,19 @@ def main(argv: list[str] | None = None) -> str:
         help="default 14 14 (ViT), 7 7 (ResNet, CLIP)",
     )
     parser.add_argument("--rounds", type=int, default=None, help="default 10 (7 for CLIP)")
+    parser.add_argument(
+        "--recipe",
+        action="store_true",
+        help="ViT, ResNet: time the stock classifier wrapped by from_backbone (the frozen "
+        "explainer recipe: a classifier's own head, explained by the Shapley head) instead of "
+        "a soft-voting model of the same config",
+    )
+    parser.add_argument(
+        "--head_reads_hidden_states",
+        type=lambda text: {"true": True, "false": False}[text.lower()],
+        default=None,
+        help="with --recipe: override what the head reads (default: the recipe's)",
+    )
     parser.add_argument("--num-labels", type=int, default=100, help="CLIP: label texts scored")
     parser.add_argument("--text-length", type=int, default=9, help="CLIP: tokens per label text")
     parser.add_argument("--out", type=Path, default=None, help="write the markdown table here")
@@ -98,9 +112,20 @@ def main(argv: list[str] | None = None) -> str:
         players_grid = args.players_grid or [7, 7]
         stock = ResNetForImageClassification(ResNetConfig(num_labels=10))  # ResNet-50 layout
         backbone_config, extra, label = ResNetConfig(), {"image_size": 224}, "ResNet-50 224 px"
-    stock = stock.to(device).eval()
-    shapley = (
-        ShapleyForImageClassification(
+    if args.recipe:
+        # What a user gets: the stock classifier wrapped with the frozen explainer recipe.
+        overrides = {}
+        if args.head_reads_hidden_states is not None:
+            overrides["head_reads_hidden_states"] = args.head_reads_hidden_states
+            overrides["head_reads_attention"] = False
+        shapley = ShapleyForImageClassification.from_backbone(
+            stock, players_grid=tuple(players_grid), **extra, **overrides
+        )
+        label += (
+            f", frozen recipe (head reads every depth: {shapley.config.head_reads_hidden_states})"
+        )
+    else:
+        shapley = ShapleyForImageClassification(
             ShapleyConfig(
                 backbone_config=backbone_config,
                 num_labels=10,
@@ -108,9 +133,8 @@ def main(argv: list[str] | None = None) -> str:
                 **extra,
             )
         )
-        .to(device)
-        .eval()
-    )
+    stock = stock.to(device).eval()
+    shapley = shapley.to(device).eval()
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.dtype == "bfloat16")
     P = shapley.num_players
 
@@ -149,7 +173,7 @@ def main(argv: list[str] | None = None) -> str:
                 f"{t['pair'] / t['shapley']:.3f}",
             ]
         )
-    tokens = shapley.game.num_special_tokens
+    tokens = shapley.adapter.num_special_tokens(shapley.config.backbone_config)
     n = shapley.token_grid[0] * shapley.token_grid[1]
     table = markdown_table(
         [

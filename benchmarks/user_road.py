@@ -297,15 +297,20 @@ def run_family_seed(args, seed: int, train_dir: Path, test_dir: Path) -> dict:
     arguments += ["--seed", str(seed)]
     if args.max_steps:
         arguments += ["--max_steps", str(args.max_steps)]
-    road_a = run_train_script(arguments, work / "road-a", work / "road-a.log")
+    road = "road-a"
+    if args.head_reads_hidden_states is not None:
+        arguments += ["--head_reads_hidden_states", str(args.head_reads_hidden_states)]
+        road += f"-head-reads-hidden-states-{args.head_reads_hidden_states}".lower()
+    road_a = run_train_script(arguments, work / road, work / f"{road}.log")
     images, _ = test_images(test_dir, args.num_exact)
     start = time.perf_counter()
-    measured = agreement(work / "road-a", images, args.num_exact, kernel_truth=False)
+    measured = agreement(work / road, images, args.num_exact, kernel_truth=False)
     return {
         "seed": seed,
         "family": args.family,
         "user_checkpoint_seconds": checkpoint_seconds,
         "exact_seconds": time.perf_counter() - start,
+        "head_reads_hidden_states": args.head_reads_hidden_states,
         "road_a": {"metrics": road_a, **measured},
     }
 
@@ -315,15 +320,18 @@ def summarize_family(runs: list[dict]) -> str:
     from recipe import hierarchical_interval
 
     family = runs[0]["family"]
+    count = len(runs[0]["road_a"]["exact"]["pearson_r"])
+    variant = runs[0].get("head_reads_hidden_states")
+    option = "" if variant is None else f" --head_reads_hidden_states {variant}"
     lines = [
         f"# The user's road with a {family} checkpoint on scikit-learn's digits (32 px, P = 16)",
         "",
         f"Seeds {[r['seed'] for r in runs]}. The checkpoint kept (road A), its head trained by "
         "`examples/train.py --backbone CKPT`; agreement on the predicted class's centered logit "
-        f"against exact enumeration (all 2^16 coalitions) on the first "
-        f"{len(runs[0]['road_a']['exact']['pearson_r'])} test images per seed. Intervals: "
-        "hierarchical 95% bootstrap (seeds, then images). Command: "
-        f"`python benchmarks/user_road.py --family {family} --seeds 0 1 2 --num_exact 8`.",
+        f"against exact enumeration (all 2^16 coalitions) on the first {count} test images per "
+        "seed. Intervals: hierarchical 95% bootstrap (seeds, then images). Command: "
+        f"`python benchmarks/user_road.py --family {family} --seeds 0 1 2 --num_exact {count}"
+        f"{option}`.",
         "",
         "| seed | accuracy (test) | logits identical | best step | pooled error | r | wall (s) |",
         "|---|---|---|---|---|---|---|",
@@ -380,6 +388,62 @@ def pooled(entries: list[dict]) -> float:
     squared = sum(np.sum(e["squared_error"]) for e in entries)
     spread = sum(np.sum(e["spread"]) for e in entries)
     return float(np.sqrt(squared / spread))
+
+
+def paired_pooled_difference(
+    first: list[dict], second: list[dict], resamples: int = 4000
+) -> tuple[float, float, float]:
+    """Pooled error of ``second`` minus ``first`` on the same images (runs of the same seeds),
+    with a paired hierarchical 95% bootstrap interval: seeds, then images, drawn once for both."""
+    rng = np.random.default_rng(0)
+
+    def arrays(runs):
+        return [(np.asarray(e["squared_error"]), np.asarray(e["spread"])) for e in runs]
+
+    a, b = arrays(first), arrays(second)
+    differences = []
+    for _ in range(resamples):
+        totals = np.zeros(4)
+        for seed in rng.integers(len(a), size=len(a)):
+            images = rng.integers(len(a[seed][0]), size=len(a[seed][0]))
+            totals += [
+                a[seed][0][images].sum(),
+                a[seed][1][images].sum(),
+                b[seed][0][images].sum(),
+                b[seed][1][images].sum(),
+            ]
+        differences.append(np.sqrt(totals[2] / totals[3]) - np.sqrt(totals[0] / totals[1]))
+    low, high = np.quantile(differences, [0.025, 0.975])
+    return pooled(second) - pooled(first), float(low), float(high)
+
+
+def compare_head_variants(out: Path, family: str) -> str | None:
+    """The head reading every stage against the final features alone, on the same checkpoints
+    and images, when both variants' results are in ``out``."""
+    paths = [
+        out / f"user_road_{family}_head_reads_hidden_states_{variant}.json"
+        for variant in ("false", "true")
+    ]
+    if not all(path.is_file() for path in paths):
+        return None
+    off, on = (json.loads(path.read_text()) for path in paths)
+    seeds = sorted({r["seed"] for r in off} & {r["seed"] for r in on})
+    pick = {
+        name: [next(r["road_a"]["exact"] for r in runs if r["seed"] == s) for s in seeds]
+        for name, runs in (("off", off), ("on", on))
+    }
+    difference, low, high = paired_pooled_difference(pick["off"], pick["on"])
+    r_off = np.mean([np.mean(e["pearson_r"]) for e in pick["off"]])
+    r_on = np.mean([np.mean(e["pearson_r"]) for e in pick["on"]])
+    per_seed = " / ".join(
+        f"{pooled([x]):.3f} -> {pooled([y]):.3f}"
+        for x, y in zip(pick["off"], pick["on"], strict=True)
+    )
+    return (
+        f"| {family} | {len(seeds)} x {len(pick['on'][0]['pearson_r'])} | {pooled(pick['off']):.3f} "
+        f"| {pooled(pick['on']):.3f} | {difference:+.3f} [{low:+.3f}, {high:+.3f}] "
+        f"| {r_off:.3f} -> {r_on:.3f} | {per_seed} |"
+    )
 
 
 ROADS = (("road_a", "A: your checkpoint"), ("road_b", "B: trained here"))
@@ -479,10 +543,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--work", type=Path, default=Path("outputs/user_road"))
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/user_road"))
     parser.add_argument("--family", choices=["vit", *USER_CONFIGS], default="vit")
+    parser.add_argument(
+        "--head_reads_hidden_states",
+        type=lambda text: {"true": True, "false": False}[text.lower()],
+        default=None,
+        help="Pixel families: pass this head variant to train.py (default: its own default).",
+    )
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     train_dir, test_dir = write_digit_folders(args.work / "digits")
     name = "user_road" if args.family == "vit" else f"user_road_{args.family}"
+    if args.head_reads_hidden_states is not None:
+        name += f"_head_reads_hidden_states_{args.head_reads_hidden_states}".lower()
     run, summary = (
         (run_seed, summarize) if args.family == "vit" else (run_family_seed, summarize_family)
     )
@@ -497,6 +569,22 @@ def main(argv: list[str] | None = None) -> None:
         results_path.write_text(json.dumps(runs, indent=1))
         (args.out / f"{name}.md").write_text(summary(runs))
         print(summary(runs))
+    rows = [compare_head_variants(args.out, family) for family in USER_CONFIGS]
+    if any(rows):
+        table = [
+            "# The pixel families' head: every stage against the final features alone",
+            "",
+            "Same checkpoints, same exact truth, same images (road A, P = 16). Difference: "
+            "pooled error with every stage minus without, paired hierarchical 95% bootstrap "
+            "(seeds, then images). Commands: `python benchmarks/user_road.py --family FAMILY "
+            "--seeds 0 1 2 --num_exact 16 --head_reads_hidden_states {False,True}`.",
+            "",
+            "| family | seeds x images | final features | every stage | difference [95%] "
+            "| mean r | per seed |",
+            "|---|---|---|---|---|---|---|",
+            *[row for row in rows if row],
+        ]
+        (args.out / "pixel_head_variants.md").write_text("\n".join(table) + "\n")
 
 
 if __name__ == "__main__":

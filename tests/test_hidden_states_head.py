@@ -101,25 +101,87 @@ def test_hidden_states_head_needs_the_backbone_head_mode(make_backbone_config):
         )
 
 
-def test_hidden_states_head_needs_a_token_removal_family(make_model):
-    with pytest.raises(ValueError, match="needs a token-removal backbone .* ResNet"):
-        make_model(
-            "resnet",
-            players_grid=(2, 2),
-            prediction_mode="backbone_head",
-            head_reads_hidden_states=True,
-        )
+def cell_means(feature_map: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """(B, C, H, W) -> (B, h * w, C): the mean over each final cell's block of the map,
+    row-major, by explicit slicing (H and W multiples of the grid)."""
+    rows, cols = feature_map.shape[2] // grid[0], feature_map.shape[3] // grid[1]
+    return torch.stack(
+        [
+            feature_map[:, :, i * rows : (i + 1) * rows, j * cols : (j + 1) * cols].mean((2, 3))
+            for i in range(grid[0])
+            for j in range(grid[1])
+        ],
+        dim=1,
+    )
 
 
-@pytest.mark.parametrize("reads", [True, False])
-def test_card_states_what_the_head_reads(make_model, reads):
+@pytest.mark.parametrize("family", ["resnet", "convnext", "swin"])
+def test_pixel_family_head_reads_every_stage_averaged_over_each_cell(
+    make_model, pixel_values, family, tmp_path
+):
+    model = make_model(
+        family,
+        players_grid=(2, 2),
+        prediction_mode="backbone_head",
+        head_num_layers=1,
+        head_reads_hidden_states=True,
+    )
+    game = model.game
+    with torch.no_grad():
+        view = game.full(game.prepare(pixel_values))
+        ours = view.hidden_states()
+        out = model.backbone(pixel_values, output_hidden_states=True)
+    maps = out.reshaped_hidden_states if family == "swin" else out.hidden_states
+    width = view.tokens.shape[-1]
+    assert ours.shape == (3, 16, len(maps), width)
+    assert model.shapley_head.hidden_states_mix[-1].in_features == len(maps) * width
+    for slot, feature_map in enumerate(maps[:-1]):
+        channels = feature_map.shape[1]
+        torch.testing.assert_close(ours[:, :, slot, :channels], cell_means(feature_map, (4, 4)))
+        assert (ours[:, :, slot, channels:] == 0).all()
+    # The last slot is what a head reading the final features alone reads.
+    torch.testing.assert_close(ours[:, :, -1], view.tokens, rtol=0, atol=0)
+
+    with torch.no_grad():
+        explained = model(pixel_values)
+    torch.testing.assert_close(
+        explained.logits, explained.base_values + explained.shapley_values.sum(1)
+    )
+    moved = values_after_changing_mix_slot(model, pixel_values, 0)  # the stem's map is read
+    assert (moved - explained.shapley_values).abs().max() > 1e-3
+    assert_reloads_identically(model, pixel_values, tmp_path, explained.shapley_values)
+
+
+def test_pixel_family_stages_wider_than_the_final_features_are_refused(make_backbone_config):
+    config = hf_shapley.ShapleyConfig(
+        backbone_config=make_backbone_config("resnet", embedding_size=32),
+        num_labels=3,
+        players_grid=(2, 2),
+        image_size=32,
+        prediction_mode="backbone_head",
+        head_reads_hidden_states=True,
+    )
+    with pytest.raises(
+        ValueError, match=r"stages have \[32, 8, 16\].*head_reads_hidden_states=False"
+    ):
+        hf_shapley.ShapleyForImageClassification(config)
+
+
+@pytest.mark.parametrize(
+    ("family", "reads", "row"),
+    [
+        ("vit", True, "every depth of the backbone"),
+        ("vit", False, "the backbone's final features"),
+        ("resnet", True, "every stage of the backbone, averaged over each final cell"),
+    ],
+)
+def test_card_states_what_the_head_reads(make_model, family, reads, row):
     from hf_shapley.publishing import render_model_card
 
     model = make_model(
-        "vit", players_grid=(2, 2), prediction_mode="backbone_head", head_reads_hidden_states=reads
+        family, players_grid=(2, 2), prediction_mode="backbone_head", head_reads_hidden_states=reads
     )
     card = str(render_model_card(model))
-    row = "every depth of the backbone" if reads else "the backbone's final features"
     assert f"| Shapley head reads | {row} |" in card
 
 
@@ -128,17 +190,19 @@ def test_card_states_what_the_head_reads(make_model, reads):
     [
         ("vit", "ViTForImageClassification", True),
         ("dinov2", "Dinov2ForImageClassification", True),
-        ("resnet", "ResNetForImageClassification", False),
+        ("resnet", "ResNetForImageClassification", True),
+        ("convnext", "ConvNextForImageClassification", True),
+        ("swin", "SwinForImageClassification", True),
     ],
 )
-def test_the_explainer_recipe_reads_every_depth_of_vit_like_classifiers(
+def test_the_explainer_recipe_reads_every_depth_of_a_classifier(
     make_backbone_config, family, classifier_class, expected
 ):
     import transformers
 
     config = make_backbone_config(family, num_labels=3)
     classifier = getattr(transformers, classifier_class)(config)
-    kwargs = {"image_size": 32} if family == "resnet" else {}
+    kwargs = {"image_size": 32} if family in ("resnet", "convnext", "swin") else {}
     model = hf_shapley.ShapleyForImageClassification.from_backbone(
         classifier, players_grid=(2, 2), **kwargs
     )
@@ -153,6 +217,17 @@ def test_the_explainer_recipe_reads_every_depth_of_vit_like_classifiers(
     )
     assert off.config.head_reads_hidden_states is False
     assert off.config.head_reads_attention is False
+
+
+def test_the_recipe_reads_final_features_alone_when_a_stage_is_wider(make_backbone_config):
+    import transformers
+
+    config = make_backbone_config("resnet", embedding_size=32, num_labels=3)
+    model = hf_shapley.ShapleyForImageClassification.from_backbone(
+        transformers.ResNetForImageClassification(config), players_grid=(2, 2), image_size=32
+    )
+    assert model.config.head_reads_hidden_states is False
+    assert model.shapley_head.hidden_states_mix is None
 
 
 def test_hidden_states_head_under_bf16_autocast_stays_fp32_and_efficient(make_model, pixel_values):

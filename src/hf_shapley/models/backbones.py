@@ -415,9 +415,29 @@ class PixelBaselineAdapter:
         kwargs = {"add_pooling_layer": False} if self.has_pooler else {}
         return AutoModel.from_config(config, **kwargs)
 
-    def encode_pixels(self, backbone: nn.Module, pixel_values: torch.Tensor) -> torch.Tensor:
-        """(B, C, H, W) -> the family's ``last_hidden_state``."""
-        return backbone(pixel_values).last_hidden_state
+    def stage_channels(self, config: PreTrainedConfig) -> list[int]:
+        """The channels of each feature map ``encode_pixels`` collects: the stem's output, then
+        every stage's (Swin's after its patch merging), the last one the final features'."""
+        if self.family == "Swin":
+            dims = [int(config.embed_dim * 2**i) for i in range(len(config.depths))]
+            return [dims[0], *dims[1:], dims[-1]]
+        if self.family == "ResNet":
+            return [int(config.embedding_size), *map(int, config.hidden_sizes)]
+        return [int(config.hidden_sizes[0]), *map(int, config.hidden_sizes)]
+
+    def encode_pixels(
+        self,
+        backbone: nn.Module,
+        pixel_values: torch.Tensor,
+        stages: list[torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        """(B, C, H, W) -> the family's ``last_hidden_state``. ``stages``, when given, receives
+        every feature map, (B, C_s, H_s, W_s) in ``stage_channels`` order."""
+        if stages is None:
+            return backbone(pixel_values).last_hidden_state
+        out = backbone(pixel_values, output_hidden_states=True)
+        stages.extend(out.reshaped_hidden_states if self.layout == "tokens" else out.hidden_states)
+        return out.last_hidden_state
 
     def cell_features(self, backbone: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
         """``last_hidden_state`` -> (B, h * w, D): one feature vector per final cell, row-major."""
@@ -703,9 +723,9 @@ def wrap_backbone(
             CLS-token head cannot become soft voting) and ``"shapley_sum"`` otherwise. A
             ResNet or Swin classifier (average pool + linear) wrapped with ``"shapley_sum"``
             starts from soft voting that reproduces its logits. ``"backbone_head"`` takes the
-            explainer recipe ``configuration_shapley.EXPLAINER_DEFAULTS`` (and, for the
-            ViT-like families, ``EXPLAINER_TOKEN_REMOVAL_DEFAULTS``) for every setting not
-            given in ``config_kwargs``.
+            explainer recipe ``configuration_shapley.EXPLAINER_DEFAULTS`` (and the family's:
+            ``EXPLAINER_TOKEN_REMOVAL_DEFAULTS`` or ``EXPLAINER_PIXEL_BASELINE_DEFAULTS``) for
+            every setting not given in ``config_kwargs``.
         train_backbone: Whether the backbone (and, in ``backbone_head`` mode, the classifier's
             head) trains. Defaults to ``False`` in ``backbone_head`` mode: a fine-tuned
             classifier is kept as it is, its predictions bit-identical, and only the Shapley
@@ -719,6 +739,7 @@ def wrap_backbone(
     """
     from .configuration_shapley import (
         EXPLAINER_DEFAULTS,
+        EXPLAINER_PIXEL_BASELINE_DEFAULTS,
         EXPLAINER_TOKEN_REMOVAL_DEFAULTS,
         FROZEN_EXPLAINER_DEFAULTS,
         ShapleyConfig,
@@ -782,9 +803,15 @@ def wrap_backbone(
         # pretraining one): the checkpoint's own processor says what the classifier was fed.
         config_kwargs["image_size"] = processor_image_size(loaded.image_processor)
     if mode == "backbone_head":
-        family_defaults = (
-            dict(EXPLAINER_TOKEN_REMOVAL_DEFAULTS) if adapter.removal == "token_removal" else {}
+        family_defaults = dict(
+            EXPLAINER_TOKEN_REMOVAL_DEFAULTS
+            if adapter.removal == "token_removal"
+            else EXPLAINER_PIXEL_BASELINE_DEFAULTS
         )
+        if adapter.removal == "pixel_baseline" and max(
+            adapter.stage_channels(backbone_config)
+        ) > adapter.hidden_size(backbone_config):
+            del family_defaults["head_reads_hidden_states"]
         # The attention slot needs blocks whose query and key maps it can read (not DINOv2's),
         # and rides on the every-depth head.
         if "head_reads_attention" in family_defaults and (

@@ -58,6 +58,14 @@ EXPLAINER_TOKEN_REMOVAL_DEFAULTS: dict[str, Any] = {
     "head_reads_hidden_states": True,
     "head_reads_attention": True,
 }
+#: Added to :data:`EXPLAINER_DEFAULTS` for the pixel-baseline families (ResNet, ConvNeXt, Swin):
+#: the head reads every stage's feature map, averaged over each final cell, beside the final
+#: features. On the user's road it lowered the pooled error against exact values on every
+#: family and seed (``benchmarks/results/user_road/pixel_head_variants.md``). Dropped for a
+#: backbone with a stage wider than its final features.
+EXPLAINER_PIXEL_BASELINE_DEFAULTS: dict[str, Any] = {
+    "head_reads_hidden_states": True,
+}
 #: Added to :data:`EXPLAINER_DEFAULTS` when the classifier is frozen (``train_backbone=False``,
 #: ``from_backbone``'s default for a fine-tuned classifier): its game never changes, so each
 #: image's coalition values are computed once and kept, 32 per image (with 8 kept the head learns
@@ -664,6 +672,7 @@ __all__ = [
     "EXPLAINER_DEFAULTS",
     "FROZEN_EXPLAINER_DEFAULTS",
     "FROZEN_EXPLAINER_LEARNING_RATE",
+    "EXPLAINER_PIXEL_BASELINE_DEFAULTS",
     "EXPLAINER_TOKEN_REMOVAL_DEFAULTS",
     "OBJECTIVE_SETTINGS",
     "ObjectiveSetting",

@@ -604,9 +604,34 @@ class PixelBaselineGame(ShapleyGame):
         return pixel_values
 
     def full(self, context: torch.Tensor) -> PlayerView:
-        hidden = self.adapter.encode_pixels(self.backbone, context)
+        """The images' view; with ``head_reads_hidden_states`` it also holds every stage's
+        feature map (only here: the coalitions' and the baseline image's passes need none)."""
+        return self._view(context, getattr(self.config, "head_reads_hidden_states", False))
+
+    def _view(self, images: torch.Tensor, with_stages: bool = False) -> PlayerView:
+        stages: list[torch.Tensor] | None = [] if with_stages else None
+        hidden = self.adapter.encode_pixels(self.backbone, images, stages)
         cells = self.adapter.cell_features(self.backbone, hidden)
-        return PlayerView(cells, None, lambda: self.adapter.pooled_features(self.backbone, hidden))
+        return PlayerView(
+            cells,
+            None,
+            lambda: self.adapter.pooled_features(self.backbone, hidden),
+            None if stages is None else (lambda: self._stage_features(stages, cells)),
+        )
+
+    def _stage_features(self, stages: list[torch.Tensor], cells: torch.Tensor) -> torch.Tensor:
+        """(n, N, S, D): each earlier stage's feature map averaged over every final cell's
+        pixels (zero-padded from its channels to D), then the final cells as the head reads
+        them without stages. The head's mix normalizes each slot."""
+        height, width = self.token_grid
+        slots = [
+            F.pad(
+                F.adaptive_avg_pool2d(stage, (height, width)).flatten(2).transpose(1, 2),
+                (0, cells.shape[-1] - stage.shape[1]),
+            )
+            for stage in stages[:-1]
+        ]
+        return torch.stack([*slots, cells], dim=2)
 
     def empty_statistics(self, readout: Readout) -> contextlib.AbstractContextManager:
         """Normalization layers and dropout in eval mode for the all-baseline image."""
@@ -620,7 +645,7 @@ class PixelBaselineGame(ShapleyGame):
             cells, pooled = self._empty_cache[1]
             return PlayerView(cells, None, lambda: pooled)
         image = self.baseline_pixels.to(device=like.device, dtype=like.dtype)
-        view = self.full(image.expand(1, -1, *self.image_size))
+        view = self._view(image.expand(1, -1, *self.image_size))
         if not self.training:
             # Normal tensors even when computed under inference_mode, so that a later forward
             # with autograd (attribution baselines such as Grad-CAM) can use the cached value.
@@ -646,7 +671,7 @@ class PixelBaselineGame(ShapleyGame):
                 sl = slice(start, start + chunk)
                 present = flat[sl][:, self.pixel_to_player]  # (n, H, W)
                 images = torch.where(present[:, None], context[image_of[sl]], baseline)
-                values.append(readout.value(self.full(images)))
+                values.append(readout.value(self._view(images)))
         return torch.cat(values).reshape(B, M, -1)
 
 

@@ -367,12 +367,15 @@ class ShapleyForImageClassification(GameGeometry, ShapleyPreTrainedModel):
             else adapter.removal == "pixel_baseline"
         )
         self.num_labels = config.num_labels
-        if config.head_reads_hidden_states and adapter.removal != "token_removal":
-            raise ValueError(
-                f"head_reads_hidden_states=True needs a token-removal backbone (ViT, DeiT, "
-                f"DINOv2); the {adapter.family} backbone's stages have different resolutions. "
-                "Set head_reads_hidden_states=False."
-            )
+        if config.head_reads_hidden_states and adapter.removal == "pixel_baseline":
+            channels = adapter.stage_channels(backbone_config)
+            if max(channels) > adapter.hidden_size(backbone_config):
+                raise ValueError(
+                    f"head_reads_hidden_states=True reads every stage zero-padded to the final "
+                    f"features' {adapter.hidden_size(backbone_config)} channels, but this "
+                    f"{adapter.family} backbone's stages have {channels}. Set "
+                    "head_reads_hidden_states=False."
+                )
         if config.head_reads_attention:
             count = attention_features_per_token(adapter.layers(self.backbone))
             if count is None:
@@ -394,9 +397,7 @@ class ShapleyForImageClassification(GameGeometry, ShapleyPreTrainedModel):
             config.head_hidden_size,
             config.head_dropout,
             config.head_num_layers,
-            len(adapter.layers(self.backbone)) + 1 + int(config.head_reads_attention)
-            if config.head_reads_hidden_states
-            else 1,
+            self._num_head_inputs(config, adapter),
         )
         # b: the prediction of the empty coalition in soft-voting mode.
         self.shapley_bias = nn.Parameter(torch.zeros(config.num_labels))
@@ -419,6 +420,16 @@ class ShapleyForImageClassification(GameGeometry, ShapleyPreTrainedModel):
         self.full_pass_cache = FullPassCache()
         self.post_init()
         self._apply_train_backbone()
+
+    def _num_head_inputs(self, config: ShapleyConfig, adapter) -> int:
+        """How many feature vectors the head reads per token: 1, or every depth (token removal:
+        the embeddings and each block, then the attention slot; pixel baseline: the stem's
+        output and each stage)."""
+        if not config.head_reads_hidden_states:
+            return 1
+        if adapter.removal == "pixel_baseline":
+            return len(adapter.stage_channels(config.backbone_config))
+        return len(adapter.layers(self.backbone)) + 1 + int(config.head_reads_attention)
 
     # ------------------------------------------------------------------ geometry
     @property

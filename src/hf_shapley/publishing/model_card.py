@@ -243,7 +243,9 @@ def _objective_rows(config: Any) -> list[tuple[str, str]]:
                 if not get("head_reads_hidden_states")
                 else "every depth of the backbone and the attention each token received"
                 if get("head_reads_attention")
-                else "every depth of the backbone",
+                else "every depth of the backbone"
+                if not _removal_text(get("backbone_config")).startswith("replacing")
+                else "every stage of the backbone, averaged over each final cell",
             )
         )
         rows.append(("Backbone trained", get("train_backbone")))
