@@ -230,9 +230,12 @@ def test_the_recipe_reads_final_features_alone_when_a_stage_is_wider(make_backbo
     assert model.shapley_head.hidden_states_mix is None
 
 
-def test_hidden_states_head_under_bf16_autocast_stays_fp32_and_efficient(make_model, pixel_values):
+@pytest.mark.parametrize("family", ["vit", "resnet", "swin"])
+def test_hidden_states_head_under_bf16_autocast_stays_fp32_and_efficient(
+    make_model, pixel_values, family
+):
     model = make_model(
-        "vit", players_grid=(2, 2), prediction_mode="backbone_head", head_reads_hidden_states=True
+        family, players_grid=(2, 2), prediction_mode="backbone_head", head_reads_hidden_states=True
     )
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         out = model(pixel_values)
