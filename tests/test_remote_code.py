@@ -39,7 +39,7 @@ MODELS = {
     "vit_sum": ("vit", "shapley_sum", {}),
     "dinov2reg_head": ("dinov2_with_registers", "backbone_head", {}),
     "resnet_sum": ("resnet", "shapley_sum", {"pixel_baseline": [0.5, -0.5, 0.0]}),
-    "convnext_head": ("convnext", "backbone_head", {}),
+    "convnext_head": ("convnext", "backbone_head", {"head_reads_hidden_states": True}),
     "swin_sum": ("swin", "shapley_sum", {}),
 }
 
