@@ -27,7 +27,8 @@ classifier's order ("zero", "one", ...). Per seed:
 family (``USER_CONFIGS``: 32 px, a 4 x 4 final feature grid, saved with the image processor
 its Hub checkpoints use) and runs road A only, with exact enumeration on ``--num_exact`` images
 (a pixel-baseline coalition costs a whole forward pass, so the KernelSHAP truth is left out);
-its results go to ``user_road_<family>.json`` and ``.md``.
+its results go to ``user_road_<family>.json`` and ``.md`` (with the head variant, when one is
+given, in the name).
 
 It writes ``user_road.json`` (per seed and image) and ``user_road.md`` (the summary with
 hierarchical 95% intervals over seeds, then images) in ``--out``; a seed already in the JSON
@@ -301,6 +302,9 @@ def run_family_seed(args, seed: int, train_dir: Path, test_dir: Path) -> dict:
     if args.head_reads_hidden_states is not None:
         arguments += ["--head_reads_hidden_states", str(args.head_reads_hidden_states)]
         road += f"-head-reads-hidden-states-{args.head_reads_hidden_states}".lower()
+    if args.head_width is not None:
+        arguments += ["--head_width", str(args.head_width)]
+        road += f"-head-width-{args.head_width}"
     road_a = run_train_script(arguments, work / road, work / f"{road}.log")
     images, _ = test_images(test_dir, args.num_exact)
     start = time.perf_counter()
@@ -311,6 +315,7 @@ def run_family_seed(args, seed: int, train_dir: Path, test_dir: Path) -> dict:
         "user_checkpoint_seconds": checkpoint_seconds,
         "exact_seconds": time.perf_counter() - start,
         "head_reads_hidden_states": args.head_reads_hidden_states,
+        "head_width": args.head_width,
         "road_a": {"metrics": road_a, **measured},
     }
 
@@ -323,6 +328,8 @@ def summarize_family(runs: list[dict]) -> str:
     count = len(runs[0]["road_a"]["exact"]["pearson_r"])
     variant = runs[0].get("head_reads_hidden_states")
     option = "" if variant is None else f" --head_reads_hidden_states {variant}"
+    if runs[0].get("head_width") is not None:
+        option += f" --head_width {runs[0]['head_width']}"
     lines = [
         f"# The user's road with a {family} checkpoint on scikit-learn's digits (32 px, P = 16)",
         "",
@@ -549,12 +556,20 @@ def main(argv: list[str] | None = None) -> None:
         default=None,
         help="Pixel families: pass this head variant to train.py (default: its own default).",
     )
+    parser.add_argument(
+        "--head_width",
+        type=int,
+        default=None,
+        help="Pixel families: pass this head width to train.py (default: its own default).",
+    )
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     train_dir, test_dir = write_digit_folders(args.work / "digits")
     name = "user_road" if args.family == "vit" else f"user_road_{args.family}"
     if args.head_reads_hidden_states is not None:
         name += f"_head_reads_hidden_states_{args.head_reads_hidden_states}".lower()
+    if args.head_width is not None:
+        name += f"_head_width_{args.head_width}"
     run, summary = (
         (run_seed, summarize) if args.family == "vit" else (run_family_seed, summarize_family)
     )

@@ -130,6 +130,13 @@ class ModelArguments:
             "None: the explainer recipe's default for the family."
         },
     )
+    head_width: int | None = field(
+        default=None,
+        metadata={
+            "help": "Width of the Shapley head's attention layers and MLP (ShapleyConfig."
+            "head_width). None: the recipe's default (the backbone's hidden size)."
+        },
+    )
     head_reads_attention: bool | None = field(
         default=None,
         metadata={
@@ -539,6 +546,8 @@ def build_model(
         kwargs["head_reads_hidden_states"] = args.head_reads_hidden_states
     if args.head_reads_attention is not None:
         kwargs["head_reads_attention"] = args.head_reads_attention
+    if args.head_width is not None:
+        kwargs["head_width"] = args.head_width
     try:
         model = ShapleyForImageClassification.from_backbone(args.backbone, **kwargs)
     except ValueError as error:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+import hf_shapley
 from conftest import close
 from hf_shapley.models.modeling_shapley import ShapleyHead, pre_norm_encoder_layer
 
@@ -43,3 +44,41 @@ def test_mixer_layer_matches_torch_encoder_layer(training):
         features = torch.randn(4, 9, 32)
         expected = head.out_proj(head.activation(head.dense(head.mixer(features))))
         close(head(features), expected)
+
+
+@pytest.mark.parametrize("reads_hidden_states", [False, True])
+def test_head_width_sets_where_the_head_works_and_keeps_efficiency(
+    make_model, pixel_values, tmp_path, reads_hidden_states
+):
+    model = make_model(
+        "resnet",
+        players_grid=(2, 2),
+        prediction_mode="backbone_head",
+        head_num_layers=1,
+        head_hidden_size=8,
+        head_width=24,
+        head_reads_hidden_states=reads_hidden_states,
+    )
+    head = model.shapley_head
+    assert head.mixer.layers[0].self_attn.embed_dim == 24 and head.dense.in_features == 24
+    first = head.hidden_states_mix[-1] if reads_hidden_states else head.input_proj
+    assert first.out_features == 24 and first.in_features % 16 == 0  # from the width D = 16
+    with torch.no_grad():
+        out = model(pixel_values)
+    torch.testing.assert_close(out.logits, out.base_values + out.shapley_values.sum(1))
+    model.save_pretrained(tmp_path)
+    again = hf_shapley.ShapleyForImageClassification.from_pretrained(tmp_path).eval()
+    assert again.config.head_width == 24
+    with torch.no_grad():
+        torch.testing.assert_close(
+            again(pixel_values).shapley_values, out.shapley_values, rtol=0, atol=0
+        )
+
+
+def test_head_width_must_be_a_non_negative_int(make_backbone_config):
+    with pytest.raises(ValueError, match="head_width must be a non-negative int"):
+        hf_shapley.ShapleyConfig(
+            backbone_config=make_backbone_config("vit"),
+            prediction_mode="backbone_head",
+            head_width=-1,
+        )

@@ -351,13 +351,19 @@ class ShapleyConfig(PreTrainedConfig):
             ``prediction_mode="backbone_head"`` only: transformer layers (self-attention over
             the image's tokens, pre-norm) in the Shapley head before its per-token projection,
             so that the explainer sees the whole image (benchmarks/results/recipe_v2.md).
+        head_width (`int`, *optional*, defaults to 0):
+            ``prediction_mode="backbone_head"`` only: the width at which the Shapley head's
+            attention layers and MLP work, reached by one linear map from the backbone's
+            features; 0 keeps the backbone's hidden size.
         head_reads_hidden_states (`bool`, *optional*, defaults to `False`):
-            ``prediction_mode="backbone_head"`` with a token-removal family (ViT, DeiT, DINOv2)
-            only: the Shapley head reads each patch token at every depth of the backbone (the
-            embeddings and every block's output, each normalized, mixed by one linear map)
-            instead of the final features alone. The early depths keep what a patch shows,
-            which a player's value depends on and the final features of a classifier blur
-            (benchmarks/results/explainer_study.md). Costs one (L + 1) D x D matrix.
+            ``prediction_mode="backbone_head"`` only: the Shapley head reads each patch token at
+            every depth of the backbone (token removal: the embeddings and every block's
+            output; pixel baseline: the stem's and every stage's feature map averaged over each
+            final cell, zero-padded to the final width), each normalized and mixed by one
+            linear map, instead of the final features alone. The early depths keep what a
+            patch shows, which a player's value depends on and the final features of a
+            classifier blur (benchmarks/results/explainer_study.md). Costs one (L + 1) D x D
+            matrix.
         head_reads_attention (`bool`, *optional*, defaults to `False`):
             With ``head_reads_hidden_states``: the head also reads, for each patch token, the
             attention the backbone paid to it in every block and head (from the class token,
@@ -403,6 +409,7 @@ class ShapleyConfig(PreTrainedConfig):
     head_hidden_size: int = 0
     head_dropout: float = 0.0
     head_num_layers: int = 0
+    head_width: int = 0
     head_reads_hidden_states: bool = False
     head_reads_attention: bool = False
     prediction_mode: str = "shapley_sum"
@@ -608,6 +615,8 @@ def check_shapley_options(config: ShapleyConfig) -> None:
         raise ValueError(
             f"head_num_layers must be a non-negative int; got {config.head_num_layers!r}."
         )
+    if config.head_width < 0 or not isinstance(config.head_width, int):
+        raise ValueError(f"head_width must be a non-negative int; got {config.head_width!r}.")
     if config.head_num_layers > 0 and config.prediction_mode != "backbone_head":
         raise ValueError(
             f"head_num_layers={config.head_num_layers} needs prediction_mode='backbone_head': with "

@@ -114,8 +114,11 @@ class ShapleyHead(nn.Module):
         dropout: float = 0.0,
         num_layers: int = 0,
         num_hidden_states: int = 1,
+        width: int = 0,
     ):
         super().__init__()
+        # width: where the layers below work; one linear map reaches it from the features.
+        width = width or hidden_size
         # num_hidden_states > 1: each token arrives at every depth of the backbone, (..., L + 1,
         # D). Each depth is normalized, then one linear map mixes them back to D: the early
         # depths keep what the patch shows, the late ones what the classifier made of it
@@ -125,8 +128,13 @@ class ShapleyHead(nn.Module):
             self.hidden_states_mix = nn.Sequential(
                 nn.LayerNorm(hidden_size, elementwise_affine=False),
                 nn.Flatten(-2),
-                nn.Linear(num_hidden_states * hidden_size, hidden_size),
+                nn.Linear(num_hidden_states * hidden_size, width),
             )
+        self.input_proj = (
+            nn.Linear(hidden_size, width)
+            if width != hidden_size and self.hidden_states_mix is None
+            else None
+        )
         self.dropout = nn.Dropout(dropout)
         # Optional self-attention over the tokens before the per-token projection (backbone_head
         # mode only: the explainer sees the full image, never a packed pair of coalitions). A
@@ -134,11 +142,11 @@ class ShapleyHead(nn.Module):
         # trained for classification reaches it only so far.
         self.mixer = None
         if num_layers > 0:
-            heads = next(h for h in (8, 4, 2, 1) if hidden_size % h == 0)
+            heads = next(h for h in (8, 4, 2, 1) if width % h == 0)
             layer = nn.TransformerEncoderLayer(
-                hidden_size,
+                width,
                 heads,
-                dim_feedforward=2 * hidden_size,
+                dim_feedforward=2 * width,
                 dropout=dropout,
                 activation="gelu",
                 batch_first=True,
@@ -146,12 +154,12 @@ class ShapleyHead(nn.Module):
             )
             self.mixer = nn.TransformerEncoder(layer, num_layers, enable_nested_tensor=False)
         if head_hidden_size > 0:
-            self.dense = nn.Linear(hidden_size, head_hidden_size)
+            self.dense = nn.Linear(width, head_hidden_size)
             self.activation = nn.GELU()
             self.out_proj = nn.Linear(head_hidden_size, num_labels)
         else:
             self.dense = None
-            self.out_proj = nn.Linear(hidden_size, num_labels)
+            self.out_proj = nn.Linear(width, num_labels)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         """(..., D) token features, or (..., L + 1, D) with ``num_hidden_states = L + 1`` ->
@@ -160,6 +168,8 @@ class ShapleyHead(nn.Module):
             x = features.to(self.out_proj.weight.dtype)
             if self.hidden_states_mix is not None:
                 x = self.hidden_states_mix(x)
+            elif self.input_proj is not None:
+                x = self.input_proj(x)
             x = self.dropout(x)
             if self.mixer is not None:
                 for layer in self.mixer.layers:
@@ -398,6 +408,7 @@ class ShapleyForImageClassification(GameGeometry, ShapleyPreTrainedModel):
             config.head_dropout,
             config.head_num_layers,
             self._num_head_inputs(config, adapter),
+            getattr(config, "head_width", 0),
         )
         # b: the prediction of the empty coalition in soft-voting mode.
         self.shapley_bias = nn.Parameter(torch.zeros(config.num_labels))

@@ -236,6 +236,7 @@ def _objective_rows(config: Any) -> list[tuple[str, str]]:
         rows.append((setting.label, setting.card_value(value)))
     if get("prediction_mode") == "backbone_head":
         rows.append(("Shapley head attention layers", get("head_num_layers")))
+        rows.append(("Shapley head width (0 = the backbone's)", get("head_width", 0)))
         rows.append(
             (
                 "Shapley head reads",
