@@ -79,6 +79,12 @@ def main(argv: list[str] | None = None) -> str:
         default=None,
         help="with --recipe: override what the head reads (default: the recipe's)",
     )
+    parser.add_argument(
+        "--head_width",
+        type=int,
+        default=None,
+        help="with --recipe: the Shapley head's width (default: the recipe's)",
+    )
     parser.add_argument("--num-labels", type=int, default=100, help="CLIP: label texts scored")
     parser.add_argument("--text-length", type=int, default=9, help="CLIP: tokens per label text")
     parser.add_argument("--out", type=Path, default=None, help="write the markdown table here")
@@ -118,11 +124,14 @@ def main(argv: list[str] | None = None) -> str:
         if args.head_reads_hidden_states is not None:
             overrides["head_reads_hidden_states"] = args.head_reads_hidden_states
             overrides["head_reads_attention"] = False
+        if args.head_width is not None:
+            overrides["head_width"] = args.head_width
         shapley = ShapleyForImageClassification.from_backbone(
             stock, players_grid=tuple(players_grid), **extra, **overrides
         )
         label += (
-            f", frozen recipe (head reads every depth: {shapley.config.head_reads_hidden_states})"
+            f", frozen recipe (head reads every depth: {shapley.config.head_reads_hidden_states}"
+            f", head width {shapley.config.head_width or 'of the backbone'})"
         )
     else:
         shapley = ShapleyForImageClassification(
