@@ -32,6 +32,7 @@ import sys
 from pathlib import Path
 
 import torch
+from transformers.hf_argparser import string_to_bool
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (
@@ -75,7 +76,7 @@ def main(argv: list[str] | None = None) -> str:
     )
     parser.add_argument(
         "--head_reads_hidden_states",
-        type=lambda text: {"true": True, "false": False}[text.lower()],
+        type=string_to_bool,
         default=None,
         help="with --recipe: override what the head reads (default: the recipe's)",
     )

@@ -46,6 +46,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from transformers.hf_argparser import string_to_bool
 
 DIGIT_NAMES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 IMAGE_SIZE = 32
@@ -552,7 +553,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--family", choices=["vit", *USER_CONFIGS], default="vit")
     parser.add_argument(
         "--head_reads_hidden_states",
-        type=lambda text: {"true": True, "false": False}[text.lower()],
+        type=string_to_bool,
         default=None,
         help="Pixel families: pass this head variant to train.py (default: its own default).",
     )

@@ -119,6 +119,17 @@ def tiny_shapley_model(
     return model.eval()
 
 
+def assert_reloads_identically(model, pixel_values, tmp_path, phi: torch.Tensor):
+    """Saved and reloaded, ``model`` keeps what its Shapley head reads and how wide it is, and
+    gives ``phi`` again, bit for bit."""
+    model.save_pretrained(tmp_path)
+    again = hf_shapley.ShapleyForImageClassification.from_pretrained(tmp_path).eval()
+    for option in ("head_reads_hidden_states", "head_reads_attention", "head_width"):
+        assert getattr(again.config, option) == getattr(model.config, option)
+    with torch.no_grad():
+        torch.testing.assert_close(again(pixel_values).shapley_values, phi, rtol=0, atol=0)
+
+
 @pytest.fixture(scope="session")
 def make_backbone_config():
     """``make_backbone_config(family, **overrides)`` -> a tiny backbone config."""

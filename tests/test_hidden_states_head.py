@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import hf_shapley
-from conftest import FAMILIES
+from conftest import FAMILIES, assert_reloads_identically
 
 
 def values_after_changing_mix_slot(model, pixel_values, slot: int) -> torch.Tensor:
@@ -26,15 +26,6 @@ def values_after_changing_mix_slot(model, pixel_values, slot: int) -> torch.Tens
         moved = model(pixel_values).shapley_values
         mix.weight.copy_(weight)
     return moved
-
-
-def assert_reloads_identically(model, pixel_values, tmp_path, phi: torch.Tensor):
-    model.save_pretrained(tmp_path)
-    again = hf_shapley.ShapleyForImageClassification.from_pretrained(tmp_path).eval()
-    for option in ("head_reads_hidden_states", "head_reads_attention"):
-        assert getattr(again.config, option) == getattr(model.config, option)
-    with torch.no_grad():
-        torch.testing.assert_close(again(pixel_values).shapley_values, phi, rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("family", FAMILIES)

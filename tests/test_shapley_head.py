@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import hf_shapley
-from conftest import close
+from conftest import assert_reloads_identically, close
 from hf_shapley.models.modeling_shapley import ShapleyHead, pre_norm_encoder_layer
 
 
@@ -66,13 +66,8 @@ def test_head_width_sets_where_the_head_works_and_keeps_efficiency(
     with torch.no_grad():
         out = model(pixel_values)
     torch.testing.assert_close(out.logits, out.base_values + out.shapley_values.sum(1))
-    model.save_pretrained(tmp_path)
-    again = hf_shapley.ShapleyForImageClassification.from_pretrained(tmp_path).eval()
-    assert again.config.head_width == 24
-    with torch.no_grad():
-        torch.testing.assert_close(
-            again(pixel_values).shapley_values, out.shapley_values, rtol=0, atol=0
-        )
+    assert model.config.head_width == 24
+    assert_reloads_identically(model, pixel_values, tmp_path, out.shapley_values)
 
 
 def test_head_width_must_be_a_non_negative_int(make_backbone_config):

@@ -425,6 +425,11 @@ class PixelBaselineAdapter:
             return [int(config.embedding_size), *map(int, config.hidden_sizes)]
         return [int(config.hidden_sizes[0]), *map(int, config.hidden_sizes)]
 
+    def stages_fit_final_width(self, config: PreTrainedConfig) -> bool:
+        """Whether every stage's channels fit the final features' width, as a head reading
+        every stage zero-padded to that width needs."""
+        return max(self.stage_channels(config)) <= self.hidden_size(config)
+
     def encode_pixels(
         self,
         backbone: nn.Module,
@@ -808,9 +813,9 @@ def wrap_backbone(
             if adapter.removal == "token_removal"
             else EXPLAINER_PIXEL_BASELINE_DEFAULTS
         )
-        if adapter.removal == "pixel_baseline" and max(
-            adapter.stage_channels(backbone_config)
-        ) > adapter.hidden_size(backbone_config):
+        if adapter.removal == "pixel_baseline" and not adapter.stages_fit_final_width(
+            backbone_config
+        ):
             del family_defaults["head_reads_hidden_states"]
         # The attention slot needs blocks whose query and key maps it can read (not DINOv2's),
         # and rides on the every-depth head.

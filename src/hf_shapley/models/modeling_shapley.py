@@ -377,15 +377,17 @@ class ShapleyForImageClassification(GameGeometry, ShapleyPreTrainedModel):
             else adapter.removal == "pixel_baseline"
         )
         self.num_labels = config.num_labels
-        if config.head_reads_hidden_states and adapter.removal == "pixel_baseline":
-            channels = adapter.stage_channels(backbone_config)
-            if max(channels) > adapter.hidden_size(backbone_config):
-                raise ValueError(
-                    f"head_reads_hidden_states=True reads every stage zero-padded to the final "
-                    f"features' {adapter.hidden_size(backbone_config)} channels, but this "
-                    f"{adapter.family} backbone's stages have {channels}. Set "
-                    "head_reads_hidden_states=False."
-                )
+        if (
+            config.head_reads_hidden_states
+            and adapter.removal == "pixel_baseline"
+            and not adapter.stages_fit_final_width(backbone_config)
+        ):
+            raise ValueError(
+                f"head_reads_hidden_states=True reads every stage zero-padded to the final "
+                f"features' {adapter.hidden_size(backbone_config)} channels, but this "
+                f"{adapter.family} backbone's stages have {adapter.stage_channels(backbone_config)}. "
+                "Set head_reads_hidden_states=False."
+            )
         if config.head_reads_attention:
             count = attention_features_per_token(adapter.layers(self.backbone))
             if count is None:
@@ -408,7 +410,7 @@ class ShapleyForImageClassification(GameGeometry, ShapleyPreTrainedModel):
             config.head_dropout,
             config.head_num_layers,
             self._num_head_inputs(config, adapter),
-            getattr(config, "head_width", 0),
+            config.head_width,
         )
         # b: the prediction of the empty coalition in soft-voting mode.
         self.shapley_bias = nn.Parameter(torch.zeros(config.num_labels))

@@ -201,14 +201,21 @@ def _parse_metrics(metrics: Mapping[str, Any] | None) -> dict[str, Any]:
     return parsed
 
 
-def _removal_text(backbone_config: Any) -> str:
+def _removal(backbone_config: Any) -> str | None:
+    """The family's removal ("token_removal" or "pixel_baseline"); None for an unknown one."""
     try:
-        from ..models.backbones import TokenRemovalAdapter, get_adapter
+        from ..models.backbones import get_adapter
 
-        token_removal = isinstance(get_adapter(backbone_config), TokenRemovalAdapter)
-    except Exception:  # an unknown family: describe removal generically
+        return get_adapter(backbone_config).removal
+    except Exception:
+        return None
+
+
+def _removal_text(backbone_config: Any) -> str:
+    removal = _removal(backbone_config)
+    if removal is None:  # an unknown family: describe removal generically
         return "the backbone family's removal operation"
-    if token_removal:
+    if removal == "token_removal":
         return "dropping the patch's tokens after the position embedding"
     return "replacing the patch's pixels with a baseline value"
 
@@ -245,7 +252,7 @@ def _objective_rows(config: Any) -> list[tuple[str, str]]:
                 else "every depth of the backbone and the attention each token received"
                 if get("head_reads_attention")
                 else "every depth of the backbone"
-                if not _removal_text(get("backbone_config")).startswith("replacing")
+                if _removal(get("backbone_config")) != "pixel_baseline"
                 else "every stage of the backbone, averaged over each final cell",
             )
         )
