@@ -145,6 +145,15 @@ class ModelArguments:
             "None: the explainer recipe's default for the family (on for ViT and DeiT)."
         },
     )
+    head_attention_from: str | None = field(
+        default=None,
+        metadata={
+            "help": "With the head reading the attention: 'class_and_mean' (the class token's "
+            "and the mean over all queries) or 'class' (the class token's alone, cheaper) "
+            "(ShapleyConfig.head_attention_from). None: the recipe's default.",
+            "choices": ["class_and_mean", "class"],
+        },
+    )
     explainer_learning_rate: float | None = field(
         default=FROZEN_EXPLAINER_LEARNING_RATE,
         metadata={
@@ -548,6 +557,8 @@ def build_model(
         kwargs["head_reads_attention"] = args.head_reads_attention
     if args.head_width is not None:
         kwargs["head_width"] = args.head_width
+    if args.head_attention_from is not None:
+        kwargs["head_attention_from"] = args.head_attention_from
     try:
         model = ShapleyForImageClassification.from_backbone(args.backbone, **kwargs)
     except ValueError as error:

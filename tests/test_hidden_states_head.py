@@ -234,8 +234,12 @@ def test_hidden_states_head_under_bf16_autocast_stays_fp32_and_efficient(
     torch.testing.assert_close(out.logits, out.base_values + out.shapley_values.sum(1))
 
 
-@pytest.mark.parametrize("family", ["vit", "deit"])
-def test_attention_features_are_the_backbones_own_attention(make_model, pixel_values, family):
+@pytest.mark.parametrize(
+    "family, queries", [("vit", "class_and_mean"), ("deit", "class_and_mean"), ("vit", "class")]
+)
+def test_attention_features_are_the_backbones_own_attention(
+    make_model, pixel_values, family, queries
+):
     """``head_reads_attention``: the extra slot holds, per patch token, the attention it
     received in each block and head, checked against transformers' eager attention weights."""
     model = make_model(
@@ -244,12 +248,15 @@ def test_attention_features_are_the_backbones_own_attention(make_model, pixel_va
         prediction_mode="backbone_head",
         head_reads_hidden_states=True,
         head_reads_attention=True,
+        head_attention_from=queries,
     )
     game = model.game
     backbone = model.backbone
     backbone.config._attn_implementation = "eager"
     with torch.no_grad():
         features = game.full(game.prepare(pixel_values)).hidden_states()
+        # Read from the pass's own query and key maps: the hooks that recorded them are gone.
+        assert not any(module._forward_hooks for module in backbone.modules())
         reference = backbone(pixel_values, output_attentions=True).attentions
     s = game.num_special_tokens
     depths = len(reference) + 1
@@ -257,7 +264,7 @@ def test_attention_features_are_the_backbones_own_attention(make_model, pixel_va
     parts = []
     for weights in reference:  # (B, H, T, T)
         received = weights[..., s:] * weights.shape[-1]
-        parts += [received[:, :, 0], received.mean(2)]
+        parts += [received[:, :, 0]] + ([received.mean(2)] if queries == "class_and_mean" else [])
     expected = torch.cat(parts, dim=1).transpose(1, 2)  # (B, N, 2 L H)
     width = expected.shape[-1]
     torch.testing.assert_close(features[:, :, depths, :width], expected)
@@ -325,3 +332,14 @@ def test_attention_head_needs_room_for_its_features_in_the_hidden_size(make_back
     )
     with pytest.raises(ValueError, match="16 attention features per token .* hidden size 8"):
         hf_shapley.ShapleyForImageClassification(config)
+    # From the class token alone: 8 features, which fit.
+    config.head_attention_from = "class"
+    model = hf_shapley.ShapleyForImageClassification(config)
+    assert model.shapley_head is not None
+
+
+def test_attention_from_must_name_known_queries(make_backbone_config):
+    with pytest.raises(ValueError, match="head_attention_from must be 'class_and_mean' or 'class'"):
+        hf_shapley.ShapleyConfig(
+            backbone_config=make_backbone_config("vit"), head_attention_from="cls"
+        )

@@ -126,54 +126,100 @@ def _split_heads(states: torch.Tensor, head_dim: int) -> torch.Tensor:
     return states.view(states.shape[0], states.shape[1], -1, head_dim).transpose(1, 2)
 
 
-def attention_features_per_token(blocks: Iterable[nn.Module]) -> int | None:
-    """How many numbers :func:`attention_received` gives per patch token over ``blocks``
-    (2 per block and head), or ``None`` when it cannot read one of them (not a ViT, DeiT or
-    CLIP layout: DINOv2's blocks, say)."""
+#: What :class:`AttentionReceived` reads, by query: see its ``queries`` argument.
+ATTENTION_QUERIES = ("class_and_mean", "class")
+
+
+def attention_features_per_token(
+    blocks: Iterable[nn.Module], queries: str = "class_and_mean"
+) -> int | None:
+    """How many numbers :class:`AttentionReceived` gives per patch token over ``blocks``
+    (2 per block and head, 1 from the class token only), or ``None`` when it cannot read one
+    of them (not a ViT, DeiT or CLIP layout: DINOv2's blocks, say)."""
     count = 0
     for block in blocks:
         layout = _layout_of(block)
         if layout is None:
             return None
         attention = getattr(block, layout.attention)
-        count += 2 * attention.q_proj.out_features // attention.head_dim
-    return count
+        count += attention.q_proj.out_features // attention.head_dim
+    return count * (2 if queries == "class_and_mean" else 1)
 
 
-def attention_received(
-    block: nn.Module, hidden_states: torch.Tensor, num_special: int
-) -> torch.Tensor:
-    """How much attention each patch token receives in one pre-norm block, per head.
+class AttentionReceived:
+    """How much attention each patch token receives in pre-norm blocks, per head.
 
-    Recomputed from the block's input with its own query and key maps (the pass itself runs
-    a fused kernel that returns no probabilities). Scaled by the sequence length, so that
-    uniform attention reads 1.
+    Read from the pass itself: while active (``with recorder:``) it keeps the output of each
+    block's query and key maps (forward hooks), so that only the attention scores are computed
+    again (the pass runs a fused kernel that returns no probabilities); recomputing the two
+    maps instead cost about a sixth of a ViT-S forward (``benchmarks/forward_cost.py``).
+    Scaled by the sequence length, so that uniform attention reads 1.
 
     Args:
-        block: an encoder block (ViT, DeiT or CLIP layout).
-        hidden_states: (n, T, D) the block's input, special tokens first.
-        num_special: the number s of special tokens (the first is the class token).
-
-    Returns:
-        (n, T - s, 2H): per head, the attention from the class token, then the mean over all
-        queries.
+        blocks: the encoder blocks (ViT, DeiT or CLIP layout).
+        queries: ``"class_and_mean"``: per block and head, the attention from the class token,
+            then the mean over all queries (2 H L numbers per token); ``"class"``: from the
+            class token only (H L numbers), which needs one row of scores per block instead of
+            the whole matrix.
     """
-    layout = _layout_of(block)
-    if layout is None:
-        raise ValueError(
-            f"head_reads_attention needs a ViT, DeiT or CLIP-like block; got {type(block).__name__}. "
-            "Set head_reads_attention=False."
-        )
-    attention = getattr(block, layout.attention)
-    length = hidden_states.shape[1]
-    normed = getattr(block, layout.norm_before)(hidden_states)
-    query = _split_heads(attention.q_proj(normed), attention.head_dim)
-    key = _split_heads(attention.k_proj(normed), attention.head_dim)
-    scores = query @ key.transpose(-1, -2) * getattr(attention, layout.scale)
-    probabilities = scores.softmax(-1)[..., num_special:] * length  # (n, H, T, N)
-    from_class = probabilities[:, :, 0]  # (n, H, N)
-    mean = probabilities.mean(2)  # (n, H, N)
-    return torch.cat([from_class, mean], dim=1).transpose(1, 2)
+
+    def __init__(self, blocks: Iterable[nn.Module], queries: str = "class_and_mean"):
+        if queries not in ATTENTION_QUERIES:
+            raise ValueError(
+                f"head_attention_from must be one of {ATTENTION_QUERIES}; got {queries!r}."
+            )
+        self.queries = queries
+        self.attentions = []
+        for block in blocks:
+            layout = _layout_of(block)
+            if layout is None:
+                raise ValueError(
+                    f"head_reads_attention needs a ViT, DeiT or CLIP-like block; got "
+                    f"{type(block).__name__}. Set head_reads_attention=False."
+                )
+            self.attentions.append((getattr(block, layout.attention), layout.scale))
+        self._outputs: list[torch.Tensor] = []
+        self._handles: list = []
+
+    def __enter__(self) -> AttentionReceived:
+        self._outputs = []
+
+        def keep(module, inputs, output):
+            self._outputs.append(output)
+
+        for attention, _ in self.attentions:
+            self._handles.append(attention.q_proj.register_forward_hook(keep))
+            self._handles.append(attention.k_proj.register_forward_hook(keep))
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+
+    def features(self, num_special: int) -> torch.Tensor:
+        """(n, T - s, 2 H L) (or (n, T - s, H L) from the class token only) for the pass
+        recorded last; ``num_special`` is the number s of special tokens (the first is the
+        class token)."""
+        if len(self._outputs) != 2 * len(self.attentions):
+            raise RuntimeError(
+                f"AttentionReceived recorded {len(self._outputs)} query and key maps for "
+                f"{len(self.attentions)} blocks: run exactly one pass inside `with recorder:`."
+            )
+        received = []
+        for i, (attention, scale) in enumerate(self.attentions):
+            query = self._outputs[2 * i]
+            if self.queries == "class":
+                query = query[:, :1]
+            query = _split_heads(query, attention.head_dim)
+            key = _split_heads(self._outputs[2 * i + 1], attention.head_dim)
+            length = key.shape[2]
+            scores = query @ key.transpose(-1, -2) * getattr(attention, scale)
+            probabilities = scores.softmax(-1)[..., num_special:] * length  # (n, H, T or 1, N)
+            received.append(probabilities[:, :, 0])
+            if self.queries == "class_and_mean":
+                received.append(probabilities.mean(2))
+        return torch.cat(received, dim=1).transpose(1, 2)
 
 
 @dataclass(frozen=True)

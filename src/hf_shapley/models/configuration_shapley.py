@@ -369,6 +369,11 @@ class ShapleyConfig(PreTrainedConfig):
             attention the backbone paid to it in every block and head (from the class token,
             and on average over all tokens). A player's Shapley value includes its influence
             on the other tokens through attention, which its own states do not show.
+        head_attention_from (`str`, *optional*, defaults to `"class_and_mean"`):
+            With ``head_reads_attention``: which queries' attention the head reads,
+            ``"class_and_mean"`` (the class token's, and the mean over all queries) or
+            ``"class"`` (the class token's alone: one row of scores per block, not the whole
+            matrix).
         prediction_mode (`str`, *optional*, defaults to `"shapley_sum"`):
             ``"shapley_sum"``: logits are the base value plus the sum of the players' values
             (soft voting). ``"backbone_head"``: the wrapped classifier's own head gives the
@@ -412,6 +417,7 @@ class ShapleyConfig(PreTrainedConfig):
     head_width: int = 0
     head_reads_hidden_states: bool = False
     head_reads_attention: bool = False
+    head_attention_from: str = "class_and_mean"
     prediction_mode: str = "shapley_sum"
     train_backbone: bool = True
     detach_head_features: bool = False
@@ -628,6 +634,11 @@ def check_shapley_options(config: ShapleyConfig) -> None:
             "head_reads_hidden_states=True needs prediction_mode='backbone_head': with "
             "soft voting the head votes on every masked pass, where only the final "
             "features are at hand. Set head_reads_hidden_states=False."
+        )
+    if config.head_attention_from not in ("class_and_mean", "class"):
+        raise ValueError(
+            "head_attention_from must be 'class_and_mean' or 'class'; got "
+            f"{config.head_attention_from!r}."
         )
     if config.head_reads_attention and not config.head_reads_hidden_states:
         raise ValueError(

@@ -48,9 +48,9 @@ from transformers import PreTrainedConfig
 from transformers import initialization as init
 
 from .backbones import (
+    AttentionReceived,
     PixelBaselineAdapter,
     TokenRemovalAdapter,
-    attention_received,
     player_index_of_pixels,
     player_index_of_tokens,
 )
@@ -422,7 +422,13 @@ class TokenRemovalGame(ShapleyGame):
         # config has no such head.
         reads_depths = getattr(self.config, "head_reads_hidden_states", False)
         depths: list[torch.Tensor] | None = [] if reads_depths else None
-        states = self.adapter.encode_tokens(self.backbone, context, None, depths)
+        attention = None
+        if reads_depths and getattr(self.config, "head_reads_attention", False):
+            attention = AttentionReceived(
+                self.adapter.layers(self.backbone), self.config.head_attention_from
+            )
+        with attention or contextlib.nullcontext():
+            states = self.adapter.encode_tokens(self.backbone, context, None, depths)
         patch_states = states[:, s:]
         # patch_weights=None: the classifier's own feature computation, so that a wrapped
         # classifier's predictions stay bit-identical (a weighted mean differs in the last bit).
@@ -430,22 +436,20 @@ class TokenRemovalGame(ShapleyGame):
             patch_states,
             None,
             lambda: self.adapter.classifier_features(states[:, :s], patch_states, None),
-            None if depths is None else (lambda: self._depth_features(depths)),
+            None if depths is None else (lambda: self._depth_features(depths, attention)),
         )
 
-    def _depth_features(self, depths: list[torch.Tensor]) -> torch.Tensor:
+    def _depth_features(
+        self, depths: list[torch.Tensor], attention: AttentionReceived | None
+    ) -> torch.Tensor:
         """(n, N, L + 1, D) every depth's patch tokens; with ``head_reads_attention`` one more
         slot, (n, N, L + 2, D), holds the attention each token received (2 L H numbers,
         zero-padded to D)."""
         s = self.num_special_tokens
         features = torch.stack(depths, dim=2)[:, s:]
-        if not getattr(self.config, "head_reads_attention", False):
+        if attention is None:
             return features
-        layers = self.adapter.layers(self.backbone)
-        received = torch.cat(
-            [attention_received(layer, x, s) for layer, x in zip(layers, depths, strict=False)],
-            dim=-1,
-        ).to(features.dtype)
+        received = attention.features(s).to(features.dtype)
         # At most D numbers: ShapleyForImageClassification checks it when it is built.
         slot = F.pad(received, (0, features.shape[-1] - received.shape[-1]))
         return torch.cat([features, slot[:, :, None]], dim=2)

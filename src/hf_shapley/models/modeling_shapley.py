@@ -389,7 +389,9 @@ class ShapleyForImageClassification(GameGeometry, ShapleyPreTrainedModel):
                 "Set head_reads_hidden_states=False."
             )
         if config.head_reads_attention:
-            count = attention_features_per_token(adapter.layers(self.backbone))
+            count = attention_features_per_token(
+                adapter.layers(self.backbone), config.head_attention_from
+            )
             if count is None:
                 raise ValueError(
                     f"head_reads_attention=True needs ViT- or DeiT-like blocks (separate query and "
@@ -399,8 +401,9 @@ class ShapleyForImageClassification(GameGeometry, ShapleyPreTrainedModel):
             # The attention rides in one more input slot of the head, zero-padded to D.
             if count > adapter.hidden_size(backbone_config):
                 raise ValueError(
-                    f"head_reads_attention=True: {count} attention features per token (2 per block "
-                    f"and head) exceed the hidden size {adapter.hidden_size(backbone_config)}. Set "
+                    f"head_reads_attention=True: {count} attention features per token "
+                    f"(head_attention_from={config.head_attention_from!r}) exceed the hidden size "
+                    f"{adapter.hidden_size(backbone_config)}. Set head_attention_from='class' or "
                     "head_reads_attention=False."
                 )
         self.shapley_head = ShapleyHead(

@@ -250,6 +250,7 @@ def _objective_rows(config: Any) -> list[tuple[str, str]]:
                 "the backbone's final features"
                 if not get("head_reads_hidden_states")
                 else "every depth of the backbone and the attention each token received"
+                + (" from the class token" if get("head_attention_from") == "class" else "")
                 if get("head_reads_attention")
                 else "every depth of the backbone"
                 if _removal(get("backbone_config")) != "pixel_baseline"
