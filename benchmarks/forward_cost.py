@@ -22,6 +22,7 @@ self-explaining one with its forward, which also returns the (B, P, T) Shapley v
     python benchmarks/forward_cost.py --device cuda --dtype bfloat16
     python benchmarks/forward_cost.py --family resnet
     python benchmarks/forward_cost.py --family resnet --recipe   # from_backbone's model
+    python benchmarks/forward_cost.py --recipe --variant recipe: --variant narrow:head_width=192
     python benchmarks/forward_cost.py --family clip   # CPU, ViT-B/32, 100 labels
 """
 
@@ -86,6 +87,15 @@ def main(argv: list[str] | None = None) -> str:
         default=None,
         help="with --recipe: the Shapley head's width (default: the recipe's)",
     )
+    parser.add_argument(
+        "--variant",
+        action="append",
+        default=None,
+        metavar="NAME:KEY=VALUE,...",
+        help="with --recipe: time several heads side by side, each the recipe with these "
+        "ShapleyConfig overrides (repeatable; e.g. 'half-width:head_width=192'; 'recipe:' for "
+        "none)",
+    )
     parser.add_argument("--num-labels", type=int, default=100, help="CLIP: label texts scored")
     parser.add_argument("--text-length", type=int, default=9, help="CLIP: tokens per label text")
     parser.add_argument("--out", type=Path, default=None, help="write the markdown table here")
@@ -94,6 +104,8 @@ def main(argv: list[str] | None = None) -> str:
         if args.dtype != "float32":
             parser.error("--family clip measures float32 only")
         return clip_zero_shot(args)
+    if args.variant and not args.recipe:
+        parser.error("--variant needs --recipe")
     if args.batch_sizes is None:
         args.batch_sizes = [1, 32]
     if args.rounds is None:
@@ -119,6 +131,8 @@ def main(argv: list[str] | None = None) -> str:
         players_grid = args.players_grid or [7, 7]
         stock = ResNetForImageClassification(ResNetConfig(num_labels=10))  # ResNet-50 layout
         backbone_config, extra, label = ResNetConfig(), {"image_size": 224}, "ResNet-50 224 px"
+    if args.variant:
+        return recipe_variants(args, stock, players_grid, extra, label, device)
     if args.recipe:
         # What a user gets: the stock classifier wrapped with the frozen explainer recipe.
         overrides = {}
@@ -211,6 +225,66 @@ def main(argv: list[str] | None = None) -> str:
         f"Device {device} ({device_name(device)}), "
         f"{args.dtype}, {label}, players {tuple(players_grid)}, median of {args.rounds} interleaved rounds.\n\n"
         f"{table}\n\n{pair_text}"
+    )
+    return report(text, args.out)
+
+
+def parse_variant(text: str) -> tuple[str, dict]:
+    """``"NAME:key=value,key=value"`` -> (NAME, overrides); ints and booleans are parsed."""
+    name, _, settings = text.partition(":")
+    overrides = {}
+    for item in filter(None, settings.split(",")):
+        key, _, value = item.partition("=")
+        if value.lstrip("-").isdigit():
+            overrides[key] = int(value)
+        elif value.lower() in ("true", "false"):
+            overrides[key] = string_to_bool(value)
+        else:
+            overrides[key] = value
+    return name, overrides
+
+
+def recipe_variants(args, stock, players_grid, extra, label, device) -> str:
+    """Several recipe heads on one stock classifier, timed side by side with it."""
+    from hf_shapley import ShapleyForImageClassification
+
+    stock = stock.to(device).eval()
+    models = {}
+    for text in args.variant:
+        name, overrides = parse_variant(text)
+        models[name] = (
+            ShapleyForImageClassification.from_backbone(
+                stock, players_grid=tuple(players_grid), **extra, **overrides
+            )
+            .to(device)
+            .eval()
+        )
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.dtype == "bfloat16")
+    rows = []
+    for batch in args.batch_sizes:
+        x = torch.randn(batch, 3, 224, 224, device=device)
+        calls = {"stock": stock, **models}
+
+        def timed(model, x=x):
+            with torch.no_grad(), autocast:
+                return model(x).logits
+
+        t = interleaved_medians(
+            {name: (lambda m=m: timed(m)) for name, m in calls.items()},
+            device=device,
+            rounds=args.rounds,
+        )
+        rows.append(
+            [batch, f"{1000 * t['stock']:.1f}"] + [f"{t[name] / t['stock']:.3f}" for name in models]
+        )
+    table = markdown_table(
+        ["batch", f"stock {args.family} ms"] + [f"{name} / stock" for name in models], rows
+    )
+    settings = "\n".join(f"- `{text}`" for text in args.variant)
+    text = (
+        f"Device {device} ({device_name(device)}), {args.dtype}, {label}, frozen recipe heads, "
+        f"players {tuple(players_grid)}, median of {args.rounds} interleaved rounds.\n\n"
+        f"{table}\n\nHeads (ShapleyConfig overrides of the recipe):\n{settings}\n"
     )
     return report(text, args.out)
 

@@ -117,6 +117,22 @@ def test_pixel_game_caches_empty_only_in_eval_mode(make_model, pixel_values):
     assert model.game._empty_cache is None
 
 
+def test_token_game_keeps_one_empty_row_in_eval_mode(make_model, pixel_values):
+    """The special tokens alone do not depend on the image: inference encodes them once."""
+    model = make_model("vit", players_grid=(2, 2), prediction_mode="backbone_head").eval()
+    nobody = torch.zeros(pixel_values.shape[0], model.num_players, dtype=torch.bool)
+    with torch.no_grad():
+        first = model(pixel_values).base_values
+        assert model.game._empty_cache is not None
+        # v(empty) through the coalition passes, which never read the cache.
+        close(first, model(pixel_values, coalition=nobody).logits)
+        model.classifier.bias[0] += 1.0
+        moved = model(pixel_values).base_values
+    close(moved[:, 0], first[:, 0] + 1.0)
+    model.train()
+    assert model.game._empty_cache is None
+
+
 # ------------------------------------------------------------------ the objective
 def test_objective_module_is_pure():
     tree = ast.parse(inspect.getsource(objective))

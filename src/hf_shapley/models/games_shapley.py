@@ -309,6 +309,9 @@ class ShapleyGame(nn.Module):
         self.players_grid = tuple(config.players_grid)
         self.num_players = self.players_grid[0] * self.players_grid[1]
         self.register_buffer("token_to_player", self._token_to_player(), persistent=False)
+        # What the empty coalition's view needs, in eval mode: (key, tensors). v(empty) does
+        # not depend on the image in either removal, so inference computes it once.
+        self._empty_cache: tuple[tuple, tuple[torch.Tensor, ...]] | None = None
 
     # ------------------------------------------------------------------ geometry
     grid_name: ClassVar[str] = "token"
@@ -333,8 +336,39 @@ class ShapleyGame(nn.Module):
     def tokens_per_player(self) -> int:
         return math.prod(self.token_grid) // self.num_players
 
+    # ------------------------------------------------------------------ the cache
     def clear_cache(self) -> None:
-        """Forget anything cached across calls (a game that caches nothing has nothing to do)."""
+        """Forget the cached view of the empty coalition (call it after editing the backbone's
+        weights in place while the model stays in eval mode)."""
+        self._empty_cache = None
+
+    def train(self, mode: bool = True):
+        self.clear_cache()
+        return super().train(mode)
+
+    def _apply(self, fn, *args, **kwargs):
+        self.clear_cache()
+        return super()._apply(fn, *args, **kwargs)
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        self.clear_cache()
+        return super()._load_from_state_dict(*args, **kwargs)
+
+    def _kept_empty(
+        self, like: torch.Tensor, compute: Callable[[], tuple[torch.Tensor, ...]]
+    ) -> tuple[torch.Tensor, ...]:
+        """``compute()`` (one row of the empty coalition's view), kept detached in eval mode
+        and recomputed, with gradients, on every call in training mode."""
+        key = (like.device, like.dtype, torch.is_autocast_enabled(like.device.type))
+        if self.training:
+            return compute()
+        if self._empty_cache is None or self._empty_cache[0] != key:
+            parts = compute()
+            # Normal tensors even when computed under inference_mode, so that a later forward
+            # with autograd (attribution baselines such as Grad-CAM) can use the cached value.
+            with torch.inference_mode(False):
+                self._empty_cache = (key, tuple(part.detach().clone() for part in parts))
+        return self._empty_cache[1]
 
     def player_sum(self, token_values: torch.Tensor) -> torch.Tensor:
         """(B, N, K) per-token values -> (B, P, K) per-player sums."""
@@ -455,15 +489,21 @@ class TokenRemovalGame(ShapleyGame):
         return torch.cat([features, slot[:, :, None]], dim=2)
 
     def empty_view(self, context: torch.Tensor) -> PlayerView:
-        """No token votes; a wrapped classifier reads the special tokens encoded alone."""
+        """No token votes; a wrapped classifier reads the special tokens encoded alone. They do
+        not depend on the image: in eval mode one row is computed once and kept (training
+        mode keeps one row per image, as embedding dropout differs between them)."""
         s = self.num_special_tokens
-        no_tokens = context.new_zeros(context.shape[0], 0, context.shape[-1])
+        rows = context if self.training else context[:1]
+        no_tokens = rows.new_zeros(rows.shape[0], 0, rows.shape[-1])
 
-        def classifier_features() -> torch.Tensor:
-            states = self.adapter.encode_tokens(self.backbone, context[:, :s], None)
-            return self.adapter.classifier_features(states, no_tokens, no_tokens[..., 0])
+        def classifier_features() -> tuple[torch.Tensor]:
+            states = self.adapter.encode_tokens(self.backbone, rows[:, :s], None)
+            return (self.adapter.classifier_features(states, no_tokens, no_tokens[..., 0]),)
 
-        return PlayerView(no_tokens, None, classifier_features)
+        if self.training:
+            return PlayerView(no_tokens, None, lambda: classifier_features()[0])
+        (features,) = self._kept_empty(rows, classifier_features)
+        return PlayerView(no_tokens, None, lambda: features)
 
     def values(self, context, coalitions, readout, *, dropout=True, chunk_size=None):
         """Adjacent complementary coalitions ``[S, ~S]`` share one packed sequence; any other
@@ -551,8 +591,6 @@ class PixelBaselineGame(ShapleyGame):
         super().__init__(config, adapter, backbone)
         self.register_buffer("pixel_to_player", self._pixel_to_player(), persistent=False)
         self.register_buffer("baseline_pixels", self._baseline_pixels(), persistent=False)
-        # Backbone features of the all-baseline image in eval mode: (key, (cells, pooled)).
-        self._empty_cache: tuple[tuple, tuple[torch.Tensor, torch.Tensor]] | None = None
 
     @staticmethod
     def geometry(config, adapter):
@@ -584,23 +622,6 @@ class PixelBaselineGame(ShapleyGame):
         super().reset_buffers()
         init.copy_(self.pixel_to_player, self._pixel_to_player())
         init.copy_(self.baseline_pixels, self._baseline_pixels())
-
-    # ------------------------------------------------------------------ the cache
-    def clear_cache(self) -> None:
-        """Forget the cached features of the all-baseline image."""
-        self._empty_cache = None
-
-    def train(self, mode: bool = True):
-        self.clear_cache()
-        return super().train(mode)
-
-    def _apply(self, fn, *args, **kwargs):
-        self.clear_cache()
-        return super()._apply(fn, *args, **kwargs)
-
-    def _load_from_state_dict(self, *args, **kwargs):
-        self.clear_cache()
-        return super()._load_from_state_dict(*args, **kwargs)
 
     # ------------------------------------------------------------------ the interface
     def prepare(self, pixel_values: torch.Tensor) -> torch.Tensor:
@@ -644,21 +665,16 @@ class PixelBaselineGame(ShapleyGame):
     def empty_view(self, like: torch.Tensor) -> PlayerView:
         """One row: the all-baseline image. Its backbone features are cached (detached) in eval
         mode and recomputed, with gradients, on every call in training mode."""
-        key = (like.device, like.dtype, torch.is_autocast_enabled(like.device.type))
-        if not self.training and self._empty_cache is not None and self._empty_cache[0] == key:
-            cells, pooled = self._empty_cache[1]
-            return PlayerView(cells, None, lambda: pooled)
         image = self.baseline_pixels.to(device=like.device, dtype=like.dtype)
-        view = self._view(image.expand(1, -1, *self.image_size))
-        if not self.training:
-            # Normal tensors even when computed under inference_mode, so that a later forward
-            # with autograd (attribution baselines such as Grad-CAM) can use the cached value.
-            with torch.inference_mode(False):
-                cells = view.tokens.detach().clone()
-                pooled = view.classifier_features().detach().clone()
-            self._empty_cache = (key, (cells, pooled))
-            return PlayerView(cells, None, lambda: pooled)
-        return view
+        if self.training:
+            return self._view(image.expand(1, -1, *self.image_size))
+
+        def compute() -> tuple[torch.Tensor, torch.Tensor]:
+            view = self._view(image.expand(1, -1, *self.image_size))
+            return view.tokens, view.classifier_features()
+
+        cells, pooled = self._kept_empty(like, compute)
+        return PlayerView(cells, None, lambda: pooled)
 
     def values(self, context, coalitions, readout, *, dropout=True, chunk_size=None):
         """One backbone pass per coalition, at most ``config.coalition_batch_size`` images per
