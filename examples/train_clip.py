@@ -1,15 +1,27 @@
-"""Train a self-explaining image-text dual encoder (CLIP) on the built-in image-caption pairs.
+"""Train a self-explaining image-text dual encoder (CLIP): the built-in pairs, or your CLIP and captions.
 
 With no arguments it builds a small CLIP from a config (no download), trains it on the built-in
 shapes images paired with their generated captions (``hf_shapley.data.captions``) with the pair
 objective (contrastive + masked self-distillation + Shapley regression of the image's vector
 game), then freezes CLIP and trains the Shapley head further on the now fixed game (the
-explainer recipe: the head learns a game that no longer moves). It reports in-batch retrieval
-(R@1), zero-shot accuracy with the class prompts, and writes a loadable model directory
-(weights, config, code, tokenizer, image processor, metrics):
+explainer recipe: the head learns a game that no longer moves).
+
+With ``--clip_model`` it explains a pretrained CLIP (a Hub id or a local directory with its
+tokenizer and image processor): CLIP stays frozen, its scores bit-identical, and only the head
+learns CLIP's own game; ``--train_clip true`` trains CLIP too, and the metrics say so. Your
+captions come as a folder (``--train_dir``, optionally ``--test_dir``): images and a
+``metadata.jsonl`` with one ``{"file_name": ..., "caption": ...}`` line per image; images in
+class sub-folders also give zero-shot accuracy with ``--label_template`` prompts.
+
+It reports in-batch retrieval (R@1), zero-shot accuracy, the agreement of the explanation with
+the exact Shapley values of the model's own games (on each image's caption, on other captions
+and on label prompts never trained on), and writes a loadable model directory (weights,
+config, code, tokenizer, image processor, metrics):
 
     accelerate launch examples/train_clip.py
     python examples/train_clip.py --num_train 512 --num_train_epochs 1 --output_dir /tmp/clip
+    python examples/train_clip.py --clip_model openai/clip-vit-base-patch32 --players_grid 7 7 \
+        --train_dir ./my_captioned_images --output_dir outputs/my-clip-shapley
 
 Every ``ShapleyTrainingArguments`` / ``TrainingArguments`` option works (``--learning_rate``,
 ``--per_device_train_batch_size``, ``--shapley_loss_weight``...). The saved directory serves the
@@ -31,10 +43,12 @@ from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, HfArgumentPa
 
 from hf_shapley import ShapleyCLIPModel, ShapleyTrainingArguments
 from hf_shapley.data import (
+    load_caption_folder,
     load_shapes_caption_dataset,
     shapes_caption_tokenizer,
-    shapes_class_prompts,
 )
+from hf_shapley.data.captions import PROMPT_TEMPLATE
+from hf_shapley.data.splits import HOLDOUT_FRACTION, HOLDOUT_SEED
 from hf_shapley.models.image_loading import to_rgb
 from hf_shapley.training.trainer import add_example_index
 from hf_shapley.training.trainer_clip import ShapleyCLIPCollator, ShapleyCLIPTrainer
@@ -44,7 +58,41 @@ logger = logging.getLogger("hf_shapley.train_clip")
 
 @dataclass
 class PairArguments:
-    """The built-in data and the small CLIP trained on it."""
+    """The data and the CLIP: built-in, or the user's."""
+
+    clip_model: str | None = field(
+        default=None,
+        metadata={
+            "help": "A pretrained CLIP to explain (Hub id or local directory with its tokenizer "
+            "and image processor). Kept frozen unless --train_clip true. None: a small CLIP "
+            "built from a config and trained here."
+        },
+    )
+    train_clip: bool | None = field(
+        default=None,
+        metadata={
+            "help": "Train CLIP with the pair objective before the explainer phase. None: "
+            "False with --clip_model (CLIP's scores stay bit-identical), True otherwise."
+        },
+    )
+    train_dir: str | None = field(
+        default=None,
+        metadata={
+            "help": "Your image-caption folder: images and a metadata.jsonl with one "
+            '{"file_name": ..., "caption": ...} line per image. None: the built-in pairs.'
+        },
+    )
+    test_dir: str | None = field(
+        default=None,
+        metadata={"help": "A held-out caption folder. None: 10%% of --train_dir is held out."},
+    )
+    caption_column: str = field(
+        default="caption", metadata={"help": "The caption's field in metadata.jsonl."}
+    )
+    label_template: str = field(
+        default=PROMPT_TEMPLATE,
+        metadata={"help": "Zero-shot prompt for a class sub-folder's name ('{}' is the name)."},
+    )
 
     num_train: int = field(default=4000, metadata={"help": "Training image-caption pairs."})
     num_test: int = field(default=500, metadata={"help": "Test pairs."})
@@ -123,12 +171,96 @@ def build_model(pairs: PairArguments, tokenizer) -> ShapleyCLIPModel:
     )
 
 
+def load_user_clip(pairs: PairArguments, train_clip: bool):
+    """The user's CLIP wrapped with a fresh head, its tokenizer and its image processor."""
+    from transformers import AutoImageProcessor, AutoTokenizer
+
+    try:
+        model = ShapleyCLIPModel.from_clip(
+            pairs.clip_model,
+            players_grid=tuple(pairs.players_grid),
+            train_clip=train_clip,
+            head_hidden_size=pairs.head_hidden_size,
+            head_num_layers=pairs.head_num_layers,
+            load_processor=False,
+        )
+        tokenizer = AutoTokenizer.from_pretrained(pairs.clip_model)
+        processor = AutoImageProcessor.from_pretrained(pairs.clip_model)
+    except (OSError, ValueError) as error:
+        raise SystemExit(f"Cannot explain {pairs.clip_model}: {error}") from error
+    return model, tokenizer, processor
+
+
+def load_pairs(pairs: PairArguments, seed: int):
+    """(train, test) image-caption data sets: the user's folders, or the built-in pairs."""
+    if pairs.train_dir is None:
+        data = load_shapes_caption_dataset(
+            pairs.num_train, pairs.num_test, image_size=pairs.image_size, seed=seed
+        )
+        return data["train"], data["test"]
+    try:
+        train = load_caption_folder(pairs.train_dir, pairs.caption_column)
+        if pairs.test_dir is not None:
+            test = load_caption_folder(pairs.test_dir, pairs.caption_column)
+        else:
+            parts = train.train_test_split(test_size=HOLDOUT_FRACTION, seed=HOLDOUT_SEED)
+            train, test = parts["train"], parts["test"]
+    except ValueError as error:
+        raise SystemExit(str(error)) from error
+    if pairs.caption_column != "caption":
+        train = train.rename_column(pairs.caption_column, "caption")
+        test = test.rename_column(pairs.caption_column, "caption")
+    return train, test
+
+
+def check_caption_lengths(model, tokenizer, datasets_: list) -> None:
+    """A caption longer than the text encoder's context stops the run before training."""
+    context = model.config.clip_config.text_config.max_position_embeddings
+    for dataset in datasets_:
+        captions = list(dataset["caption"])
+        lengths = [len(ids) for ids in tokenizer(captions)["input_ids"]]
+        longest = max(range(len(lengths)), key=lengths.__getitem__)
+        if lengths[longest] > context:
+            raise SystemExit(
+                f"A caption has {lengths[longest]} tokens, beyond the text encoder's context of "
+                f"{context}: {captions[longest]!r}. Shorten it (CLIP reads at most "
+                f"{context} tokens)."
+            )
+
+
+def label_prompts(dataset, template: str) -> list[str] | None:
+    """One zero-shot prompt per class in label order, or None without a label column."""
+    if "label" not in dataset.features or "{}" not in template:
+        return None
+    return [template.format(name) for name in dataset.features["label"].names]
+
+
 @torch.no_grad()
-def zero_shot_accuracy(model, dataset, processor, tokenizer, batch_size: int = 64) -> float:
+def scores_identical_to_clip(model, clip_model: str, dataset, processor, tokenizer) -> bool:
+    """Whether the model scores the first test pairs exactly as the checkpoint's CLIPModel."""
+    plain = CLIPModel.from_pretrained(clip_model).eval()
+    rows = dataset[:8]
+    pixels = processor([to_rgb(i) for i in rows["image"]], return_tensors="pt").pixel_values
+    text = tokenizer(rows["caption"], padding=True, return_tensors="pt")
+    device = next(model.parameters()).device
+    model.eval()
+    ours = model(
+        pixels.to(device), input_ids=text.input_ids.to(device),
+        attention_mask=text.attention_mask.to(device),
+    ).logits_per_image.cpu()  # fmt: skip
+    theirs = plain(
+        pixel_values=pixels, input_ids=text.input_ids, attention_mask=text.attention_mask
+    ).logits_per_image
+    return bool(torch.equal(ours, theirs))
+
+
+@torch.no_grad()
+def zero_shot_accuracy(
+    model, dataset, processor, tokenizer, prompts: list[str], batch_size: int = 64
+) -> float:
     """Accuracy of the class prompts as zero-shot labels on ``dataset``."""
     model.eval()
-    num_classes = dataset.features["label"].num_classes
-    prompts = tokenizer(shapes_class_prompts(num_classes), padding=True, return_tensors="pt")
+    prompts = tokenizer(prompts, padding=True, return_tensors="pt")
     device = next(model.parameters()).device
     text = model.get_text_embeds(prompts.input_ids.to(device), prompts.attention_mask.to(device))
     correct = 0
@@ -141,9 +273,13 @@ def zero_shot_accuracy(model, dataset, processor, tokenizer, batch_size: int = 6
     return correct / len(dataset)
 
 
-def faithfulness(model, dataset, processor, tokenizer, pairs: PairArguments) -> dict | None:
+def faithfulness(
+    model, dataset, processor, tokenizer, pairs: PairArguments, prompts: list[str] | None
+) -> dict | None:
     """Agreement of phi with the exact Shapley values of the model's own games on the first test
-    pairs (``hf_shapley.evaluation.measure_clip_agreement``), or None above 16 players."""
+    pairs (``hf_shapley.evaluation.measure_clip_agreement``), or None above 16 players: on each
+    image's caption and the other images' captions, and with ``prompts`` (texts never trained
+    on) on each image's class prompt under ``label_prompts``."""
     from hf_shapley.evaluation import measure_clip_agreement
 
     if model.num_players > 16:
@@ -152,15 +288,22 @@ def faithfulness(model, dataset, processor, tokenizer, pairs: PairArguments) -> 
     rows = dataset[: pairs.num_truth_images]
     device = next(model.parameters()).device
     pixels = processor([to_rgb(i) for i in rows["image"]], return_tensors="pt").pixel_values
-    texts = tokenizer(rows["caption"], padding=True, return_tensors="pt")
     logger.info("Measuring faithfulness on %d test pairs (exact enumeration).", len(pixels))
-    return measure_clip_agreement(
-        model,
-        pixels.to(device),
-        texts.input_ids.to(device),
-        texts.attention_mask.to(device),
-        progress=True,
-    )
+
+    def agreement(texts: list[str]) -> dict:
+        ids = tokenizer(texts, padding=True, return_tensors="pt")
+        return measure_clip_agreement(
+            model,
+            pixels.to(device),
+            ids.input_ids.to(device),
+            ids.attention_mask.to(device),
+            progress=True,
+        )
+
+    report = agreement(rows["caption"])
+    if prompts is not None:
+        report["label_prompts"] = agreement([prompts[label] for label in rows["label"]])
+    return report
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -178,40 +321,53 @@ def main(argv: list[str] | None = None) -> dict:
     logging.basicConfig(level=logging.INFO if args.should_log else logging.WARNING)
     set_seed(args.seed)
 
-    tokenizer = shapes_caption_tokenizer()
-    processor = CLIPImageProcessor(
-        size={"shortest_edge": pairs.image_size},
-        crop_size={"height": pairs.image_size, "width": pairs.image_size},
-    )
-    data = load_shapes_caption_dataset(
-        pairs.num_train, pairs.num_test, image_size=pairs.image_size, seed=args.seed
-    )
-    train, test = add_example_index(data["train"]), add_example_index(data["test"])
-    model = build_model(pairs, tokenizer)
+    train_clip = pairs.train_clip if pairs.train_clip is not None else pairs.clip_model is None
+    if pairs.clip_model is not None:
+        model, tokenizer, processor = load_user_clip(pairs, train_clip)
+    else:
+        tokenizer = shapes_caption_tokenizer()
+        processor = CLIPImageProcessor(
+            size={"shortest_edge": pairs.image_size},
+            crop_size={"height": pairs.image_size, "width": pairs.image_size},
+        )
+        model = build_model(pairs, tokenizer)
+    train, test = load_pairs(pairs, args.seed)
+    check_caption_lengths(model, tokenizer, [train, test])
+    train, test = add_example_index(train), add_example_index(test)
     collator = ShapleyCLIPCollator(processor, tokenizer)
+    metrics: dict = {"clip_trained": train_clip}
 
-    # Phase 1: CLIP and the head together (the head reads detached features).
-    trainer = ShapleyCLIPTrainer(
-        model, args, train_dataset=train, eval_dataset=test, data_collator=collator
-    )
-    trainer.train()
-    metrics = {f"joint_{k}": v for k, v in trainer.evaluate().items()}
-
-    # Phase 2: freeze CLIP; the head learns the game that no longer moves.
-    if pairs.explainer_epochs > 0:
-        model.config.train_clip = False
-        model._apply_train_clip()
-        args.num_train_epochs = pairs.explainer_epochs
-        args.learning_rate = pairs.explainer_learning_rate
+    # Phase 1 (when CLIP trains): CLIP and the head together (the head reads detached features).
+    if train_clip:
         trainer = ShapleyCLIPTrainer(
             model, args, train_dataset=train, eval_dataset=test, data_collator=collator
         )
         trainer.train()
-        metrics.update({f"explainer_{k}": v for k, v in trainer.evaluate().items()})
+        metrics.update({f"joint_{k}": v for k, v in trainer.evaluate().items()})
 
-    metrics["zero_shot_accuracy"] = zero_shot_accuracy(model, test, processor, tokenizer)
+    # Phase 2: freeze CLIP; the head learns the game that no longer moves.
+    model.config.train_clip = False
+    model._apply_train_clip()
+    args.num_train_epochs = pairs.explainer_epochs
+    args.learning_rate = pairs.explainer_learning_rate
+    trainer = ShapleyCLIPTrainer(
+        model, args, train_dataset=train, eval_dataset=test, data_collator=collator
+    )
+    if pairs.explainer_epochs > 0:
+        trainer.train()
+    metrics.update({f"explainer_{k}": v for k, v in trainer.evaluate().items()})
+
+    prompts = label_prompts(test, pairs.label_template)
+    if prompts is not None:
+        metrics["zero_shot_accuracy"] = zero_shot_accuracy(
+            model, test, processor, tokenizer, prompts
+        )
+    if pairs.clip_model is not None and not train_clip:
+        metrics["scores_identical_to_clip"] = scores_identical_to_clip(
+            model, pairs.clip_model, test, processor, tokenizer
+        )
     if pairs.num_truth_images >= 2 and trainer.is_world_process_zero():
-        metrics["faithfulness"] = faithfulness(model, test, processor, tokenizer, pairs)
+        metrics["faithfulness"] = faithfulness(model, test, processor, tokenizer, pairs, prompts)
     output = Path(args.output_dir)
     if trainer.is_world_process_zero():
         model.save_pretrained(output)

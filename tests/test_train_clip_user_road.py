@@ -1,0 +1,154 @@
+"""examples/train_clip.py on the user's road: a pretrained CLIP from a local directory (the code
+path of a Hub download), explained on the user's own caption folder. CLIP stays frozen and its
+scores bit-identical; faithfulness is reported on captions and on label prompts it never saw;
+bad input stops the run before training with a message that says what to fix."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import CLIPImageProcessor, CLIPModel
+
+import hf_shapley
+from conftest import load_example_script, tiny_clip_config
+from hf_shapley.data import (
+    load_caption_folder,
+    load_shapes_caption_dataset,
+    shapes_caption_tokenizer,
+)
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+
+def write_clip(path, image_size: int, patch_size: int) -> None:
+    """A pretrained-CLIP directory: weights, config, tokenizer and image processor."""
+    tokenizer = shapes_caption_tokenizer()
+    config = tiny_clip_config()
+    config.text_config.vocab_size = len(tokenizer)
+    config.text_config.eos_token_id = tokenizer.eos_token_id
+    config.text_config.bos_token_id = tokenizer.bos_token_id
+    config.text_config.max_position_embeddings = 40
+    config.vision_config.image_size, config.vision_config.patch_size = image_size, patch_size
+    torch.manual_seed(0)
+    CLIPModel(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    CLIPImageProcessor(
+        size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size}
+    ).save_pretrained(path)
+
+
+def write_caption_folder(path, count: int, image_size: int = 32, split: str = "train") -> None:
+    """Built-in shapes saved as a user would keep them: class folders and a metadata.jsonl."""
+    data = load_shapes_caption_dataset(count, 1, image_size=image_size)["train"]
+    names = data.features["label"].names
+    lines = []
+    for i, row in enumerate(data):
+        name = f"{names[row['label']].replace(' ', '_')}/{split}{i}.png"
+        (path / name).parent.mkdir(parents=True, exist_ok=True)
+        row["image"].save(path / name)
+        lines.append(json.dumps({"file_name": name, "description": row["caption"]}))
+    (path / "metadata.jsonl").write_text("\n".join(lines) + "\n")
+
+
+def run_script(out, clip, data, *extra):
+    script = load_example_script("train_clip")
+    return script.main(
+        [
+            "--clip_model", str(clip), "--train_dir", str(data),
+            "--caption_column", "description", "--head_hidden_size", "32",
+            "--head_num_layers", "1", "--explainer_epochs", "1",
+            "--per_device_train_batch_size", "16", "--per_device_eval_batch_size", "16",
+            "--warmup_steps", "0", "--logging_steps", "2", "--disable_tqdm", "True",
+            "--output_dir", str(out), *extra,
+        ]
+    )  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    path = tmp_path_factory.mktemp("captions")
+    write_caption_folder(path, 64)
+    return path
+
+
+def test_a_pretrained_clip_on_a_7x7_grid_stays_bit_identical(tmp_path, folder):
+    clip = tmp_path / "clip"
+    write_clip(clip, image_size=56, patch_size=8)  # the ViT-B/32 layout at 224 px: 7 x 7
+    metrics = run_script(tmp_path / "out", clip, folder, "--players_grid", "7", "7")
+    assert metrics["clip_trained"] is False
+    assert metrics["scores_identical_to_clip"] is True
+    assert metrics["faithfulness"] is None  # P = 49: no exact enumeration
+    assert 0 <= metrics["zero_shot_accuracy"] <= 1
+    # The saved CLIP weights are the checkpoint's, bit for bit.
+    saved = load_file(tmp_path / "out" / "model.safetensors")
+    original = load_file(clip / "model.safetensors")
+    for name, tensor in original.items():
+        assert torch.equal(saved[f"clip.{name}"], tensor), name
+    model = hf_shapley.ShapleyCLIPModel.from_pretrained(tmp_path / "out")
+    assert model.num_players == 49 and model.config.train_clip is False
+
+
+def test_faithfulness_on_captions_and_label_prompts_never_trained_on(tmp_path, folder):
+    clip = tmp_path / "clip"
+    write_clip(clip, image_size=32, patch_size=8)
+    metrics = run_script(tmp_path / "out", clip, folder, "--players_grid", "4", "4")
+    report = metrics["faithfulness"]
+    assert report["truth"].startswith("exact") and report["num_images"] == 4
+    for part in (report, report["label_prompts"]):
+        for key in ("pearson_r", "other_texts_pearson_r"):
+            low, high = part[f"{key}_ci95"]
+            assert -1 <= low <= part[key] <= high <= 1
+        assert part["pooled_relative_error"] >= 0
+    # The label prompts are other texts than the captions: other agreement figures.
+    assert report["label_prompts"]["pearson_r"] != report["pearson_r"]
+
+
+def test_a_caption_folder_is_checked(tmp_path):
+    write_caption_folder(tmp_path, 6)
+    data = load_caption_folder(tmp_path, "description")
+    assert len(data) == 6 and data.features["label"].names == sorted(
+        {p.name for p in tmp_path.iterdir() if p.is_dir()}
+    )
+    lines = (tmp_path / "metadata.jsonl").read_text().splitlines()
+    (tmp_path / "metadata.jsonl").write_text("\n".join(lines[1:]) + "\n")
+    with pytest.raises(ValueError, match="1 image.* have no caption in metadata.jsonl"):
+        load_caption_folder(tmp_path, "description")
+    first = json.loads(lines[0])
+    (tmp_path / "metadata.jsonl").write_text(
+        "\n".join([json.dumps({**first, "description": " "}), *lines[1:]]) + "\n"
+    )
+    with pytest.raises(ValueError, match="line 1 .* no 'description' text"):
+        load_caption_folder(tmp_path, "description")
+    (tmp_path / first["file_name"]).write_bytes(b"not an image")
+    (tmp_path / "metadata.jsonl").write_text("\n".join(lines) + "\n")
+    with pytest.raises(ValueError, match="is not a readable image"):
+        load_caption_folder(tmp_path, "description")
+    with pytest.raises(ValueError, match="has no metadata.jsonl"):
+        load_caption_folder(tmp_path / first["file_name"].split("/")[0])
+
+
+def test_bad_input_stops_before_training(tmp_path, folder):
+    from transformers import SiglipConfig, SiglipModel
+
+    siglip = tmp_path / "siglip"
+    tower = dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=4, intermediate_size=64)
+    SiglipModel(
+        SiglipConfig(text_config=tower, vision_config=dict(tower, image_size=32, patch_size=8))
+    ).save_pretrained(siglip)
+    with pytest.raises(SystemExit, match="Cannot explain .*siglip.*SigLIP"):
+        run_script(tmp_path / "out", siglip, folder)
+    clip = tmp_path / "clip"
+    write_clip(clip, image_size=56, patch_size=8)
+    with pytest.raises(SystemExit, match="players_grid"):
+        run_script(tmp_path / "out", clip, folder, "--players_grid", "4", "4")
+    long = tmp_path / "long"
+    write_caption_folder(long, 4)
+    lines = (long / "metadata.jsonl").read_text().splitlines()
+    first = json.loads(lines[0])
+    first["description"] = " ".join(["red"] * 60)
+    (long / "metadata.jsonl").write_text("\n".join([json.dumps(first), *lines[1:]]) + "\n")
+    with pytest.raises(SystemExit, match="62 tokens, beyond the text encoder's context of 40"):
+        run_script(tmp_path / "out", clip, long, "--players_grid", "7", "7")
