@@ -514,7 +514,8 @@ class ShapleyForImageClassification(GameGeometry, ShapleyPreTrainedModel):
         return self
 
     def clear_baseline_cache(self) -> None:
-        """Forget a pixel-baseline game's cached ``v(empty)``; call it after editing weights in
+        """Forget the game's cached ``v(empty)`` (the special tokens alone, or the baseline
+        image) and the kept coalition values and full passes; call it after editing weights in
         place while the model stays in eval mode (``train()``, ``eval()``, weight loading and
         device or dtype moves do it)."""
         self.game.clear_cache()
