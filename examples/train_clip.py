@@ -112,6 +112,13 @@ class PairArguments:
         default=3e-3,
         metadata={"help": "Learning rate of the head-only phase (the explainer study's 3e-3)."},
     )
+    num_retrieval_images: int = field(
+        default=32,
+        metadata={
+            "help": "Test pairs of the deletion R@1 gallery: R@1 among their captions as each "
+            "image's most important players (by phi, and at random) are removed. 0 skips it."
+        },
+    )
     num_truth_images: int = field(
         default=4,
         metadata={
@@ -255,6 +262,36 @@ def scores_identical_to_clip(model, clip_model: str, dataset, processor, tokeniz
 
 
 @torch.no_grad()
+def deletion_recall(model, dataset, processor, tokenizer, count: int) -> dict | None:
+    """Deletion R@1 on the first ``count`` test pairs (their captions are the gallery): R@1,
+    image to text, as each image's top ``k`` players go, ranked by phi for its own caption and
+    at random (seed 0); ``k`` = 0, 1, 2, 4, P / 4 and P / 2."""
+    from hf_shapley.evaluation import CLIPTextScores, deletion_recall_at_1, model_coalition_values
+
+    rows = dataset[: min(count, len(dataset))]
+    if len(rows["caption"]) < 2:
+        return None
+    device = next(model.parameters()).device
+    pixels = processor([to_rgb(i) for i in rows["image"]], return_tensors="pt").pixel_values
+    texts = tokenizer(rows["caption"], padding=True, return_tensors="pt")
+    model.eval()
+    scores = CLIPTextScores(model, texts.input_ids.to(device), texts.attention_mask.to(device))
+    pixels = pixels.to(device)
+    n, P = pixels.shape[0], model.num_players
+    own = torch.arange(n)
+    phi = scores(pixels).shapley_values.float().cpu()[own, :, own]  # (n, P)
+    ks = sorted({0, 1, 2, 4, P // 4, P // 2} & set(range(P + 1)))
+    values = model_coalition_values(scores, pixels)
+    random = torch.rand(n, P, generator=torch.Generator().manual_seed(0))
+    return {
+        "ks": ks,
+        "num_images": n,
+        "phi": deletion_recall_at_1(values, phi, ks).recall()["image_to_text"],
+        "random": deletion_recall_at_1(values, random, ks).recall()["image_to_text"],
+    }
+
+
+@torch.no_grad()
 def zero_shot_accuracy(
     model, dataset, processor, tokenizer, prompts: list[str], batch_size: int = 64
 ) -> float:
@@ -365,6 +402,10 @@ def main(argv: list[str] | None = None) -> dict:
     if pairs.clip_model is not None and not train_clip:
         metrics["scores_identical_to_clip"] = scores_identical_to_clip(
             model, pairs.clip_model, test, processor, tokenizer
+        )
+    if pairs.num_retrieval_images >= 2 and trainer.is_world_process_zero():
+        metrics["deletion_recall_at_1"] = deletion_recall(
+            model, test, processor, tokenizer, pairs.num_retrieval_images
         )
     if pairs.num_truth_images >= 2 and trainer.is_world_process_zero():
         metrics["faithfulness"] = faithfulness(model, test, processor, tokenizer, pairs, prompts)

@@ -104,6 +104,12 @@ def test_faithfulness_on_captions_and_label_prompts_never_trained_on(tmp_path, f
         assert part["pooled_relative_error"] >= 0
     # The label prompts are other texts than the captions: other agreement figures.
     assert report["label_prompts"]["pearson_r"] != report["pearson_r"]
+    # Deletion R@1 among the held-out captions: with nothing removed phi and random agree
+    # (the same full images).
+    recall = metrics["deletion_recall_at_1"]
+    assert recall["ks"] == [0, 1, 2, 4, 8] and recall["num_images"] == 7
+    assert recall["phi"][0] == recall["random"][0]
+    assert all(0 <= r <= 1 for r in recall["phi"] + recall["random"])
 
 
 def test_a_caption_folder_is_checked(tmp_path):
