@@ -194,13 +194,7 @@ def measure_seed(directory: Path, args: argparse.Namespace) -> dict:
             exact_pooled_relative_error=pooled_relative_error(phi[:n], e),
             kernel_truth_error_vs_exact=pooled_relative_error(t[:n], e),
         )
-    return dict(
-        directory=str(directory),
-        accuracy=float((shapley_logits.argmax(-1) == y).float().mean()),
-        plain_accuracy=float((plain_logits.argmax(-1) == y).float().mean()),
-        nll=float(F.cross_entropy(shapley_logits, y)),
-        plain_nll=float(F.cross_entropy(plain_logits, y)),
-        max_logit_difference=float((shapley_logits - plain_logits).abs().max()),
+    agreement = dict(
         pearson_per_image=[float(v) for v in r],
         pearson=float(r.nanmean()),
         spearman=float(pearson_rows(rank_with_ties(phi), rank_with_ties(t)).nanmean()),
@@ -210,6 +204,17 @@ def measure_seed(directory: Path, args: argparse.Namespace) -> dict:
         first32_pearson=float(r[:32].nanmean()),
         first32_pooled_relative_error=pooled_relative_error(phi[:32], t[:32]),
         sign_agreement=float((phi.sign() == t.sign()).double().mean()),
+    )
+    if converged.get("truth_converged") is False:
+        agreement = dict.fromkeys(agreement)  # not reported against an unconverged truth
+    return dict(
+        directory=str(directory),
+        accuracy=float((shapley_logits.argmax(-1) == y).float().mean()),
+        plain_accuracy=float((plain_logits.argmax(-1) == y).float().mean()),
+        nll=float(F.cross_entropy(shapley_logits, y)),
+        plain_nll=float(F.cross_entropy(plain_logits, y)),
+        max_logit_difference=float((shapley_logits - plain_logits).abs().max()),
+        **agreement,
         num_players=model.num_players,
         **converged,
         **exact,
