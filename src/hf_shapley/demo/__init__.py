@@ -10,8 +10,11 @@ its top classes and, for any class chosen, the heatmap at the image's size, the 
 per-patch values, the base value and the efficiency check, exactly as the
 ``image-shapley-explanation`` pipeline returns them (one model pass per image, every class).
 
+A ``ShapleyCLIPModel`` directory gets its own page: type labels, see each one's map; the image
+is read once, and other labels cost no image pass.
+
 Files (one concept each): ``explainer.py`` (the pipeline call and its cache, no Gradio),
-``app.py`` (the page), ``faithfulness.py`` (the model's agreement figures and warning),
+``app.py`` (the page), ``clip_explainer.py`` and ``clip_app.py`` (the same for CLIP), ``faithfulness.py`` (the model's agreement figures and warning),
 ``examples.py`` (built-in example images), ``space.py`` (the Space folder),
 ``dependencies.py`` (the optional Gradio import), ``__main__.py`` (the command line).
 

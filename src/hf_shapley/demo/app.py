@@ -281,7 +281,9 @@ def build_demo(model: Any, **kwargs: Any) -> Any:
 
     Args:
         model: A local model directory or Hub id, a ``ShapleyForImageClassification`` with an
-            image processor, or an ``image-shapley-explanation`` pipeline.
+            image processor, or an ``image-shapley-explanation`` pipeline; or a
+            ``ShapleyCLIPModel`` directory or zero-shot pipeline (the page where labels are
+            typed, :class:`~hf_shapley.demo.clip_app.ShapleyCLIPDemo`).
         **kwargs: See :class:`ShapleyDemo` (``metrics``, ``examples``, ``title``, ``device``,
             ``max_image_pixels``).
 
@@ -289,10 +291,34 @@ def build_demo(model: Any, **kwargs: Any) -> Any:
         ImportError: Without Gradio, saying ``pip install "hf-shapley[demo]"``.
     """
     require_gradio()  # fail before loading the model
-    return ShapleyDemo(model, **kwargs).build()
+    return demo_for(model, **kwargs).build()
 
 
-def launch_options(demo: ShapleyDemo | None = None) -> dict[str, Any]:
+def _is_clip(model: Any) -> bool:
+    """Whether ``model`` (a directory, a Hub id, a model or a pipeline) is a ShapleyCLIPModel."""
+    if isinstance(model, (str, os.PathLike)):
+        from transformers import AutoConfig
+
+        try:
+            return AutoConfig.from_pretrained(os.fspath(model)).model_type == "shapley_clip"
+        except (OSError, ValueError):
+            return False  # the classifier page says what is wrong with it
+    config = getattr(getattr(model, "model", model), "config", None)
+    return getattr(config, "model_type", None) == "shapley_clip"
+
+
+def demo_for(model: Any, **kwargs: Any) -> Any:
+    """The page for ``model``: :class:`ShapleyDemo` for a classifier,
+    :class:`~hf_shapley.demo.clip_app.ShapleyCLIPDemo` for a self-explaining CLIP."""
+    if _is_clip(model):
+        from .clip_app import ShapleyCLIPDemo
+
+        kwargs.pop("metrics", None)
+        return ShapleyCLIPDemo(model, **kwargs)
+    return ShapleyDemo(model, **kwargs)
+
+
+def launch_options(demo: Any = None) -> dict[str, Any]:
     """The ``Blocks.launch`` options of the demo: example files served, no server-side
     rendering (no Node.js needed), the upload size cap and the page's CSS."""
     options: dict[str, Any] = {
@@ -319,7 +345,7 @@ def launch_demo(
     ``GRADIO_SERVER_NAME``/``GRADIO_SERVER_PORT`` variables that Spaces set).
     """
     require_gradio()
-    demo = ShapleyDemo(model, **kwargs)
+    demo = demo_for(model, **kwargs)
     blocks = demo.build()
     blocks.launch(
         server_name=host,

@@ -34,7 +34,9 @@ __all__ = [
     "DemoExplainer",
     "DemoInputError",
     "ImageExplanation",
+    "class_view",
     "format_values",
+    "read_upload",
 ]
 
 #: Largest upload, in pixels (about 5,000 x 4,000): the model sees a few hundred pixels a side
@@ -174,6 +176,50 @@ def _conversion_note(mode: str, info: dict[str, Any]) -> str | None:
     return _MODE_NOTES.get(mode)
 
 
+def read_upload(path: str | os.PathLike, max_image_pixels: int) -> tuple[Image.Image, list[str]]:
+    """Read an uploaded file as the pipelines will, after the pixel limit ``max_image_pixels``.
+
+    Returns:
+        The 8-bit RGB image and notes on what was converted.
+
+    Raises:
+        DemoInputError: For no file, a file over the pixel limit, or any file
+            :func:`~hf_shapley.models.image_loading.load_rgb_image` cannot read (a non-image,
+            corrupt or truncated file), with its message, naming the file.
+    """
+    if path is None or not os.fspath(path):
+        raise DemoInputError("No file was given: drop an image or pick an example.")
+    path = os.fspath(path)
+    name = _file_name(path)
+    mode, info = None, {}
+    try:
+        with Image.open(path) as header:  # reads the header only: size and mode
+            mode, info = header.mode, dict(header.info)
+            width, height = header.size
+    except Image.DecompressionBombError:
+        raise DemoInputError(
+            f"{name!r} is larger than PIL's safety limit for decoding; the demo takes images "
+            f"of up to {max_image_pixels / 1e6:.0f} megapixels. Downscale it first."
+        ) from None
+    except Exception:  # not an image, or unreadable: load_rgb_image says which
+        width = height = 0
+    if width * height > max_image_pixels:
+        raise DemoInputError(
+            f"{name!r} is {width} x {height} pixels ({width * height / 1e6:.1f} megapixels), "
+            f"above the demo's limit of {max_image_pixels / 1e6:.0f} megapixels. "
+            "Downscale it first: the model sees only a few hundred pixels a side."
+        )
+    try:
+        rgb = load_rgb_image(path)
+    except ImageLoadingError as error:
+        raise DemoInputError(str(error).replace(path, name)) from None
+    notes = []
+    note = _conversion_note(mode, info) if mode else None
+    if note:
+        notes.append(f"{name!r} is {note}.")
+    return rgb, notes
+
+
 class DemoExplainer:
     """The demo's engine: explain an uploaded file for every class in one pipeline pass.
 
@@ -231,47 +277,9 @@ class DemoExplainer:
 
     # ------------------------------------------------------------------ input
     def load_image(self, path: str | os.PathLike) -> tuple[Image.Image, list[str]]:
-        """Read an uploaded file as the pipeline will, after the pixel limit.
-
-        Returns:
-            The 8-bit RGB image and notes on what was converted.
-
-        Raises:
-            DemoInputError: For no file, a file over the pixel limit, or any file
-                :func:`~hf_shapley.models.image_loading.load_rgb_image` cannot read (a non-image,
-                corrupt or truncated file), with its message, naming the file.
-        """
-        if path is None or not os.fspath(path):
-            raise DemoInputError("No file was given: drop an image or pick an example.")
-        path = os.fspath(path)
-        name = _file_name(path)
-        mode, info = None, {}
-        try:
-            with Image.open(path) as header:  # reads the header only: size and mode
-                mode, info = header.mode, dict(header.info)
-                width, height = header.size
-        except Image.DecompressionBombError:
-            raise DemoInputError(
-                f"{name!r} is larger than PIL's safety limit for decoding; the demo takes images "
-                f"of up to {self.max_image_pixels / 1e6:.0f} megapixels. Downscale it first."
-            ) from None
-        except Exception:  # not an image, or unreadable: load_rgb_image says which
-            width = height = 0
-        if width * height > self.max_image_pixels:
-            raise DemoInputError(
-                f"{name!r} is {width} x {height} pixels ({width * height / 1e6:.1f} megapixels), "
-                f"above the demo's limit of {self.max_image_pixels / 1e6:.0f} megapixels. "
-                "Downscale it first: the model sees only a few hundred pixels a side."
-            )
-        try:
-            rgb = load_rgb_image(path)
-        except ImageLoadingError as error:
-            raise DemoInputError(str(error).replace(path, name)) from None
-        notes = []
-        note = _conversion_note(mode, info) if mode else None
-        if note:
-            notes.append(f"{name!r} is {note}.")
-        return rgb, notes
+        """Read an uploaded file as the pipeline will, after the pixel limit (see
+        :func:`read_upload`)."""
+        return read_upload(path, self.max_image_pixels)
 
     # ------------------------------------------------------------------ the one model pass
     def explain(self, path: str | os.PathLike) -> ImageExplanation:
@@ -310,25 +318,31 @@ class DemoExplainer:
     def view(self, explanation: ImageExplanation, label: str | int | None = None) -> ClassView:
         """What the page shows for one class (default: the top one), from the cache only."""
         label_id = explanation.ranking[0] if label is None else self.label_id(label)
-        entry = explanation.entries[label_id]
-        heatmap = entry.get("heatmap")
-        if heatmap is None:  # many classes: drawn now, as the pipeline draws it, then kept
-            heatmap = overlay_heatmap(
-                explanation.image,
-                np.asarray(entry["attributions"]),
-                self.image_processor,
-                cmap=_PIPELINE_HEATMAP["colormap"],
-                alpha=_PIPELINE_HEATMAP["opacity"],
-            )
-            entry["heatmap"] = heatmap
-        return ClassView(
-            label=str(entry["label"]),
-            label_id=label_id,
-            score=float(entry["score"]),
-            explained=str(entry["explained"]),
-            logit=float(entry["logit"]),
-            base_value=float(entry["base_value"]),
-            attributions=entry["attributions"],
-            efficiency_residual=float(entry["efficiency_residual"]),
-            heatmap=heatmap,
+        return class_view(explanation, label_id, self.image_processor)
+
+
+def class_view(explanation: ImageExplanation, label_id: int, image_processor: Any) -> ClassView:
+    """One label's :class:`ClassView` from an explanation's entries, its heatmap drawn (as the
+    pipelines draw it) and kept the first time it is asked for: no model pass."""
+    entry = explanation.entries[label_id]
+    heatmap = entry.get("heatmap")
+    if heatmap is None:
+        heatmap = overlay_heatmap(
+            explanation.image,
+            np.asarray(entry["attributions"]),
+            image_processor,
+            cmap=_PIPELINE_HEATMAP["colormap"],
+            alpha=_PIPELINE_HEATMAP["opacity"],
         )
+        entry["heatmap"] = heatmap
+    return ClassView(
+        label=str(entry["label"]),
+        label_id=label_id,
+        score=float(entry["score"]),
+        explained=str(entry["explained"]),
+        logit=float(entry["logit"]),
+        base_value=float(entry["base_value"]),
+        attributions=entry["attributions"],
+        efficiency_residual=float(entry["efficiency_residual"]),
+        heatmap=heatmap,
+    )
