@@ -245,19 +245,20 @@ def label_prompts(dataset, template: str) -> list[str] | None:
 @torch.no_grad()
 def scores_identical_to_clip(model, clip_model: str, dataset, processor, tokenizer) -> bool:
     """Whether the model scores the first test pairs exactly as the checkpoint's CLIPModel."""
-    plain = CLIPModel.from_pretrained(clip_model).eval()
+    device = next(model.parameters()).device
+    plain = CLIPModel.from_pretrained(clip_model).to(device).eval()
     rows = dataset[:8]
     pixels = processor([to_rgb(i) for i in rows["image"]], return_tensors="pt").pixel_values
     text = tokenizer(rows["caption"], padding=True, return_tensors="pt")
-    device = next(model.parameters()).device
     model.eval()
     ours = model(
         pixels.to(device), input_ids=text.input_ids.to(device),
         attention_mask=text.attention_mask.to(device),
     ).logits_per_image.cpu()  # fmt: skip
     theirs = plain(
-        pixel_values=pixels, input_ids=text.input_ids, attention_mask=text.attention_mask
-    ).logits_per_image
+        pixel_values=pixels.to(device), input_ids=text.input_ids.to(device),
+        attention_mask=text.attention_mask.to(device),
+    ).logits_per_image.cpu()  # fmt: skip
     return bool(torch.equal(ours, theirs))
 
 
