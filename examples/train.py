@@ -145,6 +145,13 @@ class ModelArguments:
             "None: the explainer recipe's default for the family (on for ViT and DeiT)."
         },
     )
+    head_num_layers: int | None = field(
+        default=None,
+        metadata={
+            "help": "Self-attention layers of the Shapley head (ShapleyConfig.head_num_layers). "
+            "None: the recipe's default (3)."
+        },
+    )
     head_attention_from: str | None = field(
         default=None,
         metadata={
@@ -559,6 +566,8 @@ def build_model(
         kwargs["head_width"] = args.head_width
     if args.head_attention_from is not None:
         kwargs["head_attention_from"] = args.head_attention_from
+    if args.head_num_layers is not None:
+        kwargs["head_num_layers"] = args.head_num_layers
     try:
         model = ShapleyForImageClassification.from_backbone(args.backbone, **kwargs)
     except ValueError as error:
