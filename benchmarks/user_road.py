@@ -285,6 +285,13 @@ def plain_baseline(
     return summary
 
 
+def head_options(head_reads_hidden_states: bool | None, head_width: int | None) -> list:
+    """The head variant given to train.py, as (option name, value) pairs; it also names the
+    run's work directory and results files."""
+    given = (("head_reads_hidden_states", head_reads_hidden_states), ("head_width", head_width))
+    return [(key, str(value)) for key, value in given if value is not None]
+
+
 def run_family_seed(args, seed: int, train_dir: Path, test_dir: Path) -> dict:
     """Road A with a ResNet, ConvNeXt or Swin checkpoint, against exact enumeration."""
     work = args.work / args.family / f"seed{seed}"
@@ -299,13 +306,9 @@ def run_family_seed(args, seed: int, train_dir: Path, test_dir: Path) -> dict:
     arguments += ["--seed", str(seed)]
     if args.max_steps:
         arguments += ["--max_steps", str(args.max_steps)]
-    road = "road-a"
-    if args.head_reads_hidden_states is not None:
-        arguments += ["--head_reads_hidden_states", str(args.head_reads_hidden_states)]
-        road += f"-head-reads-hidden-states-{args.head_reads_hidden_states}".lower()
-    if args.head_width is not None:
-        arguments += ["--head_width", str(args.head_width)]
-        road += f"-head-width-{args.head_width}"
+    options = head_options(args.head_reads_hidden_states, args.head_width)
+    road = "road-a" + "".join(f"-{key}-{value}".replace("_", "-").lower() for key, value in options)
+    arguments += [part for key, value in options for part in (f"--{key}", value)]
     road_a = run_train_script(arguments, work / road, work / f"{road}.log")
     images, _ = test_images(test_dir, args.num_exact)
     start = time.perf_counter()
@@ -327,10 +330,8 @@ def summarize_family(runs: list[dict]) -> str:
 
     family = runs[0]["family"]
     count = len(runs[0]["road_a"]["exact"]["pearson_r"])
-    variant = runs[0].get("head_reads_hidden_states")
-    option = "" if variant is None else f" --head_reads_hidden_states {variant}"
-    if runs[0].get("head_width") is not None:
-        option += f" --head_width {runs[0]['head_width']}"
+    options = head_options(runs[0].get("head_reads_hidden_states"), runs[0].get("head_width"))
+    option = "".join(f" --{key} {value}" for key, value in options)
     lines = [
         f"# The user's road with a {family} checkpoint on scikit-learn's digits (32 px, P = 16)",
         "",
@@ -567,10 +568,8 @@ def main(argv: list[str] | None = None) -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     train_dir, test_dir = write_digit_folders(args.work / "digits")
     name = "user_road" if args.family == "vit" else f"user_road_{args.family}"
-    if args.head_reads_hidden_states is not None:
-        name += f"_head_reads_hidden_states_{args.head_reads_hidden_states}".lower()
-    if args.head_width is not None:
-        name += f"_head_width_{args.head_width}"
+    options = head_options(args.head_reads_hidden_states, args.head_width)
+    name += "".join(f"_{key}_{value}".lower() for key, value in options)
     run, summary = (
         (run_seed, summarize) if args.family == "vit" else (run_family_seed, summarize_family)
     )

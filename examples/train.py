@@ -73,6 +73,7 @@ from hf_shapley.evaluation import wilson_interval
 from hf_shapley.models.configuration_shapley import (
     FROZEN_EXPLAINER_DEFAULTS,
     FROZEN_EXPLAINER_LEARNING_RATE,
+    HEAD_ATTENTION_FROM,
 )
 from hf_shapley.models.image_loading import to_rgb
 from hf_shapley.training.trainer import ShapleyImageCollator, add_example_index
@@ -158,7 +159,7 @@ class ModelArguments:
             "help": "With the head reading the attention: 'class_and_mean' (the class token's "
             "and the mean over all queries) or 'class' (the class token's alone, cheaper) "
             "(ShapleyConfig.head_attention_from). None: the recipe's default.",
-            "choices": ["class_and_mean", "class"],
+            "choices": list(HEAD_ATTENTION_FROM),
         },
     )
     explainer_learning_rate: float | None = field(
@@ -558,16 +559,16 @@ def build_model(
         kwargs["frozen_game_dtype"] = "bfloat16" if native_bfloat16() else "float32"
     if args.prediction_mode:
         kwargs["prediction_mode"] = args.prediction_mode
-    if args.head_reads_hidden_states is not None:
-        kwargs["head_reads_hidden_states"] = args.head_reads_hidden_states
-    if args.head_reads_attention is not None:
-        kwargs["head_reads_attention"] = args.head_reads_attention
-    if args.head_width is not None:
-        kwargs["head_width"] = args.head_width
-    if args.head_attention_from is not None:
-        kwargs["head_attention_from"] = args.head_attention_from
-    if args.head_num_layers is not None:
-        kwargs["head_num_layers"] = args.head_num_layers
+    # The head's settings: each given one overrides the recipe's default.
+    for name in (
+        "head_reads_hidden_states",
+        "head_reads_attention",
+        "head_width",
+        "head_attention_from",
+        "head_num_layers",
+    ):
+        if getattr(args, name) is not None:
+            kwargs[name] = getattr(args, name)
     try:
         model = ShapleyForImageClassification.from_backbone(args.backbone, **kwargs)
     except ValueError as error:

@@ -33,6 +33,8 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import PreTrainedConfig, PreTrainedModel
 
+from .configuration_shapley import HEAD_ATTENTION_FROM
+
 
 @dataclass(frozen=True)
 class _BlockLayout:
@@ -126,10 +128,6 @@ def _split_heads(states: torch.Tensor, head_dim: int) -> torch.Tensor:
     return states.view(states.shape[0], states.shape[1], -1, head_dim).transpose(1, 2)
 
 
-#: What :class:`AttentionReceived` reads, by query: see its ``queries`` argument.
-ATTENTION_QUERIES = ("class_and_mean", "class")
-
-
 def attention_features_per_token(
     blocks: Iterable[nn.Module], queries: str = "class_and_mean"
 ) -> int | None:
@@ -164,9 +162,9 @@ class AttentionReceived:
     """
 
     def __init__(self, blocks: Iterable[nn.Module], queries: str = "class_and_mean"):
-        if queries not in ATTENTION_QUERIES:
+        if queries not in HEAD_ATTENTION_FROM:
             raise ValueError(
-                f"head_attention_from must be one of {ATTENTION_QUERIES}; got {queries!r}."
+                f"head_attention_from must be one of {HEAD_ATTENTION_FROM}; got {queries!r}."
             )
         self.queries = queries
         self.attentions = []

@@ -81,6 +81,8 @@ FROZEN_EXPLAINER_DEFAULTS: dict[str, Any] = {
 #: The head's learning rate on a frozen game (explainer study: 3e-3 beat 1e-3 and 3e-4).
 FROZEN_EXPLAINER_LEARNING_RATE = 3e-3
 EXPLAINED_CLASSES = ("all", "label", "top")
+#: Whose attention a head with ``head_reads_attention`` reads (``head_attention_from``).
+HEAD_ATTENTION_FROM = ("class_and_mean", "class")
 
 # Version of the hf-shapley code that wrote a config; written into every saved config.json
 # beside transformers' own `transformers_version`. Kept here (not in __init__) because this
@@ -635,9 +637,9 @@ def check_shapley_options(config: ShapleyConfig) -> None:
             "soft voting the head votes on every masked pass, where only the final "
             "features are at hand. Set head_reads_hidden_states=False."
         )
-    if config.head_attention_from not in ("class_and_mean", "class"):
+    if config.head_attention_from not in HEAD_ATTENTION_FROM:
         raise ValueError(
-            "head_attention_from must be 'class_and_mean' or 'class'; got "
+            f"head_attention_from must be {' or '.join(map(repr, HEAD_ATTENTION_FROM))}; got "
             f"{config.head_attention_from!r}."
         )
     if config.head_reads_attention and not config.head_reads_hidden_states:
@@ -692,6 +694,7 @@ __all__ = [
     "EXPLAINER_DEFAULTS",
     "FROZEN_EXPLAINER_DEFAULTS",
     "FROZEN_EXPLAINER_LEARNING_RATE",
+    "HEAD_ATTENTION_FROM",
     "EXPLAINER_PIXEL_BASELINE_DEFAULTS",
     "EXPLAINER_TOKEN_REMOVAL_DEFAULTS",
     "OBJECTIVE_SETTINGS",
