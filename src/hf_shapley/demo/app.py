@@ -17,7 +17,7 @@ from typing import Any, NamedTuple
 
 from .dependencies import require_gradio
 from .examples import write_examples
-from .explainer import DemoExplainer, DemoInputError, ImageExplanation
+from .explainer import ClassView, DemoExplainer, DemoInputError, ImageExplanation
 from .faithfulness import ModelMetrics, load_model_metrics
 
 __all__ = ["ClassOutputs", "ShapleyDemo", "UploadOutputs", "build_demo", "launch_demo"]
@@ -84,6 +84,50 @@ def _values_frame(table: list[list[str]], width: int) -> Any:
 
 def _error_box(message: str) -> str:
     return f"⚠️ **This file could not be explained.** {message}"
+
+
+def render_view(view: ClassView, width: int) -> ClassOutputs:
+    """One class's (or label's) heatmap, values table and efficiency check, for the page."""
+    return ClassOutputs(
+        view.heatmap, _values_frame(view.table(), width), view.efficiency_markdown()
+    )
+
+
+def upload_input(gr: Any, examples: list[str], examples_label: str | None = None) -> Any:
+    """The upload box, with the example images below it (both pages)."""
+    upload = gr.File(
+        label="Image file (drop it here or click)",
+        type="filepath",
+        file_count="single",
+        elem_id=ELEMENT_IDS["upload"],
+    )
+    if examples:
+        label = {} if examples_label is None else {"label": examples_label}
+        gr.Examples(
+            examples=[[path] for path in examples], inputs=[upload], cache_examples=False, **label
+        )
+    return upload
+
+
+def explanation_outputs(gr: Any, players_grid: tuple[int, int]) -> tuple[Any, Any, Any]:
+    """The heatmap, the efficiency check and the values table (both pages), empty."""
+    h, w = players_grid
+    heatmap = gr.Image(
+        type="pil",
+        format="png",
+        height=400,
+        label="Heatmap over the image (original size)",
+        interactive=False,
+        elem_id=ELEMENT_IDS["heatmap"],
+    )
+    efficiency = gr.Markdown(elem_id=ELEMENT_IDS["efficiency"])
+    values = gr.Dataframe(
+        value=_values_frame([], w),
+        label=f"Per-patch values ({h} x {w}, laid out as the patches)",
+        interactive=False,
+        elem_id=ELEMENT_IDS["table"],
+    )
+    return heatmap, efficiency, values
 
 
 class ShapleyDemo:
@@ -156,9 +200,7 @@ class ShapleyDemo:
     # ------------------------------------------------------------------ callbacks
     def render_class(self, explanation: ImageExplanation, label: str | int | None) -> ClassOutputs:
         """The chosen class's heatmap, values table and efficiency check (no model pass)."""
-        view = self.explainer.view(explanation, label)
-        values = _values_frame(view.table(), self.explainer.players_grid[1])
-        return ClassOutputs(view.heatmap, values, view.efficiency_markdown())
+        return render_view(self.explainer.view(explanation, label), self.explainer.players_grid[1])
 
     def empty_values(self) -> Any:
         """The values table with its headers and no rows (no image yet, or a bad file)."""
@@ -213,25 +255,16 @@ class ShapleyDemo:
     def build(self) -> Any:
         """Lay the page out with Gradio; returns the ``gradio.Blocks`` (call ``.launch()``)."""
         gr = require_gradio()
-        h, w = self.explainer.players_grid
         labels = self.explainer.labels
         with gr.Blocks(title=self.title, analytics_enabled=False) as blocks:
             gr.Markdown(self.intro_markdown())
             with gr.Row():
                 with gr.Column(scale=1):
-                    upload = gr.File(
-                        label="Image file (drop it here or click)",
-                        type="filepath",
-                        file_count="single",
-                        elem_id=ELEMENT_IDS["upload"],
+                    upload = upload_input(
+                        gr,
+                        self.examples,
+                        "Test images of the built-in data set (never seen in training)",
                     )
-                    if self.examples:
-                        gr.Examples(
-                            examples=[[path] for path in self.examples],
-                            inputs=[upload],
-                            label="Test images of the built-in data set (never seen in training)",
-                            cache_examples=False,
-                        )
                     status = gr.Markdown(
                         "Drop an image file or pick an example.", elem_id=ELEMENT_IDS["status"]
                     )
@@ -249,20 +282,8 @@ class ShapleyDemo:
                         info=NO_MODEL_PASS_NOTE,
                         elem_id=ELEMENT_IDS["chooser"],
                     )
-                    heatmap = gr.Image(
-                        type="pil",
-                        format="png",
-                        height=400,
-                        label="Heatmap over the image (original size)",
-                        interactive=False,
-                        elem_id=ELEMENT_IDS["heatmap"],
-                    )
-                    efficiency = gr.Markdown(elem_id=ELEMENT_IDS["efficiency"])
-                    values = gr.Dataframe(
-                        value=self.empty_values(),
-                        label=f"Per-patch values ({h} x {w}, laid out as the patches)",
-                        interactive=False,
-                        elem_id=ELEMENT_IDS["table"],
+                    heatmap, efficiency, values = explanation_outputs(
+                        gr, self.explainer.players_grid
                     )
             explanation = gr.State(None)
             upload.change(

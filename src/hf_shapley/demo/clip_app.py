@@ -17,7 +17,15 @@ import time
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from .app import ELEMENT_IDS, ClassOutputs, _error_box, _values_frame
+from .app import (
+    ELEMENT_IDS,
+    ClassOutputs,
+    _error_box,
+    _values_frame,
+    explanation_outputs,
+    render_view,
+    upload_input,
+)
 from .clip_explainer import CLIPDemoExplainer, CLIPImage
 from .dependencies import require_gradio
 from .explainer import DemoInputError, ImageExplanation
@@ -114,13 +122,14 @@ class ShapleyCLIPDemo:
     # ------------------------------------------------------------------ callbacks
     def render_label(self, explanation: ImageExplanation, label: str | None) -> ClassOutputs:
         """The chosen label's heatmap, values table and efficiency check (no model pass)."""
-        view = self.explainer.view(explanation, label)
-        values = _values_frame(view.table(), self.explainer.players_grid[1])
-        return ClassOutputs(view.heatmap, values, view.efficiency_markdown())
+        return render_view(self.explainer.view(explanation, label), self.explainer.players_grid[1])
+
+    def empty_values(self) -> Any:
+        """The values table with its headers and no rows (no image or labels yet, or bad ones)."""
+        return _values_frame([], self.explainer.players_grid[1])
 
     def _cleared(self, status: str, image: CLIPImage | None = None) -> LabelOutputs:
-        empty = _values_frame([], self.explainer.players_grid[1])
-        return LabelOutputs(status, None, [], None, None, empty, "", image, None)
+        return LabelOutputs(status, None, [], None, None, self.empty_values(), "", image, None)
 
     def _labelled(self, image: CLIPImage, labels: str, status: str) -> LabelOutputs:
         try:
@@ -173,14 +182,13 @@ class ShapleyCLIPDemo:
     def on_label(self, label: str | None, explanation: ImageExplanation | None) -> ClassOutputs:
         """Show another of the typed labels (no model pass)."""
         if explanation is None or not label:
-            return ClassOutputs(None, _values_frame([], self.explainer.players_grid[1]), "")
+            return ClassOutputs(None, self.empty_values(), "")
         return self.render_label(explanation, label)
 
     # ------------------------------------------------------------------ layout
     def build(self) -> Any:
         """Lay the page out with Gradio; returns the ``gradio.Blocks`` (call ``.launch()``)."""
         gr = require_gradio()
-        h, w = self.explainer.players_grid
 
         def to_page(outputs: LabelOutputs) -> tuple:
             chooser = gr.Dropdown(choices=outputs.labels, value=outputs.chosen_label)
@@ -193,17 +201,7 @@ class ShapleyCLIPDemo:
             gr.Markdown(self.intro_markdown())
             with gr.Row():
                 with gr.Column(scale=1):
-                    upload = gr.File(
-                        label="Image file (drop it here or click)",
-                        type="filepath",
-                        file_count="single",
-                        elem_id=ELEMENT_IDS["upload"],
-                    )
-                    if self.examples:
-                        gr.Examples(
-                            examples=[[path] for path in self.examples], inputs=[upload],
-                            cache_examples=False,
-                        )  # fmt: skip
+                    upload = upload_input(gr, self.examples)
                     labels = gr.Textbox(
                         value=self.default_labels,
                         label="Labels (comma-separated; press Enter)",
@@ -219,17 +217,8 @@ class ShapleyCLIPDemo:
                         choices=[], value=None, label="Explain label",
                         info=NO_IMAGE_PASS_NOTE, elem_id=ELEMENT_IDS["chooser"],
                     )  # fmt: skip
-                    heatmap = gr.Image(
-                        type="pil", format="png", height=400, interactive=False,
-                        label="Heatmap over the image (original size)",
-                        elem_id=ELEMENT_IDS["heatmap"],
-                    )  # fmt: skip
-                    efficiency = gr.Markdown(elem_id=ELEMENT_IDS["efficiency"])
-                    values = gr.Dataframe(
-                        value=_values_frame([], w),
-                        label=f"Per-patch values ({h} x {w}, laid out as the patches)",
-                        interactive=False,
-                        elem_id=ELEMENT_IDS["table"],
+                    heatmap, efficiency, values = explanation_outputs(
+                        gr, self.explainer.players_grid
                     )
             image_state, explanation_state = gr.State(None), gr.State(None)
             outputs = [

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..models.pipeline_shapley import _softmax, explanation_entries
+from ..models.pipeline_shapley import _softmax, explanation_entries, first_explanation
 from ..models.pipeline_shapley_clip import DEFAULT_HYPOTHESIS_TEMPLATE
 from .explainer import (
     _PIPELINE_HEATMAP,
@@ -137,23 +137,20 @@ class CLIPDemoExplainer:
         """
         labels = parse_labels(labels)
         model = self.pipeline.model
-        texts = [self.hypothesis_template.format(label) for label in labels]
-        tokens = self.pipeline.tokenizer(texts, padding=True, return_tensors="pt")
-        lengths = tokens["attention_mask"].sum(1)
-        context = self.pipeline.context_length
-        if int(lengths.max()) > context:
-            longest = int(lengths.argmax())
-            raise DemoInputError(
-                f"The label {labels[longest]!r} gives a text of {int(lengths[longest])} tokens, "
-                f"longer than the text encoder's context of {context}: shorten it."
-            )
+        try:
+            tokens = self.pipeline.label_texts(labels, self.hypothesis_template)
+        except ValueError as error:  # a label too long for the text encoder
+            raise DemoInputError(str(error)) from None
         text = model.get_text_embeds(
             tokens["input_ids"].to(model.device), tokens["attention_mask"].to(model.device)
         )
         out = model.explain_texts(image.vectors, text)
-        logits, phi, base = (
-            out[key][0].detach().float().cpu().numpy().astype(np.float64)
-            for key in ("logits_per_image", "shapley_values", "base_values")
+        logits, phi, base = first_explanation(
+            {
+                "logits": out.logits_per_image.cpu(),
+                "shapley_values": out.shapley_values.cpu(),
+                "base_values": out.base_values.cpu(),
+            }
         )
         scores = _softmax(logits)
         ranking = [int(i) for i in np.argsort(-scores, kind="stable")]

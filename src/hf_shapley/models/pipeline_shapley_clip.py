@@ -165,6 +165,25 @@ class ZeroShotImageShapleyExplanationPipeline(Pipeline):
         pixel_values = self.image_processor(images=rgb, return_tensors="pt")["pixel_values"]
         if self.dtype is not None:
             pixel_values = pixel_values.to(self.dtype)
+        text_inputs = self.label_texts(candidate_labels, hypothesis_template)
+        # Lists survive batching: every image of a call shares the labels' texts.
+        return {
+            "pixel_values": pixel_values,
+            "text_inputs": [dict(text_inputs)],
+            "candidate_labels": [candidate_labels],
+            "image": [rgb],
+        }
+
+    def label_texts(
+        self,
+        candidate_labels: Sequence[str],
+        hypothesis_template: str = DEFAULT_HYPOTHESIS_TEMPLATE,
+    ) -> Any:
+        """Each label's text, tokenized (padded): the tokenizer's output.
+
+        Raises:
+            ValueError: a text longer than the text encoder's context.
+        """
         texts = [hypothesis_template.format(label) for label in candidate_labels]
         text_inputs = self.tokenizer(texts, padding=True, return_tensors="pt")
         lengths = text_inputs["attention_mask"].sum(1)
@@ -175,13 +194,7 @@ class ZeroShotImageShapleyExplanationPipeline(Pipeline):
                 f"{int(lengths[longest])} tokens, longer than the text encoder's context of "
                 f"{self.context_length}; shorten the label or the hypothesis_template."
             )
-        # Lists survive batching: every image of a call shares the labels' texts.
-        return {
-            "pixel_values": pixel_values,
-            "text_inputs": [dict(text_inputs)],
-            "candidate_labels": [candidate_labels],
-            "image": [rgb],
-        }
+        return text_inputs
 
     def _forward(self, model_inputs: dict[str, Any]) -> dict[str, Any]:
         text_inputs = model_inputs["text_inputs"]
