@@ -240,6 +240,22 @@ def tiny_clip_config(**overrides):
     return CLIPConfig(text_config=text, vision_config=vision, projection_dim=16, **overrides)
 
 
+def caption_clip_config(context: int, image_size: int = 32, patch_size: int = 8):
+    """:func:`tiny_clip_config` for the built-in captions' tokenizer: its vocabulary and its
+    start- and end-of-text ids, a text context of ``context`` tokens; returns (config,
+    tokenizer)."""
+    from hf_shapley.data import shapes_caption_tokenizer
+
+    tokenizer = shapes_caption_tokenizer()
+    config = tiny_clip_config()
+    config.text_config.vocab_size = len(tokenizer)
+    config.text_config.eos_token_id = tokenizer.eos_token_id
+    config.text_config.bos_token_id = tokenizer.bos_token_id
+    config.text_config.max_position_embeddings = context
+    config.vision_config.image_size, config.vision_config.patch_size = image_size, patch_size
+    return config, tokenizer
+
+
 def random_texts(num_texts: int, seed: int, max_length: int = 8):
     """(T, L) token ids and attention mask of random texts of random lengths (2..max_length),
     each ending in the end-of-text token, right-padded with 0."""

@@ -10,8 +10,8 @@ from PIL import Image
 from transformers import CLIPImageProcessor, CLIPModel, pipeline
 
 import hf_shapley
-from conftest import tiny_clip_config
-from hf_shapley.data import generate_shapes, shapes_caption_tokenizer
+from conftest import caption_clip_config
+from hf_shapley.data import generate_shapes
 from hf_shapley.demo import build_demo
 from hf_shapley.demo.app import demo_for
 from hf_shapley.demo.clip_app import ShapleyCLIPDemo
@@ -26,13 +26,8 @@ TEMPLATE = "a photo of a {}"
 def model_dir(tmp_path_factory):
     """A ShapleyCLIPModel saved as examples/train_clip.py saves one."""
     path = tmp_path_factory.mktemp("clip_demo") / "model"
-    tokenizer = shapes_caption_tokenizer()
+    config, tokenizer = caption_clip_config(context=12)
     torch.manual_seed(0)
-    config = tiny_clip_config()
-    config.text_config.vocab_size = len(tokenizer)
-    config.text_config.eos_token_id = tokenizer.eos_token_id
-    config.text_config.bos_token_id = tokenizer.bos_token_id
-    config.text_config.max_position_embeddings = 12
     model = hf_shapley.ShapleyCLIPModel.from_clip(
         CLIPModel(config), players_grid=(2, 2), head_hidden_size=16, head_num_layers=1
     )

@@ -12,8 +12,8 @@ from transformers import CLIPImageProcessor, CLIPModel, pipeline
 
 import hf_shapley
 from _without_package import absolute_package_imports, run_without_package
-from conftest import tiny_clip_config
-from hf_shapley.data import generate_shapes, shapes_caption_tokenizer
+from conftest import caption_clip_config, tiny_clip_config
+from hf_shapley.data import generate_shapes
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -36,13 +36,8 @@ ENTRY_KEYS = {
 
 @pytest.fixture(scope="module")
 def explainer():
-    tokenizer = shapes_caption_tokenizer()
+    config, tokenizer = caption_clip_config(context=CONTEXT)
     torch.manual_seed(0)
-    config = tiny_clip_config()
-    config.text_config.vocab_size = len(tokenizer)
-    config.text_config.eos_token_id = tokenizer.eos_token_id
-    config.text_config.bos_token_id = tokenizer.bos_token_id
-    config.text_config.max_position_embeddings = CONTEXT
     model = hf_shapley.ShapleyCLIPModel.from_clip(
         CLIPModel(config), players_grid=(2, 2), head_hidden_size=16, head_num_layers=0
     ).eval()

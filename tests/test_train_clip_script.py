@@ -77,16 +77,12 @@ def test_saved_directory_serves_the_zero_shot_pipeline(run):
 def test_trainer_logs_the_pair_objective(tmp_path):
     from transformers import CLIPImageProcessor, CLIPModel
 
-    from conftest import tiny_clip_config
-    from hf_shapley.data import load_shapes_caption_dataset, shapes_caption_tokenizer
+    from conftest import caption_clip_config
+    from hf_shapley.data import load_shapes_caption_dataset
     from hf_shapley.training.trainer import add_example_index
     from hf_shapley.training.trainer_clip import ShapleyCLIPCollator, ShapleyCLIPTrainer
 
-    tokenizer = shapes_caption_tokenizer()
-    config = tiny_clip_config()
-    config.text_config.vocab_size = len(tokenizer)
-    config.text_config.eos_token_id = tokenizer.eos_token_id
-    config.text_config.max_position_embeddings = 40
+    config, tokenizer = caption_clip_config(context=40)
     torch.manual_seed(0)
     model = hf_shapley.ShapleyCLIPModel.from_clip(
         CLIPModel(config), players_grid=(2, 2), head_hidden_size=16, head_num_layers=0

@@ -13,11 +13,10 @@ from safetensors.torch import load_file
 from transformers import CLIPImageProcessor, CLIPModel
 
 import hf_shapley
-from conftest import load_example_script, tiny_clip_config
+from conftest import caption_clip_config, load_example_script
 from hf_shapley.data import (
     load_caption_folder,
     load_shapes_caption_dataset,
-    shapes_caption_tokenizer,
 )
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -25,13 +24,9 @@ pytestmark = pytest.mark.usefixtures("single_thread")
 
 def write_clip(path, image_size: int, patch_size: int) -> None:
     """A pretrained-CLIP directory: weights, config, tokenizer and image processor."""
-    tokenizer = shapes_caption_tokenizer()
-    config = tiny_clip_config()
-    config.text_config.vocab_size = len(tokenizer)
-    config.text_config.eos_token_id = tokenizer.eos_token_id
-    config.text_config.bos_token_id = tokenizer.bos_token_id
-    config.text_config.max_position_embeddings = 40
-    config.vision_config.image_size, config.vision_config.patch_size = image_size, patch_size
+    config, tokenizer = caption_clip_config(
+        context=40, image_size=image_size, patch_size=patch_size
+    )
     torch.manual_seed(0)
     CLIPModel(config).save_pretrained(path)
     tokenizer.save_pretrained(path)

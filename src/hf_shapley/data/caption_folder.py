@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -79,7 +80,7 @@ def load_caption_folder(
         raise ValueError(f"The caption folder {path} does not exist.")
     rows = _metadata_rows(path, caption_column)
     names = [name for name, _ in rows]
-    repeated = sorted({name for name in names if names.count(name) > 1})
+    repeated = sorted(name for name, count in Counter(names).items() if count > 1)
     if repeated:
         raise ValueError(f"{path / METADATA_FILE} lists {repeated[:5]} more than once.")
     missing = [name for name in names if not (path / name).is_file()]
@@ -87,12 +88,12 @@ def load_caption_folder(
         raise ValueError(
             f"{path / METADATA_FILE} lists {len(missing)} file(s) not in {path}: {missing[:5]}."
         )
-    images = sorted(
-        str(file.relative_to(path)).replace(os.sep, "/")
+    images = {
+        file.relative_to(path).as_posix()
         for file in path.rglob("*")
         if file.suffix.lower() in IMAGE_EXTENSIONS and not file.name.startswith(".")
-    )
-    uncaptioned = sorted(set(images) - set(Path(name).as_posix() for name in names))
+    }
+    uncaptioned = sorted(images - {Path(name).as_posix() for name in names})
     if uncaptioned:
         raise ValueError(
             f"{len(uncaptioned)} image(s) in {path} have no caption in {METADATA_FILE}: "

@@ -666,8 +666,6 @@ class PixelBaselineGame(ShapleyGame):
         """One row: the all-baseline image. Its backbone features are cached (detached) in eval
         mode and recomputed, with gradients, on every call in training mode."""
         image = self.baseline_pixels.to(device=like.device, dtype=like.dtype)
-        if self.training:
-            return self._view(image.expand(1, -1, *self.image_size))
 
         def compute() -> tuple[torch.Tensor, torch.Tensor]:
             view = self._view(image.expand(1, -1, *self.image_size))
