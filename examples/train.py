@@ -9,7 +9,7 @@ With no arguments it trains a small plain ViT classifier on the built-in shapes 
 most 1,000 steps of cross-entropy, stopping early when the held-out validation loss stops
 improving), wraps it with ``ShapleyForImageClassification.from_backbone``, which keeps it frozen
 (the frozen explainer recipe of ``configuration_shapley``), and trains the Shapley head for at
-most 750 steps to explain the classifier's fixed game (each image's 32 coalition values
+most 1,500 steps to explain the classifier's fixed game (each image's 64 coalition values
 computed in the first epoch and kept), keeping the head whose held-out regression loss is
 lowest. The logits are the classifier's, bit for bit. It then measures how faithful the
 explanation is and writes a complete, loadable model directory (safetensors weights, config,
@@ -211,14 +211,14 @@ class ModelArguments:
         },
     )
     explainer_max_steps: int = field(
-        default=750,
+        default=1500,
         metadata={
             "help": "The Shapley head trains for at most this many steps (evaluated on the "
             "held-out validation images every --eval_steps, the best kept, stopped early after "
-            "--early_stopping_patience evaluations without improvement). 750 fit the main job's "
-            "10-minute budget on a 2-core CPU; 1,000 take about a minute more for pooled error "
-            "0.250 against 0.254 over 3 seeds (benchmarks/results/main_job_head_variants.md). "
-            "Counted in steps, so a small data set gets as many as a large one. 0: "
+            "--early_stopping_patience evaluations without improvement). With 64 kept "
+            "coalitions an image, 1,500 steps gave the main job pooled error 0.253 against "
+            "0.276 for 750 steps and 32 (3 seeds, exact; benchmarks/README.md), about 2.5 "
+            "minutes more on a 2-core CPU. Counted in steps, so a small data set gets as many as a large one. 0: "
             "--num_train_epochs instead. --max_steps, when given, bounds every phase."
         },
     )
@@ -772,9 +772,10 @@ def train_and_evaluate(
 
 
 # Coalition values a frozen game keeps over all training images: the main job's 8,000 images
-# with 32 each. A smaller data set keeps more per image (at most 256), so the head learns the
-# game rather than the few coalitions of each image; the first epoch costs as many masked passes.
-KEPT_COALITIONS = 256_000
+# with 64 each (pooled error 0.267 against 0.276 with 32). A smaller data set keeps more per
+# image (at most 256), so the head learns the game rather than the few coalitions of each image;
+# the first epoch costs as many masked passes.
+KEPT_COALITIONS = 512_000
 
 
 def kept_coalitions_per_image(num_images: int) -> int:

@@ -285,7 +285,7 @@ def test_builtin_job_pretrains_a_classifier_then_wraps_it(
     # (frozen, its coalition values kept across epochs): the saved classifier IS the pretrained
     # one.
     assert config["train_backbone"] is False and config["reuse_shapley_coalitions"] is True
-    # 64 training images: the most coalitions kept per image (256 = 256,000 / 64, capped).
+    # 64 training images: the most coalitions kept per image (512,000 / 64, capped at 256).
     assert config["num_shapley_coalitions"] == train_script.kept_coalitions_per_image(64) == 256
     assert config["shapley_loss_normalization"] == "none"  # fixed targets: no collapse
     # The frozen game's passes run in bf16 exactly where the device computes it natively.

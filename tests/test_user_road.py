@@ -301,10 +301,10 @@ def test_truth_settings_that_cannot_work_fail_before_training(
 
 
 def test_kept_coalitions_per_image_follow_the_data_size(train_script, tmp_path, single_thread):
-    """256,000 kept values over the training images, even, between 32 and 256; the main job's
-    8,000 images keep its 32; --num_shapley_coalitions overrides the rule."""
+    """512,000 kept values over the training images, even, between 32 and 256; the main job's
+    8,000 images keep 64 each; --num_shapley_coalitions overrides the rule."""
     per_image = train_script.kept_coalitions_per_image
-    assert [per_image(n) for n in (100_000, 8000, 1293, 1000, 64)] == [32, 32, 198, 256, 256]
+    assert [per_image(n) for n in (100_000, 8000, 2600, 1000, 64)] == [32, 64, 198, 256, 256]
     assert all(per_image(n) % 2 == 0 for n in range(1, 20_000, 97))
     backbone = save_classifier(tmp_path / "clf")
     folder = image_folder(tmp_path / "train")
