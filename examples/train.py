@@ -218,8 +218,9 @@ class ModelArguments:
             "--early_stopping_patience evaluations without improvement). With 64 kept "
             "coalitions an image, 1,500 steps gave the main job pooled error 0.253 against "
             "0.276 for 750 steps and 32 (3 seeds, exact; benchmarks/README.md), about 2.5 "
-            "minutes more on a 2-core CPU. Counted in steps, so a small data set gets as many as a large one. 0: "
-            "--num_train_epochs instead. --max_steps, when given, bounds every phase."
+            "minutes more on a 2-core CPU. Counted in steps, so a small data set gets as many "
+            "as a large one. 0: --num_train_epochs instead. --max_steps, when given, bounds "
+            "every phase."
         },
     )
     classifier_eval_steps: int = field(
