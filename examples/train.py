@@ -215,12 +215,11 @@ class ModelArguments:
         metadata={
             "help": "The Shapley head trains for at most this many steps (evaluated on the "
             "held-out validation images every --eval_steps, the best kept, stopped early after "
-            "--early_stopping_patience evaluations without improvement). With 64 kept "
-            "coalitions an image, 1,500 steps gave the main job pooled error 0.253 against "
-            "0.276 for 750 steps and 32 (3 seeds, exact; benchmarks/README.md), about 2.5 "
-            "minutes more on a 2-core CPU. Counted in steps, so a small data set gets as many "
-            "as a large one. 0: --num_train_epochs instead. --max_steps, when given, bounds "
-            "every phase."
+            "--early_stopping_patience evaluations without improvement). Chosen with the kept "
+            "coalitions by the main job's 3-seed study against exact values (benchmarks/"
+            "README.md, 'More kept coalitions and more steps'). Counted in steps, so a small "
+            "data set gets as many as a large one. 0: --num_train_epochs instead. --max_steps, "
+            "when given, bounds every phase."
         },
     )
     classifier_eval_steps: int = field(
@@ -773,9 +772,9 @@ def train_and_evaluate(
 
 
 # Coalition values a frozen game keeps over all training images: the main job's 8,000 images
-# with 64 each (pooled error 0.267 against 0.276 with 32). A smaller data set keeps more per
-# image (at most 256), so the head learns the game rather than the few coalitions of each image;
-# the first epoch costs as many masked passes.
+# with 64 each (benchmarks/README.md, "More kept coalitions and more steps"). A smaller data set
+# keeps more per image (at most 256), so the head learns the game rather than the few coalitions
+# of each image; the first epoch costs as many masked passes.
 KEPT_COALITIONS = 512_000
 
 
