@@ -123,8 +123,17 @@ class PairArguments:
         default=4,
         metadata={
             "help": "Test pairs on which phi is compared with the exact Shapley values of the "
-            "model's own game (all 2**P coalitions; P <= 16) for each image's caption and the "
-            "other images' captions; written to metrics.json under 'faithfulness'. 0 skips it."
+            "model's own game for each image's caption, the other images' captions and label "
+            "prompts: exact (all 2**P coalitions) for P <= 16, KernelSHAP run until its own "
+            "estimated error is at most 0.1 above; written to metrics.json under "
+            "'faithfulness'. 0 skips it."
+        },
+    )
+    truth_max_evaluations: int = field(
+        default=32768,
+        metadata={
+            "help": "The KernelSHAP truth's largest budget per image (P > 16); a truth that does "
+            "not converge within it withholds the agreement and says what budget would do."
         },
     )
     head_hidden_size: int = field(default=128, metadata={"help": "Shapley head width."})
@@ -262,6 +271,13 @@ def scores_identical_to_clip(model, clip_model: str, dataset, processor, tokeniz
     return bool(torch.equal(ours, theirs))
 
 
+def evaluation_pairs(dataset, count: int) -> dict:
+    """``count`` test pairs in a fixed shuffled order: a folder read class by class would
+    otherwise give pairs, and other captions, of its first class only."""
+    order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(0))
+    return dataset.select(order[: min(count, len(dataset))].tolist())[:]
+
+
 @torch.no_grad()
 def deletion_recall(model, dataset, processor, tokenizer, count: int) -> dict | None:
     """Deletion R@1 on the first ``count`` test pairs (their captions are the gallery): R@1,
@@ -269,7 +285,7 @@ def deletion_recall(model, dataset, processor, tokenizer, count: int) -> dict | 
     at random (seed 0); ``k`` = 0, 1, 2, 4, P / 4 and P / 2."""
     from hf_shapley.evaluation import CLIPTextScores, deletion_recall_at_1, model_coalition_values
 
-    rows = dataset[: min(count, len(dataset))]
+    rows = evaluation_pairs(dataset, count)
     if len(rows["caption"]) < 2:
         return None
     device = next(model.parameters()).device
@@ -313,35 +329,35 @@ def zero_shot_accuracy(
 
 def faithfulness(
     model, dataset, processor, tokenizer, pairs: PairArguments, prompts: list[str] | None
-) -> dict | None:
-    """Agreement of phi with the exact Shapley values of the model's own games on the first test
-    pairs (``hf_shapley.evaluation.measure_clip_agreement``), or None above 16 players: on each
-    image's caption and the other images' captions, and with ``prompts`` (texts never trained
-    on) on each image's class prompt under ``label_prompts``."""
+) -> dict:
+    """Agreement of phi with the Shapley values of the model's own games on the first test pairs
+    (``hf_shapley.evaluation.measure_clip_agreement``; exact for P <= 16, converged KernelSHAP
+    above): on each image's caption and the other images' captions, and with ``prompts``
+    (texts never trained on) on each image's class prompt under ``label_prompts``."""
     from hf_shapley.evaluation import measure_clip_agreement
 
-    if model.num_players > 16:
-        logger.warning("P = %d > 16: no exact faithfulness check.", model.num_players)
-        return None
-    rows = dataset[: pairs.num_truth_images]
+    rows = evaluation_pairs(dataset, pairs.num_truth_images)
     device = next(model.parameters()).device
     pixels = processor([to_rgb(i) for i in rows["image"]], return_tensors="pt").pixel_values
-    logger.info("Measuring faithfulness on %d test pairs (exact enumeration).", len(pixels))
-
-    def agreement(texts: list[str]) -> dict:
-        ids = tokenizer(texts, padding=True, return_tensors="pt")
-        return measure_clip_agreement(
-            model,
-            pixels.to(device),
-            ids.input_ids.to(device),
-            ids.attention_mask.to(device),
-            progress=True,
-        )
-
-    report = agreement(rows["caption"])
+    truth = "exact enumeration" if model.num_players <= 16 else "KernelSHAP to convergence"
+    logger.info("Measuring faithfulness on %d test pairs (%s).", len(pixels), truth)
+    captions = tokenizer(rows["caption"], padding=True, return_tensors="pt").to(device)
+    labels = {}
     if prompts is not None:
-        report["label_prompts"] = agreement([prompts[label] for label in rows["label"]])
-    return report
+        ids = tokenizer(
+            [prompts[label] for label in rows["label"]], padding=True, return_tensors="pt"
+        )
+        labels = {"prompt_input_ids": ids.input_ids.to(device),
+                  "prompt_attention_mask": ids.attention_mask.to(device)}  # fmt: skip
+    return measure_clip_agreement(
+        model,
+        pixels.to(device),
+        captions.input_ids,
+        captions.attention_mask,
+        **labels,
+        max_kernel_evaluations=pairs.truth_max_evaluations,
+        progress=True,
+    )
 
 
 def main(argv: list[str] | None = None) -> dict:

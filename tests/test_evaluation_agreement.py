@@ -270,3 +270,51 @@ def test_measure_clip_agreement_against_a_direct_computation(single_thread):
         )
     with pytest.raises(ValueError, match="one text per image"):
         measure_clip_agreement(model, x, ids[:2], mask[:2])
+
+
+def test_clip_kernel_truth_agrees_with_exact_values_within_its_own_error(single_thread):
+    """At P = 4 the KernelSHAP truth of the score games can be checked against exact
+    enumeration: its actual pooled error is of the size it estimates, and far below the spread."""
+    from conftest import random_texts, tiny_shapley_clip
+    from hf_shapley.evaluation import converged_clip_truth, pooled_relative_error
+    from hf_shapley.evaluation.truth import exact_model_shapley_values
+
+    model, _ = tiny_shapley_clip(players_grid=(2, 2), seed=3)
+    x = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(5))
+    ids, mask = random_texts(4, seed=6)
+    with torch.no_grad():
+        text = model.get_text_embeds(ids, mask)
+    everything = torch.ones(3, 4, dtype=torch.bool)
+    kernel = converged_clip_truth(model, x, text, [everything], evaluations=64, tolerance=0.05)
+    exact = torch.einsum("bpd,td->bpt", exact_model_shapley_values(model, x), text.double())
+    estimated = kernel.estimated_error(everything)
+    actual = pooled_relative_error(
+        kernel.values.permute(0, 2, 1).reshape(-1, 4), exact.permute(0, 2, 1).reshape(-1, 4)
+    )
+    assert estimated <= 0.05 or kernel.evaluations == 8 * 64
+    assert actual < 3 * estimated + 1e-6 and actual < 0.1
+    with pytest.raises(ValueError, match="budgets"):
+        converged_clip_truth(model, x, text, [everything], evaluations=4)
+
+
+def test_measure_clip_agreement_withholds_against_an_unconverged_truth(single_thread):
+    """P = 25 (above exact enumeration): a KernelSHAP truth held to an unreachable tolerance."""
+    from transformers import CLIPModel
+
+    import hf_shapley
+    from conftest import random_texts, tiny_clip_config
+    from hf_shapley.evaluation import measure_clip_agreement
+
+    config = tiny_clip_config()
+    config.vision_config.image_size = 40  # 5 x 5 tokens of 8 px
+    torch.manual_seed(0)
+    model = hf_shapley.ShapleyCLIPModel.from_clip(
+        CLIPModel(config), players_grid=(5, 5), head_hidden_size=32, head_num_layers=1
+    ).eval()
+    x = torch.randn(2, 3, 40, 40, generator=torch.Generator().manual_seed(5))
+    ids, mask = random_texts(2, seed=6)
+    report = measure_clip_agreement(
+        model, x, ids, mask, kernel_evaluations=64, max_kernel_evaluations=64, truth_tolerance=1e-6
+    )
+    assert report["truth"].startswith("KernelSHAP") and not report["truth_converged"]
+    assert "pearson_r" not in report and "evaluations per image" in report["agreement_withheld"]

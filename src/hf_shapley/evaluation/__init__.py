@@ -9,6 +9,8 @@
 * :mod:`.agreement`: the report of the faithfulness targets: agreement on the predicted
   class's centered logit (per-image Pearson and Spearman r, pooled relative error) against a
   KernelSHAP truth on many images and exact enumeration on a few.
+* :mod:`.clip_agreement`: the same for a self-explaining CLIP's image-text scores, on each
+  image's caption, other captions and label prompts (exact, or converged KernelSHAP).
 * :mod:`.faithfulness`: insertion and deletion curves and AUCs at player level (through the
   value function) and at pixel level (baseline replacement, RISE), AOPC, sensitivity-n, and
   how much of the way from a random order to the truth's order a map goes (:func:`ranking_share`).
@@ -34,8 +36,13 @@ from .agreement import (
     converged_kernel_truth,
     map_summary,
     measure_agreement,
-    measure_clip_agreement,
     pooled_relative_error,
+)
+from .clip_agreement import (
+    CLIPKernelTruth,
+    clip_score_game,
+    converged_clip_truth,
+    measure_clip_agreement,
 )
 from .explainers import (
     AttentionRolloutExplainer,
@@ -101,6 +108,9 @@ __all__ = [
     "map_summary",
     "measure_agreement",
     "measure_clip_agreement",
+    "CLIPKernelTruth",
+    "clip_score_game",
+    "converged_clip_truth",
     "pooled_relative_error",
     "AttentionRolloutExplainer",
     "CLIPTextScoreOutput",
