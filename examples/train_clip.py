@@ -11,7 +11,9 @@ tokenizer and image processor): CLIP stays frozen, its scores bit-identical, and
 learns CLIP's own game; ``--train_clip true`` trains CLIP too, and the metrics say so. Your
 captions come as a folder (``--train_dir``, optionally ``--test_dir``): images and a
 ``metadata.jsonl`` with one ``{"file_name": ..., "caption": ...}`` line per image; images in
-class sub-folders also give zero-shot accuracy with ``--label_template`` prompts.
+class sub-folders also give zero-shot accuracy with ``--label_template`` prompts. A data set
+with image and caption columns works too: ``--dataset_name`` (a Hub id or a local directory
+that ``datasets.load_dataset`` reads) with ``--image_column`` and ``--caption_column``.
 
 It reports in-batch retrieval (R@1), zero-shot accuracy, the agreement of the explanation with
 the exact Shapley values of the model's own games (on each image's caption, on other captions
@@ -48,7 +50,7 @@ from hf_shapley.data import (
     shapes_caption_tokenizer,
 )
 from hf_shapley.data.captions import PROMPT_TEMPLATE
-from hf_shapley.data.splits import HOLDOUT_FRACTION, HOLDOUT_SEED
+from hf_shapley.data.splits import HOLDOUT_FRACTION, HOLDOUT_SEED, load_image_splits
 from hf_shapley.models.image_loading import to_rgb
 from hf_shapley.training.trainer import add_example_index
 from hf_shapley.training.trainer_clip import ShapleyCLIPCollator, ShapleyCLIPTrainer
@@ -86,8 +88,23 @@ class PairArguments:
         default=None,
         metadata={"help": "A held-out caption folder. None: 10%% of --train_dir is held out."},
     )
+    dataset_name: str | None = field(
+        default=None,
+        metadata={
+            "help": "Your image-caption data set instead of a folder: a Hub id or a local "
+            "directory that datasets.load_dataset reads (e.g. parquet files), with an image and "
+            "a caption column; its 'test' split is the held-out one (else 10%% of 'train')."
+        },
+    )
+    dataset_config_name: str | None = field(
+        default=None, metadata={"help": "The data set's configuration, if it has several."}
+    )
+    image_column: str = field(
+        default="image", metadata={"help": "The image column of --dataset_name."}
+    )
     caption_column: str = field(
-        default="caption", metadata={"help": "The caption's field in metadata.jsonl."}
+        default="caption",
+        metadata={"help": "The caption's field in metadata.jsonl or column of --dataset_name."},
     )
     label_template: str = field(
         default=PROMPT_TEMPLATE,
@@ -208,13 +225,23 @@ def load_user_clip(pairs: PairArguments, train_clip: bool):
 
 
 def load_pairs(pairs: PairArguments, seed: int):
-    """(train, test) image-caption data sets: the user's folders, or the built-in pairs."""
-    if pairs.train_dir is None:
+    """(train, test) image-caption data sets: the user's folders or data set, or the built-in
+    pairs; columns ``image`` and ``caption`` (and ``label`` where the data has classes)."""
+    if pairs.train_dir is None and pairs.dataset_name is None:
         data = load_shapes_caption_dataset(
             pairs.num_train, pairs.num_test, image_size=pairs.image_size, seed=seed
         )
         return data["train"], data["test"]
+    if pairs.train_dir is not None and pairs.dataset_name is not None:
+        raise SystemExit("Give --train_dir or --dataset_name, not both.")
     try:
+        if pairs.dataset_name is not None:
+            train, test = load_image_splits(
+                dataset_name=pairs.dataset_name, dataset_config_name=pairs.dataset_config_name
+            )
+            return [
+                caption_columns(d, pairs.image_column, pairs.caption_column) for d in (train, test)
+            ]
         train = load_caption_folder(pairs.train_dir, pairs.caption_column)
         if pairs.test_dir is not None:
             test = load_caption_folder(pairs.test_dir, pairs.caption_column)
@@ -227,6 +254,33 @@ def load_pairs(pairs: PairArguments, seed: int):
         train = train.rename_column(pairs.caption_column, "caption")
         test = test.rename_column(pairs.caption_column, "caption")
     return train, test
+
+
+def caption_columns(dataset, image_column: str, caption_column: str):
+    """A data set's image and caption columns as ``image`` and ``caption``, checked: an image
+    feature, and a non-empty text in every row."""
+    import datasets
+
+    for column, what in ((image_column, "--image_column"), (caption_column, "--caption_column")):
+        if column not in dataset.features:
+            raise ValueError(
+                f"The data set has no column {column!r} ({what}); its columns are "
+                f"{list(dataset.features)}."
+            )
+    if not isinstance(dataset.features[image_column], datasets.Image):
+        raise ValueError(
+            f"Column {image_column!r} holds {dataset.features[image_column]}, not images; name "
+            "the image column with --image_column."
+        )
+    captions = dataset[caption_column]
+    missing = [i for i, c in enumerate(captions) if not isinstance(c, str) or not c.strip()]
+    if missing:
+        raise ValueError(
+            f"{len(missing)} of {len(captions)} rows have no {caption_column!r} text (e.g. row "
+            f"{missing[0]}); every image needs a caption: drop those rows or fill them in."
+        )
+    renames = {image_column: "image", caption_column: "caption"}
+    return dataset.rename_columns({k: v for k, v in renames.items() if k != v})
 
 
 def check_caption_lengths(model, tokenizer, datasets_: list) -> None:

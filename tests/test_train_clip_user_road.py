@@ -159,3 +159,47 @@ def test_bad_input_stops_before_training(tmp_path, folder):
     (long / "metadata.jsonl").write_text("\n".join([json.dumps(first), *lines[1:]]) + "\n")
     with pytest.raises(SystemExit, match="62 tokens, beyond the text encoder's context of 40"):
         run_script(tmp_path / "out", clip, long, "--players_grid", "7", "7")
+
+
+def write_caption_parquet(path, count: int) -> None:
+    """Built-in pairs as a Hub data set repository keeps them: parquet files per split, with
+    the user's own column names."""
+    data = load_shapes_caption_dataset(count, 16, image_size=32)
+    for split, part in data.items():
+        part = part.rename_columns({"image": "picture", "caption": "text"})
+        (path / "data").mkdir(parents=True, exist_ok=True)
+        part.to_parquet(str(path / "data" / f"{split}-00000-of-00001.parquet"))
+
+
+def test_a_dataset_with_image_and_text_columns(tmp_path):
+    """``--dataset_name`` reads a data set the way a Hub download does (datasets.load_dataset
+    on a repository of parquet files); its columns are named by the user."""
+    clip, data = tmp_path / "clip", tmp_path / "pairs"
+    write_clip(clip, image_size=32, patch_size=8)
+    write_caption_parquet(data, 48)
+    script = load_example_script("train_clip")
+    common = [
+        "--clip_model", str(clip), "--dataset_name", str(data), "--players_grid", "2", "2",
+        "--head_hidden_size", "32", "--head_num_layers", "1", "--explainer_epochs", "1",
+        "--per_device_train_batch_size", "16", "--disable_tqdm", "True",
+        "--output_dir", str(tmp_path / "out"),
+    ]  # fmt: skip
+    metrics = script.main([*common, "--image_column", "picture", "--caption_column", "text"])
+    assert metrics["scores_identical_to_clip"] is True
+    # The test split's 16 pairs are the held-out ones: the gallery and the truth come from it.
+    assert metrics["deletion_recall_at_1"]["num_images"] == 16
+    assert metrics["faithfulness"]["num_images"] == 4
+    assert 0 <= metrics["zero_shot_accuracy"] <= 1  # the label column carries the classes
+    with pytest.raises(SystemExit, match="no column 'caption' \\(--caption_column\\)"):
+        script.main([*common, "--image_column", "picture"])
+    with pytest.raises(SystemExit, match="'text' holds .* not images"):
+        script.main([*common, "--image_column", "text", "--caption_column", "text"])
+    with pytest.raises(SystemExit, match="not both"):
+        script.main([*common, "--train_dir", str(tmp_path)])
+    import datasets
+
+    train = datasets.load_dataset(str(data), split="train")
+    blank = train.map(lambda row, i: {"text": "" if i == 3 else row["text"]}, with_indices=True)
+    blank.to_parquet(str(data / "data" / "train-00000-of-00001.parquet"))
+    with pytest.raises(SystemExit, match="1 of 48 rows have no 'text' text \\(e.g. row 3\\)"):
+        script.main([*common, "--image_column", "picture", "--caption_column", "text"])
