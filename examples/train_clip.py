@@ -155,6 +155,10 @@ class PairArguments:
     )
     head_hidden_size: int = field(default=128, metadata={"help": "Shapley head width."})
     head_num_layers: int = field(default=2, metadata={"help": "Shapley head attention layers."})
+    head_reads_hidden_states: bool = field(
+        default=False,
+        metadata={"help": "The Shapley head reads every depth of the vision tower."},
+    )
 
 
 def default_training_args() -> dict:
@@ -201,6 +205,7 @@ def build_model(pairs: PairArguments, tokenizer) -> ShapleyCLIPModel:
         train_clip=True,
         head_hidden_size=pairs.head_hidden_size,
         head_num_layers=pairs.head_num_layers,
+        head_reads_hidden_states=pairs.head_reads_hidden_states,
     )
 
 
@@ -215,6 +220,7 @@ def load_user_clip(pairs: PairArguments, train_clip: bool):
             train_clip=train_clip,
             head_hidden_size=pairs.head_hidden_size,
             head_num_layers=pairs.head_num_layers,
+            head_reads_hidden_states=pairs.head_reads_hidden_states,
             load_processor=False,
         )
         tokenizer = AutoTokenizer.from_pretrained(pairs.clip_model)

@@ -346,6 +346,33 @@ def test_frozen_clip_training_step_trains_the_head_alone(images):
     assert torch.equal(out.logits_per_image, ref.logits_per_image)
 
 
+def test_a_head_that_reads_every_depth(images):
+    """``head_reads_hidden_states``: the head's input is each patch token at every depth of
+    the vision tower, as CLIP's own ``output_hidden_states`` gives them; the scores stay CLIP's,
+    efficiency holds for any text, and a training step still reaches the head alone."""
+    model, clip = tiny_shapley_clip(players_grid=(2, 2), head_reads_hidden_states=True)
+    seen = []
+    model.shapley_head.register_forward_hook(lambda module, args, out: seen.append(args[0]))
+    ids, mask = random_texts(4, seed=3)
+    with torch.no_grad():
+        out = model(images, input_ids=ids, attention_mask=mask)
+        ref = clip(input_ids=ids, pixel_values=images, attention_mask=mask)
+        depths = clip.vision_model(pixel_values=images, output_hidden_states=True).hidden_states
+    assert torch.equal(out.logits_per_image, ref.logits_per_image)
+    expected = torch.stack(depths, dim=2)[:, 1:]  # (B, N, L + 1, H): patch tokens, every depth
+    assert seen[0].shape == expected.shape == (3, 16, 3, 32)
+    close(seen[0], expected)
+    total = out.base_values + out.shapley_values.sum(1)
+    assert (total - out.logits_per_image).abs().max() <= 1e-4 * out.logits_per_image.abs().max()
+    model.train()
+    loss = model(images, input_ids=ids[:3], attention_mask=mask[:3], return_loss=True).loss
+    loss.backward()
+    assert all(p.grad is None for p in model.clip.parameters())
+    assert model.shapley_head.hidden_states_mix[-1].weight.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="head_reads_hidden_states must be True or False"):
+        hf_shapley.ShapleyCLIPConfig(clip_config=clip.config, head_reads_hidden_states="yes")
+
+
 def test_trainable_clip_gets_all_three_losses(images):
     model, _ = tiny_shapley_clip(players_grid=(2, 2), train_clip=True, text_shapley_loss_weight=1.0)
     ids, mask = random_texts(3, seed=10)

@@ -72,6 +72,10 @@ class ShapleyCLIPConfig(PreTrainedConfig):
             Transformer layers (self-attention over the image's patch tokens) in the Shapley
             head before its per-token projection, so that the explainer sees the whole image
             (the explainer recipe of benchmarks/results/recipe_v2.md).
+        head_reads_hidden_states (`bool`, *optional*, defaults to `False`):
+            The Shapley head reads every depth of the vision tower (the embeddings and each
+            block's output), not only its final tokens, as the classifier's head does
+            (``ShapleyConfig.head_reads_hidden_states``).
         train_clip (`bool`, *optional*, defaults to `False`):
             ``False``: CLIP is frozen and its scores stay bit-identical to the wrapped model's;
             only the Shapley head trains. ``True``: CLIP trains with the contrastive loss and
@@ -102,6 +106,7 @@ class ShapleyCLIPConfig(PreTrainedConfig):
     head_hidden_size: int = 256
     head_dropout: float = 0.0
     head_num_layers: int = 3
+    head_reads_hidden_states: bool = False
     train_clip: bool = False
     num_shapley_coalitions: int = objective_field(
         8,
@@ -212,8 +217,9 @@ class ShapleyCLIPConfig(PreTrainedConfig):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise ValueError(f"{name} must be a non-negative int; got {value!r}.")
-        if not isinstance(self.train_clip, bool):
-            raise ValueError(f"train_clip must be True or False; got {self.train_clip!r}.")
+        for name in ("train_clip", "head_reads_hidden_states"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be True or False; got {getattr(self, name)!r}.")
         for setting in CLIP_OBJECTIVE_SETTINGS:
             setting.check(getattr(self, setting.name))
 

@@ -452,8 +452,7 @@ class TokenRemovalGame(ShapleyGame):
     def full(self, context: torch.Tensor) -> PlayerView:
         s = self.num_special_tokens
         # Every block's output, kept only for a head that reads them (holding them otherwise
-        # would keep every depth's activations alive through the readout). The dual encoder's
-        # config has no such head.
+        # would keep every depth's activations alive through the readout).
         reads_depths = getattr(self.config, "head_reads_hidden_states", False)
         depths: list[torch.Tensor] | None = [] if reads_depths else None
         attention = None

@@ -144,8 +144,9 @@ class ImageEmbeddingReadout:
     """The image side of CLIP as a readout of the game: present tokens -> ``u(x_S)`` in R^D.
 
     ``value`` gives the vector game; ``explain`` the Shapley head's ``Phi`` with efficiency
-    imposed on the vectors. The head reads the patch tokens through ``post_layernorm``,
-    detached: its losses train the head alone. Built by the model on every call.
+    imposed on the vectors. The head reads the patch tokens through ``post_layernorm`` (or,
+    with ``head_reads_hidden_states``, every depth's), detached: its losses train the head
+    alone. Built by the model on every call.
     """
 
     reads_tokens: ClassVar[bool] = False
@@ -177,7 +178,11 @@ class ImageEmbeddingReadout:
         u_all = embeds * self.scale()
         with empty_statistics():
             u_empty = self.value(empty)
-        r = player_sum(self.head(self.post_layernorm(full.tokens).detach()))
+        if self.head.hidden_states_mix is None:
+            features = self.post_layernorm(full.tokens)
+        else:
+            features = full.hidden_states()  # each depth is normalized inside the head
+        r = player_sum(self.head(features.detach()))
         # The head's losses reach the head alone, not CLIP through the efficiency gap.
         phi = additive_efficiency(r, (u_all - u_empty).detach() - r.sum(1))
         return _ImageGameExplanation(u_all, phi, u_empty.expand_as(u_all), image_embeds=embeds)
@@ -236,12 +241,14 @@ class ShapleyCLIPModel(GameGeometry, ShapleyCLIPPreTrainedModel):
         vision = self.clip.vision_model
         # The game: players, their removal and u(S). Holds buffers only; borrows the tower.
         self.game = TokenRemovalGame(config, CLIP_VISION_ADAPTER, vision)
+        depths = len(CLIP_VISION_ADAPTER.layers(vision)) + 1
         self.shapley_head = ShapleyHead(
             config.clip_config.vision_config.hidden_size,
             config.clip_config.projection_dim,
             config.head_hidden_size,
             config.head_dropout,
             config.head_num_layers,
+            depths if config.head_reads_hidden_states else 1,
         )
         self.processor = None  # attached by from_clip, saved by save_pretrained
         self.loss_function = ShapleyCLIPTrainingLoss()
