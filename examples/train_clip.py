@@ -122,7 +122,7 @@ class PairArguments:
     num_layers: int = field(default=4, metadata={"help": "Layers of each tower."})
     projection_dim: int = field(default=32, metadata={"help": "Embedding dimension D."})
     explainer_epochs: float = field(
-        default=10.0,
+        default=30.0,
         metadata={"help": "Epochs of head-only training on the frozen CLIP afterwards (0: none)."},
     )
     explainer_learning_rate: float = field(
@@ -153,10 +153,10 @@ class PairArguments:
             "not converge within it withholds the agreement and says what budget would do."
         },
     )
-    head_hidden_size: int = field(default=128, metadata={"help": "Shapley head width."})
-    head_num_layers: int = field(default=2, metadata={"help": "Shapley head attention layers."})
+    head_hidden_size: int = field(default=256, metadata={"help": "Shapley head width."})
+    head_num_layers: int = field(default=3, metadata={"help": "Shapley head attention layers."})
     head_reads_hidden_states: bool = field(
-        default=False,
+        default=True,
         metadata={"help": "The Shapley head reads every depth of the vision tower."},
     )
 
