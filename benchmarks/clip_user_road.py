@@ -23,6 +23,8 @@ Per seed and players grid:
 
 It writes ``clip_user_road_p<P>.json`` (each run's metrics) and ``.md`` (per seed, and the mean
 over seeds with a t interval) in ``--out``; a run whose ``metrics.json`` exists is not redone.
+``--variant NAME --explainer_args "..."`` runs the explainer with other ``train_clip.py``
+options on the same user CLIP and captions (results named after the variant): the head screen.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ import argparse
 import importlib.util
 import json
 import math
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -107,7 +110,7 @@ def caption_folder(path: Path, count: int, image_size: int, seed: int) -> Path:
 def run(args, seed: int) -> dict:
     grid = tuple(args.players_grid)
     work = args.work / f"p{grid[0] * grid[1]}-seed{seed}"
-    out = work / "explained"
+    out = work / ("explained" if args.variant is None else f"explained-{args.variant}")
     if (out / "metrics.json").is_file():
         return json.loads((out / "metrics.json").read_text())
     image_size = GEOMETRY[grid]["image_size"]
@@ -124,7 +127,7 @@ def run(args, seed: int) -> dict:
             "--players_grid", *map(str, grid), "--seed", str(seed),
             "--num_truth_images", str(args.num_truth_images),
             "--truth_max_evaluations", str(args.truth_max_evaluations),
-            "--disable_tqdm", "True", "--output_dir", str(out),
+            "--disable_tqdm", "True", "--output_dir", str(out), *shlex.split(args.explainer_args),
         ]
     )  # fmt: skip
     metrics["wall_seconds"] = {"user_clip": clip_seconds, "explainer": time.perf_counter() - start}
@@ -163,11 +166,14 @@ def summarize(args, runs: dict[int, dict]) -> str:
     grid = tuple(args.players_grid)
     seeds = sorted(runs)
     first = runs[seeds[0]]["faithfulness"]
+    variant = ""
+    if args.variant is not None:
+        variant = f" --variant {args.variant} --explainer_args {shlex.quote(args.explainer_args)}"
     lines = [
         f"# The user's CLIP road, P = {grid[0] * grid[1]}",
         "",
         f"`python benchmarks/clip_user_road.py --seeds {' '.join(map(str, seeds))} "
-        f"--players_grid {grid[0]} {grid[1]}`; truth: {first['truth']} on "
+        f"--players_grid {grid[0]} {grid[1]}{variant}`; truth: {first['truth']} on "
         f"{first['num_images']} test images a seed.",
         "",
         "| seed | scores bit-identical | zero-shot accuracy | deletion R@1 at k = P/4, "
@@ -218,6 +224,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--num_test", type=int, default=256)
     parser.add_argument("--num_truth_images", type=int, default=32)
     parser.add_argument("--truth_max_evaluations", type=int, default=65536)
+    parser.add_argument("--variant", help="Name of an explainer variant (see --explainer_args).")
+    parser.add_argument(
+        "--explainer_args", default="", help="More examples/train_clip.py options, one string."
+    )
     parser.add_argument("--work", type=Path, default=Path("outputs/clip_user_road"))
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/clip_user_road"))
     args = parser.parse_args(argv)
@@ -226,6 +236,7 @@ def main(argv: list[str] | None = None) -> None:
     runs = {seed: run(args, seed) for seed in args.seeds}
     args.out.mkdir(parents=True, exist_ok=True)
     name = f"clip_user_road_p{args.players_grid[0] * args.players_grid[1]}"
+    name += "" if args.variant is None else f"_{args.variant}"
     (args.out / f"{name}.json").write_text(json.dumps(runs, indent=2, sort_keys=True) + "\n")
     summary = summarize(args, runs)
     (args.out / f"{name}.md").write_text(summary)

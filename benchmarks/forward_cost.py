@@ -301,7 +301,10 @@ def clip_zero_shot(args: argparse.Namespace) -> str:
     device = pick_device(args.device)
     torch.manual_seed(0)
     clip = CLIPModel(CLIPConfig()).eval().to(device)
-    model = ShapleyCLIPModel.from_clip(clip, players_grid=tuple(players_grid)).eval()
+    # The head of examples/train_clip.py's recipe: it reads every depth of the vision tower.
+    model = ShapleyCLIPModel.from_clip(
+        clip, players_grid=tuple(players_grid), head_reads_hidden_states=True
+    ).eval()
     model.to(device)
     vocab = clip.config.text_config.vocab_size
     eos = clip.config.text_config.eos_token_id
@@ -339,7 +342,8 @@ def clip_zero_shot(args: argparse.Namespace) -> str:
         f"{threads} thread(s))\n\n"
         f"CLIP ViT-B/32 config (224 px, 7 x 7 patches), players {tuple(players_grid)}, "
         f"Shapley head {model.config.head_num_layers} layers / width "
-        f"{model.config.head_hidden_size}, {args.num_labels} label texts of {args.text_length} "
+        f"{model.config.head_hidden_size}, reading every depth, {args.num_labels} label texts "
+        f"of {args.text_length} "
         f"tokens; median of {rounds} interleaved rounds. Scores are bit-identical.\n\n"
         + markdown_table(["images", "labels", "plain ms", "with explanations ms", "ratio"], rows)
         + "\n"
