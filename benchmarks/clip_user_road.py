@@ -60,7 +60,7 @@ def train_clip_script():
     return sys.modules["train_clip"]
 
 
-def user_clip(work: Path, seed: int, grid: tuple[int, int], epochs: int) -> Path:
+def user_clip(work: Path, seed: int, grid: tuple[int, int], epochs: int, count: int) -> Path:
     """A plain CLIP trained contrastively on the built-in pairs, saved as a CLIP checkpoint."""
     from transformers import AutoImageProcessor, AutoTokenizer
 
@@ -73,7 +73,7 @@ def user_clip(work: Path, seed: int, grid: tuple[int, int], epochs: int) -> Path
     trained = work / "plain-clip-run"
     train_clip_script().main(
         [
-            "--seed", str(seed), "--num_train_epochs", str(epochs),
+            "--seed", str(seed), "--num_train_epochs", str(epochs), "--num_train", str(count),
             "--image_size", str(geometry["image_size"]),
             "--patch_size", str(geometry["patch_size"]),
             "--players_grid", *map(str, grid),
@@ -115,7 +115,7 @@ def run(args, seed: int) -> dict:
         return json.loads((out / "metrics.json").read_text())
     image_size = GEOMETRY[grid]["image_size"]
     start = time.perf_counter()
-    clip = user_clip(work, seed, grid, args.clip_epochs)
+    clip = user_clip(work, seed, grid, args.clip_epochs, args.num_train)
     clip_seconds = time.perf_counter() - start
     # Another generator seed than the CLIP's pairs: images and captions it never saw.
     train = caption_folder(work / "captions" / "train", args.num_train, image_size, 1000 + seed)
