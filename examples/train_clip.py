@@ -159,6 +159,14 @@ class PairArguments:
         default=True,
         metadata={"help": "The Shapley head reads every depth of the vision tower."},
     )
+    text_shapley_loss_weight: float = field(
+        default=0.0,
+        metadata={
+            "help": "Weight of the extra regression of the batch's caption games "
+            "(ShapleyCLIPConfig.text_shapley_loss_weight): it weights the head's fit towards "
+            "the directions real texts take."
+        },
+    )
 
 
 def default_training_args() -> dict:
@@ -206,6 +214,7 @@ def build_model(pairs: PairArguments, tokenizer) -> ShapleyCLIPModel:
         head_hidden_size=pairs.head_hidden_size,
         head_num_layers=pairs.head_num_layers,
         head_reads_hidden_states=pairs.head_reads_hidden_states,
+        text_shapley_loss_weight=pairs.text_shapley_loss_weight,
     )
 
 
@@ -221,6 +230,7 @@ def load_user_clip(pairs: PairArguments, train_clip: bool):
             head_hidden_size=pairs.head_hidden_size,
             head_num_layers=pairs.head_num_layers,
             head_reads_hidden_states=pairs.head_reads_hidden_states,
+            text_shapley_loss_weight=pairs.text_shapley_loss_weight,
             load_processor=False,
         )
         tokenizer = AutoTokenizer.from_pretrained(pairs.clip_model)
