@@ -30,10 +30,10 @@ options on the same user CLIP and captions (results named after the variant): th
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import math
 import shlex
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -50,14 +50,14 @@ PARTS = {
 }
 
 
-def train_clip_script():
-    """``examples/train_clip.py`` as a module (its ``main`` takes the command line as a list)."""
-    if "train_clip" not in sys.modules:
-        path = ROOT / "examples" / "train_clip.py"
-        spec = importlib.util.spec_from_file_location("train_clip", path)
-        sys.modules["train_clip"] = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(sys.modules["train_clip"])
-    return sys.modules["train_clip"]
+def run_train_clip(arguments: list[str], out: Path) -> dict:
+    """``examples/train_clip.py`` as a user runs it (its log beside ``out``); its metrics."""
+    command = [sys.executable, str(ROOT / "examples" / "train_clip.py"), *arguments]
+    command += ["--output_dir", str(out), "--disable_tqdm", "True"]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with out.with_suffix(".log").open("w") as handle:
+        subprocess.run(command, check=True, stdout=handle, stderr=subprocess.STDOUT)
+    return json.loads((out / "metrics.json").read_text())
 
 
 def user_clip(work: Path, seed: int, grid: tuple[int, int], epochs: int, count: int) -> Path:
@@ -71,17 +71,16 @@ def user_clip(work: Path, seed: int, grid: tuple[int, int], epochs: int, count: 
         return target
     geometry = GEOMETRY[grid]
     trained = work / "plain-clip-run"
-    train_clip_script().main(
+    run_train_clip(
         [
             "--seed", str(seed), "--num_train_epochs", str(epochs), "--num_train", str(count),
             "--image_size", str(geometry["image_size"]),
             "--patch_size", str(geometry["patch_size"]),
             "--players_grid", *map(str, grid),
             "--distill_loss_weight", "0", "--shapley_loss_weight", "0",
-            "--explainer_epochs", "0", "--num_truth_images", "0",
-            "--num_retrieval_images", "0", "--disable_tqdm", "True",
-            "--output_dir", str(trained),
-        ]
+            "--explainer_epochs", "0", "--num_truth_images", "0", "--num_retrieval_images", "0",
+        ],
+        trained,
     )  # fmt: skip
     ShapleyCLIPModel.from_pretrained(trained).clip.save_pretrained(target)
     AutoTokenizer.from_pretrained(trained).save_pretrained(target)
@@ -121,14 +120,15 @@ def run(args, seed: int) -> dict:
     train = caption_folder(work / "captions" / "train", args.num_train, image_size, 1000 + seed)
     test = caption_folder(work / "captions" / "test", args.num_test, image_size, 2000 + seed)
     start = time.perf_counter()
-    metrics = train_clip_script().main(
+    metrics = run_train_clip(
         [
             "--clip_model", str(clip), "--train_dir", str(train), "--test_dir", str(test),
             "--players_grid", *map(str, grid), "--seed", str(seed),
             "--num_truth_images", str(args.num_truth_images),
             "--truth_max_evaluations", str(args.truth_max_evaluations),
-            "--disable_tqdm", "True", "--output_dir", str(out), *shlex.split(args.explainer_args),
-        ]
+            *shlex.split(args.explainer_args),
+        ],
+        out,
     )  # fmt: skip
     metrics["wall_seconds"] = {"user_clip": clip_seconds, "explainer": time.perf_counter() - start}
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
