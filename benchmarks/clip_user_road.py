@@ -41,12 +41,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 # Token grid and image size of the user's CLIP for each players grid.
 GEOMETRY = {(4, 4): dict(image_size=64, patch_size=16), (7, 7): dict(image_size=56, patch_size=8)}
-# The parts of the faithfulness report, and the texts each holds.
+# The parts of the faithfulness report (texts of held-out images, or prompts: none trained on).
 PARTS = {
-    "own caption": ("", None),
-    "other captions (never trained on)": ("other_texts_", None),
-    "class prompt (never trained on)": ("", "label_prompts"),
-    "other class prompts (never trained on)": ("other_texts_", "label_prompts"),
+    "the image's own caption": ("", None),
+    "other images' captions": ("other_texts_", None),
+    "the image's class prompt": ("", "label_prompts"),
+    "other class prompts": ("other_texts_", "label_prompts"),
 }
 
 
