@@ -293,8 +293,10 @@ def test_clip_kernel_truth_agrees_with_exact_values_within_its_own_error(single_
     )
     assert estimated <= 0.05 or kernel.evaluations == 8 * 64
     assert actual < 3 * estimated + 1e-6 and actual < 0.1
-    with pytest.raises(ValueError, match="budgets"):
+    with pytest.raises(ValueError, match="4 KernelSHAP evaluations are too few for P=4"):
         converged_clip_truth(model, x, text, [everything], evaluations=4)
+    with pytest.raises(ValueError, match="tolerance must be a positive number"):
+        converged_clip_truth(model, x, text, [everything], tolerance=0)
 
 
 def test_measure_clip_agreement_withholds_against_an_unconverged_truth(single_thread):

@@ -96,6 +96,35 @@ class KernelTruth:
         return int(math.ceil(self.evaluations * ratio / 1024) * 1024)
 
 
+def check_truth_budget(
+    num_players: int, tolerance: float, evaluations: int, max_evaluations: int | None
+) -> int:
+    """Check a KernelSHAP truth's tolerance and budgets; return its largest budget (default
+    ``8 * evaluations``).
+
+    Raises:
+        ValueError: a tolerance that is not a positive number, or budgets that are too small
+            for the number of players or not in order.
+    """
+    if isinstance(tolerance, bool) or not isinstance(tolerance, (int, float)) or not tolerance > 0:
+        raise ValueError(
+            f"The truth's tolerance must be a positive number (its largest estimated pooled "
+            f"error, e.g. 0.1); got {tolerance!r}."
+        )
+    max_evaluations = 8 * evaluations if max_evaluations is None else max_evaluations
+    if evaluations < 2 * num_players:
+        raise ValueError(
+            f"{evaluations} KernelSHAP evaluations are too few for P={num_players} players; use "
+            f"at least {2 * num_players} (the default is {TRUTH_EVALUATIONS:,})."
+        )
+    if max_evaluations < evaluations:
+        raise ValueError(
+            f"The truth's largest budget ({max_evaluations}) is below its first one "
+            f"({evaluations})."
+        )
+    return max_evaluations
+
+
 @torch.no_grad()
 def converged_kernel_truth(
     model,
@@ -118,22 +147,7 @@ def converged_kernel_truth(
     from .estimators import kernel_shap, model_game
 
     num_players = model.num_players
-    if isinstance(tolerance, bool) or not isinstance(tolerance, (int, float)) or not tolerance > 0:
-        raise ValueError(
-            f"The truth's tolerance must be a positive number (its largest estimated pooled "
-            f"error, e.g. 0.1); got {tolerance!r}."
-        )
-    max_evaluations = 8 * evaluations if max_evaluations is None else max_evaluations
-    if evaluations < 2 * num_players:
-        raise ValueError(
-            f"{evaluations} KernelSHAP evaluations are too few for P={num_players} players; use "
-            f"at least {2 * num_players} (the default is {TRUTH_EVALUATIONS:,})."
-        )
-    if max_evaluations < evaluations:
-        raise ValueError(
-            f"The truth's largest budget ({max_evaluations}) is below its first one "
-            f"({evaluations})."
-        )
+    max_evaluations = check_truth_budget(num_players, tolerance, evaluations, max_evaluations)
     rows = torch.arange(len(classes))
     budget = evaluations
     while True:
@@ -258,6 +272,7 @@ __all__ = [
     "TRUTH_EVALUATIONS",
     "TRUTH_TOLERANCE",
     "KernelTruth",
+    "check_truth_budget",
     "converged_kernel_truth",
     "centered_class_values",
     "centred_class_values",

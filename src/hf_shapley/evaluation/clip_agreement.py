@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .agreement import TRUTH_EVALUATIONS, TRUTH_TOLERANCE, map_summary
+from .agreement import TRUTH_EVALUATIONS, TRUTH_TOLERANCE, check_truth_budget, map_summary
 from .truth import MAX_EXACT_PLAYERS, exact_model_shapley_values
 
 #: Images per KernelSHAP run: its per-pair residuals are kept, (pairs, images * texts) floats.
@@ -94,19 +94,16 @@ def converged_clip_truth(
     group of ``groups`` ((B, T) bool selectors of image-text pairs) or the next budget would
     pass ``max_evaluations`` (default ``8 * evaluations``). A pooled error over all images is
     at most the largest over the runs, so every run converging makes the whole truth converge.
+
+    Raises:
+        ValueError: as :func:`~hf_shapley.evaluation.agreement.check_truth_budget`.
     """
     from tqdm.auto import tqdm
 
     from .estimators import kernel_shap
 
     num_players = model.num_players
-    max_evaluations = 8 * evaluations if max_evaluations is None else max_evaluations
-    if evaluations < 2 * num_players or max_evaluations < evaluations:
-        raise ValueError(
-            f"The truth's budgets must satisfy {2 * num_players} <= evaluations <= "
-            f"max_evaluations for P={num_players} players; got {evaluations} and "
-            f"{max_evaluations}."
-        )
+    max_evaluations = check_truth_budget(num_players, tolerance, evaluations, max_evaluations)
     text_embeds = text_embeds.detach().double()
     values, errors, spent = [], [], 0
     starts = range(0, pixel_values.shape[0], IMAGES_PER_KERNEL_RUN)
@@ -183,13 +180,13 @@ def measure_clip_agreement(
     was_training = model.training
     model.eval()
     try:
-        phi = []
-        for ids, mask in texts:
-            out = model(pixel_values, input_ids=ids, attention_mask=mask)
-            phi.append(out.shapley_values.detach().double().cpu())  # (B, P, B)
-        text_embeds = torch.cat(
-            [model.get_text_embeds(ids, mask).detach().cpu() for ids, mask in texts]
-        )  # (len(texts) * B, D)
+        # One image pass explains every text set.
+        image = model.explain_image(pixel_values)
+        embeds = [model.get_text_embeds(ids, mask) for ids, mask in texts]
+        phi = [
+            model.explain_texts(image, e).shapley_values.detach().double().cpu() for e in embeds
+        ]  # each (B, P, B)
+        text_embeds = torch.cat(embeds).detach().cpu()  # (len(texts) * B, D)
         # Group (part, matching?) marks its (B, len(texts) * B) image-text pairs.
         eye = torch.eye(B, dtype=torch.bool)
         blank = torch.zeros(B, B, dtype=torch.bool)
