@@ -1,0 +1,415 @@
+"""Joint against frozen: does a classifier that learns with the Shapley loss explain better?
+
+The seed paper trains the backbone with Shapley estimation as an auxiliary task; the project's
+default (the frozen recipe) trains a plain classifier, freezes it and fits the head to its game.
+Per seed, from the main job's own plain classifier (``--main-job``, an ``examples/train.py``
+output directory; the main job is run there first if it is absent), with the same batches:
+
+* **plain**: the classifier continued with cross-entropy for ``--steps`` steps (the accuracy
+  control at equal steps);
+* **joint** (arm c): the classifier wrapped by ``from_backbone(train_backbone=True,
+  detach_head_features=False)``, so the Shapley regression's gradient reaches the backbone, and
+  trained for the same steps (cross-entropy + the Shapley loss, the wrapped recipe's weights);
+* **joint + polish** (arm d): the joint classifier exported as a plain
+  ``ViTForImageClassification`` and explained by the main job's frozen head phase
+  (``examples/train.py --backbone``, run as a user runs it);
+* **frozen** (arm a): the main job's own model (its head on the unchanged classifier).
+
+Both fine-tunes use the main job's optimizer (AdamW 1e-3, 30 warm-up steps, cosine, clipping at
+1.0, batch 64) in one plain loop, so the arms differ only in the objective.
+
+Measured on test images no run trains on: accuracy and NLL on ``--num-test`` images; on the
+first ``--exact-images`` of the ``--truth-images`` after them, every classifier's game tabulated
+exactly (all 2^16 coalitions), giving the exact values and the game's interaction share
+(``hf_shapley.evaluation.interaction_share``: 1 - R^2 of the Shapley-kernel additive fit); on
+all truth images each head's agreement with KernelSHAP-4096 of its own game. Agreement is on
+the predicted class's logit, centred over classes (the main job's targets).
+
+    python benchmarks/joint_recipe.py --seeds 0 1 2 --main-job 'outputs/main-seed{seed}'
+
+Results: ``results/joint_recipe.{md,json}``; every artifact is cached under
+``outputs/joint-recipe`` so that a stopped run resumes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from main_job_seeds import cached, cached_truth, logits_of
+from recipe import hierarchical_interval, optimizer, tensors
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "benchmarks" / "results"
+OUT = REPO / "outputs" / "joint-recipe"
+PLAYERS_GRID = (4, 4)
+# The wrapped classifier's training recipe (from_backbone's EXPLAINER_DEFAULTS), with the head's
+# regression reaching the backbone: the seed paper's design. Warm-up as the main job's head.
+JOINT_SETTINGS = dict(train_backbone=True, detach_head_features=False, loss_warmup_steps=60)
+
+
+def main_job(seed: int, args: argparse.Namespace) -> Path:
+    """The main job's output directory for ``seed``, run with ``examples/train.py`` if absent."""
+    path = Path(args.main_job.format(seed=seed))
+    if not (path / "metrics.json").is_file():
+        train_script = REPO / "examples" / "train.py"
+        run([sys.executable, str(train_script), "--seed", str(seed), "--output_dir", str(path)])
+    return path
+
+
+def run(command: list[str]) -> None:
+    print("running", " ".join(command), flush=True)
+    subprocess.run(command, check=True, cwd=REPO)
+
+
+def plain_classifier_dir(main_dir: Path) -> Path:
+    metrics = json.loads((main_dir / "metrics.json").read_text())
+    return main_dir / metrics["pretrained_classifier"]
+
+
+def fine_tune(arm: str, seed: int, source: Path, args: argparse.Namespace) -> Path:
+    """Continue ``source`` for ``args.steps`` steps as ``arm`` ("plain" or "joint"); cached."""
+    from transformers import ViTForImageClassification
+
+    from hf_shapley import ShapleyForImageClassification
+
+    path = OUT / f"seed{seed}" / f"{arm}-{args.steps}steps"
+    if (path / "training.json").is_file():
+        return path
+    xtr, ytr = tensors(args.num_train, "train")
+    torch.manual_seed(seed)
+    if arm == "joint":
+        model = ShapleyForImageClassification.from_backbone(
+            source,
+            players_grid=PLAYERS_GRID,
+            load_image_processor=False,
+            coalition_seed=seed,
+            **JOINT_SETTINGS,
+        )
+    else:
+        model = ViTForImageClassification.from_pretrained(source)
+    opt, schedule = optimizer(model, args.steps)
+    order = torch.Generator().manual_seed(seed)
+    permutation, position, epoch, times = torch.randperm(len(xtr), generator=order), 0, 0, []
+    model.train()
+    for step in range(args.steps):
+        if position + args.batch_size > len(xtr):
+            epoch, permutation, position = epoch + 1, torch.randperm(len(xtr), generator=order), 0
+        index = permutation[position : position + args.batch_size]
+        position += args.batch_size
+        start = time.perf_counter()
+        if arm == "joint":
+            loss = model(
+                xtr[index], labels=ytr[index], example_index=index, epoch=epoch, global_step=step
+            ).loss
+        else:
+            loss = F.cross_entropy(model(xtr[index]).logits, ytr[index])
+        if not math.isfinite(float(loss.detach())):
+            raise SystemExit(f"{arm} seed {seed}: the loss diverged at step {step}.")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        schedule.step()
+        times.append(time.perf_counter() - start)
+        if (step + 1) % 100 == 0:
+            print(f"{arm} seed {seed}: step {step + 1}, loss {float(loss):.4f}", flush=True)
+    model.eval()
+    model.save_pretrained(path)
+    if arm == "joint":
+        export_classifier(model, source, path / "classifier")
+    training = dict(steps=args.steps, step_s=statistics.median(times), seconds=sum(times))
+    (path / "training.json").write_text(json.dumps(training, indent=2))
+    return path
+
+
+def export_classifier(model, source: Path, path: Path) -> None:
+    """The joint model's classifier as the plain ``ViTForImageClassification`` it was wrapped
+    from (its backbone and linear head), with the source's image processor: what a user would
+    publish and explain again with the frozen recipe. Checked: its logits are the model's."""
+    from transformers import AutoImageProcessor, ViTForImageClassification
+
+    classifier = ViTForImageClassification.from_pretrained(source)
+    state = {f"vit.{k}": v for k, v in model.backbone.state_dict().items()}
+    state.update({f"classifier.{k}": v for k, v in model.classifier.state_dict().items()})
+    missing, unexpected = classifier.load_state_dict(state, strict=False)
+    if missing or [k for k in unexpected if "pooler" not in k]:
+        raise RuntimeError(f"export mismatch: missing {missing}, unexpected {unexpected}")
+    x = tensors(16, "test")[0]
+    with torch.no_grad():
+        if not torch.allclose(classifier.eval()(x).logits, model.eval()(x).logits, atol=1e-5):
+            raise RuntimeError("the exported classifier's logits differ from the joint model's")
+    classifier.save_pretrained(path)
+    AutoImageProcessor.from_pretrained(source).save_pretrained(path)
+
+
+def polish(seed: int, joint_dir: Path, args: argparse.Namespace) -> Path:
+    """Arm d: the main job's frozen head phase on the joint classifier, as a user runs it."""
+    path = OUT / f"seed{seed}" / f"joint-{args.steps}steps-polished"
+    if not (path / "metrics.json").is_file():
+        train_script = REPO / "examples" / "train.py"
+        run(
+            [sys.executable, str(train_script), "--backbone", str(joint_dir / "classifier")]
+            + ["--seed", str(seed), "--output_dir", str(path)]
+            + args.polish_args.split()
+        )
+    return path
+
+
+def game_tables(model, x: torch.Tensor, name: str) -> dict:
+    """Exact values and interaction share (per image, every class) of the model's game on
+    ``x``, from one tabulation of all coalitions; cached per game."""
+    from main_job_seeds import game_key
+
+    from hf_shapley.evaluation import interaction_share, shapley_values_from_table, tabulate_game
+
+    def compute() -> dict:
+        table = tabulate_game(model, x, progress=True)
+        values = shapley_values_from_table(table)
+        shares = torch.stack(
+            [
+                interaction_share(table, values, torch.full((len(x),), k))
+                for k in range(values.shape[-1])
+            ],
+            dim=-1,
+        )
+        return dict(values=values, interaction_share=shares)
+
+    return cached(OUT / "tables" / f"{game_key(model, len(x))}-{name}.pt", compute)
+
+
+def agreement(phi: torch.Tensor, truth: torch.Tensor) -> dict:
+    from hf_shapley.evaluation import pearson_rows, pooled_relative_error
+
+    r = pearson_rows(phi, truth)
+    return dict(
+        pearson_per_image=[float(v) for v in r],
+        pearson=float(r.nanmean()),
+        pooled_relative_error=pooled_relative_error(phi, truth),
+    )
+
+
+def measure_seed(seed: int, args: argparse.Namespace) -> dict:
+    from transformers import ViTForImageClassification
+
+    import hf_shapley  # noqa: F401  (registers the auto classes)
+    from hf_shapley import ShapleyForImageClassification
+    from hf_shapley.evaluation import centered_class_values
+
+    main_dir = main_job(seed, args)
+    source = plain_classifier_dir(main_dir)
+    plain_dir = fine_tune("plain", seed, source, args)
+    joint_dir = fine_tune("joint", seed, source, args)
+    polished_dir = polish(seed, joint_dir, args)
+    x, y = tensors(args.num_test, "test")
+    xt = tensors(args.num_test + args.truth_images, "test")[0][args.num_test :]
+    xe = xt[: args.exact_images]
+    name = f"after{args.num_test}"
+    classifiers = {
+        "plain classifier (start)": ViTForImageClassification.from_pretrained(source),
+        f"plain, +{args.steps} steps": ViTForImageClassification.from_pretrained(plain_dir),
+        f"joint, +{args.steps} steps": ViTForImageClassification.from_pretrained(
+            joint_dir / "classifier"
+        ),
+    }
+    # Each classifier's game, through a wrapper whose head is never read.
+    games = {
+        "plain classifier (start)": ShapleyForImageClassification.from_pretrained(main_dir),
+        f"plain, +{args.steps} steps": ShapleyForImageClassification.from_backbone(
+            plain_dir, players_grid=PLAYERS_GRID, load_image_processor=False
+        ),
+        f"joint, +{args.steps} steps": ShapleyForImageClassification.from_pretrained(joint_dir),
+    }
+    heads = {
+        "a: frozen (main job)": ("plain classifier (start)", games["plain classifier (start)"]),
+        "c: joint, own head": (f"joint, +{args.steps} steps", games[f"joint, +{args.steps} steps"]),
+        "d: joint + frozen polish": (
+            f"joint, +{args.steps} steps",
+            ShapleyForImageClassification.from_pretrained(polished_dir),
+        ),
+    }
+    result: dict = dict(seed=seed, classifiers={}, heads={})
+    tables = {}
+    for label, classifier in classifiers.items():
+        logits = logits_of(classifier.eval(), x)
+        classes = logits_of(classifier, xe).argmax(-1)
+        tables[label] = game_tables(games[label].eval(), xe, name)
+        shares = tables[label]["interaction_share"][torch.arange(len(xe)), classes]
+        result["classifiers"][label] = dict(
+            accuracy=float((logits.argmax(-1) == y).float().mean()),
+            nll=float(F.cross_entropy(logits, y)),
+            correct=(logits.argmax(-1) == y).tolist(),
+            interaction_share_per_image=[float(v) for v in shares],
+        )
+    for label, (game_label, model) in heads.items():
+        model.eval()
+        with torch.no_grad():
+            out = model(xt)
+        classes = out.logits.argmax(-1)
+        phi = centered_class_values(out.shapley_values, classes)
+        kernel = centered_class_values(cached_truth(model, xt, name), classes)
+        exact = centered_class_values(tables[game_label]["values"], classes[: len(xe)])
+        result["heads"][label] = dict(
+            game=game_label,
+            kernel=agreement(phi, kernel),
+            exact=agreement(phi[: len(xe)], exact),
+            kernel_truth_error_vs_exact=agreement(kernel[: len(xe)], exact)[
+                "pooled_relative_error"
+            ],
+        )
+    training = {
+        arm: json.loads((d / "training.json").read_text())
+        for arm, d in (("plain", plain_dir), ("joint", joint_dir))
+    }
+    result["training"] = training
+    result["polish_seconds"] = json.loads((polished_dir / "metrics.json").read_text())[
+        "train_seconds"
+    ]
+    return result
+
+
+def paired_interval(differences: list[float]) -> tuple[float, float, float]:
+    """Mean and 95% t interval of paired differences."""
+    from scipy.stats import t as student_t
+
+    n = len(differences)
+    mean = statistics.fmean(differences)
+    half = student_t.ppf(0.975, n - 1) * statistics.stdev(differences) / math.sqrt(n)
+    return mean, mean - half, mean + half
+
+
+def report(rows: list[dict], args: argparse.Namespace) -> str:
+    from scipy.stats import t as student_t
+
+    seeds = [r["seed"] for r in rows]
+    n = len(rows)
+    plain0, plain, joint = rows[0]["classifiers"]
+    lines = [
+        "# Joint against frozen: the classifier's accuracy, its game and its explainer",
+        "",
+        f"Written by `benchmarks/joint_recipe.py`: seeds {seeds}, {args.steps} fine-tuning steps "
+        f"(batch {args.batch_size}), accuracy on {args.num_test:,} test images, exact games on "
+        f"{args.exact_images} further images a seed, KernelSHAP-4096 on {args.truth_images}.",
+        "",
+        "## The classifiers",
+        "",
+        "| classifier | accuracy per seed | NLL per seed | interaction share [95%] |",
+        "|---|---|---|---|",
+    ]
+    for label in (plain0, plain, joint):
+        c = [r["classifiers"][label] for r in rows]
+        shares = [s["interaction_share_per_image"] for s in c]
+        low, high = hierarchical_interval(shares)
+        mean_share = statistics.fmean(statistics.fmean(s) for s in shares)
+        accuracy = " / ".join(f"{v['accuracy']:.2%}" for v in c)
+        nll = " / ".join(f"{v['nll']:.4f}" for v in c)
+        lines.append(f"| {label} | {accuracy} | {nll} | {mean_share:.3f} [{low:.3f}, {high:.3f}] |")
+    d = [
+        100 * (r["classifiers"][plain]["accuracy"] - r["classifiers"][joint]["accuracy"])
+        for r in rows
+    ]
+    nll = [r["classifiers"][joint]["nll"] - r["classifiers"][plain]["nll"] for r in rows]
+    share_d = [
+        a - b
+        for r in rows
+        for a, b in zip(
+            r["classifiers"][joint]["interaction_share_per_image"],
+            r["classifiers"][plain]["interaction_share_per_image"],
+            strict=True,
+        )
+    ]
+    lines += [""]
+    if n >= 2:
+        bound = statistics.fmean(d) + student_t.ppf(0.95, n - 1) * statistics.stdev(d) / math.sqrt(
+            n
+        )
+        lines.append(
+            f"- accuracy lost by joint against plain at equal steps, d = plain - joint: mean "
+            f"**{statistics.fmean(d):+.2f} points**, upper 95% bound **{bound:+.2f}** (target: "
+            f"mean <= 0.3, bound <= 1); NLL joint - plain: mean {statistics.fmean(nll):+.4f} "
+            "(target <= 0.05)"
+        )
+    if len(share_d) >= 2:
+        mean, low, high = paired_interval(share_d)
+        lines.append(
+            f"- interaction share, joint - plain on the same images: **{mean:+.3f}** "
+            f"[{low:+.3f}, {high:+.3f}] (paired t interval over {len(share_d)} images)"
+        )
+    lines += [
+        "",
+        "## The explainers",
+        "",
+        "| arm | game | r vs exact [95%] | pooled error vs exact (per seed) | r vs KernelSHAP "
+        "| pooled error vs KernelSHAP (per seed) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for label in rows[0]["heads"]:
+        h = [r["heads"][label] for r in rows]
+        low, high = hierarchical_interval([v["exact"]["pearson_per_image"] for v in h])
+        exact = " / ".join(f"{v['exact']['pooled_relative_error']:.3f}" for v in h)
+        kernel = " / ".join(f"{v['kernel']['pooled_relative_error']:.3f}" for v in h)
+        lines.append(
+            f"| {label} | {h[0]['game']} | "
+            f"{statistics.fmean(v['exact']['pearson'] for v in h):.3f} [{low:.3f}, {high:.3f}] | "
+            f"{exact} | {statistics.fmean(v['kernel']['pearson'] for v in h):.3f} | {kernel} |"
+        )
+    truth_error = statistics.fmean(
+        v["kernel_truth_error_vs_exact"] for r in rows for v in r["heads"].values()
+    )
+    lines += [
+        "",
+        f"KernelSHAP-4096's own pooled error against the exact values: {truth_error:.3f} (mean).",
+        "",
+        "## Cost (this machine, per seed)",
+        "",
+    ]
+    for r in rows:
+        t = r["training"]
+        lines.append(
+            f"- seed {r['seed']}: plain {t['plain']['step_s']:.3f} s a step "
+            f"({t['plain']['seconds']:.0f} s), joint {t['joint']['step_s']:.3f} s a step "
+            f"({t['joint']['seconds']:.0f} s), frozen polish {r['polish_seconds']:.0f} s"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument(
+        "--main-job",
+        default="outputs/main-seed{seed}",
+        help="the main job's output directory, '{seed}' for the seed (run there if absent)",
+    )
+    parser.add_argument("--steps", type=int, default=500)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--num-train", type=int, default=8000)
+    parser.add_argument("--num-test", type=int, default=10_000)
+    parser.add_argument("--truth-images", type=int, default=32)
+    parser.add_argument("--exact-images", type=int, default=8)
+    parser.add_argument(
+        "--polish-args", default="", help="further examples/train.py arguments of the polish"
+    )
+    parser.add_argument("--output", type=Path, default=RESULTS / "joint_recipe")
+    args = parser.parse_args(argv)
+    if not 2 <= args.exact_images <= args.truth_images:
+        parser.error("--exact-images must be between 2 and --truth-images.")
+    rows = []
+    for seed in args.seeds:
+        rows.append(measure_seed(seed, args))
+        text = report(rows, args)
+        args.output.with_suffix(".json").write_text(json.dumps(rows, indent=1))
+        args.output.with_suffix(".md").write_text(text)
+        print(text, flush=True)
+
+
+if __name__ == "__main__":
+    main()
