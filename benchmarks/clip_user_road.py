@@ -90,20 +90,12 @@ def user_clip(work: Path, seed: int, grid: tuple[int, int], epochs: int, count: 
 
 def caption_folder(path: Path, count: int, image_size: int, seed: int) -> Path:
     """Built-in shapes as a user keeps captioned images: class folders and a metadata.jsonl."""
-    from hf_shapley.data import load_shapes_caption_dataset
+    from hf_shapley.data import load_shapes_caption_dataset, save_caption_folder
 
     if (path / "metadata.jsonl").is_file():
         return path
     data = load_shapes_caption_dataset(count, 1, image_size=image_size, seed=seed)["train"]
-    names = data.features["label"].names
-    lines = []
-    for i, row in enumerate(data):
-        name = f"{names[row['label']].replace(' ', '_')}/{i:05d}.png"
-        (path / name).parent.mkdir(parents=True, exist_ok=True)
-        row["image"].save(path / name)
-        lines.append(json.dumps({"file_name": name, "caption": row["caption"]}))
-    (path / "metadata.jsonl").write_text("\n".join(lines) + "\n")
-    return path
+    return save_caption_folder(data.remove_columns("mask"), path)
 
 
 def run(args, seed: int) -> dict:

@@ -44,13 +44,11 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from main_job_seeds import cached, cached_truth, logits_of
+from main_job_seeds import TRUTH_EVALUATIONS, cached, game_key, logits_of
 from recipe import hierarchical_interval, optimizer, tensors
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
-OUT = REPO / "outputs" / "joint-recipe"
-PLAYERS_GRID = (4, 4)
 # The wrapped classifier's training recipe (from_backbone's EXPLAINER_DEFAULTS), with the head's
 # regression reaching the backbone: the seed paper's design. Warm-up as the main job's head.
 JOINT_SETTINGS = dict(train_backbone=True, detach_head_features=False, loss_warmup_steps=60)
@@ -61,7 +59,10 @@ def main_job(seed: int, args: argparse.Namespace) -> Path:
     path = Path(args.main_job.format(seed=seed))
     if not (path / "metrics.json").is_file():
         train_script = REPO / "examples" / "train.py"
-        run([sys.executable, str(train_script), "--seed", str(seed), "--output_dir", str(path)])
+        run(
+            [sys.executable, str(train_script), "--seed", str(seed), "--output_dir", str(path)]
+            + ["--players_grid", *map(str, args.players_grid), *args.train_args.split()]
+        )
     return path
 
 
@@ -81,7 +82,7 @@ def fine_tune(arm: str, seed: int, source: Path, args: argparse.Namespace) -> Pa
 
     from hf_shapley import ShapleyForImageClassification
 
-    path = OUT / f"seed{seed}" / f"{arm}-{args.steps}steps"
+    path = args.work / f"seed{seed}" / f"{arm}-{args.steps}steps"
     if (path / "training.json").is_file():
         return path
     xtr, ytr = tensors(args.num_train, "train")
@@ -89,7 +90,7 @@ def fine_tune(arm: str, seed: int, source: Path, args: argparse.Namespace) -> Pa
     if arm == "joint":
         model = ShapleyForImageClassification.from_backbone(
             source,
-            players_grid=PLAYERS_GRID,
+            players_grid=tuple(args.players_grid),
             load_image_processor=False,
             coalition_seed=seed,
             **JOINT_SETTINGS,
@@ -153,22 +154,20 @@ def export_classifier(model, source: Path, path: Path) -> None:
 
 def polish(seed: int, joint_dir: Path, args: argparse.Namespace) -> Path:
     """Arm d: the main job's frozen head phase on the joint classifier, as a user runs it."""
-    path = OUT / f"seed{seed}" / f"joint-{args.steps}steps-polished"
+    path = args.work / f"seed{seed}" / f"joint-{args.steps}steps-polished"
     if not (path / "metrics.json").is_file():
         train_script = REPO / "examples" / "train.py"
         run(
             [sys.executable, str(train_script), "--backbone", str(joint_dir / "classifier")]
             + ["--seed", str(seed), "--output_dir", str(path)]
-            + args.polish_args.split()
+            + ["--players_grid", *map(str, args.players_grid), *args.train_args.split()]
         )
     return path
 
 
-def game_tables(model, x: torch.Tensor, name: str) -> dict:
+def game_tables(model, x: torch.Tensor, work: Path) -> dict:
     """Exact values and interaction share (per image, every class) of the model's game on
     ``x``, from one tabulation of all coalitions; cached per game."""
-    from main_job_seeds import game_key
-
     from hf_shapley.evaluation import interaction_share, shapley_values_from_table, tabulate_game
 
     def compute() -> dict:
@@ -183,7 +182,19 @@ def game_tables(model, x: torch.Tensor, name: str) -> dict:
         )
         return dict(values=values, interaction_share=shares)
 
-    return cached(OUT / "tables" / f"{game_key(model, len(x))}-{name}.pt", compute)
+    return cached(work / "truth" / f"{game_key(model, len(x))}-exact.pt", compute)
+
+
+def kernel_truth(model, x: torch.Tensor, work: Path) -> torch.Tensor:
+    """KernelSHAP with the main job's truth budget on the model's game; cached per game."""
+    from hf_shapley.evaluation import model_shapley_truth
+
+    def compute() -> torch.Tensor:
+        return model_shapley_truth(
+            model, x, max_exact_players=0, tolerance=0.0, max_evaluations=TRUTH_EVALUATIONS
+        ).values
+
+    return cached(work / "truth" / f"{game_key(model, len(x))}-kernel.pt", compute)
 
 
 def agreement(phi: torch.Tensor, truth: torch.Tensor) -> dict:
@@ -212,7 +223,7 @@ def measure_seed(seed: int, args: argparse.Namespace) -> dict:
     x, y = tensors(args.num_test, "test")
     xt = tensors(args.num_test + args.truth_images, "test")[0][args.num_test :]
     xe = xt[: args.exact_images]
-    name = f"after{args.num_test}"
+    grid = tuple(args.players_grid)
     classifiers = {
         "plain classifier (start)": ViTForImageClassification.from_pretrained(source),
         f"plain, +{args.steps} steps": ViTForImageClassification.from_pretrained(plain_dir),
@@ -224,7 +235,7 @@ def measure_seed(seed: int, args: argparse.Namespace) -> dict:
     games = {
         "plain classifier (start)": ShapleyForImageClassification.from_pretrained(main_dir),
         f"plain, +{args.steps} steps": ShapleyForImageClassification.from_backbone(
-            plain_dir, players_grid=PLAYERS_GRID, load_image_processor=False
+            plain_dir, players_grid=grid, load_image_processor=False
         ),
         f"joint, +{args.steps} steps": ShapleyForImageClassification.from_pretrained(joint_dir),
     }
@@ -241,7 +252,7 @@ def measure_seed(seed: int, args: argparse.Namespace) -> dict:
     for label, classifier in classifiers.items():
         logits = logits_of(classifier.eval(), x)
         classes = logits_of(classifier, xe).argmax(-1)
-        tables[label] = game_tables(games[label].eval(), xe, name)
+        tables[label] = game_tables(games[label].eval(), xe, args.work)
         shares = tables[label]["interaction_share"][torch.arange(len(xe)), classes]
         result["classifiers"][label] = dict(
             accuracy=float((logits.argmax(-1) == y).float().mean()),
@@ -255,7 +266,7 @@ def measure_seed(seed: int, args: argparse.Namespace) -> dict:
             out = model(xt)
         classes = out.logits.argmax(-1)
         phi = centered_class_values(out.shapley_values, classes)
-        kernel = centered_class_values(cached_truth(model, xt, name), classes)
+        kernel = centered_class_values(kernel_truth(model, xt, args.work), classes)
         exact = centered_class_values(tables[game_label]["values"], classes[: len(xe)])
         result["heads"][label] = dict(
             game=game_label,
@@ -390,15 +401,19 @@ def main(argv: list[str] | None = None) -> None:
         help="the main job's output directory, '{seed}' for the seed (run there if absent)",
     )
     parser.add_argument("--steps", type=int, default=500)
+    parser.add_argument("--players-grid", nargs=2, type=int, default=[4, 4])
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--num-train", type=int, default=8000)
     parser.add_argument("--num-test", type=int, default=10_000)
     parser.add_argument("--truth-images", type=int, default=32)
     parser.add_argument("--exact-images", type=int, default=8)
     parser.add_argument(
-        "--polish-args", default="", help="further examples/train.py arguments of the polish"
+        "--train-args",
+        default="",
+        help="further examples/train.py arguments, for the main job and the polish alike",
     )
     parser.add_argument("--output", type=Path, default=RESULTS / "joint_recipe")
+    parser.add_argument("--work", type=Path, default=REPO / "outputs" / "joint-recipe")
     args = parser.parse_args(argv)
     if not 2 <= args.exact_images <= args.truth_images:
         parser.error("--exact-images must be between 2 and --truth-images.")

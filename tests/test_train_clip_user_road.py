@@ -6,7 +6,9 @@ bad input stops the run before training with a message that says what to fix."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
+import datasets
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -17,6 +19,7 @@ from conftest import caption_clip_config, load_example_script
 from hf_shapley.data import (
     load_caption_folder,
     load_shapes_caption_dataset,
+    save_caption_folder,
 )
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -35,17 +38,10 @@ def write_clip(path, image_size: int, patch_size: int) -> None:
     ).save_pretrained(path)
 
 
-def write_caption_folder(path, count: int, image_size: int = 32, split: str = "train") -> None:
-    """Built-in shapes saved as a user would keep them: class folders and a metadata.jsonl."""
-    data = load_shapes_caption_dataset(count, 1, image_size=image_size)["train"]
-    names = data.features["label"].names
-    lines = []
-    for i, row in enumerate(data):
-        name = f"{names[row['label']].replace(' ', '_')}/{split}{i}.png"
-        (path / name).parent.mkdir(parents=True, exist_ok=True)
-        row["image"].save(path / name)
-        lines.append(json.dumps({"file_name": name, "description": row["caption"]}))
-    (path / "metadata.jsonl").write_text("\n".join(lines) + "\n")
+def write_caption_folder(path, count: int) -> None:
+    """Built-in shapes saved as a user keeps them, captions under the user's own field name."""
+    data = load_shapes_caption_dataset(count, 1, image_size=32)["train"]
+    save_caption_folder(data.rename_column("caption", "description"), path, "description")
 
 
 def run_script(out, clip, data, *extra):
@@ -119,11 +115,26 @@ def test_faithfulness_on_captions_and_label_prompts_never_trained_on(tmp_path, f
 
 
 def test_a_caption_folder_is_checked(tmp_path):
-    write_caption_folder(tmp_path, 6)
+    source = load_shapes_caption_dataset(6, 1, image_size=32)["train"]
+    source = source.rename_column("caption", "description")
+    save_caption_folder(source, tmp_path, "description")
     data = load_caption_folder(tmp_path, "description")
     assert len(data) == 6 and data.features["label"].names == sorted(
         {p.name for p in tmp_path.iterdir() if p.is_dir()}
     )
+    # Saved and read back: each image (named by its index) with its caption and class.
+    names = source.features["label"].names
+    paths = data.cast_column("image", datasets.Image(decode=False))["image"]
+    for read, stored in zip(data, paths, strict=True):
+        saved = source[int(Path(stored["path"]).stem)]
+        assert read["description"] == saved["description"]
+        label = data.features["label"].names[read["label"]]
+        assert label == names[saved["label"]].replace(" ", "_")
+        assert read["image"].tobytes() == saved["image"].tobytes()
+    with pytest.raises(ValueError, match="exists already"):
+        save_caption_folder(source, tmp_path, "description")
+    with pytest.raises(ValueError, match="no column 'text'"):
+        save_caption_folder(source, tmp_path / "other", "text")
     lines = (tmp_path / "metadata.jsonl").read_text().splitlines()
     (tmp_path / "metadata.jsonl").write_text("\n".join(lines[1:]) + "\n")
     with pytest.raises(ValueError, match="1 image.* have no caption in metadata.jsonl"):

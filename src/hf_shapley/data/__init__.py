@@ -1,7 +1,7 @@
 """Data: the built-in generated coloured shapes with known class-object masks (and captions),
 and the checks and splits for a user's own image or caption folder."""
 
-from .caption_folder import load_caption_folder
+from .caption_folder import load_caption_folder, save_caption_folder
 from .captions import (
     load_shapes_caption_dataset,
     shapes_caption_tokenizer,
@@ -37,6 +37,7 @@ __all__ = [
     "data_label_names",
     "generate_shapes",
     "load_caption_folder",
+    "save_caption_folder",
     "load_image_splits",
     "load_shapes_caption_dataset",
     "load_shapes_dataset",

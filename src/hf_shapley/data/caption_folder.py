@@ -123,4 +123,48 @@ def load_caption_folder(
     return datasets.Dataset.from_dict(columns, features=datasets.Features(features))
 
 
-__all__ = ["METADATA_FILE", "load_caption_folder"]
+def save_caption_folder(
+    dataset: datasets.Dataset,
+    path: str | os.PathLike,
+    caption_column: str = "caption",
+    *,
+    image_column: str = "image",
+    label_column: str = "label",
+) -> Path:
+    """Write images and captions as a caption folder, the form :func:`load_caption_folder` reads.
+
+    Each image is saved as PNG in its class's sub-folder (the ``ClassLabel`` name of
+    ``label_column``, when the data set has one) and gets a ``metadata.jsonl`` line with its
+    caption under ``caption_column``, the data set's column of that name.
+
+    Returns:
+        The folder.
+
+    Raises:
+        ValueError: a column that is not in the data set, or a folder that already holds a
+            ``metadata.jsonl`` (nothing is overwritten).
+    """
+    path = Path(path)
+    for column in (image_column, caption_column):
+        if column not in dataset.column_names:
+            raise ValueError(
+                f"The data set has no column {column!r} (columns: {dataset.column_names})."
+            )
+    if (path / METADATA_FILE).exists():
+        raise ValueError(f"{path / METADATA_FILE} exists already: choose an empty folder.")
+    feature = dataset.features.get(label_column)
+    names = getattr(feature, "names", None)
+    lines = []
+    for i, row in enumerate(dataset):
+        name = f"{i:05d}.png"
+        if names is not None:
+            name = f"{names[row[label_column]].replace(' ', '_').replace('/', '_')}/{name}"
+        (path / name).parent.mkdir(parents=True, exist_ok=True)
+        row[image_column].save(path / name)
+        lines.append(json.dumps({"file_name": name, caption_column: row[caption_column]}))
+    path.mkdir(parents=True, exist_ok=True)
+    (path / METADATA_FILE).write_text("\n".join(lines) + "\n")
+    return path
+
+
+__all__ = ["METADATA_FILE", "load_caption_folder", "save_caption_folder"]

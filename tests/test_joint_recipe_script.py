@@ -1,0 +1,89 @@
+"""benchmarks/joint_recipe.py at a tiny scale (P = 4): the joint arm's classifier is exported as
+the plain classifier it was wrapped from, the polish explains it unchanged, each game's exact
+values are the Shapley values of its own table, and a finished run is not redone."""
+
+from __future__ import annotations
+
+import json
+import statistics
+
+import pytest
+import torch
+from transformers import ViTForImageClassification
+
+from conftest import load_benchmark_script
+from hf_shapley import ShapleyForImageClassification
+from hf_shapley.evaluation import (
+    centered_class_values,
+    exact_model_shapley_values,
+    pooled_relative_error,
+)
+
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("single_thread")]
+
+
+def test_joint_against_frozen(tmp_path):
+    bench = load_benchmark_script("joint_recipe")
+    work, out = tmp_path / "work", tmp_path / "joint_recipe"
+    train_args = (
+        "--num_train 96 --num_test 16 --num_validation 32 --classifier_max_steps 3 "
+        "--explainer_max_steps 2 --num_truth_images 2 --num_exact_images 0 "
+        "--per_device_train_batch_size 16 --eval_steps 1 --classifier_eval_steps 1 "
+        "--num_explained_images 1"
+    )
+    argv = [
+        "--seeds", "0", "1", "--steps", "2", "--batch-size", "16", "--players-grid", "2", "2",
+        "--num-train", "96", "--num-test", "64", "--truth-images", "4", "--exact-images", "2",
+        "--main-job", str(tmp_path / "main-seed{seed}"), "--train-args", train_args,
+        "--work", str(work), "--output", str(out),
+    ]  # fmt: skip
+    bench.main(argv)
+    rows = json.loads(out.with_suffix(".json").read_text())
+    assert [r["seed"] for r in rows] == [0, 1]
+
+    seed0 = work / "seed0"
+    joint = ShapleyForImageClassification.from_pretrained(seed0 / "joint-2steps").eval()
+    exported = ViTForImageClassification.from_pretrained(seed0 / "joint-2steps" / "classifier")
+    polished = ShapleyForImageClassification.from_pretrained(seed0 / "joint-2steps-polished").eval()
+    x = bench.tensors(8, "test")[0]
+    with torch.no_grad():
+        reference = exported.eval()(x).logits
+        torch.testing.assert_close(joint(x).logits, reference)
+        # The polish keeps the joint classifier as it is: its predictions are bit-identical.
+        assert torch.equal(polished(x).logits, reference)
+    metrics = json.loads((tmp_path / "main-seed0" / "metrics.json").read_text())
+    start = ViTForImageClassification.from_pretrained(
+        tmp_path / "main-seed0" / metrics["pretrained_classifier"]
+    )
+    assert not torch.equal(start.classifier.weight, exported.classifier.weight)  # it trained
+
+    # The report's exact values are the joint game's own Shapley values.
+    xt = bench.tensors(64 + 4, "test")[0][64:66]
+    tables = bench.game_tables(joint, xt, work)
+    torch.testing.assert_close(tables["values"], exact_model_shapley_values(joint, xt))
+    assert ((tables["interaction_share"] >= 0) & (tables["interaction_share"] <= 1.5)).all()
+
+    table = out.with_suffix(".md").read_text()
+    label = "joint, +2 steps"
+    accuracy = " / ".join(f"{r['classifiers'][label]['accuracy']:.2%}" for r in rows)
+    assert f"| {label} | {accuracy} |" in table
+    # The polished head's agreement in the report is its own against those exact values.
+    with torch.no_grad():
+        out_polished = polished(xt)
+    classes = out_polished.logits.argmax(-1)
+    error = pooled_relative_error(
+        centered_class_values(out_polished.shapley_values, classes),
+        centered_class_values(tables["values"], classes),
+    )
+    reported = rows[0]["heads"]["d: joint + frozen polish"]["exact"]["pooled_relative_error"]
+    assert reported == pytest.approx(error, rel=1e-6)
+    mean_share = statistics.fmean(
+        statistics.fmean(r["classifiers"][label]["interaction_share_per_image"]) for r in rows
+    )
+    assert f"| {mean_share:.3f} [" in table
+
+    finished = (seed0 / "joint-2steps-polished" / "metrics.json").stat().st_mtime_ns
+    bench.main(argv)
+    assert (seed0 / "joint-2steps-polished" / "metrics.json").stat().st_mtime_ns == finished
+    with pytest.raises(SystemExit):
+        bench.main([*argv, "--exact-images", "8"])  # more exact images than truth images
