@@ -13,7 +13,8 @@ output directory; the main job is run there first if it is absent), with the sam
 * **joint + polish** (arm d): the joint classifier exported as a plain
   ``ViTForImageClassification`` and explained by the main job's frozen head phase
   (``examples/train.py --backbone``, run as a user runs it);
-* **frozen** (arm a): the main job's own model (its head on the unchanged classifier).
+* **frozen** (arm a): the main job's own model (its head on the unchanged classifier), and the
+  same frozen head phase on the plain arm's classifier (arm a at equal classifier steps).
 
 Both fine-tunes use the main job's optimizer (AdamW 1e-3, 30 warm-up steps, cosine, clipping at
 1.0, batch 64) in one plain loop, so the arms differ only in the objective.
@@ -152,13 +153,18 @@ def export_classifier(model, source: Path, path: Path) -> None:
     AutoImageProcessor.from_pretrained(source).save_pretrained(path)
 
 
-def polish(seed: int, joint_dir: Path, args: argparse.Namespace) -> Path:
-    """Arm d: the main job's frozen head phase on the joint classifier, as a user runs it."""
-    path = args.work / f"seed{seed}" / f"joint-{args.steps}steps-polished"
+def polish(seed: int, classifier: Path, arm: str, source: Path, args: argparse.Namespace) -> Path:
+    """The main job's frozen head phase on a fine-tuned classifier, as a user runs it: arm d on
+    the joint classifier, arm a at equal steps on the plain one."""
+    from transformers import AutoImageProcessor
+
+    path = args.work / f"seed{seed}" / f"{arm}-{args.steps}steps-polished"
     if not (path / "metrics.json").is_file():
+        if not (classifier / "preprocessor_config.json").is_file():
+            AutoImageProcessor.from_pretrained(source).save_pretrained(classifier)
         train_script = REPO / "examples" / "train.py"
         run(
-            [sys.executable, str(train_script), "--backbone", str(joint_dir / "classifier")]
+            [sys.executable, str(train_script), "--backbone", str(classifier)]
             + ["--seed", str(seed), "--output_dir", str(path)]
             + ["--players_grid", *map(str, args.players_grid), *args.train_args.split()]
         )
@@ -219,7 +225,8 @@ def measure_seed(seed: int, args: argparse.Namespace) -> dict:
     source = plain_classifier_dir(main_dir)
     plain_dir = fine_tune("plain", seed, source, args)
     joint_dir = fine_tune("joint", seed, source, args)
-    polished_dir = polish(seed, joint_dir, args)
+    polished_dir = polish(seed, joint_dir / "classifier", "joint", source, args)
+    plain_polished_dir = polish(seed, plain_dir, "plain", source, args)
     x, y = tensors(args.num_test, "test")
     xt = tensors(args.num_test + args.truth_images, "test")[0][args.num_test :]
     xe = xt[: args.exact_images]
@@ -241,6 +248,10 @@ def measure_seed(seed: int, args: argparse.Namespace) -> dict:
     }
     heads = {
         "a: frozen (main job)": ("plain classifier (start)", games["plain classifier (start)"]),
+        f"a: frozen, +{args.steps} plain steps": (
+            f"plain, +{args.steps} steps",
+            ShapleyForImageClassification.from_pretrained(plain_polished_dir),
+        ),
         "c: joint, own head": (f"joint, +{args.steps} steps", games[f"joint, +{args.steps} steps"]),
         "d: joint + frozen polish": (
             f"joint, +{args.steps} steps",
@@ -281,9 +292,10 @@ def measure_seed(seed: int, args: argparse.Namespace) -> dict:
         for arm, d in (("plain", plain_dir), ("joint", joint_dir))
     }
     result["training"] = training
-    result["polish_seconds"] = json.loads((polished_dir / "metrics.json").read_text())[
-        "train_seconds"
-    ]
+    result["polish_seconds"] = {
+        arm: json.loads((d / "metrics.json").read_text())["train_seconds"]
+        for arm, d in (("plain", plain_polished_dir), ("joint", polished_dir))
+    }
     return result
 
 
@@ -387,7 +399,9 @@ def report(rows: list[dict], args: argparse.Namespace) -> str:
         lines.append(
             f"- seed {r['seed']}: plain {t['plain']['step_s']:.3f} s a step "
             f"({t['plain']['seconds']:.0f} s), joint {t['joint']['step_s']:.3f} s a step "
-            f"({t['joint']['seconds']:.0f} s), frozen polish {r['polish_seconds']:.0f} s"
+            f"({t['joint']['seconds']:.0f} s), frozen head phase "
+            f"{r['polish_seconds']['joint']:.0f} s (on the plain one: "
+            f"{r['polish_seconds']['plain']:.0f} s)"
         )
     return "\n".join(lines) + "\n"
 
