@@ -25,8 +25,9 @@ Other data and backbones:
     accelerate launch examples/train.py --train_dir ./my_images   # an imagefolder: one folder per class
 
 A bare backbone (``ViTModel``) trains a new classifier first; a fine-tuned classifier
-(``ViTForImageClassification``) is explained as it is unless ``--train_backbone`` asks to
-fine-tune it too (then ``metrics.json`` reports how its predictions changed). Batch sizes are
+(``ViTForImageClassification``) is explained as it is (``--recipe frozen``) unless ``--recipe
+joint`` asks to fine-tune it with the Shapley loss too (then ``metrics.json`` reports how its
+predictions changed). Batch sizes are
 images per optimizer step over all processes: two processes make the same steps as one.
 
 Every ``ShapleyTrainingArguments`` / ``TrainingArguments`` option works (``--num_train_epochs``,
@@ -76,6 +77,7 @@ from hf_shapley.models.configuration_shapley import (
     HEAD_ATTENTION_FROM,
 )
 from hf_shapley.models.image_loading import to_rgb
+from hf_shapley.training import RECIPES, recipe_settings
 from hf_shapley.training.trainer import ShapleyImageCollator, add_example_index
 
 logger = logging.getLogger("hf_shapley.train")
@@ -114,13 +116,17 @@ class ModelArguments:
         default=None,
         metadata={"help": "shapley_sum or backbone_head (default: chosen by from_backbone)."},
     )
-    train_backbone: bool | None = field(
+    recipe: str | None = field(
         default=None,
         metadata={
-            "help": "Fine-tune the classifier too (its predictions change; metrics.json reports "
-            "its accuracy before and after and the share of changed predictions). Default: a "
-            "fine-tuned classifier (--backbone) and the one trained here are kept as they are, "
-            "their predictions bit-identical, and only the Shapley head learns their game."
+            "help": "frozen: the classifier (--backbone, or the one trained here) is kept as it "
+            "is, its predictions bit-identical, and only the Shapley head learns its game. "
+            "joint: the classifier fine-tunes with the Shapley loss too (its predictions change; "
+            "metrics.json reports its accuracy before and after), for --explainer_max_steps at "
+            "--learning_rate; it measured less accurate and less explainable than plain "
+            "fine-tuning (benchmarks/README.md, 'Joint against frozen'). Default: frozen; joint "
+            "for soft voting, whose prediction is the head's.",
+            "choices": list(RECIPES),
         },
     )
     head_reads_hidden_states: bool | None = field(
@@ -551,9 +557,8 @@ def build_model(
         kwargs["image_size"] = (args.image_size, args.image_size)
     if id2label is not None:
         kwargs.update(id2label=id2label, label2id={v: k for k, v in id2label.items()})
-    if args.train_backbone is not None:
-        kwargs["train_backbone"] = args.train_backbone
-    if id2label is None and not args.train_backbone:
+    kwargs.update(recipe_settings(args.recipe))
+    if id2label is None and args.recipe == "frozen":
         # The frozen classifier's passes train nothing: bf16 where the device computes it
         # natively (the head stays fp32; --frozen_game_dtype float32 overrides).
         kwargs["frozen_game_dtype"] = "bfloat16" if native_bfloat16() else "float32"
@@ -785,6 +790,40 @@ def kept_coalitions_per_image(num_images: int) -> int:
     return min(max(per_image, FROZEN_EXPLAINER_DEFAULTS["num_shapley_coalitions"]), 256)
 
 
+def check_recipe(model_args: ModelArguments, training_args, soft_voting: bool) -> str:
+    """The recipe to run (``--recipe``, or the default for the model), checked before any
+    training: soft voting cannot be frozen, options of the frozen head phase do nothing in a
+    joint run, and a joint run must outlast the Shapley loss's warm-up."""
+    recipe = model_args.recipe or ("joint" if soft_voting else "frozen")
+    if recipe == "frozen" and soft_voting:
+        raise SystemExit(
+            "--recipe frozen keeps a classifier as it is, but this model predicts by soft voting "
+            "(a bare backbone with --classifier_max_steps 0, or --prediction_mode shapley_sum): "
+            "its prediction is the Shapley head's and trains with it. Use --recipe joint, or "
+            "let a classifier be trained first (--classifier_max_steps > 0)."
+        )
+    if recipe == "joint":
+        frozen_only = [
+            f"--{name}"
+            for name in ("explainer_train_samples", "explainer_batch_size")
+            if getattr(model_args, name) is not None
+        ]
+        if frozen_only:
+            raise SystemExit(
+                f"{' and '.join(frozen_only)} set the frozen recipe's head phase; with --recipe "
+                "joint the classifier and head train together on every image at "
+                "--per_device_train_batch_size. Drop them, or use --recipe frozen."
+            )
+        steps, warmup = training_args.max_steps, training_args.loss_warmup_steps
+        if 0 < steps <= warmup:
+            raise SystemExit(
+                f"--recipe joint: the Shapley loss ramps up over --loss_warmup_steps {warmup} "
+                f"steps, but the run has {steps}: it would end before the classifier learns "
+                "with it. Give more steps (--explainer_max_steps) or a shorter warm-up."
+            )
+    return recipe
+
+
 def option_value(argv: list[str], name: str) -> str | None:
     """The value given to a command-line option (``--name value`` or ``--name=value``)."""
     for i, arg in enumerate(argv):
@@ -905,6 +944,10 @@ def main(argv: list[str] | None = None) -> dict:
         and model_args.classifier_max_steps > 0
         and model_args.prediction_mode in (None, "backbone_head")
     )
+    soft_voting = model_args.prediction_mode == "shapley_sum" or not (
+        keeps_labels or pretrained_here
+    )
+    model_args.recipe = check_recipe(model_args, training_args, soft_voting)
     if pretrained_here:
         model_args.backbone = train_classifier(
             model_args,
@@ -941,7 +984,7 @@ def main(argv: list[str] | None = None) -> dict:
             model.config.num_shapley_coalitions = kept_coalitions_per_image(len(train))
     elif model.classifier is not None:
         logger.warning(
-            "--train_backbone: the classifier %s is fine-tuned too, so its predictions change "
+            "--recipe joint: the classifier %s is fine-tuned too, so its predictions change "
             "(metrics.json reports its accuracy before and after).",
             base_model,
         )

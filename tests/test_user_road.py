@@ -28,6 +28,7 @@ from conftest import load_example_script, tiny_backbone_config
 from hf_shapley import ShapleyForImageClassification
 from hf_shapley.data import align_labels
 from hf_shapley.models.configuration_shapley import FROZEN_EXPLAINER_DEFAULTS
+from hf_shapley.training import recipe_settings
 
 # The checkpoint's own order, which is not the folder's alphabetical one.
 LABELS = ["red circle", "green square", "blue triangle", "yellow cross"]
@@ -150,10 +151,14 @@ def test_fine_tuning_is_an_explicit_choice_and_is_reported(train_script, tmp_pat
     test = image_folder(tmp_path / "test", per_class=3, seed=1)
     report = run(
         train_script, backbone, folder, tmp_path / "out", "--validation_dir", str(test),
-        "--train_backbone", "True", "--learning_rate", "1e-2", "--load_best_model_at_end", "False",
+        "--recipe", "joint", "--loss_warmup_steps", "2", "--learning_rate", "1e-2",
+        "--load_best_model_at_end", "False",
     )  # fmt: skip
     classifier = report["classifier"]
     assert classifier["trained"] is True and classifier["logits_identical"] is False
+    # The joint recipe is the seed paper's: the Shapley regression's gradient reaches the backbone.
+    config = json.loads((tmp_path / "out" / "config.json").read_text())
+    assert config["train_backbone"] is True and config["detach_head_features"] is False
     paths = sorted(test.glob("*/*.png"))
     reference = checkpoint_predictions(backbone, [Image.open(p) for p in paths])
     truth = torch.tensor([LABELS.index(p.parent.name) for p in paths])
@@ -198,11 +203,36 @@ def test_bare_backbone_cannot_be_kept(train_script, tmp_path):
     ViTModel(tiny_backbone_config("vit"), add_pooling_layer=False).save_pretrained(backbone)
     processor().save_pretrained(backbone)
     folder = image_folder(tmp_path / "train")
-    with pytest.raises(SystemExit, match="has no classifier head to keep"):
+    with pytest.raises(SystemExit, match="--recipe frozen keeps a classifier .* soft voting"):
         run(
-            train_script, backbone, folder, tmp_path / "out", "--train_backbone", "False",
+            train_script, backbone, folder, tmp_path / "out", "--recipe", "frozen",
             "--classifier_max_steps", "0",
         )  # fmt: skip
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (["--recipe", "joint", "--explainer_batch_size", "8"], r"--explainer_batch_size set the"),
+        # run() gives 4 steps: the loss's default warm-up of 60 would never end.
+        (["--recipe", "joint"], r"ramps up over --loss_warmup_steps 60 steps, but the run has 4"),
+    ],
+)
+def test_a_recipe_that_cannot_run_fails_before_training(train_script, tmp_path, arguments, message):
+    backbone = save_classifier(tmp_path / "clf")
+    folder = image_folder(tmp_path / "train")
+    with pytest.raises(SystemExit, match=message):
+        run(train_script, backbone, folder, tmp_path / "out", *arguments)
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_unknown_recipe_is_named(train_script, tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        train_script.main(["--recipe", "polish", "--output_dir", str(tmp_path / "out")])
+    assert "invalid choice: 'polish' (choose from 'frozen', 'joint')" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="No recipe 'polish': choose one of 'frozen', 'joint'"):
+        recipe_settings("polish")
     assert not (tmp_path / "out").exists()
 
 
