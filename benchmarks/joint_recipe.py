@@ -55,6 +55,20 @@ RESULTS = REPO / "benchmarks" / "results"
 JOINT_SETTINGS = dict(train_backbone=True, detach_head_features=False, loss_warmup_steps=60)
 
 
+def joint_settings(args: argparse.Namespace) -> dict:
+    """``JOINT_SETTINGS`` with the ``--joint-setting KEY=VALUE`` overrides (JSON values)."""
+    overrides = {}
+    for item in args.joint_setting:
+        key, _, value = item.partition("=")
+        overrides[key] = json.loads(value)
+    return {**JOINT_SETTINGS, **overrides}
+
+
+def joint_arm(args: argparse.Namespace) -> str:
+    """The joint arm's name: ``joint`` and its overrides (each variant has its own runs)."""
+    return "joint" + "".join(f"-{item.replace('=', '')}" for item in sorted(args.joint_setting))
+
+
 def main_job(seed: int, args: argparse.Namespace) -> Path:
     """The main job's output directory for ``seed``, run with ``examples/train.py`` if absent."""
     path = Path(args.main_job.format(seed=seed))
@@ -78,7 +92,8 @@ def plain_classifier_dir(main_dir: Path) -> Path:
 
 
 def fine_tune(arm: str, seed: int, source: Path, args: argparse.Namespace) -> Path:
-    """Continue ``source`` for ``args.steps`` steps as ``arm`` ("plain" or "joint"); cached."""
+    """Continue ``source`` for ``args.steps`` steps as ``arm`` ("plain" or a joint arm);
+    cached."""
     from transformers import ViTForImageClassification
 
     from hf_shapley import ShapleyForImageClassification
@@ -88,13 +103,14 @@ def fine_tune(arm: str, seed: int, source: Path, args: argparse.Namespace) -> Pa
         return path
     xtr, ytr = tensors(args.num_train, "train")
     torch.manual_seed(seed)
-    if arm == "joint":
+    joint = arm.startswith("joint")
+    if joint:
         model = ShapleyForImageClassification.from_backbone(
             source,
             players_grid=tuple(args.players_grid),
             load_image_processor=False,
             coalition_seed=seed,
-            **JOINT_SETTINGS,
+            **joint_settings(args),
         )
     else:
         model = ViTForImageClassification.from_pretrained(source)
@@ -108,7 +124,7 @@ def fine_tune(arm: str, seed: int, source: Path, args: argparse.Namespace) -> Pa
         index = permutation[position : position + args.batch_size]
         position += args.batch_size
         start = time.perf_counter()
-        if arm == "joint":
+        if joint:
             loss = model(
                 xtr[index], labels=ytr[index], example_index=index, epoch=epoch, global_step=step
             ).loss
@@ -126,7 +142,7 @@ def fine_tune(arm: str, seed: int, source: Path, args: argparse.Namespace) -> Pa
             print(f"{arm} seed {seed}: step {step + 1}, loss {float(loss):.4f}", flush=True)
     model.eval()
     model.save_pretrained(path)
-    if arm == "joint":
+    if joint:
         export_classifier(model, source, path / "classifier")
     training = dict(steps=args.steps, step_s=statistics.median(times), seconds=sum(times))
     (path / "training.json").write_text(json.dumps(training, indent=2))
@@ -224,8 +240,8 @@ def measure_seed(seed: int, args: argparse.Namespace) -> dict:
     main_dir = main_job(seed, args)
     source = plain_classifier_dir(main_dir)
     plain_dir = fine_tune("plain", seed, source, args)
-    joint_dir = fine_tune("joint", seed, source, args)
-    polished_dir = polish(seed, joint_dir / "classifier", "joint", source, args)
+    joint_dir = fine_tune(joint_arm(args), seed, source, args)
+    polished_dir = polish(seed, joint_dir / "classifier", joint_arm(args), source, args)
     plain_polished_dir = polish(seed, plain_dir, "plain", source, args)
     x, y = tensors(args.num_test, "test")
     xt = tensors(args.num_test + args.truth_images, "test")[0][args.num_test :]
@@ -320,7 +336,8 @@ def report(rows: list[dict], args: argparse.Namespace) -> str:
         "",
         f"Written by `benchmarks/joint_recipe.py`: seeds {seeds}, {args.steps} fine-tuning steps "
         f"(batch {args.batch_size}), accuracy on {args.num_test:,} test images, exact games on "
-        f"{args.exact_images} further images a seed, KernelSHAP-4096 on {args.truth_images}.",
+        f"{args.exact_images} further images a seed, KernelSHAP-4096 on {args.truth_images}. "
+        f"The joint arm: `from_backbone(**{joint_settings(args)})`.",
         "",
         "## The classifiers",
         "",
@@ -416,6 +433,13 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--steps", type=int, default=500)
     parser.add_argument("--players-grid", nargs=2, type=int, default=[4, 4])
+    parser.add_argument(
+        "--joint-setting",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a ShapleyConfig override of the joint arm (JSON value), e.g. shapley_loss_weight=1",
+    )
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--num-train", type=int, default=8000)
     parser.add_argument("--num-test", type=int, default=10_000)

@@ -183,7 +183,12 @@ def load_example_script(name: str):
 
 
 def load_benchmark_script(name: str):
-    """Import ``benchmarks/<name>.py`` as a module (the benchmarks are scripts, not a package)."""
+    """Import ``benchmarks/<name>.py`` as a module (the benchmarks are scripts, not a package).
+    Its folder goes on ``sys.path``, as running the script puts it, for the benchmarks it
+    imports."""
+    folder = str(Path(__file__).resolve().parents[1] / "benchmarks")
+    if folder not in sys.path:
+        sys.path.append(folder)
     return _load_script("benchmarks", f"hf_shapley_benchmark_{name}", name)
 
 
