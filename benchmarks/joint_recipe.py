@@ -230,6 +230,30 @@ def agreement(phi: torch.Tensor, truth: torch.Tensor) -> dict:
     )
 
 
+def ranking_shares(model, x: torch.Tensor, phi: torch.Tensor, exact: torch.Tensor, classes) -> dict:
+    """Insertion and deletion ranking shares of ``phi`` on the model's own game: how far its
+    curve goes from a random order's (16 orders) to the exact values' order, per image (the
+    predicted class's probability; ``(B, P)`` maps of that class, as ``faithfulness.py``)."""
+    from hf_shapley.evaluation import (
+        area_under_curve,
+        model_coalition_values,
+        player_curve,
+        random_order_auc,
+        ranking_share,
+    )
+
+    values = model_coalition_values(model, x)
+    shares = {}
+    for mode in ("insertion", "deletion"):
+        auc, truth_auc = (
+            area_under_curve(player_curve(values, maps, classes, mode=mode))
+            for maps in (phi, exact)
+        )
+        random_auc = random_order_auc(values, classes, phi.shape[1], mode=mode, seed=2)
+        shares[mode] = [float(v) for v in ranking_share(auc, random_auc, truth_auc)]
+    return shares
+
+
 def measure_seed(seed: int, args: argparse.Namespace) -> dict:
     from transformers import ViTForImageClassification
 
@@ -295,8 +319,17 @@ def measure_seed(seed: int, args: argparse.Namespace) -> dict:
         phi = centered_class_values(out.shapley_values, classes)
         kernel = centered_class_values(kernel_truth(model, xt, args.work), classes)
         exact = centered_class_values(tables[game_label]["values"], classes[: len(xe)])
+        rows = torch.arange(len(xe))
+        shares = ranking_shares(
+            model,
+            xe,
+            out.shapley_values[rows, :, classes[rows]],
+            tables[game_label]["values"][rows, :, classes[rows]],
+            classes[rows],
+        )
         result["heads"][label] = dict(
             game=game_label,
+            ranking_shares=shares,
             kernel=agreement(phi, kernel),
             exact=agreement(phi[: len(xe)], exact),
             kernel_truth_error_vs_exact=agreement(kernel[: len(xe)], exact)[
@@ -313,6 +346,14 @@ def measure_seed(seed: int, args: argparse.Namespace) -> dict:
         for arm, d in (("plain", plain_polished_dir), ("joint", polished_dir))
     }
     return result
+
+
+def share_mean(heads: list[dict], mode: str) -> str:
+    """Mean ranking share over seeds and images (NaN, a game whose order barely matters,
+    left out); '-' for runs measured before the shares were."""
+    shares = [v for h in heads for v in h.get("ranking_shares", {}).get(mode, [])]
+    shares = [v for v in shares if not math.isnan(v)]
+    return f"{statistics.fmean(shares):.2f}" if shares else "-"
 
 
 def paired_interval(differences: list[float]) -> tuple[float, float, float]:
@@ -388,8 +429,8 @@ def report(rows: list[dict], args: argparse.Namespace) -> str:
         "## The explainers",
         "",
         "| arm | game | r vs exact [95%] | pooled error vs exact (per seed) | r vs KernelSHAP "
-        "| pooled error vs KernelSHAP (per seed) |",
-        "|---|---|---|---|---|---|",
+        "| pooled error vs KernelSHAP (per seed) | insertion / deletion share |",
+        "|---|---|---|---|---|---|---|",
     ]
     for label in rows[0]["heads"]:
         h = [r["heads"][label] for r in rows]
@@ -399,7 +440,8 @@ def report(rows: list[dict], args: argparse.Namespace) -> str:
         lines.append(
             f"| {label} | {h[0]['game']} | "
             f"{statistics.fmean(v['exact']['pearson'] for v in h):.3f} [{low:.3f}, {high:.3f}] | "
-            f"{exact} | {statistics.fmean(v['kernel']['pearson'] for v in h):.3f} | {kernel} |"
+            f"{exact} | {statistics.fmean(v['kernel']['pearson'] for v in h):.3f} | {kernel} | "
+            f"{share_mean(h, 'insertion')} / {share_mean(h, 'deletion')} |"
         )
     truth_error = statistics.fmean(
         v["kernel_truth_error_vs_exact"] for r in rows for v in r["heads"].values()

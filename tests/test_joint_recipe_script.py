@@ -77,6 +77,12 @@ def test_joint_against_frozen(tmp_path):
     )
     reported = rows[0]["heads"]["d: joint + frozen polish"]["exact"]["pooled_relative_error"]
     assert reported == pytest.approx(error, rel=1e-6)
+    # Ranking shares on the exact images: the exact values' own order goes all the way (1).
+    shares = rows[0]["heads"]["d: joint + frozen polish"]["ranking_shares"]
+    assert {k: len(v) for k, v in shares.items()} == {"insertion": 2, "deletion": 2}
+    maps = tables["values"][torch.arange(2), :, classes]
+    own = bench.ranking_shares(polished, xt, maps, maps, classes)
+    assert all(v == pytest.approx(1.0) or v != v for v in own["insertion"] + own["deletion"])
     mean_share = statistics.fmean(
         statistics.fmean(r["classifiers"][label]["interaction_share_per_image"]) for r in rows
     )
