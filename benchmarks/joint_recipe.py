@@ -308,7 +308,6 @@ def measure_seed(seed: int, args: argparse.Namespace) -> dict:
         result["classifiers"][label] = dict(
             accuracy=float((logits.argmax(-1) == y).float().mean()),
             nll=float(F.cross_entropy(logits, y)),
-            correct=(logits.argmax(-1) == y).tolist(),
             interaction_share_per_image=[float(v) for v in shares],
         )
     for label, (game_label, model) in heads.items():
