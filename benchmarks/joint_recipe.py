@@ -40,13 +40,12 @@ import math
 import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from main_job_seeds import TRUTH_EVALUATIONS, cached, game_key, logits_of
-from recipe import hierarchical_interval, optimizer, tensors
+from recipe import hierarchical_interval, tensors, train_steps
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
@@ -114,32 +113,18 @@ def fine_tune(arm: str, seed: int, source: Path, args: argparse.Namespace) -> Pa
         )
     else:
         model = ViTForImageClassification.from_pretrained(source)
-    opt, schedule = optimizer(model, args.steps)
-    order = torch.Generator().manual_seed(seed)
-    permutation, position, epoch, times = torch.randperm(len(xtr), generator=order), 0, 0, []
+    times: list[float] = []
+
+    def report_progress(step: int, loss: torch.Tensor) -> None:
+        if step % 100 == 0:
+            print(f"{arm} seed {seed}: step {step}, loss {float(loss):.4f}", flush=True)
+
     model.train()
-    for step in range(args.steps):
-        if position + args.batch_size > len(xtr):
-            epoch, permutation, position = epoch + 1, torch.randperm(len(xtr), generator=order), 0
-        index = permutation[position : position + args.batch_size]
-        position += args.batch_size
-        start = time.perf_counter()
-        if joint:
-            loss = model(
-                xtr[index], labels=ytr[index], example_index=index, epoch=epoch, global_step=step
-            ).loss
-        else:
-            loss = F.cross_entropy(model(xtr[index]).logits, ytr[index])
-        if not math.isfinite(float(loss.detach())):
-            raise SystemExit(f"{arm} seed {seed}: the loss diverged at step {step}.")
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        schedule.step()
-        times.append(time.perf_counter() - start)
-        if (step + 1) % 100 == 0:
-            print(f"{arm} seed {seed}: step {step + 1}, loss {float(loss):.4f}", flush=True)
+    diverged = train_steps(
+        model, xtr, ytr, args.steps, args.batch_size, seed, joint, times, report_progress
+    )
+    if diverged is not None:
+        raise SystemExit(f"{arm} seed {seed}: the loss diverged at step {diverged}.")
     model.eval()
     model.save_pretrained(path)
     if joint:

@@ -263,8 +263,6 @@ def run_one(variant: str, seed: int, args: argparse.Namespace) -> list[dict]:
     else:
         overrides = {}
         model = ViTForImageClassification.from_pretrained(source)
-    opt, schedule = optimizer(model, args.steps)
-    order = torch.Generator().manual_seed(seed)
     rows, times = [], []
 
     def record(step: int) -> None:
@@ -286,12 +284,45 @@ def run_one(variant: str, seed: int, args: argparse.Namespace) -> list[dict]:
 
     model.train()
     record(0)
+
+    def after_step(step: int, loss: torch.Tensor) -> None:
+        if step % args.eval_every == 0 or step == args.steps:
+            record(step)
+
+    diverged = train_steps(
+        model, xtr, ytr, args.steps, args.batch_size, seed, shapley, times, after_step
+    )
+    if diverged is not None:
+        rows.append(dict(variant=variant, seed=seed, step=diverged, diverged=True))
+        with open(args.jsonl, "a") as f:
+            f.write(json.dumps(rows[-1]) + "\n")
+    return rows
+
+
+def train_steps(
+    model: torch.nn.Module,
+    xtr: torch.Tensor,
+    ytr: torch.Tensor,
+    steps: int,
+    batch_size: int,
+    seed: int,
+    shapley: bool,
+    times: list[float],
+    after_step=None,
+) -> int | None:
+    """The benchmarks' training loop: ``steps`` steps of the main job's optimizer
+    (:func:`optimizer`) on batches drawn without replacement, a new seeded permutation every
+    epoch; the Shapley model's own loss or cross-entropy; gradients clipped at 1.0. Appends each
+    step's seconds to ``times`` and calls ``after_step(step, loss)`` after each (steps counted
+    from 1). Returns the step at which the loss stopped being finite, or None."""
+    opt, schedule = optimizer(model, steps)
+    order = torch.Generator().manual_seed(seed)
     epoch, permutation, position = 0, torch.randperm(len(xtr), generator=order), 0
-    for step in range(args.steps):
-        if position + args.batch_size > len(xtr):
+    for step in range(steps):
+        if position + batch_size > len(xtr):
             epoch, permutation, position = epoch + 1, torch.randperm(len(xtr), generator=order), 0
-        index = permutation[position : position + args.batch_size]
-        position += args.batch_size
+        index = permutation[position : position + batch_size]
+        position += batch_size
         start = time.perf_counter()
         if shapley:
             out = model(
@@ -301,19 +332,16 @@ def run_one(variant: str, seed: int, args: argparse.Namespace) -> list[dict]:
         else:
             loss = F.cross_entropy(model(xtr[index]).logits, ytr[index])
         if not math.isfinite(float(loss.detach())):
-            rows.append(dict(variant=variant, seed=seed, step=step + 1, diverged=True))
-            with open(args.jsonl, "a") as f:
-                f.write(json.dumps(rows[-1]) + "\n")
-            return rows
+            return step + 1
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         schedule.step()
         times.append(time.perf_counter() - start)
-        if (step + 1) % args.eval_every == 0 or step + 1 == args.steps:
-            record(step + 1)
-    return rows
+        if after_step is not None:
+            after_step(step + 1, loss)
+    return None
 
 
 def fmt(values: list[float], digits: int = 3) -> str:
