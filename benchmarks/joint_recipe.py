@@ -40,6 +40,7 @@ import math
 import statistics
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -52,6 +53,11 @@ RESULTS = REPO / "benchmarks" / "results"
 # The wrapped classifier's training recipe (from_backbone's EXPLAINER_DEFAULTS), with the head's
 # regression reaching the backbone: the seed paper's design. Warm-up as the main job's head.
 JOINT_SETTINGS = dict(train_backbone=True, detach_head_features=False, loss_warmup_steps=60)
+# The main job's classifier phase on the built-in data (examples/train.py's default), and the
+# digits user checkpoint's epochs (user_road.py's default): the steps arm b adds to ``--steps``.
+CLASSIFIER_STEPS = 1000
+DIGITS_EPOCHS = 30
+DATA_NAMES = {"builtin": "the built-in data", "digits": "scikit-learn's digits"}
 
 
 def joint_settings(args: argparse.Namespace) -> dict:
@@ -90,17 +96,97 @@ def plain_classifier_dir(main_dir: Path) -> Path:
     return main_dir / metrics["pretrained_classifier"]
 
 
-def fine_tune(arm: str, seed: int, source: Path, args: argparse.Namespace) -> Path:
-    """Continue ``source`` for ``args.steps`` steps as ``arm`` ("plain" or a joint arm);
-    cached."""
+@dataclass
+class SeedData:
+    """One seed's starting point and data: the plain classifier every arm starts from, the
+    frozen recipe's model on it (arm a at the start; None where not run), the tensors (as the
+    classifier's image processor gives them) and ``examples/train.py``'s data arguments."""
+
+    classifier: Path
+    classifier_steps: int
+    frozen_model: Path | None
+    train: tuple[torch.Tensor, torch.Tensor]
+    test: tuple[torch.Tensor, torch.Tensor]
+    truth: torch.Tensor
+    head_args: list[str]
+
+
+def builtin_data(seed: int, args: argparse.Namespace) -> SeedData:
+    """The built-in data: the main job's plain classifier and model; test images after the
+    ``--num-test`` accuracy images are the truth images."""
+    main_dir = main_job(seed, args)
+    test = tensors(args.num_test + args.truth_images, "test")
+    return SeedData(
+        classifier=plain_classifier_dir(main_dir),
+        classifier_steps=CLASSIFIER_STEPS,
+        frozen_model=main_dir,
+        train=tensors(args.num_train, "train"),
+        test=(test[0][: args.num_test], test[1][: args.num_test]),
+        truth=test[0][args.num_test :],
+        head_args=["--players_grid", *map(str, args.players_grid), *args.train_args.split()],
+    )
+
+
+def digits_data(seed: int, args: argparse.Namespace) -> SeedData:
+    """scikit-learn's digits as ``user_road.py`` writes them: the user's checkpoint (a ViT
+    trained by the plain transformers ``Trainer``) is the plain classifier; accuracy on the
+    whole test split, whose first ``--truth-images`` are the truth images."""
+    from transformers import AutoConfig, AutoImageProcessor
+    from user_road import test_images, user_checkpoint, write_digit_folders
+
+    train_dir, test_dir = write_digit_folders(args.work / "data")
+    checkpoint = user_checkpoint(
+        train_dir, args.work / f"seed{seed}" / "user-checkpoint", seed, DIGITS_EPOCHS
+    )
+    processor = AutoImageProcessor.from_pretrained(checkpoint)
+    label2id = AutoConfig.from_pretrained(checkpoint).label2id
+
+    def folder(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
+        images, names = test_images(path, len(list(path.glob("*/*.png"))))
+        x = processor([image.convert("RGB") for image in images], return_tensors="pt")
+        return x["pixel_values"], torch.tensor([label2id[name] for name in names])
+
+    test = folder(test_dir)
+    batches = math.ceil(len(list(train_dir.glob("*/*.png"))) / 64)
+    return SeedData(
+        classifier=checkpoint,
+        classifier_steps=DIGITS_EPOCHS * batches,
+        frozen_model=None,
+        train=folder(train_dir),
+        test=test,
+        truth=test[0][: args.truth_images],
+        head_args=["--train_dir", str(train_dir), "--validation_dir", str(test_dir)]
+        + ["--players_grid", *map(str, args.players_grid), *args.train_args.split()],
+    )
+
+
+def scratch_classifier(seed: int, data: SeedData, args: argparse.Namespace) -> Path:
+    """The plain classifier's architecture and image processor with fresh weights (seeded):
+    where arm b, joint from the start, begins."""
+    from transformers import AutoConfig, AutoImageProcessor, AutoModelForImageClassification
+
+    path = args.work / f"seed{seed}" / "scratch-init"
+    if not (path / "config.json").is_file():
+        torch.manual_seed(seed)
+        config = AutoConfig.from_pretrained(data.classifier)
+        AutoModelForImageClassification.from_config(config).save_pretrained(path)
+        AutoImageProcessor.from_pretrained(data.classifier).save_pretrained(path)
+    return path
+
+
+def fine_tune(
+    arm: str, seed: int, source: Path, steps: int, data: SeedData, args: argparse.Namespace
+) -> Path:
+    """Continue ``source`` for ``steps`` steps as ``arm`` ("plain" or a joint arm), recording
+    test accuracy and NLL every ``--curve-every`` steps; cached."""
     from transformers import ViTForImageClassification
 
     from hf_shapley import ShapleyForImageClassification
 
-    path = args.work / f"seed{seed}" / f"{arm}-{args.steps}steps"
+    path = args.work / f"seed{seed}" / f"{arm}-{steps}steps"
     if (path / "training.json").is_file():
         return path
-    xtr, ytr = tensors(args.num_train, "train")
+    xtr, ytr = data.train
     torch.manual_seed(seed)
     joint = arm.startswith("joint")
     if joint:
@@ -114,27 +200,44 @@ def fine_tune(arm: str, seed: int, source: Path, args: argparse.Namespace) -> Pa
     else:
         model = ViTForImageClassification.from_pretrained(source)
     times: list[float] = []
+    curve = [dict(step=0, **test_fit(model, data.test, args.curve_images))]
 
     def report_progress(step: int, loss: torch.Tensor) -> None:
         if step % 100 == 0:
             print(f"{arm} seed {seed}: step {step}, loss {float(loss):.4f}", flush=True)
+        if step % args.curve_every == 0 or step == steps:
+            curve.append(dict(step=step, **test_fit(model, data.test, args.curve_images)))
 
     model.train()
     diverged = train_steps(
-        model, xtr, ytr, args.steps, args.batch_size, seed, joint, times, report_progress
+        model, xtr, ytr, steps, args.batch_size, seed, joint, times, report_progress
     )
     if diverged is not None:
         raise SystemExit(f"{arm} seed {seed}: the loss diverged at step {diverged}.")
     model.eval()
     model.save_pretrained(path)
     if joint:
-        export_classifier(model, source, path / "classifier")
-    training = dict(steps=args.steps, step_s=statistics.median(times), seconds=sum(times))
+        export_classifier(model, source, path / "classifier", data.test[0][:16])
+    training = dict(steps=steps, step_s=statistics.median(times), seconds=sum(times), curve=curve)
     (path / "training.json").write_text(json.dumps(training, indent=2))
     return path
 
 
-def export_classifier(model, source: Path, path: Path) -> None:
+@torch.no_grad()
+def test_fit(model, test: tuple[torch.Tensor, torch.Tensor], count: int) -> dict:
+    """Accuracy and NLL of ``model``'s logits on the first ``count`` test images (the model
+    put back in training mode after)."""
+    x, y = test[0][:count], test[1][:count]
+    model.eval()
+    logits = torch.cat([model(x[i : i + 500]).logits for i in range(0, len(x), 500)])
+    model.train()
+    return dict(
+        accuracy=float((logits.argmax(-1) == y).float().mean()),
+        nll=float(F.cross_entropy(logits, y)),
+    )
+
+
+def export_classifier(model, source: Path, path: Path, x: torch.Tensor) -> None:
     """The joint model's classifier as the plain ``ViTForImageClassification`` it was wrapped
     from (its backbone and linear head), with the source's image processor: what a user would
     publish and explain again with the frozen recipe. Checked: its logits are the model's."""
@@ -146,7 +249,6 @@ def export_classifier(model, source: Path, path: Path) -> None:
     missing, unexpected = classifier.load_state_dict(state, strict=False)
     if missing or [k for k in unexpected if "pooler" not in k]:
         raise RuntimeError(f"export mismatch: missing {missing}, unexpected {unexpected}")
-    x = tensors(16, "test")[0]
     with torch.no_grad():
         if not torch.allclose(classifier.eval()(x).logits, model.eval()(x).logits, atol=1e-5):
             raise RuntimeError("the exported classifier's logits differ from the joint model's")
@@ -154,20 +256,20 @@ def export_classifier(model, source: Path, path: Path) -> None:
     AutoImageProcessor.from_pretrained(source).save_pretrained(path)
 
 
-def polish(seed: int, classifier: Path, arm: str, source: Path, args: argparse.Namespace) -> Path:
-    """The main job's frozen head phase on a fine-tuned classifier, as a user runs it: arm d on
-    the joint classifier, arm a at equal steps on the plain one."""
+def polish(seed: int, run_dir: Path, classifier: Path, source: Path, data: SeedData) -> Path:
+    """The frozen recipe's head phase on the classifier of a fine-tuning run, as a user runs it
+    (``examples/train.py --backbone``): arm d on a joint classifier, arm a at equal steps on the
+    plain one. Written beside the run."""
     from transformers import AutoImageProcessor
 
-    path = args.work / f"seed{seed}" / f"{arm}-{args.steps}steps-polished"
+    path = run_dir.with_name(f"{run_dir.name}-polished")
     if not (path / "metrics.json").is_file():
         if not (classifier / "preprocessor_config.json").is_file():
             AutoImageProcessor.from_pretrained(source).save_pretrained(classifier)
         train_script = REPO / "examples" / "train.py"
         run(
             [sys.executable, str(train_script), "--backbone", str(classifier)]
-            + ["--seed", str(seed), "--output_dir", str(path)]
-            + ["--players_grid", *map(str, args.players_grid), *args.train_args.split()]
+            + ["--seed", str(seed), "--output_dir", str(path), *data.head_args]
         )
     return path
 
@@ -244,49 +346,56 @@ def measure_seed(seed: int, args: argparse.Namespace) -> dict:
 
     import hf_shapley  # noqa: F401  (registers the auto classes)
     from hf_shapley import ShapleyForImageClassification
-    from hf_shapley.evaluation import centered_class_values
 
-    main_dir = main_job(seed, args)
-    source = plain_classifier_dir(main_dir)
-    plain_dir = fine_tune("plain", seed, source, args)
-    joint_dir = fine_tune(joint_arm(args), seed, source, args)
-    polished_dir = polish(seed, joint_dir / "classifier", joint_arm(args), source, args)
-    plain_polished_dir = polish(seed, plain_dir, "plain", source, args)
-    x, y = tensors(args.num_test, "test")
-    xt = tensors(args.num_test + args.truth_images, "test")[0][args.num_test :]
-    xe = xt[: args.exact_images]
-    grid = tuple(args.players_grid)
-    classifiers = {
-        "plain classifier (start)": ViTForImageClassification.from_pretrained(source),
-        f"plain, +{args.steps} steps": ViTForImageClassification.from_pretrained(plain_dir),
-        f"joint, +{args.steps} steps": ViTForImageClassification.from_pretrained(
-            joint_dir / "classifier"
-        ),
-    }
-    # Each classifier's game, through a wrapper whose head is never read.
+    data = (digits_data if args.data == "digits" else builtin_data)(seed, args)
+    source, steps, grid = data.classifier, args.steps, tuple(args.players_grid)
+    plain_dir = fine_tune("plain", seed, source, steps, data, args)
+    joint_dir = fine_tune(joint_arm(args), seed, source, steps, data, args)
+    start, plain, joint = (
+        "plain classifier (start)",
+        f"plain, +{steps} steps",
+        f"joint, +{steps} steps",
+    )
+    # Each classifier's game, through a wrapper whose head is never read; and its explainers.
+    classifiers = {start: source, plain: plain_dir, joint: joint_dir / "classifier"}
     games = {
-        "plain classifier (start)": ShapleyForImageClassification.from_pretrained(main_dir),
-        f"plain, +{args.steps} steps": ShapleyForImageClassification.from_backbone(
+        start: ShapleyForImageClassification.from_pretrained(data.frozen_model)
+        if data.frozen_model
+        else ShapleyForImageClassification.from_backbone(
+            source, players_grid=grid, load_image_processor=False
+        ),
+        plain: ShapleyForImageClassification.from_backbone(
             plain_dir, players_grid=grid, load_image_processor=False
         ),
-        f"joint, +{args.steps} steps": ShapleyForImageClassification.from_pretrained(joint_dir),
+        joint: ShapleyForImageClassification.from_pretrained(joint_dir),
     }
-    heads = {
-        "a: frozen (main job)": ("plain classifier (start)", games["plain classifier (start)"]),
-        f"a: frozen, +{args.steps} plain steps": (
-            f"plain, +{args.steps} steps",
-            ShapleyForImageClassification.from_pretrained(plain_polished_dir),
-        ),
-        "c: joint, own head": (f"joint, +{args.steps} steps", games[f"joint, +{args.steps} steps"]),
-        "d: joint + frozen polish": (
-            f"joint, +{args.steps} steps",
-            ShapleyForImageClassification.from_pretrained(polished_dir),
-        ),
-    }
-    result: dict = dict(seed=seed, classifiers={}, heads={})
+    heads = {}
+    if data.frozen_model:
+        heads["a: frozen (start)"] = (start, games[start])
+    polished = polish(seed, plain_dir, plain_dir, source, data)
+    heads[f"a: frozen, +{steps} plain steps"] = (plain, polished)
+    heads["c: joint, own head"] = (joint, joint_dir)
+    heads["d: joint + frozen polish"] = (
+        joint,
+        polish(seed, joint_dir, joint_dir / "classifier", source, data),
+    )
+    if args.scratch:
+        scratch_steps = args.scratch_steps or data.classifier_steps + steps
+        scratch = f"joint from scratch, {scratch_steps} steps"
+        init = scratch_classifier(seed, data, args)
+        scratch_dir = fine_tune(f"{joint_arm(args)}-scratch", seed, init, scratch_steps, data, args)
+        classifiers[scratch] = scratch_dir / "classifier"
+        games[scratch] = ShapleyForImageClassification.from_pretrained(scratch_dir)
+        # Its polish is left out: arm d measures what a polish adds to a joint classifier.
+        heads["b: joint from scratch, own head"] = (scratch, scratch_dir)
+    x, y = data.test
+    xt = data.truth
+    xe = xt[: args.exact_images]
+    result: dict = dict(seed=seed, data=args.data, num_test=len(y), classifiers={}, heads={})
     tables = {}
-    for label, classifier in classifiers.items():
-        logits = logits_of(classifier.eval(), x)
+    for label, path in classifiers.items():
+        classifier = ViTForImageClassification.from_pretrained(path).eval()
+        logits = logits_of(classifier, x)
         classes = logits_of(classifier, xe).argmax(-1)
         tables[label] = game_tables(games[label].eval(), xe, args.work)
         shares = tables[label]["interaction_share"][torch.arange(len(xe)), classes]
@@ -296,40 +405,52 @@ def measure_seed(seed: int, args: argparse.Namespace) -> dict:
             interaction_share_per_image=[float(v) for v in shares],
         )
     for label, (game_label, model) in heads.items():
-        model.eval()
-        with torch.no_grad():
-            out = model(xt)
-        classes = out.logits.argmax(-1)
-        phi = centered_class_values(out.shapley_values, classes)
-        kernel = centered_class_values(kernel_truth(model, xt, args.work), classes)
-        exact = centered_class_values(tables[game_label]["values"], classes[: len(xe)])
-        rows = torch.arange(len(xe))
-        shares = ranking_shares(
-            model,
-            xe,
-            out.shapley_values[rows, :, classes[rows]],
-            tables[game_label]["values"][rows, :, classes[rows]],
-            classes[rows],
-        )
+        if isinstance(model, Path):
+            model = ShapleyForImageClassification.from_pretrained(model)
         result["heads"][label] = dict(
-            game=game_label,
-            ranking_shares=shares,
-            kernel=agreement(phi, kernel),
-            exact=agreement(phi[: len(xe)], exact),
-            kernel_truth_error_vs_exact=agreement(kernel[: len(xe)], exact)[
-                "pooled_relative_error"
-            ],
+            game=game_label, **head_agreement(model.eval(), xt, xe, tables[game_label], args)
         )
-    training = {
-        arm: json.loads((d / "training.json").read_text())
-        for arm, d in (("plain", plain_dir), ("joint", joint_dir))
+    runs = {"plain": plain_dir, "joint": joint_dir}
+    if args.scratch:
+        runs["joint from scratch"] = scratch_dir
+    result["training"] = {
+        arm: json.loads((d / "training.json").read_text()) for arm, d in runs.items()
     }
-    result["training"] = training
     result["polish_seconds"] = {
-        arm: json.loads((d / "metrics.json").read_text())["train_seconds"]
-        for arm, d in (("plain", plain_polished_dir), ("joint", polished_dir))
+        arm: json.loads((d.with_name(f"{d.name}-polished") / "metrics.json").read_text())[
+            "train_seconds"
+        ]
+        for arm, d in runs.items()
+        if d.with_name(f"{d.name}-polished").is_dir()
     }
     return result
+
+
+def head_agreement(model, xt: torch.Tensor, xe: torch.Tensor, table: dict, args) -> dict:
+    """A head's values against its game's exact values (``xe``) and KernelSHAP-4096 (``xt``),
+    with the ranking shares, on the predicted class's centred logit."""
+    from hf_shapley.evaluation import centered_class_values
+
+    with torch.no_grad():
+        out = model(xt)
+    classes = out.logits.argmax(-1)
+    phi = centered_class_values(out.shapley_values, classes)
+    kernel = centered_class_values(kernel_truth(model, xt, args.work), classes)
+    exact = centered_class_values(table["values"], classes[: len(xe)])
+    rows = torch.arange(len(xe))
+    shares = ranking_shares(
+        model,
+        xe,
+        out.shapley_values[rows, :, classes[rows]],
+        table["values"][rows, :, classes[rows]],
+        classes[rows],
+    )
+    return dict(
+        ranking_shares=shares,
+        kernel=agreement(phi, kernel),
+        exact=agreement(phi[: len(xe)], exact),
+        kernel_truth_error_vs_exact=agreement(kernel[: len(xe)], exact)["pooled_relative_error"],
+    )
 
 
 def share_mean(heads: list[dict], mode: str) -> str:
@@ -351,25 +472,26 @@ def paired_interval(differences: list[float]) -> tuple[float, float, float]:
 
 
 def report(rows: list[dict], args: argparse.Namespace) -> str:
-    from scipy.stats import t as student_t
-
     seeds = [r["seed"] for r in rows]
-    n = len(rows)
-    plain0, plain, joint = rows[0]["classifiers"]
+    labels = list(rows[0]["classifiers"])
+    plain, joints = labels[1], labels[2:]
+    data = DATA_NAMES[args.data]
+    num_test = rows[0].get("num_test", args.num_test)
     lines = [
-        "# Joint against frozen: the classifier's accuracy, its game and its explainer",
+        f"# Joint against frozen on {data}: the classifier's accuracy, its game and its explainer",
         "",
-        f"Written by `benchmarks/joint_recipe.py`: seeds {seeds}, {args.steps} fine-tuning steps "
-        f"(batch {args.batch_size}), accuracy on {args.num_test:,} test images, exact games on "
-        f"{args.exact_images} further images a seed, KernelSHAP-4096 on {args.truth_images}. "
-        f"The joint arm: `from_backbone(**{joint_settings(args)})`.",
+        f"Written by `benchmarks/joint_recipe.py --data {args.data}`: seeds {seeds}, "
+        f"{args.steps} fine-tuning steps (batch {args.batch_size}), accuracy on "
+        f"{'the whole test split' if args.data == 'digits' else f'{num_test:,} test images'}, "
+        f"exact games on {args.exact_images} test images a seed, KernelSHAP-4096 on "
+        f"{args.truth_images}. The joint arm: `from_backbone(**{joint_settings(args)})`.",
         "",
         "## The classifiers",
         "",
         "| classifier | accuracy per seed | NLL per seed | interaction share [95%] |",
         "|---|---|---|---|",
     ]
-    for label in (plain0, plain, joint):
+    for label in labels:
         c = [r["classifiers"][label] for r in rows]
         shares = [s["interaction_share_per_image"] for s in c]
         low, high = hierarchical_interval(shares)
@@ -377,37 +499,9 @@ def report(rows: list[dict], args: argparse.Namespace) -> str:
         accuracy = " / ".join(f"{v['accuracy']:.2%}" for v in c)
         nll = " / ".join(f"{v['nll']:.4f}" for v in c)
         lines.append(f"| {label} | {accuracy} | {nll} | {mean_share:.3f} [{low:.3f}, {high:.3f}] |")
-    d = [
-        100 * (r["classifiers"][plain]["accuracy"] - r["classifiers"][joint]["accuracy"])
-        for r in rows
-    ]
-    nll = [r["classifiers"][joint]["nll"] - r["classifiers"][plain]["nll"] for r in rows]
-    share_d = [
-        a - b
-        for r in rows
-        for a, b in zip(
-            r["classifiers"][joint]["interaction_share_per_image"],
-            r["classifiers"][plain]["interaction_share_per_image"],
-            strict=True,
-        )
-    ]
     lines += [""]
-    if n >= 2:
-        bound = statistics.fmean(d) + student_t.ppf(0.95, n - 1) * statistics.stdev(d) / math.sqrt(
-            n
-        )
-        lines.append(
-            f"- accuracy lost by joint against plain at equal steps, d = plain - joint: mean "
-            f"**{statistics.fmean(d):+.2f} points**, upper 95% bound **{bound:+.2f}** (target: "
-            f"mean <= 0.3, bound <= 1); NLL joint - plain: mean {statistics.fmean(nll):+.4f} "
-            "(target <= 0.05)"
-        )
-    if len(share_d) >= 2:
-        mean, low, high = paired_interval(share_d)
-        lines.append(
-            f"- interaction share, joint - plain on the same images: **{mean:+.3f}** "
-            f"[{low:+.3f}, {high:+.3f}] (paired t interval over {len(share_d)} images)"
-        )
+    for joint in joints:
+        lines += comparison_lines(rows, plain, joint)
     lines += [
         "",
         "## The explainers",
@@ -438,20 +532,114 @@ def report(rows: list[dict], args: argparse.Namespace) -> str:
         "",
     ]
     for r in rows:
-        t = r["training"]
-        lines.append(
-            f"- seed {r['seed']}: plain {t['plain']['step_s']:.3f} s a step "
-            f"({t['plain']['seconds']:.0f} s), joint {t['joint']['step_s']:.3f} s a step "
-            f"({t['joint']['seconds']:.0f} s), frozen head phase "
-            f"{r['polish_seconds']['joint']:.0f} s (on the plain one: "
-            f"{r['polish_seconds']['plain']:.0f} s)"
+        runs = ", ".join(
+            f"{arm} {t['step_s']:.3f} s a step ({t.get('steps', args.steps)} steps, "
+            f"{t['seconds']:.0f} s"
+            + (
+                f"; its frozen head phase {r['polish_seconds'][arm]:.0f} s)"
+                if arm in r["polish_seconds"]
+                else ")"
+            )
+            for arm, t in r["training"].items()
         )
+        lines.append(f"- seed {r['seed']}: {runs}")
+    lines += curve_lines(rows)
     return "\n".join(lines) + "\n"
+
+
+def comparison_lines(rows: list[dict], plain: str, joint: str) -> list[str]:
+    """Accuracy, NLL and interaction share of a joint classifier against the plain one at equal
+    steps: the seed's claims."""
+    from scipy.stats import t as student_t
+
+    n = len(rows)
+    lines = []
+    d = [
+        100 * (r["classifiers"][plain]["accuracy"] - r["classifiers"][joint]["accuracy"])
+        for r in rows
+    ]
+    nll = [r["classifiers"][joint]["nll"] - r["classifiers"][plain]["nll"] for r in rows]
+    share_d = [
+        a - b
+        for r in rows
+        for a, b in zip(
+            r["classifiers"][joint]["interaction_share_per_image"],
+            r["classifiers"][plain]["interaction_share_per_image"],
+            strict=True,
+        )
+    ]
+    if n >= 2:
+        bound = statistics.fmean(d) + student_t.ppf(0.95, n - 1) * statistics.stdev(d) / math.sqrt(
+            n
+        )
+        lines.append(
+            f"- {joint} against {plain}, accuracy lost d = plain - joint: mean "
+            f"**{statistics.fmean(d):+.2f} points**, upper 95% bound **{bound:+.2f}** (target: "
+            f"mean <= 0.3, bound <= 1); NLL joint - plain: mean {statistics.fmean(nll):+.4f} "
+            "(target <= 0.05)"
+        )
+    if len(share_d) >= 2:
+        mean, low, high = paired_interval(share_d)
+        lines.append(
+            f"- interaction share, {joint} - plain on the same images: **{mean:+.3f}** "
+            f"[{low:+.3f}, {high:+.3f}] (paired t interval over {len(share_d)} images)"
+        )
+    return lines
+
+
+def curve_lines(rows: list[dict]) -> list[str]:
+    """Test accuracy over each fine-tuning run's steps, mean over seeds (runs measured before
+    the curves were left out)."""
+    runs = [arm for arm, t in rows[0]["training"].items() if "curve" in t]
+    if not runs:
+        return []
+    lines = [
+        "",
+        "## Accuracy over the fine-tuning steps (mean over seeds; NLL in brackets)",
+        "",
+        "| step | " + " | ".join(runs) + " |",
+        "|---" * (len(runs) + 1) + "|",
+    ]
+    steps = sorted({point["step"] for arm in runs for point in rows[0]["training"][arm]["curve"]})
+    for step in steps:
+        cells = []
+        for arm in runs:
+            points = [p for r in rows for p in r["training"][arm]["curve"] if p["step"] == step]
+            cells.append(
+                f"{statistics.fmean(p['accuracy'] for p in points):.2%} "
+                f"({statistics.fmean(p['nll'] for p in points):.3f})"
+                if points
+                else ""
+            )
+        lines.append(f"| {step} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument(
+        "--data",
+        choices=list(DATA_NAMES),
+        default="builtin",
+        help="builtin: the main job's data and classifier; digits: scikit-learn's digits, the "
+        "user's checkpoint of user_road.py (the whole test split for accuracy)",
+    )
+    parser.add_argument(
+        "--scratch",
+        action="store_true",
+        help="add arm b: the joint recipe from fresh weights for --scratch-steps steps",
+    )
+    parser.add_argument(
+        "--scratch-steps",
+        type=int,
+        help="arm b's steps (default: the plain classifier's steps plus --steps, the plain "
+        "arm's total)",
+    )
+    parser.add_argument("--curve-every", type=int, default=50, help="test accuracy every N steps")
+    parser.add_argument(
+        "--curve-images", type=int, default=2000, help="test images the curves are measured on"
+    )
     parser.add_argument(
         "--main-job",
         default="outputs/main-seed{seed}",
@@ -476,9 +664,14 @@ def main(argv: list[str] | None = None) -> None:
         default="",
         help="further examples/train.py arguments, for the main job and the polish alike",
     )
-    parser.add_argument("--output", type=Path, default=RESULTS / "joint_recipe")
-    parser.add_argument("--work", type=Path, default=REPO / "outputs" / "joint-recipe")
+    parser.add_argument(
+        "--output", type=Path, help="results path without suffix (default: by --data)"
+    )
+    parser.add_argument("--work", type=Path, help="the cache folder (default: by --data)")
     args = parser.parse_args(argv)
+    suffix = "" if args.data == "builtin" else f"_{args.data}"
+    args.output = args.output or RESULTS / f"joint_recipe{suffix}"
+    args.work = args.work or REPO / "outputs" / f"joint-recipe{suffix.replace('_', '-')}"
     if not 2 <= args.exact_images <= args.truth_images:
         parser.error("--exact-images must be between 2 and --truth-images.")
     rows = []
