@@ -50,6 +50,10 @@ PARTS = {
 }
 
 
+# The deletion R@1 curves of metrics.json: players removed by phi, at random, in the exact order.
+ORDERS = ("phi", "random", "truth")
+
+
 def run_train_clip(arguments: list[str], out: Path) -> dict:
     """``examples/train_clip.py`` as a user runs it (its log beside ``out``); its metrics."""
     command = [sys.executable, str(ROOT / "examples" / "train_clip.py"), *arguments]
@@ -169,16 +173,18 @@ def summarize(args, runs: dict[int, dict]) -> str:
         f"{first['num_images']} test images a seed.",
         "",
         "| seed | scores bit-identical | zero-shot accuracy | deletion R@1 at k = P/4, "
-        "phi / random | wall time (CLIP, explainer) |",
+        "phi / random / exact order | wall time (CLIP, explainer) |",
         "|---|---|---|---|---|",
     ]
     for seed in seeds:
         m = runs[seed]
         recall = m["deletion_recall_at_1"]
         quarter = recall["ks"].index(grid[0] * grid[1] // 4)
+        # The exact order needs exact values of the whole gallery (P <= 16).
+        orders = [recall[name][quarter] if name in recall else None for name in ORDERS]
         lines.append(
             f"| {seed} | {m['scores_identical_to_clip']} | {m['zero_shot_accuracy']:.3f} | "
-            f"{recall['phi'][quarter]:.3f} / {recall['random'][quarter]:.3f} | "
+            f"{' / '.join('-' if v is None else f'{v:.3f}' for v in orders)} | "
             f"{m['wall_seconds']['user_clip']:.0f} s, {m['wall_seconds']['explainer']:.0f} s |"
         )
     lines += [

@@ -133,7 +133,8 @@ class PairArguments:
         default=32,
         metadata={
             "help": "Test pairs of the deletion R@1 gallery: R@1 among their captions as each "
-            "image's most important players (by phi, and at random) are removed. 0 skips it."
+            "image's most important players (by phi, at random, and by the exact values when "
+            "P <= 16 and --num_truth_images covers the gallery) are removed. 0 skips it."
         },
     )
     num_truth_images: int = field(
@@ -348,11 +349,38 @@ def evaluation_pairs(dataset, count: int) -> dict:
     return dataset.select(order[: min(count, len(dataset))].tolist())[:]
 
 
+def evaluation_pixels(model, dataset, processor, count: int) -> torch.Tensor:
+    """The first ``count`` evaluation pairs' images, on the model's device."""
+    rows = evaluation_pairs(dataset, count)
+    pixels = processor([to_rgb(i) for i in rows["image"]], return_tensors="pt").pixel_values
+    return pixels.to(next(model.parameters()).device)
+
+
 @torch.no_grad()
-def deletion_recall(model, dataset, processor, tokenizer, count: int) -> dict | None:
+def exact_vectors(model, dataset, processor, count: int) -> torch.Tensor | None:
+    """Exact Shapley values of the vector game, (B, P, D) float64, on the first ``count``
+    evaluation pairs when P allows enumeration (None otherwise): the truth of both the
+    agreement and the deletion R@1's truth order, enumerated once."""
+    from hf_shapley.evaluation import exact_model_shapley_values
+    from hf_shapley.evaluation.truth import MAX_EXACT_PLAYERS
+
+    if model.num_players > MAX_EXACT_PLAYERS or count < 2:
+        return None
+    model.eval()
+    logger.info("Enumerating all 2^%d coalitions on %d test pairs.", model.num_players, count)
+    pixels = evaluation_pixels(model, dataset, processor, count)
+    return exact_model_shapley_values(model, pixels, progress=True)
+
+
+@torch.no_grad()
+def deletion_recall(
+    model, dataset, processor, tokenizer, count: int, exact: torch.Tensor | None = None
+) -> dict | None:
     """Deletion R@1 on the first ``count`` test pairs (their captions are the gallery): R@1,
-    image to text, as each image's top ``k`` players go, ranked by phi for its own caption and
-    at random (seed 0); ``k`` = 0, 1, 2, 4, P / 4 and P / 2."""
+    image to text, as each image's top ``k`` players go, ranked by phi for its own caption, at
+    random (seed 0) and, given ``exact`` vector values of at least those pairs
+    (:func:`exact_vectors`), by the exact values (``truth``); ``k`` = 0, 1, 2, 4, P / 4 and
+    P / 2."""
     from hf_shapley.evaluation import CLIPTextScores, deletion_recall_at_1, model_coalition_values
 
     rows = evaluation_pairs(dataset, count)
@@ -370,12 +398,20 @@ def deletion_recall(model, dataset, processor, tokenizer, count: int) -> dict | 
     ks = sorted({0, 1, 2, 4, P // 4, P // 2} & set(range(P + 1)))
     values = model_coalition_values(scores, pixels)
     random = torch.rand(n, P, generator=torch.Generator().manual_seed(0))
-    return {
+    recall = {
         "ks": ks,
         "num_images": n,
         "phi": deletion_recall_at_1(values, phi, ks).recall()["image_to_text"],
         "random": deletion_recall_at_1(values, random, ks).recall()["image_to_text"],
     }
+    if exact is not None and len(exact) >= n:
+        own_texts = model.get_text_embeds(
+            texts.input_ids.to(device), texts.attention_mask.to(device)
+        )
+        own_texts = own_texts.double().cpu()  # (n, D): caption b matches image b
+        truth = torch.einsum("bpd,bd->bp", exact[:n].cpu(), own_texts)
+        recall["truth"] = deletion_recall_at_1(values, truth, ks).recall()["image_to_text"]
+    return recall
 
 
 @torch.no_grad()
@@ -398,12 +434,19 @@ def zero_shot_accuracy(
 
 
 def faithfulness(
-    model, dataset, processor, tokenizer, pairs: PairArguments, prompts: list[str] | None
+    model,
+    dataset,
+    processor,
+    tokenizer,
+    pairs: PairArguments,
+    prompts: list[str] | None,
+    exact: torch.Tensor | None = None,
 ) -> dict:
     """Agreement of phi with the Shapley values of the model's own games on the first test pairs
-    (``hf_shapley.evaluation.measure_clip_agreement``; exact for P <= 16, converged KernelSHAP
-    above): on each image's caption and the other images' captions, and with ``prompts``
-    (texts never trained on) on each image's class prompt under ``label_prompts``."""
+    (``hf_shapley.evaluation.measure_clip_agreement``; exact for P <= 16, given as ``exact``
+    when enumerated already, converged KernelSHAP above): on each image's caption and the other
+    images' captions, and with ``prompts`` (texts never trained on) on each image's class prompt
+    under ``label_prompts``."""
     from hf_shapley.evaluation import measure_clip_agreement
 
     rows = evaluation_pairs(dataset, pairs.num_truth_images)
@@ -425,6 +468,7 @@ def faithfulness(
         captions.input_ids,
         captions.attention_mask,
         **labels,
+        exact_vectors=exact,
         max_kernel_evaluations=pairs.truth_max_evaluations,
         progress=True,
     )
@@ -490,12 +534,16 @@ def main(argv: list[str] | None = None) -> dict:
         metrics["scores_identical_to_clip"] = scores_identical_to_clip(
             model, pairs.clip_model, test, processor, tokenizer
         )
-    if pairs.num_retrieval_images >= 2 and trainer.is_world_process_zero():
-        metrics["deletion_recall_at_1"] = deletion_recall(
-            model, test, processor, tokenizer, pairs.num_retrieval_images
-        )
-    if pairs.num_truth_images >= 2 and trainer.is_world_process_zero():
-        metrics["faithfulness"] = faithfulness(model, test, processor, tokenizer, pairs, prompts)
+    if trainer.is_world_process_zero():
+        exact = exact_vectors(model, test, processor, pairs.num_truth_images)
+        if pairs.num_retrieval_images >= 2:
+            metrics["deletion_recall_at_1"] = deletion_recall(
+                model, test, processor, tokenizer, pairs.num_retrieval_images, exact
+            )
+        if pairs.num_truth_images >= 2:
+            metrics["faithfulness"] = faithfulness(
+                model, test, processor, tokenizer, pairs, prompts, exact
+            )
     output = Path(args.output_dir)
     if trainer.is_world_process_zero():
         model.save_pretrained(output)

@@ -20,7 +20,8 @@ def test_the_users_clip_road(tmp_path):
     argv = [
         "--seeds", "0", "--players_grid", "4", "4", "--clip_epochs", "1",
         "--num_train", "64", "--num_test", "16", "--num_truth_images", "4",
-        "--explainer_args", "--explainer_epochs 1 --head_hidden_size 32 --head_num_layers 1",
+        "--explainer_args",
+        "--explainer_epochs 1 --head_hidden_size 32 --head_num_layers 1 --num_retrieval_images 4",
         "--work", str(work), "--out", str(out),
     ]  # fmt: skip
     bench.main(argv)
@@ -40,6 +41,12 @@ def test_the_users_clip_road(tmp_path):
         part = report[key] if key else report
         # Each group's row shows the run's own figure.
         assert f"| {name} | {part[f'{prefix}pooled_relative_error']:.3f} |" in table
+    # Deletion R@1 at k = P / 4 by phi, at random and in the exact order (the gallery's pairs
+    # are the truth's, so their exact values are known).
+    recall = metrics["deletion_recall_at_1"]
+    quarter = recall["ks"].index(4)
+    orders = " / ".join(f"{recall[name][quarter]:.3f}" for name in ("phi", "random", "truth"))
+    assert f"| {orders} |" in table
     finished = (work / "p16-seed0" / "explained" / "metrics.json").stat().st_mtime_ns
     bench.main(argv)
     assert (work / "p16-seed0" / "explained" / "metrics.json").stat().st_mtime_ns == finished

@@ -270,6 +270,14 @@ def test_measure_clip_agreement_against_a_direct_computation(single_thread):
         )
     with pytest.raises(ValueError, match="one text per image"):
         measure_clip_agreement(model, x, ids[:2], mask[:2])
+    # A caller's enumeration stands in for the report's own: the same figures; a table of
+    # other images or players is refused.
+    from hf_shapley.evaluation import exact_model_shapley_values
+
+    vectors = exact_model_shapley_values(model, x)
+    assert measure_clip_agreement(model, x, ids, mask, exact_vectors=vectors) == report
+    with pytest.raises(ValueError, match=r"exact_vectors must be the \(B, P, D\) = \(3, 4, D\)"):
+        measure_clip_agreement(model, x, ids, mask, exact_vectors=vectors[:2])
 
 
 def test_clip_kernel_truth_agrees_with_exact_values_within_its_own_error(single_thread):

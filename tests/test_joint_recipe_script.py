@@ -1,10 +1,13 @@
 """benchmarks/joint_recipe.py at a tiny scale (P = 4): the joint arm's classifier is exported as
 the plain classifier it was wrapped from, the polish explains it unchanged, each game's exact
-values are the Shapley values of its own table, and a finished run is not redone."""
+values are the Shapley values of its own table, arm b starts from fresh weights, the accuracy
+curves end at the measured accuracy, a finished run is not redone; and the digits data keeps the
+user's label order."""
 
 from __future__ import annotations
 
 import json
+import math
 import statistics
 
 import pytest
@@ -36,6 +39,7 @@ def test_joint_against_frozen(tmp_path):
         "--num-train", "96", "--num-test", "64", "--truth-images", "4", "--exact-images", "2",
         "--main-job", str(tmp_path / "main-seed{seed}"), "--train-args", train_args,
         "--work", str(work), "--output", str(out),
+        "--scratch", "--scratch-steps", "3", "--curve-every", "1",
     ]  # fmt: skip
     bench.main(argv)
     rows = json.loads(out.with_suffix(".json").read_text())
@@ -88,8 +92,61 @@ def test_joint_against_frozen(tmp_path):
     )
     assert f"| {mean_share:.3f} [" in table
 
+    # Arm b: fresh weights (not the plain classifier's), trained for --scratch-steps steps.
+    scratch = ViTForImageClassification.from_pretrained(
+        seed0 / "joint-3steps-scratch" / "classifier"
+    )
+    fresh = ViTForImageClassification.from_pretrained(seed0 / "scratch-init")
+    assert not torch.equal(fresh.classifier.weight, start.classifier.weight)
+    assert not torch.equal(fresh.classifier.weight, scratch.classifier.weight)
+    assert rows[0]["training"]["joint from scratch"]["steps"] == 3
+    assert "| joint from scratch, 3 steps |" in table
+    # Each curve has a point per step, and its last is the accuracy measured on the saved model.
+    for arm, label in (("plain", "plain, +2 steps"), ("joint", "joint, +2 steps")):
+        curve = rows[0]["training"][arm]["curve"]
+        assert [p["step"] for p in curve] == [0, 1, 2]
+        assert curve[-1]["accuracy"] == pytest.approx(rows[0]["classifiers"][label]["accuracy"])
+    assert curve[0]["accuracy"] == pytest.approx(
+        rows[0]["classifiers"]["plain classifier (start)"]["accuracy"]
+    )
+
     finished = (seed0 / "joint-2steps-polished" / "metrics.json").stat().st_mtime_ns
     bench.main(argv)
     assert (seed0 / "joint-2steps-polished" / "metrics.json").stat().st_mtime_ns == finished
     with pytest.raises(SystemExit):
         bench.main([*argv, "--exact-images", "8"])  # more exact images than truth images
+
+
+def test_digits_data_keeps_the_users_label_order(tmp_path, monkeypatch):
+    """The digits road: the user's checkpoint (zero..nine) is the plain classifier, every test
+    image is measured, and each tensor's label is its folder's name in the checkpoint's order
+    (not the folders' alphabetical order)."""
+    from PIL import Image
+    from transformers import AutoConfig, AutoImageProcessor
+
+    bench = load_benchmark_script("joint_recipe")
+    monkeypatch.setattr(bench, "DIGITS_EPOCHS", 1)
+    args = bench.argparse.Namespace(
+        work=tmp_path, truth_images=5, players_grid=[4, 4], train_args="--max_steps 2"
+    )
+    data = bench.digits_data(0, args)
+    test_paths = sorted((tmp_path / "data" / "test").glob("*/*.png"))
+    assert len(data.test[0]) == len(data.test[1]) == len(test_paths)
+    assert data.classifier_steps == math.ceil(len(data.train[0]) / 64)
+    label2id = AutoConfig.from_pretrained(data.classifier).label2id
+    assert label2id["zero"] == 0 and label2id["eight"] == 8
+    # Tensors in the images' order (file number, then folder), each labelled by its folder.
+    ordered = sorted(test_paths, key=lambda p: (int(p.stem), p.parent.name))
+    assert data.test[1].tolist() == [label2id[p.parent.name] for p in ordered]
+    first = ordered[0]
+    processor = AutoImageProcessor.from_pretrained(data.classifier)
+    pixels = processor(Image.open(first).convert("RGB"), return_tensors="pt")["pixel_values"]
+    torch.testing.assert_close(data.test[0][0], pixels[0])
+    assert int(data.test[1][0]) == label2id[first.parent.name]
+    assert torch.equal(data.truth, data.test[0][:5])
+    assert data.head_args[:4] == [
+        "--train_dir",
+        str(tmp_path / "data" / "train"),
+        "--validation_dir",
+        str(tmp_path / "data" / "test"),
+    ]

@@ -12,7 +12,7 @@ import datasets
 import pytest
 import torch
 from safetensors.torch import load_file
-from transformers import CLIPImageProcessor, CLIPModel
+from transformers import AutoTokenizer, CLIPImageProcessor, CLIPModel
 
 import hf_shapley
 from conftest import caption_clip_config, load_example_script
@@ -21,6 +21,7 @@ from hf_shapley.data import (
     load_shapes_caption_dataset,
     save_caption_folder,
 )
+from hf_shapley.evaluation import exact_model_shapley_values
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -94,7 +95,7 @@ def test_faithfulness_on_captions_and_label_prompts_never_trained_on(tmp_path, f
     # A head that reads the final tokens only (the default reads every depth).
     metrics = run_script(
         tmp_path / "out", clip, folder, "--players_grid", "4", "4",
-        "--head_reads_hidden_states", "false",
+        "--head_reads_hidden_states", "false", "--num_retrieval_images", "4",
     )  # fmt: skip
     assert metrics["scores_identical_to_clip"] is True
     report = metrics["faithfulness"]
@@ -106,12 +107,28 @@ def test_faithfulness_on_captions_and_label_prompts_never_trained_on(tmp_path, f
         assert part["pooled_relative_error"] >= 0
     # The label prompts are other texts than the captions: other agreement figures.
     assert report["label_prompts"]["pearson_r"] != report["pearson_r"]
-    # Deletion R@1 among the held-out captions: with nothing removed phi and random agree
-    # (the same full images).
+    # Deletion R@1 among the held-out captions: with nothing removed phi, random and the truth
+    # order agree (the same full images).
     recall = metrics["deletion_recall_at_1"]
-    assert recall["ks"] == [0, 1, 2, 4, 8] and recall["num_images"] == 7
-    assert recall["phi"][0] == recall["random"][0]
-    assert all(0 <= r <= 1 for r in recall["phi"] + recall["random"])
+    assert recall["ks"] == [0, 1, 2, 4, 8] and recall["num_images"] == 4
+    assert recall["phi"][0] == recall["random"][0] == recall["truth"][0]
+    assert all(0 <= r <= 1 for r in recall["phi"] + recall["random"] + recall["truth"])
+    # The truth order is that of the exact values of each image's game for its own caption:
+    # recomputed from an enumeration here, and equal to phi's order when given phi's vectors.
+    script = load_example_script("train_clip")
+    pairs = script.PairArguments(train_dir=str(folder), caption_column="description")
+    _, test = script.load_pairs(pairs, 0)
+    model = hf_shapley.ShapleyCLIPModel.from_pretrained(tmp_path / "out").eval()
+    processor = CLIPImageProcessor.from_pretrained(tmp_path / "out")
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path / "out")
+    pixels = script.evaluation_pixels(model, test, processor, 4)
+    exact = exact_model_shapley_values(model, pixels)
+    again = script.deletion_recall(model, test, processor, tokenizer, 4, exact)
+    assert again == recall
+    with torch.no_grad():
+        phi_vectors = model.explain_image(pixels).image_shapley_vectors.double()
+    own = script.deletion_recall(model, test, processor, tokenizer, 4, phi_vectors)
+    assert own["truth"] == own["phi"]
 
 
 def test_a_caption_folder_is_checked(tmp_path):

@@ -142,6 +142,7 @@ def measure_clip_agreement(
     *,
     prompt_input_ids: torch.Tensor | None = None,
     prompt_attention_mask: torch.Tensor | None = None,
+    exact_vectors: torch.Tensor | None = None,
     kernel_evaluations: int = TRUTH_EVALUATIONS,
     max_kernel_evaluations: int | None = None,
     truth_tolerance: float = TRUTH_TOLERANCE,
@@ -158,6 +159,9 @@ def measure_clip_agreement(
         pixel_values: (B, C, H, W) held-out images, B >= 2.
         input_ids, attention_mask: (B, L) one text per image, text ``b`` matching image ``b``.
         prompt_input_ids, prompt_attention_mask: (B, L') another text per image.
+        exact_vectors: (B, P, D) the exact Shapley values of the vector game on
+            ``pixel_values`` (:func:`exact_model_shapley_values`), for a caller that enumerated
+            them already; P <= 16 only.
         kernel_evaluations, max_kernel_evaluations, truth_tolerance, seed: the KernelSHAP
             truth for ``P > 16`` (:func:`converged_clip_truth`).
 
@@ -172,6 +176,15 @@ def measure_clip_agreement(
     texts = [(input_ids, attention_mask)]
     if prompt_input_ids is not None:
         texts.append((prompt_input_ids, prompt_attention_mask))
+    if exact_vectors is not None and (
+        model.num_players > MAX_EXACT_PLAYERS
+        or tuple(exact_vectors.shape[:2]) != (B, model.num_players)
+    ):
+        raise ValueError(
+            f"exact_vectors must be the (B, P, D) = ({B}, {model.num_players}, D) exact values "
+            f"of the images' vector game, for P <= {MAX_EXACT_PLAYERS}; got shape "
+            f"{tuple(exact_vectors.shape)} at P = {model.num_players}."
+        )
     if B < 2 or any(ids.shape[0] != B for ids, _ in texts):
         raise ValueError(
             "measure_clip_agreement needs B >= 2 images and one text per image (text b matches "
@@ -196,7 +209,9 @@ def measure_clip_agreement(
             for part in range(len(texts)) for match in (True, False)
         }  # fmt: skip
         if model.num_players <= MAX_EXACT_PLAYERS:
-            vectors = exact_model_shapley_values(model, pixel_values, progress=progress)
+            vectors = exact_vectors
+            if vectors is None:
+                vectors = exact_model_shapley_values(model, pixel_values, progress=progress)
             truth = torch.einsum("bpd,td->bpt", vectors, text_embeds.double())
             header = {"truth": f"exact (all 2^{model.num_players} coalitions of the vector game)"}
             errors = None
