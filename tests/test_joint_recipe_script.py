@@ -94,7 +94,7 @@ def test_joint_against_frozen(tmp_path):
 
     # Arm b: fresh weights (not the plain classifier's), trained for --scratch-steps steps.
     scratch = ViTForImageClassification.from_pretrained(
-        seed0 / "joint-3steps-scratch" / "classifier"
+        seed0 / "joint-scratch-3steps" / "classifier"
     )
     fresh = ViTForImageClassification.from_pretrained(seed0 / "scratch-init")
     assert not torch.equal(fresh.classifier.weight, start.classifier.weight)
