@@ -391,7 +391,14 @@ def measure_seed(seed: int, args: argparse.Namespace) -> dict:
     x, y = data.test
     xt = data.truth
     xe = xt[: args.exact_images]
-    result: dict = dict(seed=seed, data=args.data, num_test=len(y), classifiers={}, heads={})
+    result: dict = dict(
+        seed=seed,
+        data=args.data,
+        num_test=len(y),
+        classifier_steps=data.classifier_steps,
+        classifiers={},
+        heads={},
+    )
     tables = {}
     for label, path in classifiers.items():
         classifier = ViTForImageClassification.from_pretrained(path).eval()
@@ -588,8 +595,8 @@ def comparison_lines(rows: list[dict], plain: str, joint: str) -> list[str]:
 
 
 def curve_lines(rows: list[dict]) -> list[str]:
-    """Test accuracy over each fine-tuning run's steps, mean over seeds (runs measured before
-    the curves were left out)."""
+    """Test accuracy over each fine-tuning run's steps, mean over seeds, at about a dozen
+    steps (runs measured before the curves were left out); every point is in the figure."""
     runs = [arm for arm, t in rows[0]["training"].items() if "curve" in t]
     if not runs:
         return []
@@ -601,7 +608,8 @@ def curve_lines(rows: list[dict]) -> list[str]:
         "|---" * (len(runs) + 1) + "|",
     ]
     steps = sorted({point["step"] for arm in runs for point in rows[0]["training"][arm]["curve"]})
-    for step in steps:
+    stride = max(1, math.ceil(len(steps) / 12))
+    for step in [*steps[:-1:stride], steps[-1]]:
         cells = []
         for arm in runs:
             points = [p for r in rows for p in r["training"][arm]["curve"] if p["step"] == step]
@@ -613,6 +621,54 @@ def curve_lines(rows: list[dict]) -> list[str]:
             )
         lines.append(f"| {step} | " + " | ".join(cells) + " |")
     return lines
+
+
+def plot_curves(rows: list[dict], path: Path) -> bool:
+    """Test accuracy and NLL over the classifier's training steps (the plain classifier's own,
+    then the fine-tuning's; arm b's from fresh weights): the mean over seeds, the band from the
+    lowest to the highest seed; written to ``path`` (False when no run has curves)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    runs = [arm for arm, t in rows[0]["training"].items() if "curve" in t]
+    if not runs:
+        return False
+    fig = Figure(figsize=(11, 4.2), layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, 2)
+    for arm in runs:
+        curves = [r["training"][arm]["curve"] for r in rows]
+        before = 0 if "scratch" in arm else rows[0].get("classifier_steps", 0)
+        steps = [before + p["step"] for p in curves[0]]
+        for ax, key in zip(axes, ("accuracy", "nll"), strict=True):
+            per_seed = [[p[key] for p in c] for c in curves if len(c) == len(steps)]
+            mean = [statistics.fmean(v) for v in zip(*per_seed, strict=True)]
+            line = ax.plot(steps, mean, label=arm)[0]
+            ax.fill_between(
+                steps,
+                [min(v) for v in zip(*per_seed, strict=True)],
+                [max(v) for v in zip(*per_seed, strict=True)],
+                color=line.get_color(),
+                alpha=0.2,
+            )
+    axes[0].set(xlabel="classifier training step", ylabel="test accuracy", ylim=(0, 1))
+    axes[1].set(xlabel="classifier training step", ylabel="test NLL", yscale="log")
+    axes[0].legend()
+    fig.suptitle(f"Plain against joint training, {len(rows)} seed(s): mean and seed range")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    return True
+
+
+def write_results(rows: list[dict], args: argparse.Namespace) -> str:
+    """The JSON, the report and the curves' figure at ``--output``; returns the report."""
+    text = report(rows, args)
+    figure = args.output.with_name(f"{args.output.name}_curves.png")
+    if plot_curves(rows, figure):
+        text += f"\n![Accuracy and NLL over the fine-tuning steps]({figure.name})\n"
+    args.output.with_suffix(".json").write_text(json.dumps(rows, indent=1))
+    args.output.with_suffix(".md").write_text(text)
+    return text
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -668,19 +724,25 @@ def main(argv: list[str] | None = None) -> None:
         "--output", type=Path, help="results path without suffix (default: by --data)"
     )
     parser.add_argument("--work", type=Path, help="the cache folder (default: by --data)")
+    parser.add_argument(
+        "--report-only",
+        action="store_true",
+        help="rewrite the report and figure from --output's JSON (after a change to them)",
+    )
     args = parser.parse_args(argv)
     suffix = "" if args.data == "builtin" else f"_{args.data}"
     args.output = args.output or RESULTS / f"joint_recipe{suffix}"
     args.work = args.work or REPO / "outputs" / f"joint-recipe{suffix.replace('_', '-')}"
     if not 2 <= args.exact_images <= args.truth_images:
         parser.error("--exact-images must be between 2 and --truth-images.")
+    if args.report_only:
+        rows = json.loads(args.output.with_suffix(".json").read_text())
+        print(write_results(rows, args), flush=True)
+        return
     rows = []
     for seed in args.seeds:
         rows.append(measure_seed(seed, args))
-        text = report(rows, args)
-        args.output.with_suffix(".json").write_text(json.dumps(rows, indent=1))
-        args.output.with_suffix(".md").write_text(text)
-        print(text, flush=True)
+        print(write_results(rows, args), flush=True)
 
 
 if __name__ == "__main__":

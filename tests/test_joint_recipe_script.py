@@ -110,6 +110,14 @@ def test_joint_against_frozen(tmp_path):
         rows[0]["classifiers"]["plain classifier (start)"]["accuracy"]
     )
 
+    # The curves' figure, linked from the report; --report-only rewrites both from the JSON.
+    assert (tmp_path / "joint_recipe_curves.png").stat().st_size > 0
+    assert "(joint_recipe_curves.png)" in table
+    (tmp_path / "joint_recipe_curves.png").unlink()
+    bench.main([*argv, "--report-only"])
+    assert out.with_suffix(".md").read_text() == table
+    assert (tmp_path / "joint_recipe_curves.png").is_file()
+
     finished = (seed0 / "joint-2steps-polished" / "metrics.json").stat().st_mtime_ns
     bench.main(argv)
     assert (seed0 / "joint-2steps-polished" / "metrics.json").stat().st_mtime_ns == finished
