@@ -479,7 +479,10 @@ class TokenRemovalGame(ShapleyGame):
         slot, (n, N, L + 2, D), holds the attention each token received (2 L H numbers,
         zero-padded to D)."""
         s = self.num_special_tokens
-        features = torch.stack(depths, dim=2)[:, s:]
+        # The patch tokens of each depth, stacked once: contiguous, so the head's per-depth
+        # normalization and flattening copy nothing (a slice of a stack of whole sequences
+        # would be strided).
+        features = torch.stack([depth[:, s:] for depth in depths], dim=2)
         if attention is None:
             return features
         received = attention.features(s).to(features.dtype)
