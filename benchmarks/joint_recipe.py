@@ -14,10 +14,17 @@ output directory; the main job is run there first if it is absent), with the sam
   ``ViTForImageClassification`` and explained by the main job's frozen head phase
   (``examples/train.py --backbone``, run as a user runs it);
 * **frozen** (arm a): the main job's own model (its head on the unchanged classifier), and the
-  same frozen head phase on the plain arm's classifier (arm a at equal classifier steps).
+  same frozen head phase on the plain arm's classifier (arm a at equal classifier steps);
+* **joint from scratch** (arm b, ``--scratch``): the joint recipe from fresh weights of the
+  plain classifier's architecture, for the plain arm's total steps (``--scratch-steps``).
 
-Both fine-tunes use the main job's optimizer (AdamW 1e-3, 30 warm-up steps, cosine, clipping at
-1.0, batch 64) in one plain loop, so the arms differ only in the objective.
+``--data digits`` runs the same arms on a real data set: scikit-learn's digits as
+``user_road.py`` writes them, from the user's checkpoint there (accuracy on the whole test
+split, whose first images are the truth images; the head phase on the image folders).
+
+Every fine-tune uses the main job's optimizer (AdamW 1e-3, 30 warm-up steps, cosine, clipping at
+1.0, batch 64) in one plain loop, so the arms differ only in the objective; test accuracy and
+NLL are recorded every ``--curve-every`` steps (a table and a figure of the curves).
 
 Measured on test images no run trains on: accuracy and NLL on ``--num-test`` images; on the
 first ``--exact-images`` of the ``--truth-images`` after them, every classifier's game tabulated
@@ -27,9 +34,10 @@ all truth images each head's agreement with KernelSHAP-4096 of its own game. Agr
 the predicted class's logit, centred over classes (the main job's targets).
 
     python benchmarks/joint_recipe.py --seeds 0 1 2 --main-job 'outputs/main-seed{seed}'
+    python benchmarks/joint_recipe.py --data digits --seeds 0 1 2 --steps 300 --scratch
 
-Results: ``results/joint_recipe.{md,json}``; every artifact is cached under
-``outputs/joint-recipe`` so that a stopped run resumes.
+Results: ``results/joint_recipe[_digits].{md,json}`` and ``_curves.png``; every artifact is
+cached under ``outputs/joint-recipe[-digits]`` so that a stopped run resumes.
 """
 
 from __future__ import annotations
