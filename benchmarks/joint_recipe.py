@@ -154,13 +154,13 @@ def digits_data(seed: int, args: argparse.Namespace) -> SeedData:
         x = processor([image.convert("RGB") for image in images], return_tensors="pt")
         return x["pixel_values"], torch.tensor([label2id[name] for name in names])
 
-    test = folder(test_dir)
-    batches = math.ceil(len(list(train_dir.glob("*/*.png"))) / 64)
+    train, test = folder(train_dir), folder(test_dir)
     return SeedData(
         classifier=checkpoint,
-        classifier_steps=DIGITS_EPOCHS * batches,
+        # user_checkpoint's Trainer: batch 64, every image each epoch.
+        classifier_steps=DIGITS_EPOCHS * math.ceil(len(train[0]) / 64),
         frozen_model=None,
-        train=folder(train_dir),
+        train=train,
         test=test,
         truth=test[0][: args.truth_images],
         head_args=["--train_dir", str(train_dir), "--validation_dir", str(test_dir)]
@@ -264,13 +264,18 @@ def export_classifier(model, source: Path, path: Path, x: torch.Tensor) -> None:
     AutoImageProcessor.from_pretrained(source).save_pretrained(path)
 
 
+def polished_dir(run_dir: Path) -> Path:
+    """Where :func:`polish` writes the frozen head phase of a fine-tuning run."""
+    return run_dir.with_name(f"{run_dir.name}-polished")
+
+
 def polish(seed: int, run_dir: Path, classifier: Path, source: Path, data: SeedData) -> Path:
     """The frozen recipe's head phase on the classifier of a fine-tuning run, as a user runs it
     (``examples/train.py --backbone``): arm d on a joint classifier, arm a at equal steps on the
     plain one. Written beside the run."""
     from transformers import AutoImageProcessor
 
-    path = run_dir.with_name(f"{run_dir.name}-polished")
+    path = polished_dir(run_dir)
     if not (path / "metrics.json").is_file():
         if not (classifier / "preprocessor_config.json").is_file():
             AutoImageProcessor.from_pretrained(source).save_pretrained(classifier)
@@ -432,11 +437,9 @@ def measure_seed(seed: int, args: argparse.Namespace) -> dict:
         arm: json.loads((d / "training.json").read_text()) for arm, d in runs.items()
     }
     result["polish_seconds"] = {
-        arm: json.loads((d.with_name(f"{d.name}-polished") / "metrics.json").read_text())[
-            "train_seconds"
-        ]
+        arm: json.loads((polished_dir(d) / "metrics.json").read_text())["train_seconds"]
         for arm, d in runs.items()
-        if d.with_name(f"{d.name}-polished").is_dir()
+        if polished_dir(d).is_dir()
     }
     return result
 
@@ -602,10 +605,15 @@ def comparison_lines(rows: list[dict], plain: str, joint: str) -> list[str]:
     return lines
 
 
+def curve_runs(rows: list[dict]) -> list[str]:
+    """The fine-tuning runs with accuracy curves (runs measured before the curves have none)."""
+    return [arm for arm, t in rows[0]["training"].items() if "curve" in t]
+
+
 def curve_lines(rows: list[dict]) -> list[str]:
     """Test accuracy over each fine-tuning run's steps, mean over seeds, at about a dozen
-    steps (runs measured before the curves were left out); every point is in the figure."""
-    runs = [arm for arm, t in rows[0]["training"].items() if "curve" in t]
+    steps; every point is in the figure."""
+    runs = curve_runs(rows)
     if not runs:
         return []
     lines = [
@@ -638,7 +646,7 @@ def plot_curves(rows: list[dict], path: Path) -> bool:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    runs = [arm for arm, t in rows[0]["training"].items() if "curve" in t]
+    runs = curve_runs(rows)
     if not runs:
         return False
     fig = Figure(figsize=(11, 4.2), layout="constrained")

@@ -349,9 +349,9 @@ def evaluation_pairs(dataset, count: int) -> dict:
     return dataset.select(order[: min(count, len(dataset))].tolist())[:]
 
 
-def evaluation_pixels(model, dataset, processor, count: int) -> torch.Tensor:
-    """The first ``count`` evaluation pairs' images, on the model's device."""
-    rows = evaluation_pairs(dataset, count)
+def evaluation_pixels(model, rows: dict, processor) -> torch.Tensor:
+    """The images of ``rows`` (from :func:`evaluation_pairs`), processed, on the model's
+    device."""
     pixels = processor([to_rgb(i) for i in rows["image"]], return_tensors="pt").pixel_values
     return pixels.to(next(model.parameters()).device)
 
@@ -368,7 +368,7 @@ def exact_vectors(model, dataset, processor, count: int) -> torch.Tensor | None:
         return None
     model.eval()
     logger.info("Enumerating all 2^%d coalitions on %d test pairs.", model.num_players, count)
-    pixels = evaluation_pixels(model, dataset, processor, count)
+    pixels = evaluation_pixels(model, evaluation_pairs(dataset, count), processor)
     return exact_model_shapley_values(model, pixels, progress=True)
 
 
@@ -387,11 +387,10 @@ def deletion_recall(
     if len(rows["caption"]) < 2:
         return None
     device = next(model.parameters()).device
-    pixels = processor([to_rgb(i) for i in rows["image"]], return_tensors="pt").pixel_values
+    pixels = evaluation_pixels(model, rows, processor)
     texts = tokenizer(rows["caption"], padding=True, return_tensors="pt")
     model.eval()
     scores = CLIPTextScores(model, texts.input_ids.to(device), texts.attention_mask.to(device))
-    pixels = pixels.to(device)
     n, P = pixels.shape[0], model.num_players
     own = torch.arange(n)
     phi = scores(pixels).shapley_values.float().cpu()[own, :, own]  # (n, P)
@@ -451,7 +450,7 @@ def faithfulness(
 
     rows = evaluation_pairs(dataset, pairs.num_truth_images)
     device = next(model.parameters()).device
-    pixels = processor([to_rgb(i) for i in rows["image"]], return_tensors="pt").pixel_values
+    pixels = evaluation_pixels(model, rows, processor)
     truth = "exact enumeration" if model.num_players <= 16 else "KernelSHAP to convergence"
     logger.info("Measuring faithfulness on %d test pairs (%s).", len(pixels), truth)
     captions = tokenizer(rows["caption"], padding=True, return_tensors="pt").to(device)

@@ -121,7 +121,7 @@ def test_faithfulness_on_captions_and_label_prompts_never_trained_on(tmp_path, f
     model = hf_shapley.ShapleyCLIPModel.from_pretrained(tmp_path / "out").eval()
     processor = CLIPImageProcessor.from_pretrained(tmp_path / "out")
     tokenizer = AutoTokenizer.from_pretrained(tmp_path / "out")
-    pixels = script.evaluation_pixels(model, test, processor, 4)
+    pixels = script.evaluation_pixels(model, script.evaluation_pairs(test, 4), processor)
     exact = exact_model_shapley_values(model, pixels)
     again = script.deletion_recall(model, test, processor, tokenizer, 4, exact)
     assert again == recall
